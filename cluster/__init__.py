@@ -1,0 +1,1 @@
+"""rayzor cluster package."""

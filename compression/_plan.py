@@ -1,0 +1,186 @@
+"""Compression plans: which methods run on which layer, plus fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from compression._methods import MagnitudePruning, UniformQuantization
+from compression._registry import STAGES, MethodConfig, build_dataclass, check_int, check_real
+from compression.errors import ConfigError
+
+__all__ = ["FinetuneConfig", "CompressionPlan"]
+
+#: Value of a setting when the layer has no method for it (see CompressionPlan.settings).
+_DEFAULT_SETTINGS: dict[str, float | int] = {"sparsity": 0.0, "bits": 32}
+_ABBREV = {"sparsity": "s", "bits": "b"}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning between the sparsify and quantize stages.
+
+    Retraining the surviving weights recovers most of the accuracy lost to
+    pruning (Han et al. 2015, https://arxiv.org/abs/1506.02626).
+
+    Args:
+        epochs: Passes over the training loader; 0 disables fine-tuning.
+        lr: Adam learning rate, > 0.
+        batch_size: Batch size the caller uses to build the loader.
+        seed: Seed for ``torch.manual_seed`` before fine-tuning.
+    """
+
+    epochs: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epochs", check_int("finetune.epochs", self.epochs, 0))
+        object.__setattr__(self, "lr", check_real("finetune.lr", self.lr, 0.0, float("inf"), lo_open=True))
+        object.__setattr__(self, "batch_size", check_int("finetune.batch_size", self.batch_size, 1))
+        object.__setattr__(self, "seed", check_int("finetune.seed", self.seed, 0))
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """Per-layer compression methods and an optional fine-tune.
+
+    Methods of a layer are kept sorted by stage (sparsify first, quantize
+    last), so two plans with the same methods compare equal whatever order
+    they were given in. Plans are hashable and survive a JSON round trip.
+
+    Args:
+        layers: Module name (as in ``model.named_modules()``) -> methods, at
+            most one method per stage.
+        finetune: Fine-tuning run between the two stages.
+    """
+
+    layers: Mapping[str, tuple[MethodConfig, ...]]
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    FORMAT_VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, Mapping):
+            raise ConfigError("plan.layers", self.layers, "a mapping of layer name -> methods")
+        if not isinstance(self.finetune, FinetuneConfig):
+            raise ConfigError("plan.finetune", self.finetune, "a FinetuneConfig")
+        layers: dict[str, tuple[MethodConfig, ...]] = {}
+        for name, methods in self.layers.items():
+            if not isinstance(name, str):
+                raise ConfigError("plan.layers", name, "layer names as strings")
+            if isinstance(methods, MethodConfig) or not isinstance(methods, Iterable):
+                raise ConfigError(f"plan.layers[{name!r}]", methods, "a tuple of MethodConfig")
+            methods = tuple(methods)
+            for m in methods:
+                if not isinstance(m, MethodConfig):
+                    raise ConfigError(f"plan.layers[{name!r}]", m, "MethodConfig instances")
+            stages = [m.stage for m in methods]
+            if len(set(stages)) != len(stages):
+                raise ConfigError(f"plan.layers[{name!r}]", methods, f"at most one method per stage {STAGES}")
+            layers[name] = tuple(sorted(methods, key=lambda m: STAGES.index(m.stage)))
+        # A private copy so later edits to the caller's dict cannot change a hashed plan.
+        object.__setattr__(self, "layers", layers)
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self.layers.items())), self.finetune))
+
+    # -- serialisation -------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"version": 1, "layers": {name: [method dicts]}, "finetune": {...}}``."""
+        return {
+            "version": self.FORMAT_VERSION,
+            "layers": {name: [m.to_dict() for m in methods] for name, methods in self.layers.items()},
+            "finetune": dataclasses.asdict(self.finetune),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CompressionPlan:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: Unsupported version, unknown keys or invalid methods.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError("plan", d, "a mapping with 'version', 'layers' and 'finetune'")
+        if d.get("version") != cls.FORMAT_VERSION:
+            raise ConfigError("plan.version", d.get("version"), [cls.FORMAT_VERSION])
+        for key in d:
+            if key not in ("version", "layers", "finetune"):
+                raise ConfigError(f"plan.{key}", d[key], "keys 'version', 'layers', 'finetune'")
+        layers = d.get("layers", {})
+        if not isinstance(layers, Mapping):
+            raise ConfigError("plan.layers", layers, "a mapping of layer name -> list of methods")
+        finetune = d.get("finetune", {})
+        if not isinstance(finetune, Mapping):
+            raise ConfigError("plan.finetune", finetune, "a mapping of FinetuneConfig fields")
+        return cls(
+            {name: tuple(MethodConfig.from_dict(m) for m in methods) for name, methods in layers.items()},
+            build_dataclass(FinetuneConfig, finetune, "finetune"),
+        )
+
+    def to_json(self) -> str:
+        """Deterministic JSON (sorted keys, compact)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, s: str) -> CompressionPlan:
+        """Inverse of :meth:`to_json`."""
+        try:
+            d = json.loads(s)
+        except (TypeError, ValueError) as e:
+            raise ConfigError("plan JSON", s, f"a JSON object ({e})") from None
+        return cls.from_dict(d)
+
+    # -- flat views ----------------------------------------------------------
+
+    def settings(self) -> dict[str, dict[str, float | int]]:
+        """Flat per-layer view, e.g. ``{"conv1": {"sparsity": 0.5, "bits": 4}}``.
+
+        Layers without pruning read ``sparsity=0.0``, without quantization
+        ``bits=32``. Used as MLflow params.
+        """
+        out = {}
+        for name, methods in self.layers.items():
+            flat = dict(_DEFAULT_SETTINGS)
+            for m in methods:
+                flat.update({k: v for k, v in m.to_dict().items() if k != "method"})
+            out[name] = flat
+        return out
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Mapping[str, Mapping[str, float | int]],
+        finetune: FinetuneConfig = FinetuneConfig(),
+    ) -> CompressionPlan:
+        """Inverse of :meth:`settings`: ``sparsity > 0`` -> MagnitudePruning, ``bits < 32`` -> UniformQuantization."""
+        layers = {}
+        for name, flat in settings.items():
+            for key in flat:
+                if key not in _DEFAULT_SETTINGS:
+                    raise ConfigError(f"settings[{name!r}]", key, list(_DEFAULT_SETTINGS))
+            methods: list[MethodConfig] = []
+            sparsity = flat.get("sparsity", 0.0)
+            if sparsity != 0:
+                methods.append(MagnitudePruning(sparsity))
+            bits = flat.get("bits", 32)
+            if bits != 32:
+                methods.append(UniformQuantization(bits))
+            layers[name] = tuple(methods)
+        return cls(layers, finetune)
+
+    def summary(self) -> str:
+        """Short human text, e.g. ``"conv1 s=0.50 b=4 | fc1 s=0.90 b=32"``."""
+        parts = []
+        for name, flat in self.settings().items():
+            items = [f"{_ABBREV.get(k, k)}={v:.2f}" if isinstance(v, float) else f"{_ABBREV.get(k, k)}={v}"
+                     for k, v in flat.items()]
+            parts.append(" ".join([name or "<root>", *items]))
+        if self.finetune.epochs:
+            parts.append(f"finetune {self.finetune.epochs}ep lr={self.finetune.lr:g}")
+        return " | ".join(parts) or "<empty plan>"

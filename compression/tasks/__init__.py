@@ -1,0 +1,27 @@
+"""Tasks: a model, its data split and how to score it.
+
+``create_task("digits")`` gives the embedded default; ``create_task(
+"mypkg.mymodule:make_task")`` loads a user's task, a function returning a
+:class:`Task`.
+"""
+
+from compression.tasks._base import (
+    Task,
+    TaskLoadError,
+    create_task,
+    list_tasks,
+    register_task,
+    resolve_callable,
+)
+from compression.tasks._digits import DigitsCNN, digits_task
+
+__all__ = [
+    "DigitsCNN",
+    "Task",
+    "TaskLoadError",
+    "create_task",
+    "digits_task",
+    "list_tasks",
+    "register_task",
+    "resolve_callable",
+]

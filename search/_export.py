@@ -1,0 +1,176 @@
+"""Read a finished search back from MLflow and export one of its models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compression import load_packed
+from compression.errors import ConfigError, RayzorError
+from compression.tasks import Task, create_task
+from search._config import SearchConfig
+from search._pareto import parse_pick, pick
+from search._runner import PACKED_ARTIFACT_DIR, TrialRecord, _front
+from search._tracking import (
+    ROLE_TRIAL,
+    TAG_PARENT,
+    TAG_PLAN,
+    TAG_ROLE,
+    connect,
+    latest_search_run,
+    trial_runs,
+)
+from search._trial import PACKED_NAME
+
+__all__ = ["EXPORT_FORMATS", "ONNX_TOLERANCE", "ExportReport", "SearchView", "export_model", "load_search"]
+
+EXPORT_FORMATS = ("packed", "onnx")
+#: Largest |onnxruntime - torch| output difference an ONNX export may show.
+ONNX_TOLERANCE = 1e-4
+
+
+@dataclass
+class SearchView:
+    """A search as MLflow holds it: the parent run, its trials and its front."""
+
+    client: Any
+    experiment_id: str
+    parent: Any
+    objectives: tuple[str, ...]
+    trials: list[TrialRecord]
+    pareto: list[TrialRecord]
+
+
+def _record(run: Any) -> TrialRecord:
+    tags = run.data.tags
+    return TrialRecord(
+        number=int(tags.get("rayzor.trial", -1)),
+        run_id=run.info.run_id,
+        status=run.info.status,
+        params=dict(run.data.params),
+        metrics={k: float(v) for k, v in run.data.metrics.items()},
+        plan_summary=tags.get(TAG_PLAN, ""),
+        error=tags.get("rayzor.error", ""),
+    )
+
+
+def load_search(tracking_uri: str | None, experiment: str) -> SearchView:
+    """The latest search of ``experiment``, with its front recomputed from the trial runs."""
+    client, _, experiment_id = connect(tracking_uri, experiment, create=False)
+    parent = latest_search_run(client, experiment_id, experiment)
+    objectives = tuple(parent.data.tags.get("rayzor.objectives", "accuracy,size_bytes").split(","))
+    trials = sorted((_record(r) for r in trial_runs(client, experiment_id, parent.info.run_id)), key=lambda r: r.number)
+    front = sorted(_front(trials, objectives), key=lambda r: r.metrics.get("size_bytes", 0.0))
+    return SearchView(client, experiment_id, parent, objectives, trials, front)
+
+
+def pick_run(view: SearchView, spec: str) -> TrialRecord:
+    """The Pareto-optimal trial a ``--pick`` spec selects."""
+    if not view.pareto:
+        raise RayzorError(f"search {view.parent.info.run_name!r} has no finished trial to pick from")
+    metrics = sorted({k for r in view.pareto for k in r.metrics})
+    return view.pareto[pick([r.metrics for r in view.pareto], parse_pick(spec, metrics))]
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how it checked out."""
+
+    run_id: str
+    format: str
+    path: str
+    size_bytes: int
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    max_abs_diff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _task_of(client: Any, parent_run_id: str) -> Task:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent_run_id, "search_config.json", tmp)
+        config = SearchConfig.model_validate(json.loads(Path(path).read_text()))
+    return create_task(config.task, **config.task_options)
+
+
+def _reference_batch(task: Task) -> torch.Tensor:
+    inputs = next(iter(task.loader("val")))[0]
+    return torch.cat([task.example_input, inputs])
+
+
+def _export_onnx(model: torch.nn.Module, batch: torch.Tensor, out: Path) -> float:
+    import onnxruntime as ort
+
+    torch.onnx.export(
+        model, (batch[:1],), str(out), dynamo=False,
+        input_names=["input"], output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+    )
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": batch.numpy()})[0]
+    with torch.inference_mode():
+        want = model(batch).numpy()
+    return float(np.max(np.abs(got - want)))
+
+
+def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportReport:
+    """Export one trial's model and check it.
+
+    The packed artifact logged by the trial is the source of truth: it is
+    loaded, re-scored on the validation split (must equal the logged metric)
+    and scored on the test split for the final report. ``packed`` copies the
+    file and checks that it reloads to identical outputs; ``onnx`` exports it
+    and checks onnxruntime against torch (max abs diff <= 1e-4).
+
+    Raises:
+        ConfigError: unknown format or run id.
+        RayzorError: a check failed (the output file is removed).
+    """
+    from mlflow.exceptions import MlflowException
+
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError("--format", fmt, EXPORT_FORMATS)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError("--run", run_id, "the run id of a trial; `rayzor pareto` lists them") from None
+    if run.data.tags.get(TAG_ROLE) != ROLE_TRIAL or run.info.status != "FINISHED":
+        raise ConfigError("--run", run_id, "the run id of a FINISHED trial; `rayzor pareto` lists them")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ConfigError("--out", str(out), "a path in an existing folder")
+    task = _task_of(client, run.data.tags[TAG_PARENT])
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = Path(client.download_artifacts(run_id, f"{PACKED_ARTIFACT_DIR}/{PACKED_NAME}", tmp))
+        model, _ = load_packed(packed)
+        val = task.score(model, "val")
+        logged = float(run.data.metrics[task.metric])
+        if abs(val[task.metric] - logged) > 1e-6:
+            raise RayzorError(f"packed model of run {run_id} scores {task.metric}={val[task.metric]} on val, but the trial logged {logged}")
+        test = task.score(model, "test")
+        batch = _reference_batch(task)
+        try:
+            if fmt == "packed":
+                shutil.copyfile(packed, out)
+                reloaded, _ = load_packed(out)
+                with torch.inference_mode():
+                    diff = float((reloaded(batch) - model(batch)).abs().max())
+                if diff != 0.0:
+                    raise RayzorError(f"packed file {out} reloads to different outputs (max abs diff {diff})")
+            else:
+                diff = _export_onnx(model, batch, out)
+                if diff > ONNX_TOLERANCE:
+                    raise RayzorError(f"ONNX export {out} differs from torch by {diff} > {ONNX_TOLERANCE}")
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+    return ExportReport(run_id, fmt, str(out), out.stat().st_size, val, test, diff)

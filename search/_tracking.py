@@ -1,0 +1,137 @@
+"""MLflow plumbing: the tracking URI, the search's parent run, trial child runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from compression.errors import ConfigError, RayzorError
+
+__all__ = [
+    "ROLE_SEARCH",
+    "ROLE_TRIAL",
+    "TAG_PARETO",
+    "TAG_ROLE",
+    "connect",
+    "resolve_tracking_uri",
+]
+
+TAG_ROLE = "rayzor.role"
+TAG_PARETO = "rayzor.pareto"
+TAG_PLAN = "rayzor.plan"
+TAG_PARENT = "mlflow.parentRunId"
+ROLE_SEARCH = "search"
+ROLE_TRIAL = "trial"
+_VALID_URIS = "http(s)://HOST:PORT of a running MLflow server, sqlite:///PATH, or another MLflow store URI"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The URI to use: ``uri``, else MLflow's own rules (``MLFLOW_TRACKING_URI``,
+    else ``sqlite:///mlflow.db`` in the working directory).
+
+    Relative local paths are made absolute here, because Ray trial workers run
+    in other directories.
+    """
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return Path(path).resolve().as_uri()
+    return uri
+
+
+def _check_reachable(uri: str) -> None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                response.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError("tracking_uri", uri, f"{_VALID_URIS} (GET /health failed: {reason})") from None
+    elif parsed.scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir():
+            raise ConfigError("tracking_uri", uri, f"{_VALID_URIS} (folder {folder} does not exist)")
+    elif parsed.scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise ConfigError("tracking_uri", uri, f"{_VALID_URIS}; MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true")
+
+
+def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[Any, str, str]:
+    """Check the tracking store and return ``(client, tracking_uri, experiment_id)``.
+
+    Called in the driver before Ray starts: an unreachable store fails fast,
+    and a fresh sqlite store is migrated here once rather than raced by trials.
+
+    Raises:
+        ConfigError: the store is unreachable, or (``create=False``) the
+            experiment does not exist.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(uri)
+    _check_reachable(uri)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            if not create:
+                names = [e.name for e in client.search_experiments(max_results=50)]
+                raise ConfigError("--experiment", experiment, ", ".join(repr(n) for n in names) or "none yet: run `rayzor search` first")
+            experiment_id = client.create_experiment(experiment)
+        else:
+            experiment_id = found.experiment_id
+    except MlflowException as exc:
+        raise ConfigError("tracking_uri", uri, f"{_VALID_URIS} ({str(exc).splitlines()[0]})") from None
+    return client, uri, experiment_id
+
+
+def latest_search_run(client: Any, experiment_id: str, experiment: str) -> Any:
+    """The most recent search (parent) run of an experiment."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise RayzorError(f"experiment {experiment!r} has no rayzor search yet: run `rayzor search` first")
+    return runs[0]
+
+
+def trial_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """Every trial (child) run of one search, oldest first."""
+    runs = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log many params in batches (MLflow caps a batch at 100)."""
+    from mlflow.entities import Param
+
+    items = [Param(str(k), json.dumps(v) if isinstance(v, (list, dict, tuple)) else str(v)) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])

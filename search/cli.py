@@ -1,0 +1,154 @@
+"""The ``rayzor`` command line: search, pareto, export."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from compression.errors import RayzorError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    help="Search per-layer compression plans with Ray Tune + Optuna, browse them in MLflow, export a Pareto point.",
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+_TABLE_METRICS = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "weight_sparsity")
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn rayzor's own errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RayzorError as exc:
+            err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _fmt(metric: str, value: float) -> str:
+    if metric == "size_bytes":
+        return f"{value / 1024:.2f} KiB"
+    if metric == "compression_ratio":
+        return f"{value:.1f}x"
+    if metric == "latency_ms":
+        return f"{value:.3f} ms"
+    return f"{value:.4f}"
+
+
+def _pareto_table(records: list[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("trial", justify="right")
+    table.add_column("run id")
+    for metric in _TABLE_METRICS:
+        table.add_column(metric, justify="right")
+    table.add_column("plan (sparsity/bits per layer)")
+    for r in records:
+        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in _TABLE_METRICS), r.plan_summary)
+    return table
+
+
+@app.command()
+@_friendly
+def search(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (same fields as the flags); default: the embedded digits task."),
+    trials: Optional[int] = typer.Option(None, help="Number of trials [default: 32]."),
+    concurrency: Optional[int] = typer.Option(None, help="Trials run at once [default: 2]."),
+    sampler: Optional[str] = typer.Option(None, help="tpe | nsga2 | random | gp [default: tpe]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the sampler and fine-tuning [default: 0]."),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: rayzor]."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."),
+) -> None:
+    """Run a compression search and print its Pareto front."""
+    from search._config import load_config
+    from search._runner import run_search
+
+    cfg = load_config(config, trials=trials, concurrency=concurrency, sampler=sampler, seed=seed,
+                      experiment=experiment, tracking_uri=tracking_uri)
+    result = run_search(cfg, progress=lambda line: console.print(line, markup=False))
+    failed = sum(r.status == "FAILED" for r in result.trials)
+    console.print()
+    console.print(_pareto_table(result.pareto, f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
+                                f"({failed} failed), hypervolume {result.hypervolume:.4f}, {result.wall_seconds:.0f} s"))
+    console.print(f"fp32 baseline: accuracy {result.baseline['accuracy']:.4f}, {result.baseline['size_bytes'] / 1024:.1f} KiB")
+    console.print(f"browse:  mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})", markup=False)
+    console.print(f"export:  rayzor export --experiment {cfg.experiment} --pick 'accuracy>={result.baseline['accuracy'] - 0.01:.3f},min:size_bytes' "
+                  f"--format onnx --out model.onnx", markup=False)
+
+
+@app.command()
+@_friendly
+def pareto(
+    experiment: str = typer.Option("rayzor", help="MLflow experiment."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list: run_id, trial, every metric, plan."),
+) -> None:
+    """The Pareto-optimal trials of the latest search in an experiment."""
+    from search._export import load_search
+
+    view = load_search(tracking_uri, experiment)
+    if as_json:
+        rows = [{"run_id": r.run_id, "trial": r.number, **r.metrics, "plan": r.plan_summary} for r in view.pareto]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    console.print(_pareto_table(view.pareto, f"search {view.parent.info.run_name} ({view.parent.info.run_id}): "
+                                f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}"))
+
+
+@app.command()
+@_friendly
+def export(
+    out: Path = typer.Option(..., "--out", help="Output file."),
+    fmt: str = typer.Option(..., "--format", help="packed | onnx."),
+    run: Optional[str] = typer.Option(None, "--run", help="Run id of a trial."),
+    pick: Optional[str] = typer.Option(None, "--pick", help="Constraints and one objective over the Pareto front, e.g. 'accuracy>=0.95,min:size_bytes'."),
+    experiment: str = typer.Option("rayzor", help="MLflow experiment (for --pick)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
+) -> None:
+    """Export one trial's compressed model (ONNX or packed) and check it."""
+    from compression.errors import ConfigError
+    from search._export import EXPORT_FORMATS, export_model, load_search, pick_run
+    from search._tracking import connect
+
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError("--format", fmt, EXPORT_FORMATS)
+    if (run is None) == (pick is None):
+        raise ConfigError("--run/--pick", {"run": run, "pick": pick}, "exactly one of --run RUN_ID or --pick SPEC")
+    if pick is not None:
+        view = load_search(tracking_uri, experiment)
+        chosen = pick_run(view, pick)
+        client = view.client
+        run = chosen.run_id
+        console.print(f"picked trial {chosen.number} ({run}): {chosen.plan_summary}", markup=False)
+    else:
+        client, _, _ = connect(tracking_uri, experiment, create=False)
+    report = export_model(client, run, fmt, out)
+    console.print(json.dumps(report.to_dict(), indent=2), markup=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

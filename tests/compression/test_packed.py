@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from compression import (
+    CompressionPlan,
+    ConfigError,
+    FinetuneConfig,
+    MagnitudePruning,
+    PackedFormatError,
+    RayzorError,
+    UniformQuantization,
+    compress,
+    load_packed,
+    measure_latency,
+    read_packed_info,
+    save_packed,
+    state_dict_bytes,
+)
+from tests.compression.tiny_models import FACTORY, tiny_net
+
+ARCH = {"factory": FACTORY, "kwargs": {"width": 8, "num_classes": 10}}
+LAYERS = ["conv1", "conv2", "fc1", "fc2"]
+
+
+def _uniform(*methods):
+    return CompressionPlan({n: tuple(methods) for n in LAYERS})
+
+
+PLANS = {
+    "dense_fp32": CompressionPlan({}),
+    "sparse_fp32": _uniform(MagnitudePruning(0.6)),
+    "dense_4bit": _uniform(UniformQuantization(4)),
+    "sparse_3bit": _uniform(MagnitudePruning(0.5), UniformQuantization(3)),
+    "16bit": _uniform(UniformQuantization(16)),
+    "mixed": CompressionPlan(
+        {
+            "conv1": (UniformQuantization(8),),
+            "conv2": (MagnitudePruning(0.95), UniformQuantization(2)),
+            "fc1": (MagnitudePruning(0.3),),
+        },
+        FinetuneConfig(epochs=1, lr=1e-2),
+    ),
+}
+
+
+def _pack(model, plan, path, loader=None, metadata=None):
+    out = compress(model, plan, train_loader=loader, loss_fn=nn.functional.cross_entropy)
+    return out, save_packed(out, path, arch=ARCH, metadata=metadata)
+
+
+@pytest.mark.parametrize("plan_name", list(PLANS))
+def test_round_trip_identical_outputs(model, inputs, loader, tmp_path, plan_name):
+    path = tmp_path / "m.rzp"
+    out, size = _pack(model, PLANS[plan_name], path, loader, {"run": plan_name})
+    assert size == os.path.getsize(path)
+    loaded, info = load_packed(path)
+    assert isinstance(loaded, type(model)) and not loaded.training
+    assert info.plan == PLANS[plan_name] and info.metadata == {"run": plan_name} and info.arch == ARCH
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs), out.model(inputs), rtol=0, atol=0)
+    for k, v in out.model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    for name, cw in out.weights.items():
+        got = info.weights[name]
+        assert (got.bits, got.shape) == (cw.bits, cw.shape)
+        assert torch.equal(got.dense(), cw.dense())
+
+
+def test_load_into_given_skeleton(model, inputs, tmp_path):
+    out, _ = _pack(model, PLANS["sparse_3bit"], tmp_path / "m.rzp")
+    skeleton = tiny_net()
+    before = {k: v.clone() for k, v in skeleton.state_dict().items()}
+    loaded, _ = load_packed(tmp_path / "m.rzp", skeleton)
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), out.model(inputs))
+    assert all(torch.equal(v, before[k]) for k, v in skeleton.state_dict().items())
+
+
+def _layer_info(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return json.loads(header["__metadata__"]["layers"]), header
+
+
+def test_mask_encoding_choice(model, tmp_path):
+    path = tmp_path / "m.rzp"
+    plan = CompressionPlan({"conv2": (MagnitudePruning(0.98),), "fc1": (MagnitudePruning(0.2),)})
+    _pack(model, plan, path)
+    layers, header = _layer_info(path)
+    assert layers["conv2"]["mask"] == "indices" and header["conv2.weight@indices"]["dtype"] == "U16"
+    assert layers["fc1"]["mask"] == "bitmap"
+    assert header["fc1.weight@bitmap"]["shape"] == [-(-32 * 64 // 8)]
+    assert "conv2.weight" not in header and "conv1.weight" in header  # dense layer stored as is
+
+
+def test_codes_stored_at_exact_bits(model, tmp_path):
+    path = tmp_path / "m.rzp"
+    _pack(model, CompressionPlan({"fc1": (UniformQuantization(3),)}), path)
+    layers, header = _layer_info(path)
+    assert layers["fc1"] == {"bits": 3, "kept": 2048, "mask": "dense", "shape": [32, 64]}
+    assert header["fc1.weight@codes"]["dtype"] == "U8"
+    assert header["fc1.weight@codes"]["shape"] == [2048 * 3 // 8]
+
+
+def test_size_shrinks_with_bits_and_sparsity(model, tmp_path):
+    def size(plan):
+        return _pack(model, plan, tmp_path / "m.rzp")[1]
+
+    by_bits = [size(_uniform(UniformQuantization(b))) for b in (16, 8, 4, 2)]
+    assert by_bits == sorted(by_bits, reverse=True) and len(set(by_bits)) == 4
+    by_sparsity = [size(_uniform(MagnitudePruning(s))) for s in (0.0, 0.5, 0.9, 0.95)]
+    assert by_sparsity == sorted(by_sparsity, reverse=True) and len(set(by_sparsity)) == 4
+    assert size(_uniform(MagnitudePruning(0.5), UniformQuantization(4))) < state_dict_bytes(model) / 3
+
+
+def test_state_dict_bytes(model, tmp_path):
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    assert state_dict_bytes(model) == len(safetensors.torch.save(tensors))
+    # An uncompressed packed file is the same tensors plus a bigger header.
+    _, size = _pack(model, CompressionPlan({}), tmp_path / "m.rzp")
+    assert state_dict_bytes(model) < size < state_dict_bytes(model) + 2048
+
+
+def test_read_packed_info(model, tmp_path):
+    _, _ = _pack(model, PLANS["sparse_3bit"], tmp_path / "m.rzp", metadata={"trial": "7"})
+    info = read_packed_info(tmp_path / "m.rzp")
+    assert info.plan == PLANS["sparse_3bit"] and info.metadata == {"trial": "7"} and set(info.weights) == set(LAYERS)
+
+
+def test_not_a_packed_file(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"definitely not safetensors")
+    with pytest.raises(PackedFormatError, match="not a rayzor packed file"):
+        load_packed(junk)
+    plain = tmp_path / "plain.safetensors"
+    safetensors.torch.save_file({"x": torch.zeros(2)}, plain)
+    with pytest.raises(RayzorError, match="not a rayzor packed file"):
+        read_packed_info(plain)
+
+
+def test_unknown_format_version(model, tmp_path):
+    path = tmp_path / "m.rzp"
+    _pack(model, CompressionPlan({}), path)
+    with safetensors.safe_open(path, "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    safetensors.torch.save_file(tensors, path, metadata={**meta, "format_version": "99"})
+    with pytest.raises(PackedFormatError, match="version '99'"):
+        load_packed(path)
+
+
+def test_wrong_skeleton(model, tmp_path):
+    _pack(model, CompressionPlan({}), tmp_path / "m.rzp")
+    with pytest.raises(PackedFormatError, match="do not fit"):
+        load_packed(tmp_path / "m.rzp", tiny_net(width=4))
+
+
+@pytest.mark.parametrize(
+    ("arch", "metadata", "field"),
+    [
+        ({"kwargs": {}}, None, "arch.factory"),
+        ({"factory": "no_colon"}, None, "arch.factory"),
+        ({"factory": FACTORY, "kwargs": {"x": object()}}, None, "arch"),
+        (ARCH, {"k": 3}, "metadata['k']"),
+    ],
+)
+def test_bad_save_arguments(model, tmp_path, arch, metadata, field):
+    out = compress(model, CompressionPlan({}))
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[")):
+        save_packed(out, tmp_path / "m.rzp", arch=arch, metadata=metadata)
+
+
+def test_measure_latency(model, inputs):
+    ms = measure_latency(model, inputs, warmup=1, repeats=3)
+    assert isinstance(ms, float) and ms > 0
+    with pytest.raises(ConfigError, match="repeats: got 0"):
+        measure_latency(model, inputs, repeats=0)

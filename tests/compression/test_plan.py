@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+
+from compression import (
+    CompressionPlan,
+    ConfigError,
+    FinetuneConfig,
+    MagnitudePruning,
+    MethodConfig,
+    UniformQuantization,
+    get_method,
+    list_methods,
+    register_method,
+)
+
+# One valid example per registered method; a new method must add one here.
+EXAMPLES = {"magnitude_pruning": MagnitudePruning(0.5), "uniform_quantization": UniformQuantization(4)}
+
+
+def test_every_method_has_an_example():
+    assert set(EXAMPLES) == set(list_methods())
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_contract(name):
+    cfg = EXAMPLES[name]
+    cls = get_method(name)
+    assert type(cfg) is cls and cls.method == name and cls.stage in ("sparsify", "quantize")
+    assert dataclasses.is_dataclass(cfg) and isinstance(cfg, MethodConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cfg, dataclasses.fields(cfg)[0].name, 0)
+    d = cfg.to_dict()
+    assert d["method"] == name
+    assert MethodConfig.from_dict(d) == cfg and hash(MethodConfig.from_dict(d)) == hash(cfg)
+    with pytest.raises(ConfigError, match=f"{name}.bogus"):
+        MethodConfig.from_dict({**d, "bogus": 1})
+    field = dataclasses.fields(cfg)[0].name
+    with pytest.raises(ConfigError, match=f"{name}.{field}"):
+        MethodConfig.from_dict({"method": name})
+
+
+def test_numpy_scalars_are_normalised():
+    np = pytest.importorskip("numpy")
+    cfg = MagnitudePruning(np.float64(0.25))
+    assert type(cfg.sparsity) is float and cfg == MagnitudePruning(0.25)
+    assert type(UniformQuantization(np.int64(3)).bits) is int
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "value"),
+    [
+        (lambda: MethodConfig.from_dict({"method": "bogus_method"}), "method", "bogus_method"),
+        (lambda: get_method("nope"), "method", "nope"),
+        (lambda: MagnitudePruning(1.2), "sparsity", "1.2"),
+        (lambda: MagnitudePruning(-0.1), "sparsity", "-0.1"),
+        (lambda: MagnitudePruning(1.0), "sparsity", "1.0"),
+        (lambda: UniformQuantization(1), "bits", "1"),
+        (lambda: UniformQuantization(33), "bits", "33"),
+        (lambda: UniformQuantization(32), "bits", "32"),
+        (lambda: UniformQuantization(4.0), "bits", "4.0"),
+        (lambda: FinetuneConfig(epochs=-1), "epochs", "-1"),
+        (lambda: FinetuneConfig(lr=0), "lr", "0"),
+        (lambda: FinetuneConfig(batch_size=0), "batch_size", "0"),
+        (lambda: CompressionPlan.from_dict({"version": 99, "layers": {}}), "version", "99"),
+        (lambda: CompressionPlan({"fc1": MagnitudePruning(0.5)}), "fc1", "0.5"),
+        (lambda: CompressionPlan({"fc1": (MagnitudePruning(0.5), MagnitudePruning(0.1))}), "fc1", "0.1"),
+        (lambda: CompressionPlan.from_settings({"fc1": {"sparsty": 0.5}}), "fc1", "sparsty"),
+        (lambda: CompressionPlan.from_json("{not json"), "plan", "{not json"),
+    ],
+)
+def test_bad_input_raises_config_error(make, field, value):
+    with pytest.raises(ConfigError) as exc:
+        make()
+    assert field in str(exc.value) and value in str(exc.value)
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ConfigError) as exc:
+        get_method("nope")
+    for name in list_methods():
+        assert name in str(exc.value)
+
+
+def test_register_rejects_duplicate_and_non_config():
+    with pytest.raises(ConfigError, match="magnitude_pruning"):
+        register_method(MagnitudePruning)
+    with pytest.raises(ConfigError, match="config_cls"):
+        register_method(int)
+
+
+def _plan():
+    return CompressionPlan(
+        {
+            "conv1": (UniformQuantization(4), MagnitudePruning(0.5)),  # given quantize-first
+            "conv2": (MagnitudePruning(0.9),),
+            "fc1": (UniformQuantization(8),),
+            "fc2": (),
+        },
+        FinetuneConfig(epochs=2, lr=1e-2, batch_size=32, seed=3),
+    )
+
+
+def test_methods_sorted_by_stage():
+    assert _plan().layers["conv1"] == (MagnitudePruning(0.5), UniformQuantization(4))
+
+
+def test_json_round_trip_and_equality():
+    plan = _plan()
+    s = plan.to_json()
+    again = CompressionPlan.from_json(s)
+    assert again == plan and hash(again) == hash(plan) and again.to_json() == s
+    assert len({plan, again}) == 1
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    assert plan.to_dict()["version"] == CompressionPlan.FORMAT_VERSION == 1
+    assert plan != CompressionPlan(dict(plan.layers))  # finetune differs
+
+
+def test_plan_does_not_alias_caller_dict():
+    layers = {"fc1": (MagnitudePruning(0.5),)}
+    plan = CompressionPlan(layers)
+    layers["fc2"] = ()
+    assert list(plan.layers) == ["fc1"]
+
+
+def test_settings_round_trip():
+    plan = _plan()
+    settings = plan.settings()
+    assert settings == {
+        "conv1": {"sparsity": 0.5, "bits": 4},
+        "conv2": {"sparsity": 0.9, "bits": 32},
+        "fc1": {"sparsity": 0.0, "bits": 8},
+        "fc2": {"sparsity": 0.0, "bits": 32},
+    }
+    assert CompressionPlan.from_settings(settings, plan.finetune) == plan
+
+
+def test_summary():
+    text = _plan().summary()
+    assert "conv1 s=0.50 b=4" in text and "conv2 s=0.90 b=32" in text and "finetune 2ep" in text

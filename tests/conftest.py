@@ -1,0 +1,43 @@
+"""Session-wide fixtures: one Ray instance, one trained digits baseline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Set before Ray or MLflow is imported by any test module.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh baseline cache per session, so tests never read a stale model."""
+    path = str(tmp_path_factory.mktemp("rayzor-cache"))
+    os.environ["RAYZOR_CACHE_DIR"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits task, trained once per session."""
+    from compression.tasks import create_task
+
+    return create_task("digits")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every test that needs it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path) -> str:
+    """A private MLflow store for one test."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
