@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import time
 import warnings
@@ -203,8 +204,14 @@ class _Tracker:
 
     def error(self, trial: Any) -> None:
         run_id, record = self._start(trial, "FAILED")
-        error = trial.get_error()
-        record.error = str(error).strip().splitlines()[-1][:500] if error else "unknown error"
+        text = ""
+        if trial.error_file and os.path.exists(trial.error_file):
+            with open(trial.error_file) as f:
+                text = f.read()
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]
+        record.error = lines[-1].strip()[:500] if lines else "unknown error"
+        if text:
+            self.client.log_text(run_id, text, "error.txt")
         self.client.set_tag(run_id, "rayzor.error", record.error)
         self.client.set_terminated(run_id, "FAILED")
         self.progress(f"[{len(self.records)}/{self.config.trials}] trial {record.number:04d}  FAILED: {record.error}")
@@ -400,6 +407,9 @@ def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print)
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
+        # A failed trial is reported as one line and logged (with its traceback)
+        # in its MLflow run; Tune's own logger would print every traceback too.
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         tuner.fit()
         front, hv = _finish(client, parent_id, tracker.records, config, baseline)
         status = "FINISHED"

@@ -82,6 +82,8 @@ def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[A
 
     uri = resolve_tracking_uri(uri)
     _check_reachable(uri)
+    if not create and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        raise ConfigError("tracking_uri", uri, "an existing MLflow store: run `rayzor search` first, or pass --tracking-uri")
     try:
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)

@@ -79,15 +79,15 @@ def search(
 
     cfg = load_config(config, trials=trials, concurrency=concurrency, sampler=sampler, seed=seed,
                       experiment=experiment, tracking_uri=tracking_uri)
-    result = run_search(cfg, progress=lambda line: console.print(line, markup=False))
+    result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True))
     failed = sum(r.status == "FAILED" for r in result.trials)
     console.print()
     console.print(_pareto_table(result.pareto, f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
                                 f"({failed} failed), hypervolume {result.hypervolume:.4f}, {result.wall_seconds:.0f} s"))
     console.print(f"fp32 baseline: accuracy {result.baseline['accuracy']:.4f}, {result.baseline['size_bytes'] / 1024:.1f} KiB")
-    console.print(f"browse:  mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})", markup=False)
+    console.print(f"browse:  mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})", markup=False, soft_wrap=True)
     console.print(f"export:  rayzor export --experiment {cfg.experiment} --pick 'accuracy>={result.baseline['accuracy'] - 0.01:.3f},min:size_bytes' "
-                  f"--format onnx --out model.onnx", markup=False)
+                  f"--format onnx --out model.onnx", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -133,20 +133,25 @@ def export(
         chosen = pick_run(view, pick)
         client = view.client
         run = chosen.run_id
-        console.print(f"picked trial {chosen.number} ({run}): {chosen.plan_summary}", markup=False)
+        console.print(f"picked trial {chosen.number} ({run}): {chosen.plan_summary}", markup=False, soft_wrap=True)
     else:
         client, _, _ = connect(tracking_uri, experiment, create=False)
     report = export_model(client, run, fmt, out)
-    console.print(json.dumps(report.to_dict(), indent=2), markup=False)
+    console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
 
 
-def main() -> None:
-    """Console-script entry point."""
+@app.callback()
+def _quiet() -> None:
+    # MLflow's INFO lines (schema migration, download bars) drown rayzor's own.
     import logging
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Console-script entry point."""
     app()
 
 

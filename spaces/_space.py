@@ -113,11 +113,17 @@ class CompressionSpace:
     def encode(self, plan: CompressionPlan) -> dict[str, Any]:
         """The parameter dict that decodes to ``plan`` (e.g. to enqueue it)."""
         settings = plan.settings()
+        if sorted(settings) != sorted(self.layers):
+            raise ConfigError("plan.layers", sorted(settings), f"exactly the space's layers {list(self.layers)}")
+        if plan.finetune != self.finetune:
+            raise ConfigError("plan.finetune", plan.finetune, f"the space's {self.finetune}")
         params: dict[str, Any] = {}
         for layer in self.layers:
-            if layer not in settings:
-                raise ConfigError("plan.layers", sorted(settings), f"a plan over the space's layers {list(self.layers)}")
             s = settings[layer]
+            if not self.sparsity[0] <= s["sparsity"] <= self.sparsity[1]:
+                raise ConfigError(f"plan.layers[{layer!r}].sparsity", s["sparsity"], f"within {list(self.sparsity)}")
+            if s["bits"] not in self.bits:
+                raise ConfigError(f"plan.layers[{layer!r}].bits", s["bits"], self.bits)
             if self.sparsity[0] < self.sparsity[1]:
                 params[f"{layer}.sparsity"] = float(s["sparsity"])
             if len(self.bits) > 1:

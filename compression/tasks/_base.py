@@ -165,7 +165,12 @@ def create_task(spec: str, **options: Any) -> Task:
         raise ConfigError(
             "task_options", options, f"keyword arguments of {spec!r}{inspect.signature(factory)}"
         ) from exc
-    task = factory(**options)
+    try:
+        task = factory(**options)
+    except RayzorError:
+        raise
+    except Exception as exc:
+        raise TaskLoadError(f"task: factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskLoadError(
             f"task: {spec!r} returned {type(task).__name__}; a task factory must return compression.tasks.Task"

@@ -1,0 +1,20 @@
+"""A user task (loaded as ``tests.search.failing_task:make_task``) whose
+evaluation raises for some plans, to check that failed trials are recorded
+FAILED and the search goes on."""
+
+from __future__ import annotations
+
+from compression.tasks import Task, create_task
+from compression.tasks._digits import accuracy
+
+
+def evaluate_or_fail(model, dataset) -> dict[str, float]:
+    if (model.conv1.weight == 0).float().mean() > 0.7:
+        raise RuntimeError("conv1 too sparse for this test task")
+    return accuracy(model, dataset)
+
+
+def make_task() -> Task:
+    task = create_task("digits")
+    task.evaluate = evaluate_or_fail
+    return task

@@ -1,0 +1,201 @@
+"""The rayzor CLI: search -> pareto --json -> export, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+import search._runner
+from compression import load_packed
+from compression.tasks import create_task
+from search.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def searched(ray_session, tmp_path_factory):
+    """One CLI search: a YAML config plus a flag that overrides it."""
+    root = tmp_path_factory.mktemp("cli")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = root / "search.yaml"
+    config.write_text(
+        f"trials: 3\nfinetune_epochs: 0\nstorage_path: {root / 'ray'}\nspace:\n  sparsity: [0.0, 0.9]\n  bits: [4, 8, 32]\n"
+    )
+    result = runner.invoke(app, ["search", str(config), "--trials", "5", "--seed", "1",
+                                 "--experiment", "cli", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    return uri, root, result.output
+
+
+def _args(uri: str, *extra: str) -> list[str]:
+    return [*extra, "--experiment", "cli", "--tracking-uri", uri]
+
+
+def test_search_prints_progress_front_and_where_to_browse(searched):
+    uri, _, output = searched
+    assert output.count("] trial ") == 5  # one progress line per trial
+    assert "Pareto front:" in output
+    assert f"mlflow ui --backend-store-uri {uri}" in output
+    parent = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`rayzor.role` = 'search'")[0]
+    assert parent.data.params["trials"] == "5"  # the flag beat the file's 3
+    assert json.loads(parent.data.params["space.bits"]) == [4, 8, 32]
+
+
+def test_pareto_json_lists_front_with_every_metric(searched):
+    uri, _, _ = searched
+    result = runner.invoke(app, _args(uri, "pareto", "--json"))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows
+    for row in rows:
+        assert {"run_id", "accuracy", "size_bytes", "compression_ratio", "latency_ms"} <= set(row)
+    # Non-dominated among themselves: sorted by size, accuracy strictly rises.
+    rows.sort(key=lambda r: r["size_bytes"])
+    assert all(a["accuracy"] < b["accuracy"] for a, b in zip(rows, rows[1:]))
+
+
+def _val_batch() -> torch.Tensor:
+    return create_task("digits").data["val"].tensors[0][:64]
+
+
+def test_export_onnx_matches_torch(searched, tmp_path):
+    uri, _, _ = searched
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, _args(uri, "export", "--pick", "min:size_bytes", "--format", "onnx", "--out", str(out)))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["max_abs_diff"] <= 1e-4
+    assert 0.0 < report["test_metrics"]["accuracy"] <= 1.0
+    # Independent parity check against the trial's own packed artifact.
+    packed = MlflowClient(uri).download_artifacts(report["run_id"], "packed/packed.safetensors", str(tmp_path))
+    model, _ = load_packed(packed)
+    x = _val_batch()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.inference_mode():
+        want = model(x).numpy()
+    assert np.max(np.abs(got - want)) <= 1e-4
+
+
+def test_export_packed_by_run_id_reloads_identically(searched, tmp_path):
+    uri, _, _ = searched
+    rows = json.loads(runner.invoke(app, _args(uri, "pareto", "--json")).stdout)
+    run_id = max(rows, key=lambda r: r["accuracy"])["run_id"]
+    out = tmp_path / "model.safetensors"
+    result = runner.invoke(app, _args(uri, "export", "--run", run_id, "--format", "packed", "--out", str(out)))
+    assert result.exit_code == 0, result.output
+    original = MlflowClient(uri).download_artifacts(run_id, "packed/packed.safetensors", str(tmp_path))
+    a, _ = load_packed(out)
+    b, _ = load_packed(original)
+    x = _val_batch()
+    with torch.inference_mode():
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    assert out.read_bytes() == open(original, "rb").read()
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if a command gets as far as starting Ray."""
+
+    def refuse(config):
+        raise AssertionError("Ray was started despite bad input")
+
+    monkeypatch.setattr(search._runner, "_start_ray", refuse)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needles"),
+    [
+        ("trials: 2\nbogus_key: 1\n", ("bogus_key", "known keys")),
+        ("space:\n  sparsity: [0.0, 0.99]\n", ("space.sparsity", "0.99", "0.95")),
+        ("space:\n  bits: [1, 8]\n", ("space.bits", "[1, 8]", "2..16 and 32")),
+        ("sampler: annealing\n", ("sampler", "'annealing'", "'tpe'")),
+        ("trials: 0\n", ("trials", "0", "greater than or equal to 1")),
+    ],
+)
+def test_bad_config_file_fails_before_ray(no_ray, tmp_path, tracking_uri, yaml_text, needles):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    result = runner.invoke(app, ["search", str(config), "--tracking-uri", tracking_uri])
+    _one_line_error(result, *needles)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--sampler", "foo"], ("sampler", "'foo'", "'nsga2'")),
+        (["--trials", "0"], ("trials", "got 0")),
+        (["--concurrency", "0"], ("concurrency", "got 0")),
+    ],
+)
+def test_bad_flag_fails_before_ray(no_ray, tracking_uri, flags, needles):
+    _one_line_error(runner.invoke(app, ["search", *flags, "--tracking-uri", tracking_uri]), *needles)
+
+
+def test_unreachable_tracking_uri_fails_before_ray(no_ray):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    _one_line_error(runner.invoke(app, ["search", "--tracking-uri", uri]), "tracking_uri", uri)
+
+
+def test_unknown_run_id(searched, tmp_path):
+    uri, _, _ = searched
+    result = runner.invoke(app, _args(uri, "export", "--run", "0123456789abcdef", "--format", "onnx", "--out", str(tmp_path / "m.onnx")))
+    _one_line_error(result, "--run", "0123456789abcdef", "rayzor pareto")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_pick_matching_nothing_says_the_fronts_range(searched, tmp_path):
+    uri, _, _ = searched
+    result = runner.invoke(app, _args(uri, "export", "--pick", "accuracy>=1.5", "--format", "packed", "--out", str(tmp_path / "m")))
+    _one_line_error(result, "accuracy>=1.5", "accuracy ranges")
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--pick", "speed>=1"], ("--pick", "speed", "accuracy")),
+        (["--pick", "min:size_bytes,max:accuracy"], ("--pick",)),
+        (["--format", "tflite", "--run", "x"], ("--format", "'tflite'", "'onnx'")),
+        (["--run", "x", "--pick", "min:size_bytes"], ("--run/--pick", "exactly one")),
+    ],
+)
+def test_bad_export_arguments(searched, tmp_path, flags, needles):
+    uri, _, _ = searched
+    args = ["export", *flags, "--out", str(tmp_path / "m")]
+    if "--format" not in flags:
+        args += ["--format", "packed"]
+    _one_line_error(runner.invoke(app, _args(uri, *args)), *needles)
+
+
+def test_pareto_of_missing_store(tracking_uri):
+    result = runner.invoke(app, ["pareto", "--tracking-uri", tracking_uri])
+    _one_line_error(result, "tracking_uri", tracking_uri, "rayzor search")
+
+
+def test_pareto_of_unknown_experiment(searched):
+    uri, _, _ = searched
+    result = runner.invoke(app, ["pareto", "--experiment", "nope", "--tracking-uri", uri])
+    _one_line_error(result, "--experiment", "'nope'", "'cli'")

@@ -1,0 +1,103 @@
+"""A real search on Ray: every trial in MLflow, correct Pareto tags, failures kept."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from compression import load_packed
+from compression.tasks import create_task
+from search import SearchConfig, pareto_mask, run_search
+from search._tracking import TAG_PARETO, trial_runs
+
+
+@pytest.fixture(scope="module")
+def finished(ray_session, tmp_path_factory):
+    """One search of 6 trials where the user task fails on some plans."""
+    root = tmp_path_factory.mktemp("search")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = SearchConfig(
+        task="tests.search.failing_task:make_task",
+        trials=6,
+        concurrency=2,
+        sampler="random",
+        seed=0,
+        experiment="test-search",
+        tracking_uri=uri,
+        storage_path=str(root / "ray"),
+        finetune_epochs=0,
+    )
+    lines: list[str] = []
+    result = run_search(config, progress=lines.append)
+    return result, MlflowClient(uri), lines, root
+
+
+def test_parent_run_has_config_and_finished(finished):
+    result, client, _, _ = finished
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["trials"] == "6"
+    assert parent.data.params["sampler"] == "random"
+    assert json.loads(parent.data.params["space.bits"]) == [2, 3, 4, 5, 6, 8, 16, 32]
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"pareto.json", "pareto.csv", "pareto.png", "search_config.json", "space.json"} <= artifacts
+
+
+def test_every_trial_is_a_nested_child_run(finished):
+    result, client, lines, _ = finished
+    children = trial_runs(client, result.experiment_id, result.parent_run_id)
+    assert len(children) == 6
+    statuses = {c.info.status for c in children}
+    # The failing task raises on some plans: both outcomes must be recorded.
+    assert statuses == {"FINISHED", "FAILED"}
+    assert sum("FAILED" in line for line in lines) == sum(c.info.status == "FAILED" for c in children)
+    for child in children:
+        params = child.data.params
+        for layer in ("conv1", "conv2", "fc1", "fc2"):
+            assert 0.0 <= float(params[f"{layer}.sparsity"]) <= 0.95
+            assert int(params[f"{layer}.bits"]) in (2, 3, 4, 5, 6, 8, 16, 32)
+        if child.info.status == "FAILED":
+            assert "conv1 too sparse" in child.data.tags["rayzor.error"]
+            assert float(params["conv1.sparsity"]) > 0.7
+        else:
+            assert {"accuracy", "size_bytes", "compression_ratio", "latency_ms"} <= set(child.data.metrics)
+
+
+def test_size_bytes_is_the_logged_file_and_it_rebuilds_the_model(finished, tmp_path):
+    result, client, _, _ = finished
+    task = create_task("digits")
+    for child in trial_runs(client, result.experiment_id, result.parent_run_id):
+        if child.info.status != "FINISHED":
+            continue
+        path = client.download_artifacts(child.info.run_id, "packed/packed.safetensors", str(tmp_path))
+        assert os.path.getsize(path) == child.data.metrics["size_bytes"]
+        model, info = load_packed(path)
+        assert info.plan.settings()["conv1"]["bits"] == int(child.data.params["conv1.bits"])
+        assert task.score(model, "val")["accuracy"] == pytest.approx(child.data.metrics["accuracy"], abs=1e-9)
+
+
+def test_pareto_tags_match_the_front(finished):
+    result, client, _, _ = finished
+    done = [c for c in trial_runs(client, result.experiment_id, result.parent_run_id) if c.info.status == "FINISHED"]
+    values = np.array([[c.data.metrics["accuracy"], c.data.metrics["size_bytes"]] for c in done])
+    mask = pareto_mask(values, ["maximize", "minimize"])
+    assert [c.data.tags[TAG_PARETO] for c in done] == ["true" if m else "false" for m in mask]
+    assert sorted(r.run_id for r in result.pareto) == sorted(c.info.run_id for c, m in zip(done, mask) if m)
+    with open(client.download_artifacts(result.parent_run_id, "pareto.json")) as f:
+        rows = json.load(f)
+    assert sorted(row["run_id"] for row in rows) == sorted(r.run_id for r in result.pareto)
+
+
+def test_hypervolume_is_logged_per_completed_trial(finished):
+    result, client, _, _ = finished
+    history = client.get_metric_history(result.parent_run_id, "hypervolume")
+    n_done = sum(r.status == "FINISHED" for r in result.trials)
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, n_done + 1))
+    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert values == sorted(values)  # adding points never shrinks a dominated volume
+    assert values[-1] == pytest.approx(result.hypervolume)
+    assert 0.0 < result.hypervolume < 1.0
