@@ -49,7 +49,7 @@ class SearchConfig(_Strict):
 
     task: str = Field("digits", description="registered task name or 'package.module:function'")
     task_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task factory")
-    trials: int = Field(32, ge=1, description="number of trials")
+    trials: int = Field(64, ge=1, description="number of trials")
     concurrency: int = Field(2, ge=1, description="trials run at once")
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     seed: int = Field(0, ge=0)

@@ -68,6 +68,7 @@ class SearchResult:
     hypervolume: float
     baseline: dict[str, float]
     wall_seconds: float
+    fit_seconds: float
     storage_path: str
 
 
@@ -410,7 +411,9 @@ def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print)
         # A failed trial is reported as one line and logged (with its traceback)
         # in its MLflow run; Tune's own logger would print every traceback too.
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+        fit_started = time.perf_counter()
         tuner.fit()
+        fit_seconds = time.perf_counter() - fit_started
         front, hv = _finish(client, parent_id, tracker.records, config, baseline)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -432,5 +435,6 @@ def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print)
         hypervolume=hv,
         baseline=baseline,
         wall_seconds=time.perf_counter() - started,
+        fit_seconds=fit_seconds,
         storage_path=storage,
     )

@@ -24,6 +24,7 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 _TABLE_METRICS = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "weight_sparsity")
+_HEADERS = {"size_bytes": "size", "compression_ratio": "ratio", "latency_ms": "latency", "weight_sparsity": "zeros"}
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,15 +51,25 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.4f}"
 
 
+def _plan_cell(record: Any) -> str:
+    """Per-layer "sparsity%/bits" from a trial's params, e.g. "conv1 43%/4b"."""
+    cells = []
+    for layer in dict.fromkeys(k.rsplit(".", 1)[0] for k in record.params if k.endswith((".sparsity", ".bits"))):
+        sparsity = float(record.params.get(f"{layer}.sparsity", 0.0))
+        bits = record.params.get(f"{layer}.bits", "32")
+        cells.append(f"{layer} {sparsity:.0%}/{bits}b")
+    return "  ".join(cells) or record.plan_summary
+
+
 def _pareto_table(records: list[Any], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
-    table.add_column("run id")
+    table.add_column("run id", no_wrap=True, min_width=32)
     for metric in _TABLE_METRICS:
-        table.add_column(metric, justify="right")
-    table.add_column("plan (sparsity/bits per layer)")
+        table.add_column(_HEADERS.get(metric, metric), justify="right")
+    table.add_column("plan (layer sparsity/bits)")
     for r in records:
-        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in _TABLE_METRICS), r.plan_summary)
+        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in _TABLE_METRICS), _plan_cell(r))
     return table
 
 
@@ -66,7 +77,7 @@ def _pareto_table(records: list[Any], title: str) -> Table:
 @_friendly
 def search(
     config: Optional[Path] = typer.Argument(None, help="YAML config (same fields as the flags); default: the embedded digits task."),
-    trials: Optional[int] = typer.Option(None, help="Number of trials [default: 32]."),
+    trials: Optional[int] = typer.Option(None, help="Number of trials [default: 64]."),
     concurrency: Optional[int] = typer.Option(None, help="Trials run at once [default: 2]."),
     sampler: Optional[str] = typer.Option(None, help="tpe | nsga2 | random | gp [default: tpe]."),
     seed: Optional[int] = typer.Option(None, help="Seed of the sampler and fine-tuning [default: 0]."),
