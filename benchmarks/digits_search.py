@@ -20,26 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _versions() -> dict[str, str]:
-    import mlflow
-    import optuna
-    import ray
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "optuna": optuna.__version__, "mlflow": mlflow.__version__}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import RESULTS, describe_machine, machine, replace_section, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -83,9 +71,7 @@ def main() -> None:
     compute = sum(r.metrics["trial_seconds"] for r in done)
     report = {
         "command": "python benchmarks/digits_search.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "versions": _versions(),
+        **machine(),
         "config": json.loads(config.model_dump_json(exclude={"tracking_uri", "storage_path"})),
         "baseline": result.baseline,
         "trials_finished": len(done),
@@ -100,8 +86,7 @@ def main() -> None:
             "overhead_ratio": result.fit_seconds / (compute / config.concurrency),
         },
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "digits_search.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result("digits_search", report)
     plot = client.download_artifacts(result.parent_run_id, "pareto.png", str(scratch))
     shutil.copyfile(plot, RESULTS / "digits_search_pareto.png")
     _write_section(report)
@@ -114,8 +99,7 @@ def _write_section(report: dict) -> None:
     lines = [
         "## digits_search: the default search",
         "",
-        f"Command: `{report['command']}` ({report['date']}, {report['machine']}; "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ").",
+        f"Command: `{report['command']}` ({describe_machine(report)}).",
         f"Config: the defaults of `rayzor search` ({report['config']['trials']} trials, concurrency "
         f"{report['config']['concurrency']}, sampler {report['config']['sampler']}, seed {report['config']['seed']}, "
         f"{report['config']['finetune_epochs']} fine-tune epoch(s)). fp32 baseline: validation accuracy "
@@ -151,23 +135,7 @@ def _write_section(report: dict) -> None:
         "",
         "![Pareto front](benchmarks/results/digits_search_pareto.png)",
     ]
-    _replace_section("digits_search", "\n".join(lines))
-
-
-def _replace_section(name: str, body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else (
-        "# Benchmarks\n\nEvery figure here is written by the command named in its section; "
-        "rerun the command to refresh it, never edit a figure by hand.\n"
-    )
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section("digits_search", "\n".join(lines))
 
 
 if __name__ == "__main__":
