@@ -1,6 +1,7 @@
 """Tasks: a model, its data split and how to score it.
 
-``create_task("digits")`` gives the embedded default; ``create_task(
+``create_task("digits")`` gives the embedded default, ``create_task("minilm")``
+the real all-MiniLM-L6-v2 (``minilm`` extra); ``create_task(
 "mypkg.mymodule:make_task")`` loads a user's task, a function returning a
 :class:`Task`.
 """
@@ -14,14 +15,18 @@ from compression.tasks._base import (
     resolve_callable,
 )
 from compression.tasks._digits import DigitsCNN, digits_task
+from compression.tasks._minilm import MissingExtraError, SentenceEncoder, minilm_task
 
 __all__ = [
     "DigitsCNN",
+    "MissingExtraError",
+    "SentenceEncoder",
     "Task",
     "TaskLoadError",
     "create_task",
     "digits_task",
     "list_tasks",
+    "minilm_task",
     "register_task",
     "resolve_callable",
 ]
