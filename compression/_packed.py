@@ -1,32 +1,46 @@
 """The packed artifact: one safetensors file holding a compressed model.
 
-Layout (format version 1). ``__metadata__`` holds JSON strings under
-``format`` (``"rayzor.packed"``), ``format_version``, ``plan``, ``arch``,
-``layers`` (per-layer encoding) and ``metadata`` (user strings). Tensors are
-the model's state dict, except that each compressed weight ``<key>`` is
-replaced by:
+Layout (format version 2; version 1 files are still read). ``__metadata__``
+holds strings under ``format`` (``"rayzor.packed"``), ``format_version``,
+``plan``, ``arch``, ``layers`` (per-weight encoding), ``structure``
+(factorised layers, see :func:`compression.apply_structure`), ``entropy``
+(the lossless stage, if any), ``metadata`` (user strings) and ``checksum``
+(BLAKE2b of every other metadata entry and every tensor, so a flipped byte
+is an error, never a silently different model). Tensors are the model's
+state dict, except that each compressed weight ``<key>`` is replaced by:
 
-* ``<key>@codes``: uint8, codes offset by ``qmax`` and bit-packed at exactly
-  ``bits`` bits each, plus ``<key>@scale``: fp32 per output channel; or
-  ``<key>@values``: fp32 kept values when the layer is not quantized;
-* for sparse layers, whichever is smaller: ``<key>@bitmap`` (packbits of the
-  mask, ``ceil(numel / 8)`` bytes) or ``<key>@indices`` (flat positions of the
-  kept weights in the smallest unsigned dtype that fits).
+* values: ``<key>@values`` (fp32, fp16 or bf16 kept values); or
+* codes: ``<key>@codes``, uint8 holding the codes bit-packed at exactly
+  ``bits`` bits (1..16; symmetric codes offset by ``qmax``), plus
+  ``<key>@scale`` (fp32 per group) and for the affine scheme
+  ``<key>@zero_point``, or for the codebook scheme ``<key>@codebook``
+  (``2**bits`` fp32 centroids);
+* for sparse layers, whichever is smallest: ``<key>@bitmap`` (packbits of
+  the mask), ``<key>@indices`` (flat positions in the smallest unsigned
+  dtype that fits) or ``<key>@relative`` (Deep Compression's relative
+  indices: the gap to the previous kept weight in ``index_bits`` bits, a
+  gap too large for them spread over filler symbols ``2**index_bits - 1``
+  that advance without a weight).
 
-This is the storage scheme of Deep Compression (Han et al. 2015,
-https://arxiv.org/abs/1510.00149) minus Huffman coding.
+With ``entropy="lzma"`` or ``"zstd"``, each tensor whose compressed bytes
+are smaller is stored as those bytes (uint8) instead, and ``entropy`` maps
+its key to the codec, dtype and shape. This is the storage scheme of Deep
+Compression (Han et al. 2016, https://arxiv.org/abs/1510.00149) with a
+general-purpose lossless coder in place of Huffman coding.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import importlib
 import json
+import lzma
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,16 +50,22 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from compression._bitpack import pack_bits, unpack_bits
-from compression._engine import CompressedModel
+from compression._engine import CompressedModel, apply_structure
 from compression._plan import CompressionPlan
-from compression._weights import CompressedWeight
+from compression._weights import SCHEMES, CompressedWeight
 from compression.errors import ConfigError, RayzorError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PackedFormatError", "PackedInfo", "save_packed", "load_packed",
-           "read_packed_info"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ENTROPY_CODECS", "PackedFormatError", "PackedInfo", "save_packed",
+           "load_packed", "read_packed_info"]
 
 FORMAT = "rayzor.packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = ("1", "2")
+#: Lossless codecs of the optional entropy stage.
+ENTROPY_CODECS: tuple[str, ...] = ("lzma", "zstd")
+# Raw LZMA2 stream: no .xz container, whose ~60 bytes matter for small tensors; integrity is the checksum's job.
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Candidate index dtypes, smallest first; signed ones are fallbacks where
 # torch/safetensors lack the unsigned type.
@@ -54,7 +74,7 @@ _INDEX_DTYPES = [dt for dt in (torch.uint8, getattr(torch, "uint16", None), geta
 
 
 class PackedFormatError(RayzorError):
-    """A file is not a rayzor packed file, has an unsupported version, or does not fit the model."""
+    """A file is not a rayzor packed file, is truncated or corrupt, has an unsupported version, or does not fit the model."""
 
 
 @dataclass
@@ -65,13 +85,17 @@ class PackedInfo:
         plan: The compression plan.
         arch: ``{"factory": "pkg.mod:fn", "kwargs": {...}}`` to rebuild the architecture.
         metadata: User metadata strings.
-        weights: Decoded stored weight of every compressed layer.
+        weights: Decoded stored weight of every compressed layer (by module name).
+        structure: Factorised layers, as :attr:`CompressedModel.structure`.
+        entropy: The entropy codec used, or None.
     """
 
     plan: CompressionPlan
     arch: dict[str, Any]
     metadata: dict[str, str]
     weights: dict[str, CompressedWeight]
+    structure: dict[str, dict] = field(default_factory=dict)
+    entropy: str | None = None
 
 
 def _weight_key(layer: str) -> str:
@@ -91,54 +115,276 @@ def _index_dtype(numel: int) -> torch.dtype:
     return next(dt for dt in _INDEX_DTYPES if _storable(dt) and numel - 1 <= torch.iinfo(dt).max)
 
 
-def _encode(key: str, cw: CompressedWeight, out: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Add ``cw``'s tensors to ``out``; return its JSON encoding info."""
-    info: dict[str, Any] = {"shape": list(cw.shape), "bits": cw.bits, "kept": cw.kept, "mask": "dense"}
-    if cw.mask is not None:
-        flat = cw.mask.flatten().numpy()
-        dtype = _index_dtype(flat.size)
-        if cw.kept * dtype.itemsize < math.ceil(flat.size / 8):
-            info["mask"] = "indices"
-            out[f"{key}@indices"] = torch.from_numpy(np.flatnonzero(flat)).to(dtype)
-        else:
-            info["mask"] = "bitmap"
-            out[f"{key}@bitmap"] = torch.from_numpy(np.packbits(flat, bitorder="little"))
-    if cw.bits == 32:
-        out[f"{key}@values"] = cw.values.detach().to(torch.float32).contiguous().clone()
+def _qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def _pack(codes: np.ndarray, bits: int, byte_aligned: bool) -> torch.Tensor:
+    # One byte per code feeds a byte-oriented entropy coder symbols it can model; bit-packed is smallest raw.
+    if byte_aligned and bits <= 8:
+        return torch.from_numpy(np.asarray(codes, dtype=np.uint8).copy())
+    return torch.from_numpy(pack_bits(codes, bits))
+
+
+def _unpack(buf: torch.Tensor, bits: int, count: int, byte_aligned: bool) -> np.ndarray:
+    if byte_aligned and bits <= 8:
+        arr = buf.numpy()
+        if arr.size != count:
+            raise ValueError(f"{arr.size} byte-aligned codes, header says {count}")
+        return arr.astype(np.int64)
+    return unpack_bits(buf.numpy(), bits, count).astype(np.int64)
+
+
+# -- relative indices ------------------------------------------------------------
+
+
+def relative_encode(positions: np.ndarray, index_bits: int) -> np.ndarray:
+    """Symbols of Deep Compression's relative index coding of sorted ``positions``.
+
+    A symbol ``s < M = 2**index_bits - 1`` means "skip ``s`` positions, then a
+    kept weight"; ``M`` itself is a filler that skips ``M`` positions with no
+    weight, so gaps of any length fit fixed-width symbols.
+    """
+    m = 2**index_bits - 1
+    gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
+    fillers = gaps // m
+    out = np.full(int(fillers.sum()) + gaps.size, m, dtype=np.int64)
+    out[np.cumsum(fillers + 1) - 1] = gaps % m
+    return out
+
+
+def relative_decode(symbols: np.ndarray, index_bits: int) -> np.ndarray:
+    """Inverse of :func:`relative_encode`: the kept positions."""
+    m = 2**index_bits - 1
+    symbols = np.asarray(symbols, dtype=np.int64)
+    step = np.where(symbols == m, m, symbols + 1)
+    return (np.cumsum(step) - 1)[symbols != m]
+
+
+def _relative_cost(positions: np.ndarray) -> tuple[int, int]:
+    """(bytes, index_bits) of the cheapest relative coding, over 1..8 bits."""
+    gaps = np.diff(positions.astype(np.int64), prepend=-1) - 1
+    costs = [(math.ceil((int((gaps // (2**b - 1)).sum()) + gaps.size) * b / 8), b) for b in range(1, 9)]
+    return min(costs)
+
+
+def _encode_mask(key: str, mask: torch.Tensor, info: dict[str, Any], out: dict[str, torch.Tensor],
+                 byte_aligned: bool) -> None:
+    flat = mask.flatten().numpy()
+    positions = np.flatnonzero(flat)
+    dtype = _index_dtype(flat.size)
+    rel_bytes, index_bits = _relative_cost(positions)
+    options = {"bitmap": math.ceil(flat.size / 8), "relative": rel_bytes, "indices": positions.size * dtype.itemsize}
+    info["mask"] = min(options, key=options.__getitem__)  # ties: the earlier, simpler one
+    if info["mask"] == "bitmap":
+        out[f"{key}@bitmap"] = torch.from_numpy(np.packbits(flat, bitorder="little"))
+    elif info["mask"] == "indices":
+        out[f"{key}@indices"] = torch.from_numpy(positions).to(dtype)
     else:
-        qmax = 2 ** (cw.bits - 1) - 1
-        out[f"{key}@codes"] = torch.from_numpy(pack_bits(cw.codes.numpy().astype(np.int64) + qmax, cw.bits))
-        out[f"{key}@scale"] = cw.scale.detach().to(torch.float32).contiguous().clone()
+        symbols = relative_encode(positions, index_bits)
+        info["index_bits"], info["symbols"] = index_bits, int(symbols.size)
+        out[f"{key}@relative"] = _pack(symbols, index_bits, byte_aligned)
+
+
+def _decode_mask(key: str, info: Mapping[str, Any], numel: int, tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    kind = info["mask"]
+    if kind == "dense":
+        return None
+    mask = torch.zeros(numel, dtype=torch.bool)
+    if kind == "bitmap":
+        bitmap = tensors.pop(f"{key}@bitmap").numpy()
+        if bitmap.size != math.ceil(numel / 8):
+            raise ValueError(f"{key}: bitmap of {bitmap.size} bytes for {numel} weights")
+        return torch.from_numpy(np.unpackbits(bitmap, count=numel, bitorder="little").astype(bool))
+    if kind == "indices":
+        positions = tensors.pop(f"{key}@indices").to(torch.int64).numpy()
+    elif kind == "relative":
+        bits, count = int(info["index_bits"]), int(info["symbols"])
+        aligned = info.get("layout") == "bytes"
+        positions = relative_decode(_unpack(tensors.pop(f"{key}@relative"), bits, count, aligned), bits)
+    else:
+        raise ValueError(f"{key}: unknown mask encoding {kind!r}")
+    if positions.size and (positions.min() < 0 or positions.max() >= numel or np.any(np.diff(positions) <= 0)):
+        raise ValueError(f"{key}: kept positions out of order or outside 0..{numel - 1}")
+    mask[torch.from_numpy(positions)] = True
+    return mask
+
+
+# -- one weight ------------------------------------------------------------------
+
+
+def _encode(key: str, cw: CompressedWeight, out: dict[str, torch.Tensor], byte_aligned: bool = False) -> dict[str, Any]:
+    """Add ``cw``'s tensors to ``out``; return its JSON encoding info.
+
+    ``byte_aligned`` stores codes and relative indices one per byte (for the
+    entropy stage) instead of bit-packed.
+    """
+    scheme = cw.scheme
+    info: dict[str, Any] = {"shape": list(cw.shape), "bits": cw.bits, "kept": cw.kept, "mask": "dense",
+                            "scheme": scheme}
+    if byte_aligned:
+        info["layout"] = "bytes"
+    if cw.mask is not None:
+        _encode_mask(key, cw.mask, info, out, byte_aligned)
+    if scheme == "float":
+        info["dtype"] = next(k for k, v in _FLOAT_DTYPES.items() if v == cw.values.dtype)
+        out[f"{key}@values"] = cw.values.detach().contiguous().clone()
+        return info
+    codes = cw.codes.numpy().astype(np.int64) + (_qmax(cw.bits) if scheme == "symmetric" else 0)
+    out[f"{key}@codes"] = _pack(codes, cw.bits, byte_aligned)
+    if scheme == "codebook":
+        out[f"{key}@codebook"] = cw.codebook.detach().to(torch.float32).contiguous().clone()
+        return info
+    info["groups"] = cw.groups
+    out[f"{key}@scale"] = cw.scale.detach().to(torch.float32).contiguous().clone()
+    if scheme == "affine":
+        out[f"{key}@zero_point"] = cw.zero_point.detach().to(torch.float32).contiguous().clone()
     return info
 
 
 def _decode(key: str, info: Mapping[str, Any], tensors: dict[str, torch.Tensor]) -> CompressedWeight:
-    shape, bits, kept = tuple(info["shape"]), int(info["bits"]), int(info["kept"])
+    shape, bits, kept = tuple(int(d) for d in info["shape"]), int(info["bits"]), int(info["kept"])
     numel = math.prod(shape)
-    mask = None
-    if info["mask"] == "bitmap":
-        bitmap = tensors.pop(f"{key}@bitmap").numpy()
-        mask = torch.from_numpy(np.unpackbits(bitmap, count=numel, bitorder="little").astype(bool)).reshape(shape)
-    elif info["mask"] == "indices":
-        mask = torch.zeros(numel, dtype=torch.bool)
-        mask[tensors.pop(f"{key}@indices").to(torch.int64)] = True
+    scheme = info.get("scheme", "float" if bits == 32 else "symmetric")  # version 1 had two schemes
+    if scheme not in SCHEMES:
+        raise ValueError(f"{key}: unknown scheme {scheme!r}")
+    mask = _decode_mask(key, info, numel, tensors)
+    if mask is not None:
+        if int(mask.sum()) != kept:
+            raise ValueError(f"{key}: mask keeps {int(mask.sum())} weights, header says {kept}")
         mask = mask.reshape(shape)
-    elif info["mask"] != "dense":
-        raise ValueError(f"unknown mask encoding {info['mask']!r}")
-    if mask is not None and int(mask.sum()) != kept:
-        raise ValueError(f"mask keeps {int(mask.sum())} weights, header says {kept}")
-    if bits == 32:
+    elif kept != numel:
+        raise ValueError(f"{key}: dense weight of {numel} elements, header says {kept} kept")
+    if scheme == "float":
         values = tensors.pop(f"{key}@values")
-        if values.numel() != kept:
-            raise ValueError(f"{values.numel()} values for {kept} kept weights")
-        return CompressedWeight(shape, mask, 32, values=values)
-    qmax = 2 ** (bits - 1) - 1
-    codes = unpack_bits(tensors.pop(f"{key}@codes").numpy(), bits, kept).astype(np.int32) - qmax
-    return CompressedWeight(shape, mask, bits, codes=torch.from_numpy(codes), scale=tensors.pop(f"{key}@scale"))
+        if values.numel() != kept or values.dtype != _FLOAT_DTYPES[info.get("dtype", "fp32")]:
+            raise ValueError(f"{key}: {values.numel()} {values.dtype} values for {kept} kept weights")
+        return CompressedWeight(shape, mask, bits, values=values)
+    codes = _unpack(tensors.pop(f"{key}@codes"), bits, kept, info.get("layout") == "bytes").astype(np.int32)
+    if scheme == "symmetric":
+        codes -= _qmax(bits)
+    codes = torch.from_numpy(codes)
+    if scheme == "codebook":
+        codebook = tensors.pop(f"{key}@codebook")
+        if codebook.numel() != 2**bits:
+            raise ValueError(f"{key}: codebook of {codebook.numel()} entries for {bits}-bit codes")
+        return CompressedWeight(shape, mask, bits, codes=codes, codebook=codebook)
+    scale = tensors.pop(f"{key}@scale")
+    groups = int(info.get("groups", shape[0]))
+    zero_point = tensors.pop(f"{key}@zero_point") if scheme == "affine" else None
+    if scale.numel() != groups or (numel and numel % max(groups, 1)) or (
+            zero_point is not None and zero_point.numel() != groups):
+        raise ValueError(f"{key}: {scale.numel()} scales for {groups} groups of a {list(shape)} weight")
+    return CompressedWeight(shape, mask, bits, codes=codes, scale=scale, zero_point=zero_point)
+
+
+# -- entropy stage and checksum --------------------------------------------------
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _from_bytes(raw: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    if not raw:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape).clone()
+
+
+def _compress(codec: str, raw: bytes) -> bytes:
+    if codec == "lzma":
+        return lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=19).compress(raw)
+
+
+def _decompress(codec: str, raw: bytes) -> bytes:
+    if codec == "lzma":
+        return lzma.decompress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    if codec == "zstd":
+        import zstandard
+
+        try:
+            return zstandard.ZstdDecompressor().decompress(raw)
+        except zstandard.ZstdError as e:
+            raise ValueError(f"zstd: {e}") from None
+    raise ValueError(f"unknown entropy codec {codec!r}")
+
+
+def _coded_bytes(codec: str, tensors: Mapping[str, torch.Tensor]) -> int:
+    return sum(min(len(raw), len(_compress(codec, raw))) for raw in map(_tensor_bytes, tensors.values()))
+
+
+def _entropy_code(codec: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Replace each tensor by its compressed bytes where that is smaller; return the header entry."""
+    coded = {}
+    for key, t in tensors.items():
+        raw = _tensor_bytes(t)
+        packed = _compress(codec, raw)
+        if len(packed) < len(raw):
+            coded[key] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+            tensors[key] = torch.frombuffer(bytearray(packed), dtype=torch.uint8).clone()
+    return {"codec": codec, "tensors": coded}
+
+
+def _entropy_decode(entropy: Mapping[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    for key, spec in entropy["tensors"].items():
+        dtype = getattr(torch, spec["dtype"])
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"{key}: unknown dtype {spec['dtype']!r}")
+        tensors[key] = _from_bytes(_decompress(entropy["codec"], _tensor_bytes(tensors[key])), dtype, spec["shape"])
+
+
+def _checksum(header: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({k: v for k, v in header.items() if k != "checksum"}, sort_keys=True).encode())
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _serialise(compressed: CompressedModel, arch_json: str, metadata: Mapping[str, str], entropy: str | None) -> bytes:
+    # Clone so tied / non-contiguous tensors serialise (safetensors refuses shared storage).
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in compressed.model.state_dict().items()}
+    layers = {}
+    for name, cw in compressed.weights.items():
+        key = _weight_key(name)
+        del tensors[key]
+        layers[name] = _encode(key, cw, tensors)
+        if entropy is not None and cw.scheme != "float":
+            # Keep whichever layout the entropy coder squeezes smaller.
+            packed = {k: v for k, v in tensors.items() if k.startswith(f"{key}@")}
+            aligned: dict[str, torch.Tensor] = {}
+            aligned_info = _encode(key, cw, aligned, byte_aligned=True)
+            if _coded_bytes(entropy, aligned) < _coded_bytes(entropy, packed):
+                for k in packed:
+                    del tensors[k]
+                tensors.update(aligned)
+                layers[name] = aligned_info
+    header = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "plan": compressed.plan.to_json(),
+        "arch": arch_json,
+        "layers": _dumps(layers),
+        "structure": _dumps(compressed.structure),
+        "metadata": _dumps(metadata),
+    }
+    if entropy is not None:
+        header["entropy"] = _dumps(_entropy_code(entropy, tensors))
+    header["checksum"] = _checksum(header, tensors)
+    return safetensors.torch.save(tensors, metadata=header)
 
 
 def save_packed(compressed: CompressedModel, path: str | os.PathLike, *, arch: Mapping[str, Any],
-                metadata: Mapping[str, str] | None = None) -> int:
+                metadata: Mapping[str, str] | None = None, entropy: str | None = None) -> int:
     """Write ``compressed`` as one safetensors file (never pickle).
 
     Args:
@@ -147,13 +393,18 @@ def save_packed(compressed: CompressedModel, path: str | os.PathLike, *, arch: M
         arch: ``{"factory": "package.module:function", "kwargs": {...}}``;
             ``factory(**kwargs)`` must rebuild the untrained architecture.
         metadata: Extra strings stored in the file (e.g. run ids).
+        entropy: Optional lossless stage over every tensor: ``"lzma"``
+            (stdlib), ``"zstd"`` (zstandard) or None. Applied only where it
+            makes the file smaller; :attr:`PackedInfo.entropy` says whether it was.
 
     Returns:
         The file's size in bytes (``os.path.getsize(path)``).
 
     Raises:
-        ConfigError: ``arch`` or ``metadata`` malformed.
+        ConfigError: ``arch``, ``metadata`` or ``entropy`` malformed.
     """
+    if entropy is not None and entropy not in ENTROPY_CODECS:
+        raise ConfigError("entropy", entropy, [*ENTROPY_CODECS, None])
     factory = arch.get("factory") if isinstance(arch, Mapping) else None
     if not isinstance(factory, str) or factory.count(":") != 1 or not all(factory.split(":")):
         raise ConfigError("arch.factory", factory, "a 'package.module:function' string")
@@ -169,23 +420,13 @@ def save_packed(compressed: CompressedModel, path: str | os.PathLike, *, arch: M
         if not isinstance(k, str) or not isinstance(v, str):
             raise ConfigError(f"metadata[{k!r}]", v, "str keys and str values")
 
-    # Clone so tied / non-contiguous tensors serialise (safetensors refuses shared storage).
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in compressed.model.state_dict().items()}
-    layers = {}
-    for name, cw in compressed.weights.items():
-        key = _weight_key(name)
-        del tensors[key]
-        layers[name] = _encode(key, cw, tensors)
-    header = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "plan": compressed.plan.to_json(),
-        "arch": arch_json,
-        "layers": json.dumps(layers, sort_keys=True, separators=(",", ":")),
-        "metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
-    }
+    blob = _serialise(compressed, arch_json, metadata, None)
+    if entropy is not None:
+        # The entropy stage is kept only where it pays: its header entries cost bytes too.
+        coded = _serialise(compressed, arch_json, metadata, entropy)
+        blob = coded if len(coded) < len(blob) else blob
     with open(path, "wb") as f:
-        f.write(safetensors.torch.save(tensors, metadata=header))
+        f.write(blob)
     return os.path.getsize(path)
 
 
@@ -195,19 +436,29 @@ def _read(path: str | os.PathLike) -> tuple[PackedInfo, dict[str, torch.Tensor]]
         with safe_open(os.fspath(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise PackedFormatError(f"{path}: not a rayzor packed file (not safetensors: {e})") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PackedFormatError(f"{path}: not a rayzor packed file, or a truncated or corrupt one "
+                                f"(safetensors: {e})") from None
     if header.get("format") != FORMAT:
         raise PackedFormatError(f"{path}: not a rayzor packed file (no format={FORMAT!r} in its metadata)")
-    if header.get("format_version") != str(FORMAT_VERSION):
-        raise PackedFormatError(f"{path}: packed format version {header.get('format_version')!r} is not "
-                                f"supported; this rayzor reads version {FORMAT_VERSION}")
+    version = header.get("format_version")
+    if version not in _READABLE_VERSIONS:
+        raise PackedFormatError(f"{path}: packed format version {version!r} is not supported; this rayzor "
+                                f"reads versions {', '.join(_READABLE_VERSIONS)}")
+    if version != "1" and header.get("checksum") != _checksum(header, tensors):
+        raise PackedFormatError(f"{path}: corrupt rayzor packed file (checksum mismatch: the file was damaged "
+                                "or modified after it was written)")
     try:
+        entropy = json.loads(header["entropy"]) if "entropy" in header else None
+        if entropy is not None:
+            _entropy_decode(entropy, tensors)
         plan = CompressionPlan.from_json(header["plan"])
         layers = json.loads(header["layers"])
         weights = {name: _decode(_weight_key(name), info, tensors) for name, info in layers.items()}
-        info = PackedInfo(plan, json.loads(header["arch"]), json.loads(header["metadata"]), weights)
-    except (KeyError, ValueError, TypeError) as e:  # ConfigError is a ValueError
+        structure = json.loads(header.get("structure", "{}"))
+        info = PackedInfo(plan, json.loads(header["arch"]), json.loads(header["metadata"]), weights, structure,
+                          None if entropy is None else entropy["codec"])
+    except (KeyError, ValueError, TypeError, lzma.LZMAError, RuntimeError) as e:  # ConfigError is a ValueError
         raise PackedFormatError(f"{path}: corrupt rayzor packed file ({type(e).__name__}: {e})") from None
     return info, tensors
 
@@ -250,6 +501,10 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> tupl
     """
     info, tensors = _read(path)
     model = _build(info.arch) if model is None else copy.deepcopy(model)
+    try:
+        apply_structure(model, info.structure)
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        raise PackedFormatError(f"{path}: cannot rebuild the factorised layers {list(info.structure)}: {e}") from None
     for name, cw in info.weights.items():
         tensors[_weight_key(name)] = cw.dense()
     try:

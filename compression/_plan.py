@@ -8,8 +8,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from torch import nn
+
+from compression._layers import compressible_layers
 from compression._methods import MagnitudePruning, UniformQuantization
-from compression._registry import STAGES, MethodConfig, build_dataclass, check_int, check_real
+from compression._registry import STAGES, MethodConfig, build_dataclass, check_int, check_real, get_method, list_methods
 from compression.errors import ConfigError
 
 __all__ = ["FinetuneConfig", "CompressionPlan"]
@@ -17,6 +20,31 @@ __all__ = ["FinetuneConfig", "CompressionPlan"]
 #: Value of a setting when the layer has no method for it (see CompressionPlan.settings).
 _DEFAULT_SETTINGS: dict[str, float | int] = {"sparsity": 0.0, "bits": 32}
 _ABBREV = {"sparsity": "s", "bits": "b"}
+#: Flat key naming a stage's method when it is not the stage's default one.
+_KIND_KEYS: dict[str, str] = {"factorize": "factorize", "sparsify": "prune", "quantize": "quant"}
+#: The method a stage gets from the bare ``sparsity`` / ``bits`` settings.
+_DEFAULT_METHODS: dict[str, type[MethodConfig]] = {"sparsify": MagnitudePruning, "quantize": UniformQuantization}
+_SETTING_OF: dict[type[MethodConfig], str] = {MagnitudePruning: "sparsity", UniformQuantization: "bits"}
+
+
+def _fields(cls: type[MethodConfig]) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def _flat(m: MethodConfig) -> dict[str, Any]:
+    """One method's part of the flat settings view."""
+    cls = type(m)
+    if cls in _SETTING_OF:  # the stage default: its key setting plus fields off their defaults
+        key = _SETTING_OF[cls]
+        out = {key: getattr(m, key)}
+        out.update({f.name: getattr(m, f.name) for f in _fields(cls)
+                    if f.name != key and getattr(m, f.name) != f.default})
+        return out
+    out = {_KIND_KEYS[m.stage]: m.method}
+    out.update({f.name: getattr(m, f.name) for f in _fields(cls) if getattr(m, f.name) is not None})
+    if "bits" not in out and hasattr(m, "storage_bits"):
+        out["bits"] = m.storage_bits
+    return out
 
 
 @dataclass(frozen=True)
@@ -138,17 +166,23 @@ class CompressionPlan:
 
     # -- flat views ----------------------------------------------------------
 
-    def settings(self) -> dict[str, dict[str, float | int]]:
+    def settings(self) -> dict[str, dict[str, Any]]:
         """Flat per-layer view, e.g. ``{"conv1": {"sparsity": 0.5, "bits": 4}}``.
 
         Layers without pruning read ``sparsity=0.0``, without quantization
-        ``bits=32``. Used as MLflow params.
+        ``bits=32``. Magnitude pruning and uniform quantization are implied by
+        ``sparsity`` / ``bits`` (plus their fields that differ from the
+        defaults); any other method is named under ``prune``, ``factorize``
+        or ``quant`` next to its fields, e.g. ``{"quant":
+        "kmeans_quantization", "bits": 4, "iterations": 20}``; methods
+        without a ``bits`` field report their storage bits (binary: 1).
+        Used as MLflow params.
         """
         out = {}
         for name, methods in self.layers.items():
-            flat = dict(_DEFAULT_SETTINGS)
+            flat: dict[str, Any] = dict(_DEFAULT_SETTINGS)
             for m in methods:
-                flat.update({k: v for k, v in m.to_dict().items() if k != "method"})
+                flat.update(_flat(m))
             out[name] = flat
         return out
 
@@ -158,21 +192,70 @@ class CompressionPlan:
         settings: Mapping[str, Mapping[str, float | int]],
         finetune: FinetuneConfig = FinetuneConfig(),
     ) -> CompressionPlan:
-        """Inverse of :meth:`settings`: ``sparsity > 0`` -> MagnitudePruning, ``bits < 32`` -> UniformQuantization."""
+        """Inverse of :meth:`settings`.
+
+        Without a ``prune`` / ``quant`` key, ``sparsity > 0`` means
+        MagnitudePruning and ``bits < 32`` UniformQuantization.
+
+        Raises:
+            ConfigError: An unknown key, a key no chosen method uses, or
+                invalid values; the message names the layer.
+        """
+        known = set(_DEFAULT_SETTINGS) | set(_KIND_KEYS.values())
+        known |= {f.name for m in list_methods() for f in _fields(get_method(m))}
         layers = {}
         for name, flat in settings.items():
             for key in flat:
-                if key not in _DEFAULT_SETTINGS:
-                    raise ConfigError(f"settings[{name!r}]", key, list(_DEFAULT_SETTINGS))
+                if key not in known:
+                    raise ConfigError(f"settings[{name!r}]", key, sorted(known))
+            used = {k for k in _KIND_KEYS.values() if k in flat}
             methods: list[MethodConfig] = []
-            sparsity = flat.get("sparsity", 0.0)
-            if sparsity != 0:
-                methods.append(MagnitudePruning(sparsity))
-            bits = flat.get("bits", 32)
-            if bits != 32:
-                methods.append(UniformQuantization(bits))
+            for stage in STAGES:
+                kind = flat.get(_KIND_KEYS[stage])
+                default = _DEFAULT_METHODS.get(stage)
+                if kind is None and default is None:
+                    continue
+                method_cls = default if kind is None else get_method(kind)
+                if method_cls.stage != stage:
+                    raise ConfigError(f"settings[{name!r}].{_KIND_KEYS[stage]}", kind,
+                                      [m for m in list_methods() if get_method(m).stage == stage])
+                if kind is None:  # the stage default applies only off its neutral value
+                    key = _SETTING_OF[method_cls]
+                    if flat.get(key, _DEFAULT_SETTINGS[key]) == _DEFAULT_SETTINGS[key]:
+                        continue
+                fields = {f.name: flat[f.name] for f in _fields(method_cls) if f.name in flat}
+                used |= set(fields)
+                cfg = build_dataclass(method_cls, fields, f"settings[{name!r}].{method_cls.method}")
+                storage = getattr(cfg, "storage_bits", None)
+                if "bits" in flat and "bits" not in fields and storage is not None:
+                    if flat["bits"] != storage:
+                        raise ConfigError(f"settings[{name!r}].bits", flat["bits"], [storage])
+                    used.add("bits")
+                methods.append(cfg)
+            used |= {k for k, v in _DEFAULT_SETTINGS.items() if flat.get(k, v) == v}
+            for key in flat:
+                if key not in used:
+                    raise ConfigError(f"settings[{name!r}].{key}", flat[key], "a field of the layer's chosen methods")
             layers[name] = tuple(methods)
         return cls(layers, finetune)
+
+    def validate(self, model: nn.Module) -> None:
+        """Check this plan against ``model`` before any work starts.
+
+        Every named layer must be a compressible layer of ``model`` and every
+        method must accept it (:meth:`MethodConfig.validate`: e.g. a rank
+        that saves parameters).
+
+        Raises:
+            ConfigError: Naming the layer, the field, the value and what is valid.
+        """
+        layers = compressible_layers(model)
+        for name in self.layers:
+            if name not in layers:
+                raise ConfigError(f"plan.layers[{name!r}]", name, list(layers))
+        for name, methods in self.layers.items():
+            for m in methods:
+                m.validate(name, layers[name])
 
     def summary(self) -> str:
         """Short human text, e.g. ``"conv1 s=0.50 b=4 | fc1 s=0.90 b=32"``."""

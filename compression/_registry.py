@@ -16,7 +16,6 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-from compression._weights import CompressedWeight
 from compression.errors import ConfigError
 
 __all__ = [
@@ -32,12 +31,16 @@ __all__ = [
     "check_real",
 ]
 
-#: Stages in the order the engine runs them; fine-tuning sits between the two.
-STAGES: tuple[str, ...] = ("sparsify", "quantize")
+#: Stages in the order the engine runs them on a layer: factorize (replace the
+#: module by smaller ones), sparsify (masks), then, after the optional
+#: fine-tune, quantize (codes).
+STAGES: tuple[str, ...] = ("factorize", "sparsify", "quantize")
 
-#: ``handler(module, weight, config) -> weight``. ``weight`` is the layer's
-#: current fp32 representation; ``module`` is read-only context.
-Handler = Callable[[nn.Module, CompressedWeight, "MethodConfig"], CompressedWeight]
+#: sparsify / quantize: ``handler(module, weight, config) -> weight``, where
+#: ``weight`` is the layer's current representation and ``module`` read-only
+#: context. factorize: ``handler(module, config) -> new_module``, a fresh
+#: module computing (approximately) the same function.
+Handler = Callable[..., Any]
 
 _REGISTRY: dict[str, tuple[type[MethodConfig], Handler]] = {}
 
@@ -54,6 +57,19 @@ class MethodConfig:
 
     method: ClassVar[str]
     stage: ClassVar[str]
+
+    def validate(self, layer: str, module: nn.Module) -> None:
+        """Refuse this config for ``module`` before any work starts.
+
+        Called by :meth:`compression.CompressionPlan.validate` (and so by
+        :func:`compression.compress`) for every layer first, so an invalid
+        combination (e.g. a rank above the layer's) fails when the plan is
+        checked, not in the middle of a trial.
+
+        Raises:
+            ConfigError: Naming ``layer``, the field, the value and what is valid.
+        """
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """Return ``{"method": name, **fields}``, JSON-serialisable."""

@@ -6,21 +6,40 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CompressedWeight"]
+__all__ = ["SCHEMES", "CompressedWeight"]
+
+#: How stored numbers turn into weights; see :attr:`CompressedWeight.scheme`.
+SCHEMES: tuple[str, ...] = ("float", "symmetric", "affine", "codebook")
 
 
 @dataclass
 class CompressedWeight:
-    """One layer's weight as it is stored: optional mask, codes + scales or fp32 values.
+    """One layer's weight as it is stored: optional mask plus one of four encodings.
+
+    The encoding (:attr:`scheme`) follows from which fields are set:
+
+    * ``"float"``: ``values`` (fp32, fp16 or bf16) hold the kept weights;
+    * ``"symmetric"``: ``codes * scale[group]``, signed codes in
+      ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``;
+    * ``"affine"``: ``(codes - zero_point[group]) * scale[group]``, unsigned
+      codes in ``[0, 2**bits)``; the zero point is fractional (weights only,
+      so zero need not be exactly representable);
+    * ``"codebook"``: ``codebook[codes]``, one shared table of ``2**bits``
+      fp32 centroids (k-means weight sharing).
+
+    Groups split the row-major weight into ``len(scale)`` equal runs: one
+    group = per tensor, ``shape[0]`` groups = per output channel.
 
     Attributes:
         shape: Shape of the full weight; dim 0 is the output channel.
         mask: Bool tensor of ``shape``, True where a weight is kept; None = dense.
-        bits: Bits per code, or 32 for plain fp32 values.
+        bits: Bits per stored element: 32 or 16 for float values, else per code.
         codes: int32 codes of the kept elements (row-major order of the mask's
-            True positions, or every element when dense), when ``bits < 32``.
-        scale: fp32 scale per output channel, when ``bits < 32``.
-        values: fp32 kept values (same order as ``codes``), when ``bits == 32``.
+            True positions, or every element when dense).
+        scale: fp32 scale per group (symmetric / affine).
+        values: Kept values (same order as ``codes``), for the float scheme.
+        zero_point: fp32 zero point per group (affine).
+        codebook: fp32 centroids (codebook).
     """
 
     shape: tuple[int, ...]
@@ -29,6 +48,8 @@ class CompressedWeight:
     codes: torch.Tensor | None = None
     scale: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    zero_point: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, mask: torch.Tensor | None = None) -> CompressedWeight:
@@ -36,6 +57,22 @@ class CompressedWeight:
         w = weight.detach().to("cpu", torch.float32)
         flat = w.flatten() if mask is None else w.flatten()[mask.flatten()]
         return cls(tuple(w.shape), mask, 32, values=flat.clone())
+
+    @property
+    def scheme(self) -> str:
+        """``"float"``, ``"symmetric"``, ``"affine"`` or ``"codebook"`` (see the class doc)."""
+        if self.values is not None:
+            return "float"
+        if self.codebook is not None:
+            return "codebook"
+        if self.zero_point is not None:
+            return "affine"
+        return "symmetric"
+
+    @property
+    def groups(self) -> int:
+        """Number of scale groups (1 = per tensor; ``shape[0]`` = per channel)."""
+        return 1 if self.scale is None else int(self.scale.numel())
 
     @property
     def numel(self) -> int:
@@ -46,6 +83,12 @@ class CompressedWeight:
         """Number of stored elements (all of them when dense)."""
         return self.numel if self.mask is None else int(self.mask.sum())
 
+    def positions(self) -> torch.Tensor:
+        """Flat indices (int64) of the stored elements, in storage order."""
+        if self.mask is None:
+            return torch.arange(self.numel)
+        return self.mask.flatten().nonzero().squeeze(1)
+
     def dense(self) -> torch.Tensor:
         """The fp32 weight the model runs with.
 
@@ -53,15 +96,19 @@ class CompressedWeight:
         materialise weights through this one function, so a packed model's
         outputs are bit-identical to the in-memory compressed model's.
         """
-        if self.bits == 32:
+        scheme = self.scheme
+        if scheme == "float":
             vals = self.values.to(torch.float32)
+        elif scheme == "codebook":
+            vals = self.codebook.to(torch.float32)[self.codes.long()]
         else:
-            per_channel = self.numel // self.shape[0] if self.shape[0] else 0
-            if self.mask is None:
-                channel = torch.arange(self.numel) // max(per_channel, 1)
+            per_group = max(self.numel // max(self.groups, 1), 1)
+            group = self.positions() // per_group
+            codes = self.codes.to(torch.float32)
+            if scheme == "affine":
+                vals = (codes - self.zero_point[group]) * self.scale[group]
             else:
-                channel = self.mask.flatten().nonzero().squeeze(1) // max(per_channel, 1)
-            vals = self.codes.to(torch.float32) * self.scale[channel]
+                vals = codes * self.scale[group]
         if self.mask is None:
             return vals.reshape(self.shape).clone()
         out = torch.zeros(self.numel, dtype=torch.float32)

@@ -9,15 +9,26 @@ from typing import Any
 import optuna
 from torch import nn
 
-from compression import CompressionPlan, FinetuneConfig, compressible_layers
+from compression import CompressionPlan, FinetuneConfig, compressible_layers, get_method, list_methods
 from compression.errors import ConfigError
 
-__all__ = ["ALLOWED_BITS", "MAX_SPARSITY", "CompressionSpace", "LayerInfo", "inspect_layers"]
+__all__ = ["ALLOWED_BITS", "MAX_SPARSITY", "DEFAULT_METHODS", "QUANT_METHODS", "CompressionSpace", "LayerInfo",
+           "inspect_layers"]
 
 #: Bit-widths the engine can pack; 32 leaves the layer's weights untouched (fp32).
 ALLOWED_BITS: tuple[int, ...] = (*range(2, 17), 32)
 #: Highest per-layer sparsity a space may ask for: beyond it a layer is gone.
 MAX_SPARSITY = 0.95
+#: The quantization methods a space chooses among by default: today's uniform-only space.
+DEFAULT_METHODS: tuple[str, ...] = ("uniform_quantization",)
+#: Quantize-stage methods a space can choose among, per layer.
+QUANT_METHODS: tuple[str, ...] = tuple(m for m in list_methods() if get_method(m).stage == "quantize")
+#: Highest bit-width each bit-taking method accepts (their lowest is <= 2).
+_MAX_BITS = {"uniform_quantization": 16, "kmeans_quantization": 8}
+
+
+def _takes_bits(method: str) -> bool:
+    return any(f == "bits" for f in get_method(method).__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -44,18 +55,24 @@ def inspect_layers(model: nn.Module) -> list[LayerInfo]:
 
 
 class CompressionSpace:
-    """Per-layer sparsity and bit-width, sampled define-by-run through Optuna.
+    """Per-layer sparsity, quantization method and bit-width, sampled define-by-run through Optuna.
 
-    Each layer gets two dimensions, ``<layer>.sparsity`` (a float in
-    ``sparsity``) and ``<layer>.bits`` (a choice among ``bits``; 32 leaves the
-    weights in fp32). A sampled parameter dict decodes into a
+    Each layer gets ``<layer>.sparsity`` (a float in ``sparsity``), and, when
+    more than one method is allowed, ``<layer>.quant`` (a choice among
+    ``methods``), then ``<layer>.bits`` (a choice among ``bits``; 32 leaves
+    the weights in fp32) only if the chosen method takes bits (uniform,
+    k-means; not binary, ternary or half precision). With the default
+    ``methods`` the space is rayzor 0.1's: sparsity and uniform bits. A
+    sampled parameter dict decodes into a
     :class:`~compression.CompressionPlan`, which rebuilds the same model.
 
     Args:
         layers: Names of the layers to search (as in ``model.named_modules()``).
         sparsity: ``(low, high)`` per-layer sparsity range, within [0, 0.95].
-        bits: Candidate bit-widths, from :data:`ALLOWED_BITS`.
+        bits: Candidate bit-widths, from :data:`ALLOWED_BITS`; each must suit
+            every bit-taking method in ``methods`` (k-means: at most 8).
         finetune: Fine-tuning applied after pruning, before quantization.
+        methods: Quantization methods to choose among, from :data:`QUANT_METHODS`.
     """
 
     def __init__(
@@ -65,6 +82,7 @@ class CompressionSpace:
         sparsity: tuple[float, float] = (0.0, MAX_SPARSITY),
         bits: Iterable[int] = (2, 3, 4, 5, 6, 8, 16, 32),
         finetune: FinetuneConfig = FinetuneConfig(),
+        methods: Iterable[str] = DEFAULT_METHODS,
     ) -> None:
         if not layers:
             raise ConfigError("layers", list(layers), "at least one Conv/Linear layer")
@@ -75,10 +93,19 @@ class CompressionSpace:
         bad = [b for b in bits if b not in ALLOWED_BITS]
         if bad or not bits:
             raise ConfigError("space.bits", list(bits), "a non-empty subset of 2..16 and 32")
+        methods = tuple(dict.fromkeys(methods))
+        if not methods or any(m not in QUANT_METHODS for m in methods):
+            raise ConfigError("space.methods", list(methods), f"a non-empty subset of {', '.join(QUANT_METHODS)}")
+        for m in methods:
+            too_big = [b for b in bits if b != 32 and b > _MAX_BITS.get(m, 32)]
+            if _takes_bits(m) and too_big:
+                raise ConfigError("space.bits", list(bits), f"bit-widths up to {_MAX_BITS[m]} (and 32) with {m} "
+                                  f"in space.methods; {too_big} are too wide")
         self.layers = tuple(layers)
         self.sparsity = (low, high)
         self.bits = bits
         self.finetune = finetune
+        self.methods = methods
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: Any) -> CompressionSpace:
@@ -88,7 +115,9 @@ class CompressionSpace:
     @property
     def dimensions(self) -> int:
         """Number of searched dimensions (fixed ones are not counted)."""
-        per_layer = int(self.sparsity[0] < self.sparsity[1]) + int(len(self.bits) > 1)
+        with_bits = any(_takes_bits(m) for m in self.methods)
+        per_layer = int(self.sparsity[0] < self.sparsity[1]) + int(len(self.methods) > 1)
+        per_layer += int(len(self.bits) > 1 and with_bits)
         return per_layer * len(self.layers)
 
     def suggest(self, trial: optuna.Trial) -> None:
@@ -97,7 +126,10 @@ class CompressionSpace:
         for layer in self.layers:
             if low < high:
                 trial.suggest_float(f"{layer}.sparsity", low, high)
-            if len(self.bits) > 1:
+            method = self.methods[0]
+            if len(self.methods) > 1:
+                method = trial.suggest_categorical(f"{layer}.quant", self.methods)
+            if len(self.bits) > 1 and _takes_bits(method):
                 trial.suggest_categorical(f"{layer}.bits", self.bits)
         return None
 
@@ -106,8 +138,15 @@ class CompressionSpace:
         settings = {}
         for layer in self.layers:
             sparsity = params.get(f"{layer}.sparsity", self.sparsity[0])
-            bits = params.get(f"{layer}.bits", self.bits[0])
-            settings[layer] = {"sparsity": float(sparsity), "bits": int(bits)}
+            method = params.get(f"{layer}.quant", self.methods[0])
+            flat: dict[str, Any] = {"sparsity": float(sparsity)}
+            if _takes_bits(method):
+                flat["bits"] = int(params.get(f"{layer}.bits", self.bits[0]))
+                if method != "uniform_quantization" and flat["bits"] != 32:  # 32 = fp32 for every method
+                    flat["quant"] = method
+            else:
+                flat["quant"] = method
+            settings[layer] = flat
         return CompressionPlan.from_settings(settings, finetune=self.finetune)
 
     def encode(self, plan: CompressionPlan) -> dict[str, Any]:
@@ -122,19 +161,31 @@ class CompressionSpace:
             s = settings[layer]
             if not self.sparsity[0] <= s["sparsity"] <= self.sparsity[1]:
                 raise ConfigError(f"plan.layers[{layer!r}].sparsity", s["sparsity"], f"within {list(self.sparsity)}")
-            if s["bits"] not in self.bits:
+            method = s.get("quant", "uniform_quantization")
+            if method == "uniform_quantization" and method not in self.methods and s["bits"] == 32:
+                method = next(m for m in self.methods if _takes_bits(m))  # fp32 under another bit method
+            if method not in self.methods:
+                raise ConfigError(f"plan.layers[{layer!r}].quant", method, self.methods)
+            if _takes_bits(method) and s["bits"] not in self.bits:
                 raise ConfigError(f"plan.layers[{layer!r}].bits", s["bits"], self.bits)
             if self.sparsity[0] < self.sparsity[1]:
                 params[f"{layer}.sparsity"] = float(s["sparsity"])
-            if len(self.bits) > 1:
+            if len(self.methods) > 1:
+                params[f"{layer}.quant"] = method
+            if len(self.bits) > 1 and _takes_bits(method):
                 params[f"{layer}.bits"] = int(s["bits"])
+        if self.decode(params) != plan:  # e.g. method fields the space does not search
+            raise ConfigError("plan", plan.summary(), "a plan this space can sample (default method fields)")
         return params
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary, logged with each search."""
-        return {
+        out = {
             "layers": list(self.layers),
             "sparsity": list(self.sparsity),
             "bits": list(self.bits),
             "dimensions": self.dimensions,
         }
+        if self.methods != DEFAULT_METHODS:
+            out["methods"] = list(self.methods)
+        return out

@@ -136,7 +136,7 @@ def test_layers_outside_plan_untouched(model):
         assert torch.equal(_weight(out.model, name), _weight(model, name))
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", [n for n in list_methods() if get_method(n).stage != "factorize"])
 @pytest.mark.parametrize("make_layer", [lambda: nn.Conv2d(3, 6, 3), lambda: nn.Linear(12, 5), lambda: nn.Conv1d(2, 4, 3)],
                          ids=["Conv2d", "Linear", "Conv1d"])
 def test_handler_contract(name, make_layer):
@@ -152,7 +152,7 @@ def test_handler_contract(name, make_layer):
     assert dense.shape == before.shape and dense.dtype == torch.float32
     if cw.mask is not None:
         assert torch.all(dense[~cw.mask] == 0)
-    stored = cw.values if cw.bits == 32 else cw.codes
+    stored = cw.values if cw.scheme == "float" else cw.codes
     assert stored.numel() == cw.kept
     # and through the engine, on a model holding that layer
     out = compress(nn.Sequential(layer), CompressionPlan({"0": (cfg,)}))

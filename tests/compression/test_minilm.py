@@ -102,6 +102,8 @@ def test_compression_lowers_fidelity_and_packed_reload_is_identical(minilm, tmp_
     reference = copy.deepcopy(minilm.model)
     layers = [n for n, m in minilm.model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert len(layers) == 36  # 6 blocks x (q, k, v, attention out, intermediate, output)
+    # Embeddings are compressible too (per-token scales): 11.7M of the 22.7M parameters.
+    layers.append("encoder.embeddings.word_embeddings")
     plan = CompressionPlan.from_settings({name: {"sparsity": 0.3, "bits": 4} for name in layers})
     compressed = compress(minilm.model, plan)
     metrics = minilm.score(compressed.model, "val")
@@ -114,3 +116,11 @@ def test_compression_lowers_fidelity_and_packed_reload_is_identical(minilm, tmp_
         torch.testing.assert_close(reloaded(x), compressed.model(x), rtol=0, atol=0)
     for a, b in zip(reference.parameters(), minilm.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_low_rank_of_an_embedding_is_refused_before_work():
+    from compression import LowRank
+
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 16))
+    with pytest.raises(ConfigError, match=r"plan.layers\['0'\]"):
+        compress(model, CompressionPlan({"0": (LowRank(rank_ratio=0.25),)}))

@@ -3,15 +3,19 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 from torch import nn
 
 from compression import (
+    CompressedWeight,
     CompressionPlan,
     ConfigError,
     FinetuneConfig,
+    KMeansQuantization,
+    LowRank,
     MagnitudePruning,
     PackedFormatError,
     RayzorError,
@@ -23,6 +27,7 @@ from compression import (
     save_packed,
     state_dict_bytes,
 )
+from compression._packed import _encode, relative_decode, relative_encode
 from tests.compression.tiny_models import FACTORY, tiny_net
 
 ARCH = {"factory": FACTORY, "kwargs": {"width": 8, "num_classes": 10}}
@@ -95,7 +100,11 @@ def test_mask_encoding_choice(model, tmp_path):
     plan = CompressionPlan({"conv2": (MagnitudePruning(0.98),), "fc1": (MagnitudePruning(0.2),)})
     _pack(model, plan, path)
     layers, header = _layer_info(path)
-    assert layers["conv2"]["mask"] == "indices" and header["conv2.weight@indices"]["dtype"] == "U16"
+    # 98% sparse: relative indices beat a 2304-bit bitmap and 2-byte absolute indices
+    assert layers["conv2"]["mask"] == "relative" and header["conv2.weight@relative"]["dtype"] == "U8"
+    symbols = layers["conv2"]["symbols"]
+    assert header["conv2.weight@relative"]["shape"] == [-(-symbols * layers["conv2"]["index_bits"] // 8)]
+    assert header["conv2.weight@relative"]["shape"][0] < min(-(-2304 // 8), 2 * layers["conv2"]["kept"])
     assert layers["fc1"]["mask"] == "bitmap"
     assert header["fc1.weight@bitmap"]["shape"] == [-(-32 * 64 // 8)]
     assert "conv2.weight" not in header and "conv1.weight" in header  # dense layer stored as is
@@ -105,7 +114,8 @@ def test_codes_stored_at_exact_bits(model, tmp_path):
     path = tmp_path / "m.rzp"
     _pack(model, CompressionPlan({"fc1": (UniformQuantization(3),)}), path)
     layers, header = _layer_info(path)
-    assert layers["fc1"] == {"bits": 3, "kept": 2048, "mask": "dense", "shape": [32, 64]}
+    assert layers["fc1"] == {"bits": 3, "kept": 2048, "mask": "dense", "shape": [32, 64], "scheme": "symmetric",
+                             "groups": 32}
     assert header["fc1.weight@codes"]["dtype"] == "U8"
     assert header["fc1.weight@codes"]["shape"] == [2048 * 3 // 8]
 
@@ -182,3 +192,92 @@ def test_measure_latency(model, inputs):
     assert isinstance(ms, float) and ms > 0
     with pytest.raises(ConfigError, match="repeats: got 0"):
         measure_latency(model, inputs, repeats=0)
+
+
+# -- format version 2: relative indices, entropy stage, checksum --------------------------
+
+
+@pytest.mark.parametrize("index_bits", range(1, 9))
+@pytest.mark.parametrize("density", [0.001, 0.05, 0.5, 1.0])
+def test_relative_indices_round_trip(index_bits, density):
+    rng = np.random.default_rng(index_bits)
+    positions = np.flatnonzero(rng.random(5000) < density)
+    positions = np.concatenate([[0], positions, [4999]]) if density < 1 else positions
+    positions = np.unique(positions)
+    symbols = relative_encode(positions, index_bits)
+    assert symbols.max() <= 2**index_bits - 1
+    np.testing.assert_array_equal(relative_decode(symbols, index_bits), positions)
+    # filler symbols are exactly the gaps' overflow
+    gaps = np.diff(positions, prepend=-1) - 1
+    assert symbols.size == positions.size + int((gaps // (2**index_bits - 1)).sum())
+
+
+def test_absolute_indices_win_for_a_nearly_empty_large_layer():
+    mask = torch.zeros(256, 256, dtype=torch.bool)
+    mask[0, 3] = mask[255, 200] = True
+    cw = CompressedWeight.from_dense(torch.randn(256, 256), mask)
+    out: dict = {}
+    info = _encode("w", cw, out)
+    assert info["mask"] == "indices" and out["w@indices"].numel() == 2
+
+
+def _corrupt_cases(path):
+    data = path.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    body = len(data) - 8 - header_len
+    # header length, several header bytes, and bytes spread over the tensor data
+    flips = [0, 3, 8, 8 + header_len // 3, 8 + header_len // 2, 8 + header_len - 20]
+    flips += [8 + header_len + body * i // 7 for i in range(7)] + [len(data) - 1]
+    for pos in flips:
+        yield f"flip@{pos}", data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:]
+    for cut in (len(data) - 1, len(data) - body // 2, 8 + header_len, 8 + header_len // 2, 5):
+        yield f"truncate@{cut}", data[:cut]
+
+
+@pytest.mark.parametrize("entropy", [None, "lzma"])
+def test_corrupt_or_truncated_file_is_refused(model, tmp_path, entropy):
+    plan = CompressionPlan({"conv1": (UniformQuantization(4),), "conv2": (MagnitudePruning(0.9), UniformQuantization(3)),
+                            "fc1": (MagnitudePruning(0.5), KMeansQuantization(3))})
+    out = compress(model, plan)
+    good = tmp_path / "good.rzp"
+    save_packed(out, good, arch=ARCH, entropy=entropy)
+    load_packed(good)
+    bad = tmp_path / "bad.rzp"
+    for label, blob in _corrupt_cases(good):
+        bad.write_bytes(blob)
+        with pytest.raises(PackedFormatError, match="corrupt|truncated") as exc:
+            load_packed(bad)
+        assert str(bad) in str(exc.value), label
+
+
+def test_reads_version_1_files(model, inputs, tmp_path):
+    """A v1 file (no scheme, checksum or structure) still loads to the same model."""
+    path = tmp_path / "m.rzp"
+    out, _ = _pack(model, PLANS["sparse_3bit"], path)
+    with safetensors.safe_open(path, "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    layers = json.loads(meta["layers"])
+    assert {info["mask"] for info in layers.values()} == {"bitmap"}
+    v1_layers = {name: {k: info[k] for k in ("shape", "bits", "kept", "mask")} for name, info in layers.items()}
+    v1 = {k: meta[k] for k in ("format", "plan", "arch", "metadata")}
+    safetensors.torch.save_file(tensors, path, metadata={**v1, "format_version": "1", "layers": json.dumps(v1_layers)})
+    loaded, info = load_packed(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), out.model(inputs))
+    assert info.structure == {} and info.entropy is None
+
+
+def test_low_rank_layers_rebuilt_by_the_loader(model, inputs, tmp_path):
+    plan = CompressionPlan({"fc1": (LowRank(rank_ratio=0.25), UniformQuantization(6)), "conv2": (LowRank(energy=0.8),)})
+    out, size = _pack(model, plan, tmp_path / "m.rzp")
+    assert isinstance(out.model.fc1, nn.Sequential) and out.structure["fc1"] == {"method": "low_rank", "rank": 8}
+    assert set(out.weights) == {"fc1.0", "fc1.1", "conv2.0", "conv2.1"}
+    loaded, info = load_packed(tmp_path / "m.rzp")  # a fresh tiny_net, factorised from the file's structure
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), out.model(inputs))
+    assert size < _pack(model, CompressionPlan({"fc1": (UniformQuantization(6),)}), tmp_path / "n.rzp")[1]
+
+
+def test_bad_entropy_argument(model, tmp_path):
+    with pytest.raises(ConfigError, match="entropy: got 'gzip'.*'lzma', 'zstd', None"):
+        save_packed(compress(model, CompressionPlan({})), tmp_path / "m.rzp", arch=ARCH, entropy="gzip")

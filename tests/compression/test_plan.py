@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 
 import pytest
 
 from compression import (
+    BinaryQuantization,
     CompressionPlan,
     ConfigError,
     FinetuneConfig,
+    HalfPrecision,
+    KMeansQuantization,
+    LowRank,
     MagnitudePruning,
     MethodConfig,
+    TernaryQuantization,
     UniformQuantization,
     get_method,
     list_methods,
@@ -18,7 +24,15 @@ from compression import (
 )
 
 # One valid example per registered method; a new method must add one here.
-EXAMPLES = {"magnitude_pruning": MagnitudePruning(0.5), "uniform_quantization": UniformQuantization(4)}
+EXAMPLES = {
+    "magnitude_pruning": MagnitudePruning(0.5),
+    "uniform_quantization": UniformQuantization(4),
+    "kmeans_quantization": KMeansQuantization(3),
+    "binary_quantization": BinaryQuantization(),
+    "ternary_quantization": TernaryQuantization(),
+    "half_precision": HalfPrecision("bf16"),
+    "low_rank": LowRank(rank_ratio=0.25),
+}
 
 
 def test_every_method_has_an_example():
@@ -29,18 +43,27 @@ def test_every_method_has_an_example():
 def test_method_contract(name):
     cfg = EXAMPLES[name]
     cls = get_method(name)
-    assert type(cfg) is cls and cls.method == name and cls.stage in ("sparsify", "quantize")
+    assert type(cfg) is cls and cls.method == name and cls.stage in ("factorize", "sparsify", "quantize")
     assert dataclasses.is_dataclass(cfg) and isinstance(cfg, MethodConfig)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(cfg, dataclasses.fields(cfg)[0].name, 0)
     d = cfg.to_dict()
     assert d["method"] == name
+    assert json.loads(json.dumps(d)) == d
     assert MethodConfig.from_dict(d) == cfg and hash(MethodConfig.from_dict(d)) == hash(cfg)
     with pytest.raises(ConfigError, match=f"{name}.bogus"):
         MethodConfig.from_dict({**d, "bogus": 1})
-    field = dataclasses.fields(cfg)[0].name
-    with pytest.raises(ConfigError, match=f"{name}.{field}"):
-        MethodConfig.from_dict({"method": name})
+    required = [f.name for f in dataclasses.fields(cfg) if f.default is dataclasses.MISSING]
+    if required:
+        with pytest.raises(ConfigError, match=f"{name}.{required[0]}"):
+            MethodConfig.from_dict({"method": name})
+    # Every field is validated: a wrong type is refused, naming the method and field.
+    for f in dataclasses.fields(cfg):
+        with pytest.raises(ConfigError, match=f"{name}.{f.name}"):
+            MethodConfig.from_dict({**d, f.name: "bogus-value"})
+    # The flat settings view (MLflow params) rebuilds the method.
+    plan = CompressionPlan({"fc1": (cfg,)})
+    assert CompressionPlan.from_settings(plan.settings()) == plan
 
 
 def test_numpy_scalars_are_normalised():

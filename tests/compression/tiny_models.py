@@ -39,3 +39,26 @@ def trained_tiny_net(seed: int = 0) -> TinyNet:
         model.bn1.running_var.uniform_(0.5, 2.0)
         model.bn1.weight.uniform_(0.5, 1.5)
     return model.eval()
+
+
+CONTRACT_FACTORY = "tests.compression.tiny_models:contract_net"
+
+
+class ContractNet(nn.Module):
+    """conv-relu-conv-relu -> flatten -> fc-relu-fc, for 3x8x8 inputs; layers ``conv`` and ``fc`` take the methods."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 16, 3)
+        self.fc = nn.Linear(16 * 6 * 6, 24)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(torch.relu(self.stem(x)))).flatten(1)
+        return self.head(torch.relu(self.fc(x)))
+
+
+def contract_net(seed: int = 0) -> ContractNet:
+    torch.manual_seed(seed)
+    return ContractNet().eval()

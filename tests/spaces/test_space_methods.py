@@ -1,0 +1,90 @@
+"""The per-layer quantization-method choice (``<layer>.quant``) of a space."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from compression import (
+    BinaryQuantization,
+    HalfPrecision,
+    KMeansQuantization,
+    MagnitudePruning,
+    UniformQuantization,
+    compress,
+)
+from compression.errors import ConfigError
+from search._config import SpaceConfig, validate_config
+from spaces import DEFAULT_METHODS, QUANT_METHODS, CompressionSpace
+from tests.compression.tiny_models import trained_tiny_net
+
+LAYERS = ["conv1", "conv2", "fc1", "fc2"]
+METHODS = ("uniform_quantization", "kmeans_quantization", "binary_quantization", "half_precision")
+CLASSES = {"uniform_quantization": UniformQuantization, "kmeans_quantization": KMeansQuantization,
+           "binary_quantization": BinaryQuantization, "half_precision": HalfPrecision}
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_default_space_is_unchanged():
+    space = CompressionSpace(LAYERS)
+    assert space.methods == DEFAULT_METHODS and "methods" not in space.describe()
+    assert SpaceConfig().methods == DEFAULT_METHODS
+    assert set(METHODS) <= set(QUANT_METHODS) and "magnitude_pruning" not in QUANT_METHODS
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conditional_bits_decode_encode_and_compress(seed):
+    space = CompressionSpace(LAYERS, bits=(2, 4, 8, 32), methods=METHODS)
+    assert space.dimensions == 3 * len(LAYERS) and space.describe()["methods"] == list(METHODS)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    trial = study.ask()
+    space.suggest(trial)
+    plan = space.decode(trial.params)
+    for layer in LAYERS:
+        method = trial.params[f"{layer}.quant"]
+        assert (f"{layer}.bits" in trial.params) == (method in ("uniform_quantization", "kmeans_quantization"))
+        methods = plan.layers[layer]
+        assert methods[0] == MagnitudePruning(trial.params[f"{layer}.sparsity"])
+        if trial.params.get(f"{layer}.bits") == 32:
+            assert methods[1:] == ()  # fp32 whatever the method
+        else:
+            assert type(methods[1]) is CLASSES[method]
+            if f"{layer}.bits" in trial.params:
+                assert methods[1].bits == trial.params[f"{layer}.bits"]
+    assert space.encode(plan) == trial.params
+    out = compress(trained_tiny_net(), plan)
+    assert torch.isfinite(out.model(torch.randn(2, 1, 8, 8))).all()
+
+
+def test_tpe_accepts_the_conditional_space():
+    space = CompressionSpace(LAYERS, bits=(2, 4, 32), methods=METHODS)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3))
+    for i in range(8):
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, float(i))
+    assert len(study.trials) == 8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "text"),
+    [
+        ({"methods": ("bogus",)}, "space.methods", "kmeans_quantization"),
+        ({"methods": ()}, "space.methods", "non-empty"),
+        ({"methods": ("magnitude_pruning",)}, "space.methods", "uniform_quantization"),
+        ({"methods": ("kmeans_quantization",)}, "space.bits", "up to 8"),
+    ],
+)
+def test_bad_methods(kwargs, field, text):
+    with pytest.raises(ConfigError) as exc:
+        CompressionSpace(LAYERS, **kwargs)
+    assert exc.value.field == field and text in str(exc.value)
+
+
+def test_search_config_methods():
+    config = validate_config({"space": {"methods": ["binary_quantization", "uniform_quantization"]}})
+    assert config.space.methods == ("binary_quantization", "uniform_quantization")
+    with pytest.raises(ConfigError, match="space.methods"):
+        validate_config({"space": {"methods": ["nope"]}})
