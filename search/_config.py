@@ -9,12 +9,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compression.errors import ConfigError
-from spaces import ALLOWED_BITS, MAX_SPARSITY
+from spaces import ALLOWED_BITS, DEFAULT_METHODS, MAX_SPARSITY, QUANT_METHODS
 
-__all__ = ["OBJECTIVES", "SAMPLERS", "SearchConfig", "SpaceConfig", "load_config"]
+__all__ = ["OBJECTIVES", "SAMPLERS", "SearchConfig", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
 
-#: Objective name -> direction. Every trial reports all of them.
-OBJECTIVES: dict[str, str] = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+#: The cost objectives and their direction. A search has exactly one other
+#: objective: the task's quality metric (``accuracy`` for digits, ``cosine``
+#: for minilm), maximised.
+OBJECTIVES: dict[str, str] = {"size_bytes": "minimize", "latency_ms": "minimize"}
+
+
+def objective_direction(name: str) -> str:
+    """``minimize`` for a cost objective, ``maximize`` for the quality metric."""
+    return OBJECTIVES.get(name, "maximize")
+
+
+def quality_metric(objectives: tuple[str, ...]) -> str:
+    """The one objective that is the task's quality metric."""
+    return next(o for o in objectives if o not in OBJECTIVES)
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 
 
@@ -27,6 +39,8 @@ class SpaceConfig(_Strict):
 
     sparsity: tuple[float, float] = Field((0.0, MAX_SPARSITY), description="[low, high] per-layer sparsity")
     bits: tuple[int, ...] = Field((2, 3, 4, 5, 6, 8, 16, 32), description="candidate weight bit-widths; 32 = fp32")
+    methods: tuple[str, ...] = Field(DEFAULT_METHODS, description="quantization methods chosen among per layer "
+                                     f"(<layer>.quant); from {', '.join(QUANT_METHODS)}")
 
     @field_validator("sparsity")
     @classmethod
@@ -43,6 +57,13 @@ class SpaceConfig(_Strict):
             raise ValueError("a non-empty list of bit-widths from 2..16 and 32")
         return tuple(sorted(set(v)))
 
+    @field_validator("methods")
+    @classmethod
+    def _methods_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or any(m not in QUANT_METHODS for m in v):
+            raise ValueError(f"a non-empty list of {', '.join(QUANT_METHODS)}")
+        return tuple(dict.fromkeys(v))
+
 
 class SearchConfig(_Strict):
     """Everything a search needs; a YAML file takes the same fields as the flags."""
@@ -50,28 +71,48 @@ class SearchConfig(_Strict):
     task: str = Field("digits", description="registered task name or 'package.module:function'")
     task_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task factory")
     trials: int = Field(64, ge=1, description="number of trials")
-    concurrency: int = Field(2, ge=1, description="trials run at once")
+    # Left unset, the runner derives it from what the cluster has (see
+    # cluster.derive_concurrency); the default here is the 2-core local value.
+    concurrency: int = Field(2, ge=1, description="trials run at once; default: derived from the cluster's resources")
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     seed: int = Field(0, ge=0)
     experiment: str = Field("rayzor", min_length=1, description="MLflow experiment name")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: MLflow's own rules")
-    objectives: tuple[Literal["accuracy", "size_bytes", "latency_ms"], ...] = ("accuracy", "size_bytes")
+    objectives: tuple[str, ...] | None = Field(
+        None, description="the task's metric (maximised) plus size_bytes and/or latency_ms; default: [<task metric>, size_bytes]"
+    )
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     finetune_epochs: int = Field(1, ge=0, description="recovery fine-tune epochs after pruning (masks kept)")
+    entropy: Literal["lzma", "zstd"] | None = Field(
+        None, description="lossless entropy stage of the packed files (Deep Compression's third step); size_bytes includes it"
+    )
     cpus_per_trial: float = Field(1.0, gt=0)
-    storage_path: str | None = Field(None, description="Ray Tune storage path; default ./rayzor-results")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions such as 0.25 share a GPU")
+    resources_per_trial: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per trial, e.g. {worker: 1} or {'accelerator_type:A100': 0.01}"
+    )
+    max_failures: int = Field(2, ge=0, description="retries of a trial whose worker or node fails (Tune FailureConfig)")
+    address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS, else a local Ray")
+    storage_path: str | None = Field(None, description="Ray Tune storage path (folder or pyarrow URI such as s3://...); default ./rayzor-results")
     name: str | None = Field(None, description="search name; default search-<timestamp>")
+
+    @field_validator("resources_per_trial")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(k.upper() in ("CPU", "GPU") or amount <= 0 for k, amount in v.items()):
+            raise ValueError("positive amounts of custom resources (CPU and GPU go in cpus_per_trial / gpus_per_trial)")
+        return v
 
     @field_validator("objectives")
     @classmethod
-    def _objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if len(v) < 2 or len(set(v)) != len(v):
-            raise ValueError("two or three distinct objectives")
+    def _objectives(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and (len(set(v)) != len(v) or sum(o not in OBJECTIVES for o in v) != 1 or len(v) < 2):
+            raise ValueError("the task's metric (e.g. accuracy) plus size_bytes and/or latency_ms, each once")
         return v
 
     @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o] for o in self.objectives]
+        return [objective_direction(o) for o in self.objectives or ()]
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:

@@ -9,10 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from compression import load_packed
+from compression import (
+    OrtModule,
+    export_onnx,
+    load_packed,
+    max_abs_diff,
+    measure_latency,
+    measure_onnx_latency,
+    quantize_onnx_int8,
+)
 from compression.errors import ConfigError, RayzorError
 from compression.tasks import Task, create_task
 from search._config import SearchConfig
@@ -31,7 +38,7 @@ from search._trial import PACKED_NAME
 
 __all__ = ["EXPORT_FORMATS", "ONNX_TOLERANCE", "ExportReport", "SearchView", "export_model", "load_search"]
 
-EXPORT_FORMATS = ("packed", "onnx")
+EXPORT_FORMATS = ("packed", "onnx", "onnx-int8")
 #: Largest |onnxruntime - torch| output difference an ONNX export may show.
 ONNX_TOLERANCE = 1e-4
 
@@ -90,6 +97,7 @@ class ExportReport:
     val_metrics: dict[str, float]
     test_metrics: dict[str, float]
     max_abs_diff: float
+    latency: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -107,29 +115,34 @@ def _reference_batch(task: Task) -> torch.Tensor:
     return torch.cat([task.example_input, inputs])
 
 
-def _export_onnx(model: torch.nn.Module, batch: torch.Tensor, out: Path) -> float:
-    import onnxruntime as ort
-
-    torch.onnx.export(
-        model, (batch[:1],), str(out), dynamo=False,
-        input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-    )
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": batch.numpy()})[0]
+def _write(model: torch.nn.Module, packed: Path, fmt: str, out: Path, batch: torch.Tensor,
+           example: torch.Tensor) -> tuple[torch.nn.Module, float]:
+    """Write ``out`` in ``fmt``; return the shipped model (as run from the file) and its max |diff| to ``model``."""
+    if fmt == "packed":
+        shutil.copyfile(packed, out)
+        shipped, _ = load_packed(out)
+    elif fmt == "onnx":
+        export_onnx(model, example, out)
+        shipped = OrtModule(out)
+    else:  # onnx-int8: real integer kernels; differs from the torch model by int8 rounding
+        with tempfile.TemporaryDirectory() as tmp:
+            quantize_onnx_int8(export_onnx(model, example, Path(tmp) / "fp32.onnx"), out)
+        shipped = OrtModule(out)
     with torch.inference_mode():
-        want = model(batch).numpy()
-    return float(np.max(np.abs(got - want)))
+        diff = max_abs_diff(shipped(batch), model(batch))
+    return shipped, diff
 
 
 def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportReport:
     """Export one trial's model and check it.
 
     The packed artifact logged by the trial is the source of truth: it is
-    loaded, re-scored on the validation split (must equal the logged metric)
-    and scored on the test split for the final report. ``packed`` copies the
-    file and checks that it reloads to identical outputs; ``onnx`` exports it
-    and checks onnxruntime against torch (max abs diff <= 1e-4).
+    loaded and re-scored on the validation split (must equal the logged
+    metric). Then the file is written and checked: ``packed`` must reload to
+    identical outputs, ``onnx`` must match torch in onnxruntime within 1e-4,
+    ``onnx-int8`` (onnxruntime int8 kernels) reports its difference. The test
+    split is scored on the written file itself, as it will ship, and the
+    batch-1 latency of the file is measured beside the torch model's.
 
     Raises:
         ConfigError: unknown format or run id.
@@ -149,6 +162,7 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
     if not out.parent.is_dir():
         raise ConfigError("--out", str(out), "a path in an existing folder")
     task = _task_of(client, run.data.tags[TAG_PARENT])
+    torch.set_num_threads(1)  # latency as a trial measured it
     with tempfile.TemporaryDirectory() as tmp:
         packed = Path(client.download_artifacts(run_id, f"{PACKED_ARTIFACT_DIR}/{PACKED_NAME}", tmp))
         model, _ = load_packed(packed)
@@ -156,21 +170,19 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
         logged = float(run.data.metrics[task.metric])
         if abs(val[task.metric] - logged) > 1e-6:
             raise RayzorError(f"packed model of run {run_id} scores {task.metric}={val[task.metric]} on val, but the trial logged {logged}")
-        test = task.score(model, "test")
         batch = _reference_batch(task)
         try:
-            if fmt == "packed":
-                shutil.copyfile(packed, out)
-                reloaded, _ = load_packed(out)
-                with torch.inference_mode():
-                    diff = float((reloaded(batch) - model(batch)).abs().max())
-                if diff != 0.0:
-                    raise RayzorError(f"packed file {out} reloads to different outputs (max abs diff {diff})")
-            else:
-                diff = _export_onnx(model, batch, out)
-                if diff > ONNX_TOLERANCE:
-                    raise RayzorError(f"ONNX export {out} differs from torch by {diff} > {ONNX_TOLERANCE}")
+            shipped, diff = _write(model, packed, fmt, out, batch, task.example_input)
+            if fmt == "packed" and diff != 0.0:
+                raise RayzorError(f"packed file {out} reloads to different outputs (max abs diff {diff})")
+            if fmt == "onnx" and diff > ONNX_TOLERANCE:
+                raise RayzorError(f"ONNX export {out} differs from torch by {diff} > {ONNX_TOLERANCE}")
         except BaseException:
             out.unlink(missing_ok=True)
             raise
-    return ExportReport(run_id, fmt, str(out), out.stat().st_size, val, test, diff)
+    test = task.score(shipped, "test")
+    latency = {"torch_ms": measure_latency(model, task.example_input)}
+    if fmt != "packed":
+        latency["file_ms"] = measure_onnx_latency(out, task.example_input)
+        latency["speedup"] = latency["torch_ms"] / latency["file_ms"]
+    return ExportReport(run_id, fmt, str(out), out.stat().st_size, val, test, diff, latency)

@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from compression import FinetuneConfig, state_dict_bytes
+from compression.errors import ConfigError, RayzorError
 from compression.tasks import Task, create_task
-from search._config import OBJECTIVES, SearchConfig
+from search._config import SearchConfig, objective_direction, quality_metric
 from search._pareto import hypervolume, pareto_mask
 from search._tracking import (
     ROLE_SEARCH,
@@ -30,11 +33,13 @@ from search._tracking import (
     TAG_ROLE,
     connect,
     log_params,
+    trial_runs,
 )
 from search._trial import PACKED_NAME, run_trial
 from spaces import CompressionSpace
 
-__all__ = ["SearchResult", "TrialRecord", "make_sampler", "objective_scales", "run_search", "search_hypervolume"]
+__all__ = ["RESUME_FILE", "SearchResult", "TrackingError", "TrialRecord", "load_resume_state", "make_sampler", "objective_scales",
+           "run_search", "search_hypervolume"]
 
 #: Artifact path of the packed model inside a trial run.
 PACKED_ARTIFACT_DIR = "packed"
@@ -53,6 +58,7 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     plan_summary: str = ""
     error: str = ""
+    trial_id: str = ""
 
 
 @dataclass
@@ -70,6 +76,9 @@ class SearchResult:
     wall_seconds: float
     fit_seconds: float
     storage_path: str
+    name: str = ""
+    concurrency: int = 0
+    logging_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def make_sampler(name: str, seed: int, trials: int) -> Any:
@@ -89,26 +98,25 @@ def make_sampler(name: str, seed: int, trials: int) -> Any:
     raise ValueError(name)  # unreachable: SearchConfig validated the name
 
 
-def objective_scales(baseline: dict[str, float]) -> dict[str, Callable[[float], float]]:
-    """Maps each objective onto [0, 1] for minimisation, reference point 1.
+def objective_scale(objective: str, value: float, baseline: dict[str, float]) -> float:
+    """Maps an objective onto [0, 1] for minimisation, reference point 1.
 
-    accuracy -> error rate (1 - accuracy): reference = accuracy 0.
+    quality metric (accuracy, cosine) -> 1 - value: reference = 0.
     size_bytes -> size / fp32 state-dict size: reference = no compression.
     latency_ms -> latency / (2 x fp32 latency): reference = twice as slow.
     """
-    return {
-        "accuracy": lambda v: 1.0 - v,
-        "size_bytes": lambda v: v / baseline["size_bytes"],
-        "latency_ms": lambda v: v / (LATENCY_REFERENCE * baseline["latency_ms"]),
-    }
+    if objective == "size_bytes":
+        return value / baseline["size_bytes"]
+    if objective == "latency_ms":
+        return value / (LATENCY_REFERENCE * baseline["latency_ms"])
+    return 1.0 - value
 
 
 def search_hypervolume(rows: Sequence[dict[str, float]], objectives: Sequence[str], baseline: dict[str, float]) -> float:
-    """Hypervolume of trial metrics in the unit box of :func:`objective_scales`."""
+    """Hypervolume of trial metrics in the unit box of :func:`objective_scale`."""
     if not rows:
         return 0.0
-    scales = objective_scales(baseline)
-    points = np.array([[scales[o](row[o]) for o in objectives] for row in rows], dtype=float)
+    points = np.array([[objective_scale(o, row[o], baseline) for o in objectives] for row in rows], dtype=float)
     return hypervolume(points, ["minimize"] * len(objectives), [1.0] * len(objectives))
 
 
@@ -117,7 +125,7 @@ def _front(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[Tr
     if not done:
         return []
     values = np.array([[r.metrics[o] for o in objectives] for r in done], dtype=float)
-    mask = pareto_mask(values, [OBJECTIVES[o] for o in objectives])
+    mask = pareto_mask(values, [objective_direction(o) for o in objectives])
     return [r for r, keep in zip(done, mask) if keep]
 
 
@@ -129,85 +137,202 @@ def _trial_number(trial: Any, fallback: int) -> int:
         return fallback
 
 
+#: What the engine measures in every trial, beside the task's own metrics.
+ENGINE_METRICS = ("size_bytes", "compression_ratio", "latency_ms", "weight_sparsity", "quality_drop", "params",
+                  "nonzero_params", "flops", "macs", "bitops", "trial_seconds")
+#: Trial result keys logged as tags of the child run (where the trial ran).
+_TRIAL_TAGS = {"node_id": "rayzor.node_id", "device": "rayzor.device"}
+TAG_TRIAL_ID = "rayzor.trial_id"
+
+
+class TrackingError(RayzorError):
+    """The MLflow writer failed while the search ran."""
+
+
+@dataclass
+class _Outcome:
+    """What the writer needs of a finished trial, copied on Tune's event loop."""
+
+    trial_id: str
+    number: int
+    status: str
+    params: dict[str, Any]
+    result: dict[str, Any]
+    checkpoint: Any
+    error_file: str | None
+
+
+def _record_of(run: Any) -> TrialRecord:
+    from search._export import _record
+
+    record = _record(run)
+    record.trial_id = run.data.tags.get(TAG_TRIAL_ID, "")
+    return record
+
+
 class _Tracker:
-    """Driver-side MLflow logging of trials, called from a Tune callback.
+    """Driver-side MLflow logging of trials: one writer, off Tune's event loop.
 
     Trials only report metrics and a checkpoint holding their packed file; the
     driver writes every MLflow run. One writer means no sqlite lock races and
     no MLflow import per worker; the packed file travels as a Tune checkpoint,
-    so it reaches the driver from any node.
+    so it reaches the driver from any node. Tune's callbacks only queue an
+    :class:`_Outcome` (microseconds); a background thread does the HTTP-bound
+    MLflow calls, so a slow tracking server never stalls trial scheduling.
+
+    Child runs are keyed by Tune's trial id (tag ``rayzor.trial_id``): a
+    resumed search finds the runs it logged before and never duplicates them.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, space: CompressionSpace,
                  config: SearchConfig, baseline: dict[str, float], progress: Callable[[str], None]) -> None:
-        self.tracking_uri = tracking_uri
-        self._client: Any = None
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = experiment_id
         self.parent = parent_run_id
         self.space = space
         self.config = config
         self.baseline = baseline
         self.progress = progress
-        self.records: list[TrialRecord] = []
+        self.quality = quality_metric(config.objectives)
+        # The task's own metrics (accuracy, recall_at_10, ...) are logged too.
+        self.baseline_metrics = tuple(k for k in baseline if k not in ("size_bytes", "latency_ms"))
+        self._records: dict[str, TrialRecord] = {}
+        self._queued: set[str] = set()
+        self.submit_seconds: list[float] = []
+        self.write_seconds: list[float] = []
+        self._error: BaseException | None = None
+        for run in trial_runs(self.client, experiment_id, parent_run_id):
+            record = _record_of(run)
+            if record.trial_id:
+                self._records[record.trial_id] = record
+        self._queue: queue.Queue[_Outcome | frozenset[str] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, name="rayzor-mlflow-writer", daemon=True)
+        self._thread.start()
 
     @property
-    def client(self) -> Any:
-        from mlflow.tracking import MlflowClient
+    def records(self) -> list[TrialRecord]:
+        """Every logged trial, in trial-number order."""
+        return sorted(self._records.values(), key=lambda r: r.number)
 
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
+    def submit(self, trial: Any, status: str) -> None:
+        """Queue one ended trial for logging (called on Tune's event loop)."""
+        started = time.perf_counter()
+        self._queued.add(trial.trial_id)
+        self._queue.put(_Outcome(
+            trial_id=trial.trial_id,
+            number=_trial_number(trial, len(self._queued)),
+            status=status,
+            params={k: v for k, v in trial.config.items() if "." in k},
+            result=dict(trial.last_result or {}),
+            checkpoint=trial.checkpoint,
+            error_file=trial.error_file,
+        ))
+        self.submit_seconds.append(time.perf_counter() - started)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment state (for restore):
-        # the MLflow client and the console hold locks, so they stay behind.
-        return {**self.__dict__, "_client": None, "progress": print}
+    def reconcile(self, trials: Sequence[Any]) -> None:
+        """Queue ended trials that were neither logged nor queued (restored ones),
+        then drop runs of trials the experiment no longer has (see :meth:`_prune`)."""
+        for trial in trials:
+            status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial.status)
+            logged = self._records.get(trial.trial_id)
+            if status and trial.trial_id not in self._queued and (logged is None or logged.status != status):
+                self.submit(trial, status)
+        self._queue.put(frozenset(t.trial_id for t in trials))
 
-    def _start(self, trial: Any, status: str) -> tuple[str, TrialRecord]:
-        number = _trial_number(trial, len(self.records) + 1)
-        params = {k: v for k, v in trial.config.items() if "." in k}
-        plan = self.space.decode(params)
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{number:04d}",
-            tags={TAG_PARENT: self.parent, TAG_ROLE: ROLE_TRIAL, "rayzor.trial_id": trial.trial_id,
-                  "rayzor.trial": str(number), TAG_PLAN: plan.summary()[:5000]},
-        )
-        run_id = run.info.run_id
-        log_params(self.client, run_id, params)
+    def close(self) -> None:
+        """Log everything queued, stop the writer, and raise what it hit."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise TrackingError(f"logging trials to MLflow failed: {error}") from error
+
+    def _drain(self) -> None:
+        while (outcome := self._queue.get()) is not None:
+            started = time.perf_counter()
+            try:
+                if isinstance(outcome, frozenset):
+                    self._prune(outcome)
+                    continue
+                self._write(outcome)
+            except Exception as exc:  # noqa: BLE001 - reported by close(), the search goes on
+                self._error = self._error or exc
+            self.write_seconds.append(time.perf_counter() - started)
+
+    def _prune(self, known: frozenset[str]) -> None:
+        """Delete child runs of trials the Tune experiment does not have.
+
+        A driver killed between a trial's end and Tune's next experiment
+        checkpoint leaves a run whose trial the restored experiment (and the
+        Optuna study saved with it) never saw; that budget slot is sampled
+        again, so the run would count twice.
+        """
+        for trial_id in [t for t in self._records if t not in known]:
+            run_id = self._records.pop(trial_id).run_id
+            self.client.set_tag(run_id, "rayzor.orphan", "true")
+            self.client.delete_run(run_id)
+
+    def _write(self, outcome: _Outcome) -> None:
+        logged = self._records.get(outcome.trial_id)
+        if logged is not None and logged.status == outcome.status == "FINISHED":
+            return  # a trial Tune re-ran after a restore: its run is complete
+        run_id, record = self._start(outcome, logged)
+        if outcome.status == "FINISHED":
+            self._complete(run_id, record, outcome)
+        else:
+            self._fail(run_id, record, outcome)
+
+    def _start(self, outcome: _Outcome, logged: TrialRecord | None) -> tuple[str, TrialRecord]:
+        plan = self.space.decode(outcome.params)
+        tags = {TAG_PARENT: self.parent, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: outcome.trial_id,
+                "rayzor.trial": str(outcome.number), TAG_PLAN: plan.summary()[:5000]}
+        tags.update({tag: str(outcome.result[key]) for key, tag in _TRIAL_TAGS.items() if key in outcome.result})
+        if logged is not None:
+            # Reuse the run a crash or an earlier failure left behind.
+            run_id = logged.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{outcome.number:04d}", tags=tags).info.run_id
+        log_params(self.client, run_id, outcome.params)
         self.client.log_text(run_id, plan.to_json(), "plan.json")
-        record = TrialRecord(number, run_id, status, params, plan_summary=plan.summary())
-        self.records.append(record)
+        record = TrialRecord(outcome.number, run_id, outcome.status, outcome.params, plan_summary=plan.summary(),
+                             trial_id=outcome.trial_id)
         return run_id, record
 
-    def complete(self, trial: Any) -> None:
+    def _complete(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
         from mlflow.entities import Metric
 
-        run_id, record = self._start(trial, "FINISHED")
-        result = trial.last_result or {}
-        record.metrics = {k: float(result[k]) for k in _TRIAL_METRICS if k in result}
+        names = (*self.baseline_metrics, *ENGINE_METRICS)
+        record.metrics = {k: float(outcome.result[k]) for k in names if k in outcome.result}
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()])
-        if trial.checkpoint is not None:
-            with trial.checkpoint.as_directory() as folder:
+        if outcome.checkpoint is not None:
+            with outcome.checkpoint.as_directory() as folder:
                 self.client.log_artifact(run_id, os.path.join(folder, PACKED_NAME), PACKED_ARTIFACT_DIR)
+        if "rayzor.error" in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, "rayzor.error")
         self.client.set_terminated(run_id, "FINISHED")
-        done = [r for r in self.records if r.status == "FINISHED"]
+        self._records[outcome.trial_id] = record
+        done = [r for r in self._records.values() if r.status == "FINISHED"]
         hv = search_hypervolume([r.metrics for r in done], self.config.objectives, self.baseline)
         self.client.log_metric(self.parent, "hypervolume", hv, step=len(done))
-        front = _front(self.records, self.config.objectives)
+        front = _front(list(self._records.values()), self.config.objectives)
         m = record.metrics
         self.progress(
-            f"[{len(self.records)}/{self.config.trials}] trial {record.number:04d}  "
-            f"accuracy={m.get('accuracy', float('nan')):.4f}  size={m.get('size_bytes', 0) / 1024:.1f} KiB  "
+            f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  "
+            f"{self.quality}={m.get(self.quality, float('nan')):.4f}  size={m.get('size_bytes', 0) / 1024:.1f} KiB  "
             f"ratio={m.get('compression_ratio', 0):.1f}x  front={len(front)}  HV={hv:.4f}"
         )
 
-    def error(self, trial: Any) -> None:
-        run_id, record = self._start(trial, "FAILED")
+    def _fail(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
         text = ""
-        if trial.error_file and os.path.exists(trial.error_file):
-            with open(trial.error_file) as f:
+        if outcome.error_file and os.path.exists(outcome.error_file):
+            with open(outcome.error_file) as f:
                 text = f.read()
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]
         record.error = lines[-1].strip()[:500] if lines else "unknown error"
@@ -215,23 +340,8 @@ class _Tracker:
             self.client.log_text(run_id, text, "error.txt")
         self.client.set_tag(run_id, "rayzor.error", record.error)
         self.client.set_terminated(run_id, "FAILED")
-        self.progress(f"[{len(self.records)}/{self.config.trials}] trial {record.number:04d}  FAILED: {record.error}")
-
-
-_TRIAL_METRICS = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "weight_sparsity", "accuracy_drop", "trial_seconds")
-
-
-def _callback(tracker: _Tracker) -> Any:
-    from ray import tune
-
-    class _TrackingCallback(tune.Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            tracker.complete(trial)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            tracker.error(trial)
-
-    return _TrackingCallback()
+        self._records[outcome.trial_id] = record
+        self.progress(f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  FAILED: {record.error}")
 
 
 def _pareto_plot(records: Sequence[TrialRecord], front: Sequence[TrialRecord], objectives: Sequence[str],
@@ -243,15 +353,16 @@ def _pareto_plot(records: Sequence[TrialRecord], front: Sequence[TrialRecord], o
 
     done = [r for r in records if r.status == "FINISHED"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ax.scatter([r.metrics["size_bytes"] / 1024 for r in done], [r.metrics["accuracy"] for r in done],
+    quality = quality_metric(tuple(objectives))
+    ax.scatter([r.metrics["size_bytes"] / 1024 for r in done], [r.metrics[quality] for r in done],
                s=18, c="#9aa5b1", label="trials")
-    pts = sorted((r.metrics["size_bytes"] / 1024, r.metrics["accuracy"]) for r in front)
+    pts = sorted((r.metrics["size_bytes"] / 1024, r.metrics[quality]) for r in front)
     ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="#d9480f", lw=1.5)
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=36, c="#d9480f", label="Pareto front", zorder=3)
-    ax.axhline(baseline["accuracy"], color="#2b8a3e", ls="--", lw=1, label="fp32 accuracy")
+    ax.axhline(baseline[quality], color="#2b8a3e", ls="--", lw=1, label=f"fp32 {quality}")
     ax.set_xscale("log")
     ax.set_xlabel("packed size (KiB, log)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f"validation {quality}")
     ax.set_title(f"rayzor search: {' vs '.join(objectives)}")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
@@ -300,127 +411,298 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+#: Written next to the Tune experiment: what ``--resume`` needs to continue.
+RESUME_FILE = "rayzor-search.json"
+_VALID_RESUME = "the folder of a search's Tune experiment (STORAGE_PATH/NAME, or a pyarrow URI), or NAME under storage_path"
+
+
+def _ray_address(config: SearchConfig) -> tuple[str | None, str]:
+    """The cluster to join and where that came from (for error messages)."""
+    if config.address:
+        return config.address, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
 def _start_ray(config: SearchConfig) -> bool:
-    """Start a local Ray unless one is running; True if we started it."""
+    """Join ``config.address`` / ``RAY_ADDRESS``, else start a local Ray; True if we started it."""
     import ray
 
     # Tune's new console output engine ignores verbose=0; the legacy one obeys.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return False
-    address = os.environ.get("RAY_ADDRESS")
+    address, _ = _ray_address(config)
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True
 
 
+def _experiment_fs(path: str) -> tuple[Any, str]:
+    """A pyarrow filesystem and path for a local folder or a URI (s3://, gs://)."""
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def _write_resume_state(experiment_path: str, state: dict[str, Any]) -> None:
+    fs, path = _experiment_fs(experiment_path)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{RESUME_FILE}") as f:
+        f.write(json.dumps(state, indent=2).encode())
+
+
+def load_resume_state(resume: str, storage_path: str | None) -> tuple[str, dict[str, Any]]:
+    """Find a search to resume: ``(experiment_path, saved state)``.
+
+    Raises:
+        ConfigError: naming ``--resume`` when there is no restorable Tune
+            experiment with rayzor's state file there.
+    """
+    import pyarrow.fs
+    from ray import tune
+
+    candidates = [resume] if "://" in resume or Path(resume).is_dir() else []
+    storage = storage_path or "rayzor-results"
+    candidates.append(f"{storage.rstrip('/')}/{resume}" if "://" in storage else str(Path(storage) / resume))
+    for candidate in candidates:
+        fs, path = _experiment_fs(candidate)
+        info = fs.get_file_info(f"{path}/{RESUME_FILE}")
+        if info.type == pyarrow.fs.FileType.File and tune.Tuner.can_restore(path if "://" not in candidate else candidate):
+            with fs.open_input_stream(f"{path}/{RESUME_FILE}") as f:
+                return (candidate if "://" in candidate else path), json.loads(f.read())
+    raise ConfigError("--resume", resume, f"{_VALID_RESUME}; nothing restorable at {', '.join(candidates)}")
+
+
+def _trial_request(config: SearchConfig) -> tuple[dict[str, float], int]:
+    """One trial's Ray resources and the concurrency, checked against the cluster.
+
+    Raises:
+        ConfigError: a request no node can ever meet (GPUs on a CPU cluster).
+    """
+    import ray
+
+    from cluster import check_cluster_resources, derive_concurrency, trial_resources
+
+    request = trial_resources(config.cpus_per_trial, config.gpus_per_trial, config.resources_per_trial)
+    available = ray.cluster_resources()
+    check_cluster_resources(request, available)
+    if "concurrency" in config.model_fields_set:
+        return request, config.concurrency
+    return request, derive_concurrency(request, available, config.trials)
+
+
+def _tune_resources(request: dict[str, float]) -> dict[str, float]:
+    names = {"CPU": "cpu", "GPU": "gpu"}
+    return {names.get(k, k): v for k, v in request.items()}
+
+
 def prepare(config: SearchConfig) -> tuple[Any, str, str, Task, CompressionSpace, dict[str, float]]:
     """Everything that can fail on bad input, before Ray starts.
 
-    Returns the MLflow client, tracking URI, experiment id, the task, the space
-    and the baseline metrics.
+    Returns the config with its objectives resolved, the MLflow client, the
+    tracking URI, the experiment id, the task, the space and the baseline
+    metrics (the task's validation metrics, fp32 size and latency).
     """
+    from cluster import check_address
+
+    address, flag = _ray_address(config)
+    if address:
+        check_address(address, flag)
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     task = create_task(config.task, **config.task_options)
+    config = _resolve_objectives(config, task)
     space = CompressionSpace.from_model(
         task.model,
         sparsity=config.space.sparsity,
         bits=config.space.bits,
+        methods=config.space.methods,
         finetune=FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed),
     )
     from compression import measure_latency
 
     baseline = {
-        "accuracy": task.baseline["val"][task.metric],
+        **task.baseline["val"],
         "size_bytes": float(state_dict_bytes(task.model)),
-        "latency_ms": measure_latency(task.model, task.example_input),
+        # one thread, as in a trial, so latency ratios compare like with like
+        "latency_ms": measure_latency(task.model, task.example_input, threads=1),
     }
-    return client, uri, experiment_id, task, space, baseline
+    return config, client, uri, experiment_id, task, space, baseline
 
 
-def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print) -> SearchResult:
+def _resolve_objectives(config: SearchConfig, task: Task) -> SearchConfig:
+    """Fill in the default objectives, and check the quality metric is the task's."""
+    if config.objectives is None:
+        return config.model_copy(update={"objectives": (task.metric, "size_bytes")})
+    quality = quality_metric(config.objectives)
+    if quality != task.metric:
+        raise ConfigError("objectives", list(config.objectives),
+                          f"task {task.name!r}'s metric {task.metric!r} plus size_bytes and/or latency_ms")
+    return config
+
+
+def _resumed_config(state: dict[str, Any], given: SearchConfig) -> SearchConfig:
+    """The saved config of a resumed search; a new ``address`` may replace the old one."""
+    from search._config import validate_config
+
+    data = dict(state["config"])
+    if given.address:
+        data["address"] = given.address
+    if not state.get("concurrency_given"):
+        data.pop("concurrency", None)  # derived again from the cluster
+    return validate_config(data)
+
+
+def _open_parent(client: Any, experiment_id: str, name: str, config: SearchConfig, state: dict[str, Any] | None) -> str:
+    """Create the search's parent run, or reopen the one of a resumed search."""
+    from mlflow.exceptions import MlflowException
+
+    if state is None:
+        tags = {TAG_ROLE: ROLE_SEARCH, "rayzor.objectives": ",".join(config.objectives)}
+        return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    try:
+        client.update_run(state["parent_run_id"], status="RUNNING")
+    except MlflowException:
+        raise ConfigError("--resume", name, f"a search whose parent run {state['parent_run_id']} is in {config.tracking_uri}") from None
+    return state["parent_run_id"]
+
+
+def _log_parent(client: Any, parent_id: str, config: SearchConfig, space: CompressionSpace, name: str,
+                storage: str, baseline: dict[str, float], request: dict[str, float], concurrency: int) -> None:
+    log_params(client, parent_id, {
+        **{k: v for k, v in config.model_dump(exclude={"space", "task_options", "concurrency"}).items()},
+        "concurrency": concurrency,
+        "task_options": config.task_options,
+        "space.sparsity": list(config.space.sparsity),
+        "space.bits": list(config.space.bits),
+        "dimensions": space.dimensions,
+        "layers": len(space.layers),
+        "search_name": name,
+        "storage_path": storage,
+        "trial_resources": request,
+        **{f"baseline.{k}": v for k, v in baseline.items()},
+    })
+    client.log_text(parent_id, config.model_dump_json(indent=2), "search_config.json")
+    client.log_text(parent_id, json.dumps(space.describe(), indent=2), "space.json")
+
+
+def _make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace, name: str, storage: str,
+                concurrency: int, parent_id: str, restore_path: str | None) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search._callback import TrackingCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if restore_path is not None:
+        # The Optuna study and the callbacks come back from the experiment state.
+        return tune.Tuner.restore(restore_path, trainable=trainable, resume_errored=True)
+    searcher = OptunaSearch(
+        space.suggest,
+        metric=list(config.objectives),
+        mode=["max" if objective_direction(o) == "maximize" else "min" for o in config.objectives],
+        sampler=make_sampler(config.sampler, config.seed, config.trials),
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=config.trials,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=[TrackingCallback(parent_id)],
+            verbose=0,
+            # Retries in place (a lost node, a killed worker) keep the Optuna
+            # study free of FAILED ghosts; only the last failure is told.
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+        ),
+    )
+
+
+def _storage(config: SearchConfig) -> str:
+    path = config.storage_path or "rayzor-results"
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print, resume: str | None = None) -> SearchResult:
     """Run one search end to end and return its Pareto front.
 
     Bad input raises :class:`~compression.errors.ConfigError` before Ray
-    starts. The parent MLflow run ends FINISHED, or FAILED/KILLED if the
-    search itself breaks; trials that raise are logged FAILED and the search
-    goes on.
+    starts (or, for resources the cluster lacks, before any trial queues).
+    The parent MLflow run ends FINISHED, or FAILED/KILLED if the search itself
+    breaks; trials that raise are retried ``max_failures`` times, then logged
+    FAILED and the search goes on.
+
+    Args:
+        config: The search.
+        progress: Receives one line per finished trial.
+        resume: A search folder or name (see :func:`load_resume_state`):
+            restore its Tune experiment and Optuna study, reuse its MLflow
+            parent run and finish its budget. ``config`` then only supplies
+            a new ``address``.
     """
-    client, uri, experiment_id, task, space, baseline = prepare(config)
-    name = config.name or datetime.now().strftime("search-%Y%m%d-%H%M%S")
-    storage = str(Path(config.storage_path or "rayzor-results").resolve())
-    parent = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: ROLE_SEARCH, "rayzor.objectives": ",".join(config.objectives)})
-    parent_id = parent.info.run_id
+    restore_path, state = None, None
+    if resume is not None:
+        restore_path, state = load_resume_state(resume, config.storage_path)
+        config = _resumed_config(state, config)
+    config, client, uri, experiment_id, task, space, baseline = prepare(config)
+    name = state["name"] if state else (config.name or datetime.now().strftime("search-%Y%m%d-%H%M%S"))
+    storage = state["storage_path"] if state else _storage(config)
     started = time.perf_counter()
-    status = "FAILED"
-    started_ray = False
+    started_ray = _start_ray(config)
+    parent_id, tracker, status = None, None, "FAILED"
     try:
-        log_params(client, parent_id, {
-            **{k: v for k, v in config.model_dump(exclude={"space", "task_options"}).items()},
-            "task_options": config.task_options,
-            "space.sparsity": list(config.space.sparsity),
-            "space.bits": list(config.space.bits),
-            "dimensions": space.dimensions,
-            "layers": len(space.layers),
-            "search_name": name,
-            "storage_path": storage,
-            **{f"baseline.{k}": v for k, v in baseline.items()},
-        })
-        client.log_text(parent_id, config.model_dump_json(indent=2), "search_config.json")
-        client.log_text(parent_id, json.dumps(space.describe(), indent=2), "space.json")
-        progress(f"search {name}: {config.trials} trials x {space.dimensions} dims on task {task.name!r} "
-                 f"(fp32 accuracy {baseline['accuracy']:.4f}, {baseline['size_bytes'] / 1024:.1f} KiB), sampler {config.sampler}")
-        started_ray = _start_ray(config)
-
-        import optuna
         from ray import tune
-        from ray.tune.search.optuna import OptunaSearch
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        from search._callback import TRACKERS
 
-        tracker = _Tracker(uri, experiment_id, parent_id, space, config, baseline, progress)
-        searcher = OptunaSearch(
-            space.suggest,
-            metric=list(config.objectives),
-            mode=["max" if OBJECTIVES[o] == "maximize" else "min" for o in config.objectives],
-            sampler=make_sampler(config.sampler, config.seed, config.trials),
-        )
+        request, concurrency = _trial_request(config)
+        parent_id = _open_parent(client, experiment_id, name, config, state)
+        if state is None:
+            _log_parent(client, parent_id, config, space, name, storage, baseline, request, concurrency)
+            experiment_path = f"{storage.rstrip('/')}/{name}"
+            _write_resume_state(experiment_path, {
+                "name": name, "storage_path": storage, "parent_run_id": parent_id, "experiment_id": experiment_id,
+                "config": config.model_copy(update={"tracking_uri": uri}).model_dump(mode="json"),
+                "concurrency_given": "concurrency" in config.model_fields_set,
+            })
+        progress(f"search {name}: {config.trials} trials x {space.dimensions} dims on task {task.name!r} "
+                 f"(fp32 {task.metric} {baseline[task.metric]:.4f}, {baseline['size_bytes'] / 1024:.1f} KiB), sampler {config.sampler}, "
+                 f"{concurrency} at a time, {request} per trial" + (" (resumed)" if state else ""))
+        tracker = TRACKERS[parent_id] = _Tracker(uri, experiment_id, parent_id, space, config, baseline, progress)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, task=task, space=space), {"cpu": config.cpus_per_trial}
+            tune.with_parameters(run_trial, task=task, space=space, entropy=config.entropy), _tune_resources(request)
         )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=config.trials,
-                max_concurrent_trials=config.concurrency,
-                reuse_actors=True,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                callbacks=[_callback(tracker)],
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
+        tuner = _make_tuner(config, trainable, space, name, storage, concurrency, parent_id, restore_path)
         # A failed trial is reported as one line and logged (with its traceback)
         # in its MLflow run; Tune's own logger would print every traceback too.
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         fit_started = time.perf_counter()
         tuner.fit()
         fit_seconds = time.perf_counter() - fit_started
+        tracker.close()  # every child run is written before the Pareto tags
         front, hv = _finish(client, parent_id, tracker.records, config, baseline)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(parent_id, status)
+        if tracker is not None:
+            TRACKERS.pop(parent_id, None)
+            if status != "FINISHED":
+                _close_quietly(tracker)
+        if parent_id is not None:
+            client.set_terminated(parent_id, status)
         if started_ray:
             import ray
 
@@ -437,4 +719,21 @@ def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print)
         wall_seconds=time.perf_counter() - started,
         fit_seconds=fit_seconds,
         storage_path=storage,
+        name=name,
+        concurrency=concurrency,
+        logging_seconds=_logging_seconds(tracker),
     )
+
+
+def _close_quietly(tracker: _Tracker) -> None:
+    try:
+        tracker.close()
+    except TrackingError as exc:
+        logging.getLogger(__name__).warning("%s", exc)
+
+
+def _logging_seconds(tracker: _Tracker) -> dict[str, float]:
+    """Mean seconds per result: on the driver's event loop, and in the writer."""
+    mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
+    return {"driver_per_result": mean(tracker.submit_seconds), "writer_per_result": mean(tracker.write_seconds),
+            "results": float(len(tracker.write_seconds))}

@@ -1,4 +1,4 @@
-"""The ``rayzor`` command line: search, pareto, export."""
+"""The ``rayzor`` command line: search, pareto, export, and submit/status/stop on a cluster."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compression.errors import RayzorError
+from search._config import quality_metric
 
 app = typer.Typer(
     add_completion=False,
@@ -23,7 +24,7 @@ app = typer.Typer(
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-_TABLE_METRICS = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "weight_sparsity")
+_TABLE_METRICS = ("size_bytes", "compression_ratio", "latency_ms", "weight_sparsity")
 _HEADERS = {"size_bytes": "size", "compression_ratio": "ratio", "latency_ms": "latency", "weight_sparsity": "zeros"}
 
 
@@ -61,15 +62,16 @@ def _plan_cell(record: Any) -> str:
     return "  ".join(cells) or record.plan_summary
 
 
-def _pareto_table(records: list[Any], title: str) -> Table:
+def _pareto_table(records: list[Any], title: str, objectives: tuple[str, ...]) -> Table:
+    metrics = (quality_metric(objectives), *_TABLE_METRICS)
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
     table.add_column("run id", no_wrap=True, min_width=32)
-    for metric in _TABLE_METRICS:
+    for metric in metrics:
         table.add_column(_HEADERS.get(metric, metric), justify="right")
     table.add_column("plan (layer sparsity/bits)")
     for r in records:
-        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in _TABLE_METRICS), _plan_cell(r))
+        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in metrics), _plan_cell(r))
     return table
 
 
@@ -83,21 +85,32 @@ def search(
     seed: Optional[int] = typer.Option(None, help="Seed of the sampler and fine-tuning [default: 0]."),
     experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: rayzor]."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to run on, HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a local Ray]."),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="GPUs per trial, fractions allowed (0.25) [default: 0]."),
+    storage_path: Optional[str] = typer.Option(None, help="Ray Tune experiment storage (folder or s3://...) [default: ./rayzor-results]."),
+    name: Optional[str] = typer.Option(None, help="Search name, the experiment folder under the storage path [default: search-<timestamp>]."),
+    resume: Optional[str] = typer.Option(None, help="Resume a search: its folder (STORAGE/NAME) or NAME; finishes its budget."),
 ) -> None:
     """Run a compression search and print its Pareto front."""
     from search._config import load_config
     from search._runner import run_search
 
     cfg = load_config(config, trials=trials, concurrency=concurrency, sampler=sampler, seed=seed,
-                      experiment=experiment, tracking_uri=tracking_uri)
-    result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True))
+                      experiment=experiment, tracking_uri=tracking_uri, address=address,
+                      gpus_per_trial=gpus_per_trial, storage_path=storage_path, name=name)
+    result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True), resume=resume)
     failed = sum(r.status == "FAILED" for r in result.trials)
     console.print()
     console.print(_pareto_table(result.pareto, f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
-                                f"({failed} failed), hypervolume {result.hypervolume:.4f}, {result.wall_seconds:.0f} s"))
-    console.print(f"fp32 baseline: accuracy {result.baseline['accuracy']:.4f}, {result.baseline['size_bytes'] / 1024:.1f} KiB")
-    console.print(f"browse:  mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})", markup=False, soft_wrap=True)
-    console.print(f"export:  rayzor export --experiment {cfg.experiment} --pick 'accuracy>={result.baseline['accuracy'] - 0.01:.3f},min:size_bytes' "
+                                f"({failed} failed), hypervolume {result.hypervolume:.4f}, {result.wall_seconds:.0f} s", result.objectives))
+    quality = quality_metric(result.objectives)
+    console.print(f"fp32 baseline: {quality} {result.baseline[quality]:.4f}, {result.baseline['size_bytes'] / 1024:.1f} KiB")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        where = f"{result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    else:
+        where = f"mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})"
+    console.print(f"browse:  {where}", markup=False, soft_wrap=True)
+    console.print(f"export:  rayzor export --experiment {cfg.experiment} --pick '{quality}>={result.baseline[quality] - 0.01:.3f},min:size_bytes' "
                   f"--format onnx --out model.onnx", markup=False, soft_wrap=True)
 
 
@@ -117,14 +130,14 @@ def pareto(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     console.print(_pareto_table(view.pareto, f"search {view.parent.info.run_name} ({view.parent.info.run_id}): "
-                                f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}"))
+                                f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}", view.objectives))
 
 
 @app.command()
 @_friendly
 def export(
     out: Path = typer.Option(..., "--out", help="Output file."),
-    fmt: str = typer.Option(..., "--format", help="packed | onnx."),
+    fmt: str = typer.Option(..., "--format", help="packed | onnx | onnx-int8 (onnxruntime int8 kernels)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run id of a trial."),
     pick: Optional[str] = typer.Option(None, "--pick", help="Constraints and one objective over the Pareto front, e.g. 'accuracy>=0.95,min:size_bytes'."),
     experiment: str = typer.Option("rayzor", help="MLflow experiment (for --pick)."),
@@ -149,6 +162,58 @@ def export(
         client, _, _ = connect(tracking_uri, experiment, create=False)
     report = export_model(client, run, fmt, out)
     console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
+
+
+_DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265 [default: RAY_ADDRESS]."
+
+
+def _dashboard(address: Optional[str]) -> str:
+    import os
+
+    from compression.errors import ConfigError
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ConfigError("--address", address, "http://HEAD:8265, the Ray dashboard (or set RAY_ADDRESS)")
+    return address
+
+
+@app.command()
+@_friendly
+def submit(
+    config: Path = typer.Argument(..., help="YAML config of the search, inside the working dir."),
+    address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP),
+    working_dir: Optional[Path] = typer.Option(None, help="Folder shipped with the job (config + task code) [default: the config's folder]."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow server every node reaches, e.g. http://mlflow:5000 [default: the config's]."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's logs until it ends."),
+) -> None:
+    """Submit a search to a Ray cluster as a Ray Job, then stream its logs."""
+    from cluster import submit_search
+
+    args = ["--tracking-uri", tracking_uri] if tracking_uri else []
+    job_id, status = submit_search(config, _dashboard(address), working_dir=working_dir, search_args=args, wait=wait,
+                                   out=lambda line: console.print(line, markup=False, soft_wrap=True))
+    console.print(f"job {job_id}: {status}   (rayzor status {job_id} / rayzor stop {job_id})", markup=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def status(job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
+           address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP)) -> None:
+    """Status of a submitted search."""
+    from cluster import job_status
+
+    console.print(json.dumps(job_status(job, _dashboard(address)), indent=2), markup=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def stop(job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
+         address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP)) -> None:
+    """Stop a submitted search (its finished trials stay in MLflow)."""
+    from cluster import stop_job
+
+    console.print(f"job {job}: {stop_job(job, _dashboard(address))}", markup=False, soft_wrap=True)
 
 
 @app.callback()

@@ -9,6 +9,10 @@ import pytest
 # Set before Ray or MLflow is imported by any test module.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Ray's token auth turns itself on when ~/.ray/auth_token exists: set the mode
+# explicitly, the same for this process and every Ray process a test starts,
+# so tests behave the same with or without a token file.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session", autouse=True)

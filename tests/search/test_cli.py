@@ -85,6 +85,17 @@ def test_export_onnx_matches_torch(searched, tmp_path):
     assert np.max(np.abs(got - want)) <= 1e-4
 
 
+def test_export_onnx_int8_reports_its_score_and_latency(searched, tmp_path):
+    uri, _, _ = searched
+    out = tmp_path / "model8.onnx"
+    result = runner.invoke(app, _args(uri, "export", "--pick", "max:accuracy", "--format", "onnx-int8", "--out", str(out)))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["format"] == "onnx-int8" and out.stat().st_size == report["size_bytes"]
+    assert abs(report["test_metrics"]["accuracy"] - report["val_metrics"]["accuracy"]) < 0.1
+    assert report["latency"]["file_ms"] > 0 and report["latency"]["speedup"] > 0
+
+
 def test_export_packed_by_run_id_reloads_identically(searched, tmp_path):
     uri, _, _ = searched
     rows = json.loads(runner.invoke(app, _args(uri, "pareto", "--json")).stdout)
@@ -134,6 +145,7 @@ def _one_line_error(result, *needles: str) -> None:
         ("space:\n  bits: [1, 8]\n", ("space.bits", "[1, 8]", "2..16 and 32")),
         ("sampler: annealing\n", ("sampler", "'annealing'", "'tpe'")),
         ("trials: 0\n", ("trials", "0", "greater than or equal to 1")),
+        ("objectives: [cosine, size_bytes]\n", ("objectives", "'cosine'", "'accuracy'")),
     ],
 )
 def test_bad_config_file_fails_before_ray(no_ray, tmp_path, tracking_uri, yaml_text, needles):

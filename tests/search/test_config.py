@@ -12,8 +12,9 @@ def test_defaults_are_the_embedded_digits_search():
     cfg = load_config()
     assert cfg == SearchConfig()
     assert cfg.task == "digits"
-    assert cfg.objectives == ("accuracy", "size_bytes")
-    assert cfg.directions == ["maximize", "minimize"]
+    assert cfg.objectives is None  # resolved per task: (its metric, size_bytes)
+    three = load_config(objectives=["cosine", "size_bytes", "latency_ms"])
+    assert three.directions == ["maximize", "minimize", "minimize"]
     assert cfg.space.bits == (2, 3, 4, 5, 6, 8, 16, 32)
 
 
@@ -42,7 +43,10 @@ def test_yaml_fields_and_flag_overrides(tmp_path):
         ({"space": {"ranks": 1}}, "space.ranks", "1"),
         ({"objectives": ["accuracy"]}, "objectives", "accuracy"),
         ({"objectives": ["accuracy", "speed"]}, "objectives", "'speed'"),
+        ({"objectives": ["size_bytes", "latency_ms"]}, "objectives", "'latency_ms'"),
+        ({"objectives": ["accuracy", "size_bytes", "size_bytes"]}, "objectives", "'size_bytes'"),
         ({"finetune_epochs": -1}, "finetune_epochs", "-1"),
+        ({"entropy": "gzip"}, "entropy", "'gzip'"),
     ],
 )
 def test_bad_field_gives_one_line_error(overrides, field, shown):

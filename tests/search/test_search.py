@@ -30,6 +30,7 @@ def finished(ray_session, tmp_path_factory):
         tracking_uri=uri,
         storage_path=str(root / "ray"),
         finetune_epochs=0,
+        entropy="lzma",  # size_bytes must include the entropy stage
     )
     lines: list[str] = []
     result = run_search(config, progress=lines.append)
@@ -70,14 +71,17 @@ def test_every_trial_is_a_nested_child_run(finished):
 def test_size_bytes_is_the_logged_file_and_it_rebuilds_the_model(finished, tmp_path):
     result, client, _, _ = finished
     task = create_task("digits")
+    codecs = []
     for child in trial_runs(client, result.experiment_id, result.parent_run_id):
         if child.info.status != "FINISHED":
             continue
         path = client.download_artifacts(child.info.run_id, "packed/packed.safetensors", str(tmp_path))
         assert os.path.getsize(path) == child.data.metrics["size_bytes"]
         model, info = load_packed(path)
+        codecs.append(info.entropy)
         assert info.plan.settings()["conv1"]["bits"] == int(child.data.params["conv1.bits"])
         assert task.score(model, "val")["accuracy"] == pytest.approx(child.data.metrics["accuracy"], abs=1e-9)
+    assert "lzma" in codecs  # the search's entropy stage reached the packed files
 
 
 def test_pareto_tags_match_the_front(finished):
