@@ -83,6 +83,9 @@ class SearchConfig(_Strict):
     )
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     finetune_epochs: int = Field(1, ge=0, description="recovery fine-tune epochs after pruning (masks kept)")
+    warm_start: Literal["uniform", "none"] = Field(
+        "uniform", description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines)"
+    )
     entropy: Literal["lzma", "zstd"] | None = Field(
         None, description="lossless entropy stage of the packed files (Deep Compression's third step); size_bytes includes it"
     )

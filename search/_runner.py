@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from compression import FinetuneConfig, state_dict_bytes
+from compression import CompressionPlan, FinetuneConfig, state_dict_bytes
 from compression.errors import ConfigError, RayzorError
 from compression.tasks import Task, create_task
 from search._config import SearchConfig, objective_direction, quality_metric
@@ -127,6 +127,26 @@ def _front(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[Tr
     values = np.array([[r.metrics[o] for o in objectives] for r in done], dtype=float)
     mask = pareto_mask(values, [objective_direction(o) for o in objectives])
     return [r for r, keep in zip(done, mask) if keep]
+
+
+def warm_start_points(space: CompressionSpace, config: SearchConfig) -> list[dict[str, Any]]:
+    """The first trials of a search with ``warm_start: uniform``.
+
+    One plan per candidate bit-width, the same for every layer, at the lowest
+    sparsity: the "int8 everywhere" baselines a user would try by hand. They
+    seed the sampler with sane points, and the front is never worse than
+    those uniform settings. Highest bit-width first (fp32 excluded), at most
+    half of the budget.
+    """
+    if config.warm_start != "uniform" or "uniform_quantization" not in space.methods:
+        return []
+    low = space.sparsity[0]
+    points = []
+    candidates = sorted((b for b in space.bits if b != 32), reverse=True)  # fp32 is the known baseline
+    for bits in candidates[: config.trials // 2]:
+        settings = {layer: {"sparsity": low, "bits": bits} for layer in space.layers}
+        points.append(space.encode(CompressionPlan.from_settings(settings, finetune=space.finetune)))
+    return points
 
 
 def _trial_number(trial: Any, fallback: int) -> int:
@@ -606,6 +626,7 @@ def _make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace, n
         metric=list(config.objectives),
         mode=["max" if objective_direction(o) == "maximize" else "min" for o in config.objectives],
         sampler=make_sampler(config.sampler, config.seed, config.trials),
+        points_to_evaluate=warm_start_points(space, config) or None,
     )
     return tune.Tuner(
         trainable,

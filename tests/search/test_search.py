@@ -31,6 +31,7 @@ def finished(ray_session, tmp_path_factory):
         storage_path=str(root / "ray"),
         finetune_epochs=0,
         entropy="lzma",  # size_bytes must include the entropy stage
+        warm_start="none",  # uniform warm-start plans never trip the failing task
     )
     lines: list[str] = []
     result = run_search(config, progress=lines.append)
@@ -105,3 +106,19 @@ def test_hypervolume_is_logged_per_completed_trial(finished):
     assert values == sorted(values)  # adding points never shrinks a dominated volume
     assert values[-1] == pytest.approx(result.hypervolume)
     assert 0.0 < result.hypervolume < 1.0
+
+
+def test_uniform_warm_start_points(digits):
+    from compression import FinetuneConfig
+    from search import load_config
+    from search._runner import warm_start_points
+    from spaces import CompressionSpace
+
+    space = CompressionSpace.from_model(digits.model, bits=(4, 8, 32), sparsity=(0.1, 0.9), finetune=FinetuneConfig())
+    points = warm_start_points(space, load_config(trials=10))
+    assert [space.decode(p).settings()["fc1"] for p in points] == [
+        {"sparsity": 0.1, "bits": 8}, {"sparsity": 0.1, "bits": 4}]  # highest first, no fp32, lowest sparsity
+    for p in points:
+        assert len({(s["sparsity"], s["bits"]) for s in space.decode(p).settings().values()}) == 1  # uniform
+    assert len(warm_start_points(space, load_config(trials=2))) == 1  # at most half the budget
+    assert warm_start_points(space, load_config(warm_start="none")) == []
