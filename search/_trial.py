@@ -51,8 +51,12 @@ def evaluate_plan(task: Task, space: CompressionSpace, params: dict[str, Any], o
     metrics = task.score(compressed.model, "val")
     size = save_packed(compressed, out_dir / PACKED_NAME, arch=task.arch, metadata={"task": task.name}, entropy=entropy)
     dense = state_dict_bytes(task.model)
-    zeros = sum(int((w.dense() == 0).sum()) for w in compressed.weights.values())
-    total = sum(w.dense().numel() for w in compressed.weights.values())
+    # The model already holds every dense() weight: count there, not by
+    # materialising each weight again.
+    modules = dict(compressed.model.named_modules())
+    weights = [modules[name].weight for name in compressed.weights if name in modules]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.numel() for w in weights)
     metrics.update(
         size_bytes=float(size),
         compression_ratio=dense / size,
