@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
 
+from compression import FinetuneConfig
 from compression.errors import ConfigError
-from spaces import ALLOWED_BITS, DEFAULT_METHODS, MAX_SPARSITY, QUANT_METHODS
+from spaces import ALLOWED_BITS, DEFAULT_METHODS, MAX_SPARSITY, QUANT_METHODS, CompressionSpace, GroupSpec
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "SearchConfig", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
 
@@ -41,6 +43,19 @@ class SpaceConfig(_Strict):
     bits: tuple[int, ...] = Field((2, 3, 4, 5, 6, 8, 16, 32), description="candidate weight bit-widths; 32 = fp32")
     methods: tuple[str, ...] = Field(DEFAULT_METHODS, description="quantization methods chosen among per layer "
                                      f"(<layer>.quant); from {', '.join(QUANT_METHODS)}")
+    groups: tuple[GroupSpec, ...] = Field((), description="layer groups (fnmatch globs on module names) with their own "
+                                          "settings; tie: true shares one sampled value per dimension")
+    exclude: tuple[str, ...] = Field((), description="globs of layers left out of the search (never compressed)")
+
+    def build(self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig()) -> CompressionSpace:
+        """The :class:`~spaces.CompressionSpace` this config describes for ``model``.
+
+        Raises:
+            ConfigError: a glob that matches no layer, a layer in two groups, a
+                group's bits too wide for its methods.
+        """
+        return CompressionSpace.from_model(model, sparsity=self.sparsity, bits=self.bits, methods=self.methods,
+                                           groups=self.groups, exclude=self.exclude, finetune=finetune)
 
     @field_validator("sparsity")
     @classmethod
@@ -83,8 +98,9 @@ class SearchConfig(_Strict):
     )
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     finetune_epochs: int = Field(1, ge=0, description="recovery fine-tune epochs after pruning (masks kept)")
-    warm_start: Literal["uniform", "none"] = Field(
-        "uniform", description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines)"
+    warm_start: Literal["uniform", "sensitivity", "none"] = Field(
+        "uniform", description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines); "
+        "sensitivity: per-layer probes on the driver pick each layer's most aggressive level within 0.5/1/2 points of drop"
     )
     entropy: Literal["lzma", "zstd"] | None = Field(
         None, description="lossless entropy stage of the packed files (Deep Compression's third step); size_bytes includes it"
@@ -119,15 +135,25 @@ class SearchConfig(_Strict):
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc if not isinstance(part, int)) or "config"
+    parts: list[str] = []
+    for prev, part in zip((None, *loc), loc):
+        if isinstance(part, int):
+            if prev == "groups":  # space.groups[1].sparsity: which group
+                parts[-1] += f"[{part}]"
+            continue
+        parts.append(str(part))
+    return ".".join(parts) or "config"
 
 
 def _valid_for(model: type[BaseModel], loc: tuple[Any, ...], error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         target: Any = model
         for part in loc[:-1]:
-            field = target.model_fields.get(part) if isinstance(part, str) else None
+            fields = getattr(target, "model_fields", {})
+            field = fields.get(part) if isinstance(part, str) else None
             target = field.annotation if field is not None else target
+            # tuple[GroupSpec, ...]: the keys are the item model's
+            target = next((a for a in get_args(target) if isinstance(a, type) and issubclass(a, BaseModel)), target)
         if isinstance(target, type) and issubclass(target, BaseModel):
             return "known keys " + ", ".join(target.model_fields)
     return error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")

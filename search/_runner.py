@@ -129,6 +129,17 @@ def _front(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[Tr
     return [r for r, keep in zip(done, mask) if keep]
 
 
+def compact_plan(plan: CompressionPlan) -> str:
+    """One short cell per layer, ``"conv1 43%/4b"`` (``"fc 0%/3b kmeans"`` for other methods), for tables and tags."""
+    cells = []
+    for layer, flat in plan.settings().items():
+        method = flat.get("quant")
+        kind = "" if method in (None, "uniform_quantization") else f" {method.removesuffix('_quantization')}"
+        rank = f" rank{flat['rank_ratio']:.2f}" if flat.get("rank_ratio") else ""
+        cells.append(f"{layer} {flat.get('sparsity', 0.0):.0%}/{flat.get('bits', 32)}b{kind}{rank}")
+    return "  ".join(cells)
+
+
 def warm_start_points(space: CompressionSpace, config: SearchConfig) -> list[dict[str, Any]]:
     """The first trials of a search with ``warm_start: uniform``.
 
@@ -136,16 +147,20 @@ def warm_start_points(space: CompressionSpace, config: SearchConfig) -> list[dic
     sparsity: the "int8 everywhere" baselines a user would try by hand. They
     seed the sampler with sane points, and the front is never worse than
     those uniform settings. Highest bit-width first (fp32 excluded), at most
-    half of the budget.
+    half of the budget. With ``warm_start: sensitivity``: the points
+    :func:`prepare` derived from per-layer sensitivity (``space.warm_start``).
     """
+    if config.warm_start == "sensitivity":
+        return list(space.warm_start)[: max(1, config.trials // 2)]
     if config.warm_start != "uniform" or "uniform_quantization" not in space.methods:
         return []
-    low = space.sparsity[0]
     points = []
     candidates = sorted((b for b in space.bits if b != 32), reverse=True)  # fp32 is the known baseline
     for bits in candidates[: config.trials // 2]:
-        settings = {layer: {"sparsity": low, "bits": bits} for layer in space.layers}
-        points.append(space.encode(CompressionPlan.from_settings(settings, finetune=space.finetune)))
+        # within each group's own ranges (a group may fix its bits or raise its lowest sparsity)
+        point = space.uniform_params(bits)
+        if point not in points:
+            points.append(point)
     return points
 
 
@@ -308,7 +323,7 @@ class _Tracker:
     def _start(self, outcome: _Outcome, logged: TrialRecord | None) -> tuple[str, TrialRecord]:
         plan = self.space.decode(outcome.params)
         tags = {TAG_PARENT: self.parent, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: outcome.trial_id,
-                "rayzor.trial": str(outcome.number), TAG_PLAN: plan.summary()[:5000]}
+                "rayzor.trial": str(outcome.number), TAG_PLAN: compact_plan(plan)[:5000]}
         tags.update({tag: str(outcome.result[key]) for key, tag in _TRIAL_TAGS.items() if key in outcome.result})
         if logged is not None:
             # Reuse the run a crash or an earlier failure left behind.
@@ -320,7 +335,7 @@ class _Tracker:
             run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{outcome.number:04d}", tags=tags).info.run_id
         log_params(self.client, run_id, outcome.params)
         self.client.log_text(run_id, plan.to_json(), "plan.json")
-        record = TrialRecord(outcome.number, run_id, outcome.status, outcome.params, plan_summary=plan.summary(),
+        record = TrialRecord(outcome.number, run_id, outcome.status, outcome.params, plan_summary=compact_plan(plan),
                              trial_id=outcome.trial_id)
         return run_id, record
 
@@ -535,13 +550,11 @@ def prepare(config: SearchConfig) -> tuple[Any, str, str, Task, CompressionSpace
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     task = create_task(config.task, **config.task_options)
     config = _resolve_objectives(config, task)
-    space = CompressionSpace.from_model(
-        task.model,
-        sparsity=config.space.sparsity,
-        bits=config.space.bits,
-        methods=config.space.methods,
-        finetune=FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed),
-    )
+    space = config.space.build(task.model, FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed))
+    if config.warm_start == "sensitivity":  # probes run here, on the driver, before Ray starts
+        from spaces import sensitivity, sensitivity_points
+
+        space.warm_start = sensitivity_points(space, sensitivity(task, space))
     from compression import measure_latency
 
     baseline = {

@@ -52,16 +52,6 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.4f}"
 
 
-def _plan_cell(record: Any) -> str:
-    """Per-layer "sparsity%/bits" from a trial's params, e.g. "conv1 43%/4b"."""
-    cells = []
-    for layer in dict.fromkeys(k.rsplit(".", 1)[0] for k in record.params if k.endswith((".sparsity", ".bits"))):
-        sparsity = float(record.params.get(f"{layer}.sparsity", 0.0))
-        bits = record.params.get(f"{layer}.bits", "32")
-        cells.append(f"{layer} {sparsity:.0%}/{bits}b")
-    return "  ".join(cells) or record.plan_summary
-
-
 def _pareto_table(records: list[Any], title: str, objectives: tuple[str, ...]) -> Table:
     metrics = (quality_metric(objectives), *_TABLE_METRICS)
     table = Table(title=title, title_justify="left")
@@ -71,7 +61,7 @@ def _pareto_table(records: list[Any], title: str, objectives: tuple[str, ...]) -
         table.add_column(_HEADERS.get(metric, metric), justify="right")
     table.add_column("plan (layer sparsity/bits)")
     for r in records:
-        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in metrics), _plan_cell(r))
+        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in metrics), r.plan_summary)
     return table
 
 
@@ -164,6 +154,91 @@ def export(
     console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
 
 
+space_app = typer.Typer(no_args_is_help=True, help="Inspect the search space a config resolves to.")
+app.add_typer(space_app, name="space")
+
+
+def space_rows(config: Optional[Path]) -> dict[str, Any]:
+    """The resolved space of a config: every compressible layer, its group and searched dims."""
+    from compression import FinetuneConfig
+    from compression.tasks import create_task
+    from search._config import load_config
+    from spaces import inspect_layers
+
+    cfg = load_config(config)
+    task = create_task(cfg.task, **cfg.task_options)
+    space = cfg.space.build(task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed))
+    dims = space.layer_dimensions()
+    tied = {g.name for g in space.groups if g.tie}
+    layers = [{
+        "layer": info.name, "kind": info.kind, "shape": list(info.weight_shape), "params": info.params,
+        "group": space.group_of.get(info.name), "tied": space.group_of.get(info.name) in tied,
+        "excluded": info.name not in dims, "dims": dims.get(info.name, 0),
+    } for info in inspect_layers(task.model)]
+    return {"task": task.name, "layers": layers, "groups": space.describe().get("groups", []),
+            "searched_layers": len(space.layers), "dimensions": space.dimensions}
+
+
+@space_app.command("show")
+@_friendly
+def space_show(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; default: the embedded digits task's space."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: layers, groups, dimensions."),
+) -> None:
+    """Resolve a config's space on its task's model: layers, groups, dimension count."""
+    view = space_rows(config)
+    if as_json:
+        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+        return
+    table = Table(title=f"space of task {view['task']!r}", title_justify="left")
+    for column, justify in (("layer", "left"), ("kind", "left"), ("shape", "left"), ("params", "right"),
+                            ("group", "left"), ("dims", "right")):
+        table.add_column(column, justify=justify)
+    for row in view["layers"]:
+        group = "(excluded)" if row["excluded"] else (row["group"] or "-") + (" (tied)" if row["tied"] else "")
+        table.add_row(row["layer"], row["kind"], "x".join(map(str, row["shape"])), f"{row['params']:,}", group,
+                      str(row["dims"]))
+    console.print(table)
+    console.print(f"{view['searched_layers']} of {len(view['layers'])} layers searched, {len(view['groups'])} groups, "
+                  f"{view['dimensions']} dimensions", markup=False, soft_wrap=True)
+
+
+@app.command("sensitivity")
+@_friendly
+def sensitivity_cmd(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; default: the embedded digits task."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the probes and the warm-start points."),
+) -> None:
+    """Per-layer metric drop with only that layer (or tied group) compressed, and the warm-start plans it gives.
+
+    A search with `warm_start: sensitivity` enqueues those plans as its first trials.
+    """
+    from compression import FinetuneConfig
+    from compression.tasks import create_task
+    from search._config import load_config
+    from spaces import sensitivity, sensitivity_points
+
+    cfg = load_config(config)
+    task = create_task(cfg.task, **cfg.task_options)
+    space = cfg.space.build(task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed))
+    rows = sensitivity(task, space)
+    points = sensitivity_points(space, rows)
+    if as_json:
+        sys.stdout.write(json.dumps({"task": task.name, "metric": task.metric, "probes": [r.to_dict() for r in rows],
+                                     "warm_start": points}, indent=2) + "\n")
+        return
+    levels = list(dict.fromkeys((r.dimension, r.value) for r in rows))
+    table = Table(title=f"{task.metric} drop, one unit compressed (no fine-tune), task {task.name!r}", title_justify="left")
+    table.add_column("layer / tied group")
+    for dimension, value in levels:
+        table.add_column(f"s={value:g}" if dimension == "sparsity" else f"{value:g}b", justify="right")
+    drops = {(r.unit, r.dimension, r.value): r.drop for r in rows}
+    for unit in dict.fromkeys(r.unit for r in rows):
+        table.add_row(unit, *(f"{drops[(unit, *lv)]:+.3f}" if (unit, *lv) in drops else "" for lv in levels))
+    console.print(table)
+    console.print(f"{len(points)} warm-start plans (warm_start: sensitivity enqueues them)", markup=False)
+
+
 _DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265 [default: RAY_ADDRESS]."
 
 
@@ -217,13 +292,17 @@ def stop(job: str = typer.Argument(..., help="Job id printed by `rayzor submit`.
 
 
 @app.callback()
-def _quiet() -> None:
-    # MLflow's INFO lines (schema migration, download bars) drown rayzor's own.
+def _setup() -> None:
     import logging
     import os
 
+    # MLflow's INFO lines (schema migration, download bars) drown rayzor's own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # A task given as `mypkg.mymodule:make_task` is found from the working
+    # directory, as with `python -m`; Ray's local workers start there too.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def main() -> None:

@@ -6,9 +6,11 @@ from spaces._space import (
     MAX_SPARSITY,
     QUANT_METHODS,
     CompressionSpace,
+    GroupSpec,
     LayerInfo,
     inspect_layers,
 )
+from spaces._sensitivity import SensitivityRow, sensitivity, sensitivity_points
 
-__all__ = ["ALLOWED_BITS", "MAX_SPARSITY", "DEFAULT_METHODS", "QUANT_METHODS", "CompressionSpace", "LayerInfo",
-           "inspect_layers"]
+__all__ = ["ALLOWED_BITS", "MAX_SPARSITY", "DEFAULT_METHODS", "QUANT_METHODS", "CompressionSpace", "GroupSpec", "LayerInfo",
+           "SensitivityRow", "inspect_layers", "sensitivity", "sensitivity_points"]

@@ -1,0 +1,1 @@
+"""Runnable examples of user tasks and declarative spaces (not installed with rayzor)."""

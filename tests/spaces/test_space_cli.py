@@ -1,0 +1,64 @@
+"""`rayzor space show` and the wine example: a user task with a declarative space, no Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from compression.tasks import Task, create_task
+from search.cli import app
+
+runner = CliRunner()
+WINE = Path(__file__).resolve().parents[2] / "examples" / "wine.yaml"
+
+
+@pytest.fixture(scope="module")
+def wine_view():
+    result = runner.invoke(app, ["space", "show", str(WINE), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_wine_example_is_a_user_task():
+    task = create_task("examples.wine_task:make_task", hidden=16, epochs=100)
+    assert isinstance(task, Task) and task.name == "wine"
+    assert task.arch == {"factory": "examples.wine_task:build_mlp", "kwargs": {"hidden": 16}}
+    assert task.baseline["val"]["accuracy"] > 0.85  # trained on the fly, in well under a second
+    assert set(task.data) >= {"train", "val", "test"}
+
+
+def test_space_show_json_resolves_the_wine_groups(wine_view):
+    assert wine_view["task"] == "wine"
+    rows = {row["layer"]: row for row in wine_view["layers"]}
+    assert list(rows) == ["body.0", "body.2", "head"]
+    assert rows["body.0"]["group"] == rows["body.2"]["group"] == "body" and rows["body.0"]["tied"]
+    assert rows["head"]["group"] == "classifier" and not rows["head"]["tied"]
+    assert rows["body.2"]["shape"] == [32, 32] and rows["body.2"]["params"] == 1024
+    groups = {g["name"]: g for g in wine_view["groups"]}
+    assert groups["body"]["layers"] == ["body.0", "body.2"] and groups["body"]["sparsity"] == [0.2, 0.9]
+    assert groups["classifier"]["bits"] == [8]
+    # body: one shared sparsity + bits; head: sparsity only (bits fixed at 8)
+    assert wine_view["dimensions"] == 3 == groups["body"]["dimensions"] + groups["classifier"]["dimensions"]
+
+
+def test_space_show_table_and_exclusions(tmp_path):
+    config = tmp_path / "wine.yaml"
+    config.write_text("task: examples.wine_task:make_task\nspace:\n  exclude: [head]\n"
+                      "  groups: [{name: body, match: ['body.*'], tie: true}]\n")
+    result = runner.invoke(app, ["space", "show", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "body (tied)" in result.output and "(excluded)" in result.output
+    assert "2 of 3 layers searched, 1 groups, 2 dimensions" in result.output
+
+
+def test_space_show_bad_glob_is_one_line_exit_2(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("task: examples.wine_task:make_task\nspace:\n  groups: [{name: b, match: ['bdy.*']}]\n")
+    result = runner.invoke(app, ["space", "show", str(config)])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line
+    assert line.startswith("error: space.groups[b].match: got 'bdy.*'") and "body.0" in line
