@@ -49,6 +49,7 @@ def main() -> None:
     import ray
     import torch
 
+    from compression import CompressionPlan
     from search import load_config, run_search, search_hypervolume
     from search._runner import prepare
     from search._trial import evaluate_plan
@@ -75,7 +76,8 @@ def main() -> None:
     uniform = []
     for sparsity in SPARSITIES:
         for bits in BITS:
-            params = {**{f"{l}.sparsity": sparsity for l in space.layers}, **{f"{l}.bits": bits for l in space.layers}}
+            settings = {layer: {"sparsity": sparsity, "bits": bits} for layer in space.layers}
+            params = space.encode(CompressionPlan.from_settings(settings, finetune=space.finetune))
             out = scratch / f"uniform-{sparsity}-{bits}"
             out.mkdir()
             m = evaluate_plan(task, space, params, out)
