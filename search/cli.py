@@ -298,6 +298,7 @@ def _setup() -> None:
 
     # MLflow's INFO lines (schema migration, download bars) drown rayzor's own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # A task given as `mypkg.mymodule:make_task` is found from the working
     # directory, as with `python -m`; Ray's local workers start there too.
