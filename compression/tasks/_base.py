@@ -53,7 +53,8 @@ class Task:
         example_input: One batch-1 input, for latency and export tracing.
         loss_fn: ``loss_fn(output, target) -> scalar``, for fine-tuning.
         metric: The primary quality metric (higher is better).
-        baseline: The uncompressed model's metrics, by split then metric.
+        baseline: The uncompressed model's metrics, by split then metric;
+            :func:`create_task` fills it in when the factory leaves it empty.
         batch_size: Batch size for evaluation and fine-tuning loaders.
     """
 
@@ -175,4 +176,7 @@ def create_task(spec: str, **options: Any) -> Task:
         raise TaskLoadError(
             f"task: {spec!r} returned {type(task).__name__}; a task factory must return compression.tasks.Task"
         )
+    if not task.baseline:
+        # The search scores every plan against these; a user factory need not compute them.
+        task.baseline = {split: task.score(task.model, split) for split in ("val", "test")}
     return task

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import os
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from compression import (
+    OrtModule,
+    export_onnx,
+    max_abs_diff,
     BinaryQuantization,
     CompressedWeight,
     CompressionPlan,
@@ -83,15 +85,9 @@ def x():
 
 
 def _onnx_max_diff(model, x, path):
-    import onnxruntime as ort
-
-    torch.onnx.export(model, (x[:1],), str(path), dynamo=False, input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x.numpy()})[0]
+    export_onnx(model, x[:1], path)
     with torch.inference_mode():
-        want = model(x).numpy()
-    return float(np.max(np.abs(got - want)))
+        return max_abs_diff(OrtModule(path)(x), model(x))
 
 
 @pytest.mark.parametrize("layer", list(LAYERS), ids=list(LAYERS))

@@ -256,6 +256,13 @@ def test_user_task_from_spec():
         create_task(TINY_SPEC, epochs=3)
 
 
+def test_create_task_fills_a_missing_baseline():
+    assert make_tiny_task().baseline == {}  # the factory leaves it empty
+    task = create_task(TINY_SPEC)
+    assert set(task.baseline) == {"val", "test"}
+    assert task.baseline["val"] == task.score(task.model, "val")
+
+
 def test_task_missing_a_split():
     task = make_tiny_task()
     data = {k: v for k, v in task.data.items() if k != "test"}
