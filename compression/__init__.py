@@ -10,7 +10,10 @@ Typical use::
     model2, info = load_packed("model.rzp")
 """
 
+from compression._actquant import ActivationQuantization, QuantizedInput
 from compression._bitpack import pack_bits, unpack_bits
+from compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
+from compression._lottery import LotteryTicket, lottery_ticket
 from compression._engine import CompressedModel, apply_structure, compress, compressible_layers, replace_module
 from compression._methods import (
     BinaryQuantization,
@@ -21,6 +24,7 @@ from compression._methods import (
     TernaryQuantization,
     UniformQuantization,
 )
+from compression._lowrank import Tucker2
 from compression._metrics import measure_latency, model_stats, state_dict_bytes
 from compression._onnx import OrtModule, export_onnx, max_abs_diff, measure_onnx_latency, quantize_onnx_int8
 from compression._packed import (
@@ -31,8 +35,20 @@ from compression._packed import (
     read_packed_info,
     save_packed,
 )
+from compression._pruning import RandomPruning, global_magnitude_plan
 from compression._plan import CompressionPlan, FinetuneConfig
 from compression._registry import MethodConfig, get_method, list_methods, register_method
+from compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance
+from compression._students import (
+    StageCNN,
+    StudentFamily,
+    check_student,
+    create_student,
+    get_student_family,
+    list_students,
+    register_student,
+    suggest_student_params,
+)
 from compression._weights import CompressedWeight
 from compression.errors import ConfigError, RayzorError
 
@@ -50,11 +66,20 @@ __all__ = [
     "TernaryQuantization",
     "HalfPrecision",
     "LowRank",
+    "RandomPruning",
+    "ChannelPruning",
+    "HeadPruning",
+    "IMPORTANCES",
+    "Importance",
+    "Tucker2",
+    "ActivationQuantization",
+    "QuantizedInput",
     "register_method",
     "list_methods",
     "get_method",
     # plans
     "CompressionPlan",
+    "global_magnitude_plan",
     "FinetuneConfig",
     # engine
     "compressible_layers",
@@ -77,6 +102,22 @@ __all__ = [
     "ENTROPY_CODECS",
     "pack_bits",
     "unpack_bits",
+    # student architectures
+    "StudentFamily",
+    "StageCNN",
+    "register_student",
+    "create_student",
+    "list_students",
+    "get_student_family",
+    "suggest_student_params",
+    "check_student",
+    # distillation and recovery training
+    "DistillConfig",
+    "distill",
+    "kd_loss",
+    "teacher_outputs",
+    "LotteryTicket",
+    "lottery_ticket",
     # metrics
     "state_dict_bytes",
     "measure_latency",

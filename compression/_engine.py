@@ -5,13 +5,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from compression._actquant import calibrate_activations, calibration_inputs, input_layer
 from compression._layers import COMPRESSIBLE_TYPES, compressible_layers
-from compression._plan import CompressionPlan
+from compression._distill import check_teacher_logits, frozen_copy, indexed_loader, mixed_loss
+from compression._plan import CompressionPlan, FinetuneConfig
 from compression._registry import MethodConfig, get_handler, get_method
+from compression._structured import prune_structure
 from compression._weights import CompressedWeight
 from compression.errors import ConfigError
 
@@ -32,13 +36,21 @@ class CompressedModel:
             ``fc.1``.
         structure: Layers whose module was replaced (factorize stage): name ->
             ``{"method": name, **spec}``, enough for :func:`apply_structure`
-            to rebuild the untrained replacement.
+            to rebuild the untrained replacement; structure-stage methods
+            (channels / heads removed) add ``"<layer>@<method>"`` ->
+            ``{"method", "step", "layer", "keep", "ops", ...}``, replayed
+            first in ``step`` order.
+        activations: Layers whose input is quantized (activation stage),
+            each now a :class:`compression.QuantizedInput` whose layer (and
+            stored weight) is ``name.layer``: name -> ``{"method": name,
+            **spec}``; scale and zero point are buffers of the model.
     """
 
     model: nn.Module
     plan: CompressionPlan
     weights: dict[str, CompressedWeight]
     structure: dict[str, dict] = field(default_factory=dict)
+    activations: dict[str, dict] = field(default_factory=dict)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -48,10 +60,19 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def apply_structure(model: nn.Module, structure: dict[str, dict]) -> None:
-    """Replace each named module of ``model`` by its untrained factorised skeleton, in place."""
+    """Cut a freshly built ``model`` to the skeleton ``structure`` records, in place, deterministically.
+
+    Structure-stage entries (removed channels / heads) are replayed first,
+    in their recorded ``step`` order and without tracing; then each
+    factorised module is replaced by its untrained skeleton.
+    """
+    pruned = [spec for spec in structure.values() if get_method(spec["method"]).stage == "structure"]
+    for spec in sorted(pruned, key=lambda spec: int(spec["step"])):
+        get_method(spec["method"]).replay(model, spec)
     for name, spec in structure.items():
         cls = get_method(spec["method"])
-        replace_module(model, name, cls.rebuild(model.get_submodule(name), spec))
+        if cls.stage != "structure":
+            replace_module(model, name, cls.rebuild(model.get_submodule(name), spec))
 
 
 def compress(
@@ -61,6 +82,10 @@ def compress(
     train_loader: Iterable[tuple[Tensor, Tensor]] | None = None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     device: str | torch.device = "cpu",
+    calibration_data: Iterable[Tensor | tuple[Tensor, Tensor]] | None = None,
+    example_input: Any = None,
+    teacher_logits: Tensor | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> CompressedModel:
     """Compress a deep copy of ``model`` as ``plan`` says; ``model`` is never modified.
 
@@ -79,7 +104,28 @@ def compress(
         train_loader: ``(input, target)`` batches; required when
             ``plan.finetune.epochs > 0``.
         loss_fn: ``loss_fn(output, target) -> scalar``; required likewise.
-        device: Device to fine-tune on. The returned model is on CPU.
+        device: Device to fine-tune and calibrate on. The returned model is on CPU.
+        calibration_data: Input batches, or ``(input, target)`` batches,
+            from which activation-stage methods calibrate their ranges
+            (a few batches suffice); required when the plan has one.
+        example_input: One input batch as the model takes it (a tensor, a
+            tuple of positional tensors or a dict of keyword tensors), traced
+            by torch-pruning's DependencyGraph; required when the plan has
+            structure-stage methods (ChannelPruning, HeadPruning), whose
+            Taylor importance also takes its gradients from ``train_loader``
+            and ``loss_fn``.
+        teacher_logits: With ``plan.finetune.distill_alpha > 0``: the
+            uncompressed model's outputs for ``train_loader.dataset``, in
+            dataset order (:func:`compression.teacher_outputs`), so that a
+            search computes them once; ``train_loader`` must then be a
+            DataLoader over that dataset (any shuffle: batches carry their
+            indices). Without them the uncompressed model runs on each batch.
+            Ignored when not distilling.
+        on_epoch: ``on_epoch(epoch, model)``, called after each fine-tune
+            epoch (0-based) with a CPU eval-mode model equal to what this
+            call would return had fine-tuning stopped there (quantized,
+            activations calibrated), e.g. to report intermediate results to
+            an early-stopping scheduler. Training goes on unaffected.
 
     Returns:
         The compressed copy, its plan, and each layer's stored weight.
@@ -87,8 +133,10 @@ def compress(
     Raises:
         ConfigError: ``plan`` names a layer that is not compressible, a
             method refuses its layer (:meth:`CompressionPlan.validate`), or
-            fine-tuning is asked for without a loader / loss; raised before
-            any work starts.
+            fine-tuning is asked for without a loader / loss, or activation
+            quantization without ``calibration_data``, or structured
+            pruning without ``example_input`` or with a layer whose
+            dependency group it cannot prune; raised before any work starts.
     """
     if not isinstance(plan, CompressionPlan):
         raise ConfigError("plan", plan, "a CompressionPlan")
@@ -103,11 +151,23 @@ def compress(
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ConfigError("device", device, "a torch device such as 'cpu' or 'cuda:0'") from None
+    _check_finetune_inputs(ft, train_loader, teacher_logits, on_epoch)
+    if any(cfg.stage == "activation" for ms in plan.layers.values() for cfg in ms):
+        if calibration_data is None:
+            raise ConfigError("calibration_data", None,
+                              "an iterable of input or (input, target) batches when the plan quantizes activations")
+        calibration_data = calibration_inputs(calibration_data)  # checked now, and re-readable by every calibration
+    structured = {name: cfg for name, methods in plan.layers.items() for cfg in methods if cfg.stage == "structure"}
+    if structured and example_input is None:
+        raise ConfigError("example_input", None, "one input batch for the dependency graph of the structured "
+                                                 f"pruning of {list(structured)}")
 
     work = copy.deepcopy(model).cpu()
+    # 0) structure: whole channels / heads go and dependent layers shrink with them; later stages see the result
+    structured_specs = prune_structure(work, structured, example_input, train_loader, loss_fn)
     layers = compressible_layers(work)
     weights: dict[str, CompressedWeight] = {}
-    structure: dict[str, dict] = {}
+    structure: dict[str, dict] = dict(structured_specs)
     # Per compressed weight: the later-stage methods of the plan layer it belongs to.
     targets: dict[str, tuple[MethodConfig, ...]] = {}
 
@@ -137,45 +197,131 @@ def compress(
         with torch.no_grad():
             module.weight.copy_(cw.dense())
 
-    # 3) fine-tune with masks held fixed
+    # 3) fine-tune with masks held fixed (optionally from the original model as teacher, through the quantizers)
     if ft.epochs > 0:
-        _finetune(work, layers, weights, train_loader, loss_fn, device, ft.epochs, ft.lr, ft.seed)
+        def snapshot(epoch: int, trained: nn.Module) -> None:
+            # What this call would return after this epoch: stages 4-6 on a copy; training goes on untouched.
+            snap = copy.deepcopy(trained).cpu()
+            snap_layers = compressible_layers(snap)
+            _quantize_stage(snap_layers, {n: CompressedWeight.from_dense(snap_layers[n].weight, cw.mask)
+                                          for n, cw in weights.items()}, targets)
+            snap_act = {input_layer(snap, name): cfg for name, methods in plan.layers.items()
+                        for cfg in methods if cfg.stage == "activation"}
+            if snap_act:
+                calibrate_activations(snap, snap_act, calibration_data, device)
+            on_epoch(epoch, snap.eval())
+
+        teacher = frozen_copy(model, device) if ft.distill_alpha > 0 and teacher_logits is None else None
+        _finetune(work, layers, weights, targets, train_loader, loss_fn, device, ft,
+                  teacher=teacher, teacher_logits=teacher_logits, on_epoch=None if on_epoch is None else snapshot)
         weights = {n: CompressedWeight.from_dense(layers[n].weight, cw.mask) for n, cw in weights.items()}
 
     # 4) quantize the surviving weights, 5) materialise through dense()
+    weights = _quantize_stage(layers, weights, targets)
+
+    # 6) activation quantization, calibrated on the final weights; a wrapped layer's weight moves to name.layer
+    activations: dict[str, dict] = {}
+    act = {input_layer(work, name): cfg for name, methods in plan.layers.items()
+           for cfg in methods if cfg.stage == "activation"}
+    if act:
+        activations = calibrate_activations(work, act, calibration_data, device)
+        weights = {(f"{name}.layer" if name in act else name): cw for name, cw in weights.items()}
+    return CompressedModel(work.eval(), plan, weights, structure, activations)
+
+
+def _check_finetune_inputs(ft: FinetuneConfig, train_loader: Any, teacher_logits: Any, on_epoch: Any) -> None:
+    """Refuse fine-tune extras that cannot work, before compress starts any work."""
+    if on_epoch is not None and not callable(on_epoch):
+        raise ConfigError("on_epoch", on_epoch, "a callable on_epoch(epoch, model), or None")
+    if ft.epochs > 0 and ft.distill_alpha > 0 and teacher_logits is not None:
+        check_teacher_logits(teacher_logits, len(indexed_loader(train_loader).dataset))
+
+
+def _quantize_stage(layers: dict[str, nn.Module], weights: dict[str, CompressedWeight],
+                    targets: dict[str, tuple[MethodConfig, ...]]) -> dict[str, CompressedWeight]:
+    """Run each weight's quantize-stage methods and write ``dense()`` into its layer; returns the new weights."""
+    out = {}
     for name, cw in weights.items():
         module = layers[name]
         for cfg in targets[name]:
             if cfg.stage == "quantize":
                 cw = get_handler(cfg)(module, cw, cfg)
-        weights[name] = cw
+        out[name] = cw
         with torch.no_grad():
             module.weight.copy_(cw.dense())
-    return CompressedModel(work.eval(), plan, weights, structure)
+    return out
+
+
+def _fake_quantized(layer: nn.Module, mask: Tensor | None, methods: tuple[MethodConfig, ...]) -> Tensor:
+    """The layer's weight as its quantize stage would leave it, with a straight-through gradient.
+
+    The forward value is the registered handlers' ``dense()`` of the current
+    weight (so training sees the exact grid the final stage will use); the
+    gradient passes to the latent fp32 weight unchanged (STE, Bengio et al.
+    2013, https://arxiv.org/abs/1308.3432).
+    """
+    w = layer.weight
+    with torch.no_grad():
+        cw = CompressedWeight.from_dense(w, mask)
+        for cfg in methods:
+            cw = get_handler(cfg)(layer, cw, cfg)
+        q = cw.dense().to(w.device)
+    return w + (q - w).detach()
 
 
 def _finetune(
     model: nn.Module,
     layers: dict[str, nn.Module],
     weights: dict[str, CompressedWeight],
-    loader: Iterable[tuple[Tensor, Tensor]],
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    targets: dict[str, tuple[MethodConfig, ...]],
+    loader: Iterable[Any],
+    loss_fn: Callable[[Tensor, Any], Tensor],
     device: torch.device,
-    epochs: int,
-    lr: float,
-    seed: int,
+    ft: FinetuneConfig,
+    *,
+    teacher: nn.Module | None = None,
+    teacher_logits: Tensor | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> None:
-    torch.manual_seed(seed)
+    torch.manual_seed(ft.seed)
     model.to(device).train()
     masked = [(layers[n].weight, cw.mask.to(device)) for n, cw in weights.items() if cw.mask is not None]
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    for _ in range(epochs):
-        for inputs, targets in loader:
+    qat = {}
+    if ft.qat:
+        qat = {n: methods for n in weights if (methods := tuple(c for c in targets[n] if c.stage == "quantize"))}
+    distilling = ft.distill_alpha > 0
+    indexed = distilling and teacher_logits is not None
+    batches = indexed_loader(loader) if indexed else loader
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
+    for epoch in range(ft.epochs):
+        for batch in batches:
+            idx, (inputs, labels) = batch if indexed else (None, batch)
+            inputs, labels = inputs.to(device), labels.to(device)
+            if qat:
+                # Parameters are swapped for this call only (torch.func), so the module keeps its latent weights.
+                overrides = {f"{n}.weight": _fake_quantized(layers[n], weights[n].mask, m) for n, m in qat.items()}
+                out = torch.func.functional_call(model, overrides, (inputs,))
+            else:
+                out = model(inputs)
+            if distilling:
+                if indexed:
+                    soft = teacher_logits[idx].to(device)
+                else:
+                    with torch.no_grad():
+                        soft = teacher(inputs)
+                if soft.shape != out.shape:
+                    raise ConfigError("teacher_logits", tuple(soft.shape[1:]),
+                                      f"teacher outputs shaped like the model's, {tuple(out.shape[1:])}")
+                loss = mixed_loss(out, soft, labels, loss_fn, ft.temperature, ft.distill_alpha)
+            else:
+                loss = loss_fn(out, labels)
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(inputs.to(device)), targets.to(device)).backward()
+            loss.backward()
             opt.step()
             # Adam's momentum moves pruned weights even with zero gradient; re-zero them.
             with torch.no_grad():
                 for w, mask in masked:
                     w.masked_fill_(~mask, 0.0)
+        if on_epoch is not None:
+            on_epoch(epoch, model)
     model.cpu()

@@ -3,7 +3,9 @@
 Layout (format version 2; version 1 files are still read). ``__metadata__``
 holds strings under ``format`` (``"rayzor.packed"``), ``format_version``,
 ``plan``, ``arch``, ``layers`` (per-weight encoding), ``structure``
-(factorised layers, see :func:`compression.apply_structure`), ``entropy``
+(factorised layers, see :func:`compression.apply_structure`), ``activations``
+(activation-quantized layers, only when there are any; their scale and zero
+point are ordinary state-dict tensors), ``entropy``
 (the lossless stage, if any), ``metadata`` (user strings) and ``checksum``
 (BLAKE2b of every other metadata entry and every tensor, so a flipped byte
 is an error, never a silently different model). Tensors are the model's
@@ -49,6 +51,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from compression._actquant import apply_activation_quantization
 from compression._bitpack import pack_bits, unpack_bits
 from compression._engine import CompressedModel, apply_structure
 from compression._plan import CompressionPlan
@@ -88,6 +91,7 @@ class PackedInfo:
         weights: Decoded stored weight of every compressed layer (by module name).
         structure: Factorised layers, as :attr:`CompressedModel.structure`.
         entropy: The entropy codec used, or None.
+        activations: Activation-quantized layers, as :attr:`CompressedModel.activations`.
     """
 
     plan: CompressionPlan
@@ -96,6 +100,7 @@ class PackedInfo:
     weights: dict[str, CompressedWeight]
     structure: dict[str, dict] = field(default_factory=dict)
     entropy: str | None = None
+    activations: dict[str, dict] = field(default_factory=dict)
 
 
 def _weight_key(layer: str) -> str:
@@ -377,6 +382,8 @@ def _serialise(compressed: CompressedModel, arch_json: str, metadata: Mapping[st
         "structure": _dumps(compressed.structure),
         "metadata": _dumps(metadata),
     }
+    if compressed.activations:  # absent otherwise, so files without them are byte-for-byte as before
+        header["activations"] = _dumps(compressed.activations)
     if entropy is not None:
         header["entropy"] = _dumps(_entropy_code(entropy, tensors))
     header["checksum"] = _checksum(header, tensors)
@@ -457,7 +464,7 @@ def _read(path: str | os.PathLike) -> tuple[PackedInfo, dict[str, torch.Tensor]]
         weights = {name: _decode(_weight_key(name), info, tensors) for name, info in layers.items()}
         structure = json.loads(header.get("structure", "{}"))
         info = PackedInfo(plan, json.loads(header["arch"]), json.loads(header["metadata"]), weights, structure,
-                          None if entropy is None else entropy["codec"])
+                          None if entropy is None else entropy["codec"], json.loads(header.get("activations", "{}")))
     except (KeyError, ValueError, TypeError, lzma.LZMAError, RuntimeError) as e:  # ConfigError is a ValueError
         raise PackedFormatError(f"{path}: corrupt rayzor packed file ({type(e).__name__}: {e})") from None
     return info, tensors
@@ -505,6 +512,11 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> tupl
         apply_structure(model, info.structure)
     except (AttributeError, KeyError, ValueError, TypeError) as e:
         raise PackedFormatError(f"{path}: cannot rebuild the factorised layers {list(info.structure)}: {e}") from None
+    try:
+        apply_activation_quantization(model, info.activations)
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        raise PackedFormatError(f"{path}: cannot rebuild the activation-quantized layers {list(info.activations)}: "
+                                f"{e}") from None
     for name, cw in info.weights.items():
         tensors[_weight_key(name)] = cw.dense()
     try:

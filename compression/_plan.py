@@ -22,6 +22,10 @@ _DEFAULT_SETTINGS: dict[str, float | int] = {"sparsity": 0.0, "bits": 32}
 _ABBREV = {"sparsity": "s", "bits": "b"}
 #: Flat key naming a stage's method when it is not the stage's default one.
 _KIND_KEYS: dict[str, str] = {"factorize": "factorize", "sparsify": "prune", "quantize": "quant"}
+_KIND_KEYS["activation"] = "act_quant"
+_KIND_KEYS["structure"] = "structure"
+#: Prefix of a stage's field keys in the flat view, where they would clash with another stage's (``bits``).
+_FIELD_PREFIX: dict[str, str] = {"activation": "act_"}
 #: The method a stage gets from the bare ``sparsity`` / ``bits`` settings.
 _DEFAULT_METHODS: dict[str, type[MethodConfig]] = {"sparsify": MagnitudePruning, "quantize": UniformQuantization}
 _SETTING_OF: dict[type[MethodConfig], str] = {MagnitudePruning: "sparsity", UniformQuantization: "bits"}
@@ -41,7 +45,8 @@ def _flat(m: MethodConfig) -> dict[str, Any]:
                     if f.name != key and getattr(m, f.name) != f.default})
         return out
     out = {_KIND_KEYS[m.stage]: m.method}
-    out.update({f.name: getattr(m, f.name) for f in _fields(cls) if getattr(m, f.name) is not None})
+    prefix = _FIELD_PREFIX.get(m.stage, "")
+    out.update({prefix + f.name: getattr(m, f.name) for f in _fields(cls) if getattr(m, f.name) is not None})
     if "bits" not in out and hasattr(m, "storage_bits"):
         out["bits"] = m.storage_bits
     return out
@@ -52,25 +57,50 @@ class FinetuneConfig:
     """Fine-tuning between the sparsify and quantize stages.
 
     Retraining the surviving weights recovers most of the accuracy lost to
-    pruning (Han et al. 2015, https://arxiv.org/abs/1506.02626).
+    pruning (Han et al. 2015, https://arxiv.org/abs/1506.02626). With
+    ``distill_alpha > 0`` the uncompressed model is the teacher of the
+    recovery (knowledge distillation, Hinton et al. 2015,
+    https://arxiv.org/abs/1503.02531): the loss is ``distill_alpha * T^2 *
+    KL(teacher || student at temperature T) + (1 - distill_alpha) * loss_fn``,
+    which assumes the model outputs class logits. With ``qat`` every layer
+    with a quantize-stage method trains through that method's quantizer
+    (quantization-aware training with the straight-through estimator,
+    Bengio et al. 2013, https://arxiv.org/abs/1308.3432; Jacob et al. 2018,
+    https://arxiv.org/abs/1712.05877): the forward pass runs the weights the
+    quantize stage would produce from the current ones, the gradient updates
+    the latent fp32 weights, and the final quantize stage applies the same
+    quantizers to the final latent weights.
 
     Args:
         epochs: Passes over the training loader; 0 disables fine-tuning.
         lr: Adam learning rate, > 0.
         batch_size: Batch size the caller uses to build the loader.
         seed: Seed for ``torch.manual_seed`` before fine-tuning.
+        distill_alpha: Weight of the teacher term, in ``[0, 1]``; 0 (the
+            default) is plain ``loss_fn``.
+        temperature: Softmax temperature of the teacher term, > 0.
+        qat: Fine-tune through the quantize stage's quantizers.
     """
 
     epochs: int = 0
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+    # Fields added later keep defaults, so plans serialised before them still load.
+    distill_alpha: float = 0.0
+    temperature: float = 4.0
+    qat: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "epochs", check_int("finetune.epochs", self.epochs, 0))
         object.__setattr__(self, "lr", check_real("finetune.lr", self.lr, 0.0, float("inf"), lo_open=True))
         object.__setattr__(self, "batch_size", check_int("finetune.batch_size", self.batch_size, 1))
         object.__setattr__(self, "seed", check_int("finetune.seed", self.seed, 0))
+        object.__setattr__(self, "distill_alpha", check_real("finetune.distill_alpha", self.distill_alpha, 0.0, 1.0))
+        object.__setattr__(self, "temperature", check_real("finetune.temperature", self.temperature, 0.0,
+                                                           float("inf"), lo_open=True, hi_open=True))
+        if not isinstance(self.qat, bool):
+            raise ConfigError("finetune.qat", self.qat, "true or false")
 
 
 @dataclass(frozen=True)
@@ -202,7 +232,8 @@ class CompressionPlan:
                 invalid values; the message names the layer.
         """
         known = set(_DEFAULT_SETTINGS) | set(_KIND_KEYS.values())
-        known |= {f.name for m in list_methods() for f in _fields(get_method(m))}
+        known |= {_FIELD_PREFIX.get(get_method(m).stage, "") + f.name
+                  for m in list_methods() for f in _fields(get_method(m))}
         layers = {}
         for name, flat in settings.items():
             for key in flat:
@@ -223,8 +254,9 @@ class CompressionPlan:
                     key = _SETTING_OF[method_cls]
                     if flat.get(key, _DEFAULT_SETTINGS[key]) == _DEFAULT_SETTINGS[key]:
                         continue
-                fields = {f.name: flat[f.name] for f in _fields(method_cls) if f.name in flat}
-                used |= set(fields)
+                prefix = _FIELD_PREFIX.get(stage, "")
+                fields = {f.name: flat[prefix + f.name] for f in _fields(method_cls) if prefix + f.name in flat}
+                used |= {prefix + k for k in fields}
                 cfg = build_dataclass(method_cls, fields, f"settings[{name!r}].{method_cls.method}")
                 storage = getattr(cfg, "storage_bits", None)
                 if "bits" in flat and "bits" not in fields and storage is not None:

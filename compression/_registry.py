@@ -31,15 +31,21 @@ __all__ = [
     "check_real",
 ]
 
-#: Stages in the order the engine runs them on a layer: factorize (replace the
-#: module by smaller ones), sparsify (masks), then, after the optional
-#: fine-tune, quantize (codes).
-STAGES: tuple[str, ...] = ("factorize", "sparsify", "quantize")
+#: Stages in the order the engine runs them on a layer: structure (remove
+#: output channels / attention heads, every dependent layer repaired), factorize
+#: (replace the module by smaller ones), sparsify (masks), then, after the optional
+#: fine-tune, quantize (codes), then activation (inputs fake-quantized with
+#: scales calibrated on the final weights).
+STAGES: tuple[str, ...] = ("structure", "factorize", "sparsify", "quantize", "activation")
 
 #: sparsify / quantize: ``handler(module, weight, config) -> weight``, where
 #: ``weight`` is the layer's current representation and ``module`` read-only
 #: context. factorize: ``handler(module, config) -> new_module``, a fresh
-#: module computing (approximately) the same function.
+#: module computing (approximately) the same function. activation:
+#: ``handler(module, config, stats) -> (new_module, spec)``, ``stats`` the
+#: calibration statistics of the module's input. structure:
+#: ``handler(context, layer, config) -> spec``, pruning ``context.model`` in
+#: place (see :mod:`compression._structured`).
 Handler = Callable[..., Any]
 
 _REGISTRY: dict[str, tuple[type[MethodConfig], Handler]] = {}

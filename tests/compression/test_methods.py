@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from compression import (
+    ActivationQuantization,
+    ChannelPruning,
+    HeadPruning,
     OrtModule,
+    RandomPruning,
     export_onnx,
     max_abs_diff,
     BinaryQuantization,
@@ -22,6 +26,7 @@ from compression import (
     LowRank,
     MagnitudePruning,
     TernaryQuantization,
+    Tucker2,
     UniformQuantization,
     compress,
     get_method,
@@ -52,6 +57,16 @@ VARIANTS = [
     HalfPrecision("bf16"),
     LowRank(rank_ratio=0.25),
     LowRank(energy=0.9),
+    Tucker2(rank_ratio=0.5),
+    Tucker2(energy=0.9),
+    ActivationQuantization(),
+    ActivationQuantization(4, symmetric=True, calibration="mse"),
+    ActivationQuantization(6, calibration="percentile", percentile=99.0),
+    RandomPruning(0.6, seed=1),
+    ChannelPruning(0.5),
+    ChannelPruning(0.25, "l2", round_to=4),
+    ChannelPruning(0.5, "taylor"),
+    HeadPruning(0.5, "taylor"),
 ]
 #: Composite plans: one layer factorised, pruned and quantized.
 COMBOS = [
@@ -61,6 +76,10 @@ COMBOS = [
     (MagnitudePruning(0.9), HalfPrecision("bf16")),
     (LowRank(rank_ratio=0.25), UniformQuantization(4, symmetric=False)),
     (LowRank(rank_ratio=0.5), MagnitudePruning(0.5), TernaryQuantization()),
+    (UniformQuantization(4), ActivationQuantization(8)),
+    (Tucker2(rank_ratio=0.5), MagnitudePruning(0.5), UniformQuantization(4), ActivationQuantization(8, symmetric=True)),
+    (ChannelPruning(0.5), MagnitudePruning(0.5), UniformQuantization(4)),
+    (ChannelPruning(0.25), LowRank(rank_ratio=0.25), KMeansQuantization(3)),
 ]
 LAYERS = {"Conv2d": "conv", "Linear": "fc"}
 
@@ -97,7 +116,23 @@ def test_contract(net, x, tmp_path, layer, methods):
     plan = CompressionPlan({LAYERS[layer]: methods})
     # plan JSON round trip
     assert CompressionPlan.from_json(plan.to_json()) == plan
-    out = compress(net, plan)
+    if layer == "Linear" and any(isinstance(m, Tucker2) for m in methods):
+        with pytest.raises(ConfigError, match="tucker2.*Conv1d or Conv2d"):  # a kernel method, refused up front
+            compress(net, plan)
+        return
+    if any(isinstance(m, HeadPruning) for m in methods):
+        if layer == "Conv2d":  # heads live in an attention's query projection
+            with pytest.raises(ConfigError, match="head_pruning.*'query' Linear"):
+                compress(net, plan, example_input=x[:1])
+            return
+        plan = CompressionPlan({"attn.query": methods})
+    # activation-stage methods calibrate on a few input batches
+    calibration = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    needs = any(m.stage == "activation" for m in methods)
+    # structure-stage methods trace one example input; Taylor importance takes gradients from labelled batches
+    labelled = [(x, torch.arange(len(x)) % 5)]
+    out = compress(net, plan, calibration_data=calibration if needs else None, example_input=x[:1],
+                   train_loader=labelled, loss_fn=nn.functional.cross_entropy)
     # the input model is untouched
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(net.state_dict()[k], v, rtol=0, atol=0)
@@ -116,7 +151,7 @@ def test_contract(net, x, tmp_path, layer, methods):
     size = save_packed(out, path, arch=ARCH)
     assert size == os.path.getsize(path)
     loaded, info = load_packed(path)
-    assert info.plan == plan and info.structure == out.structure
+    assert info.plan == plan and info.structure == out.structure and info.activations == out.activations
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), y, rtol=0, atol=0)
     for k, v in out.model.state_dict().items():

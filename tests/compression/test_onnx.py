@@ -43,3 +43,26 @@ def test_int8_model_runs_integer_kernels_and_stays_accurate(digits, compressed, 
     int8_acc = digits.score(OrtModule(int8), "val")["accuracy"]
     assert abs(int8_acc - torch_acc) <= 0.03
     assert measure_onnx_latency(int8, digits.example_input, repeats=3) > 0
+
+
+def test_static_int8_with_calibration_runs_qlinear_kernels(digits, compressed, tmp_path):
+    import itertools
+
+    import onnxruntime as ort
+
+    calibration = list(itertools.islice(iter(digits.loader("train")), 4))
+    fp32 = export_onnx(compressed, digits.example_input, tmp_path / "m.onnx")
+    int8 = quantize_onnx_int8(fp32, tmp_path / "s8.onnx", calibration_data=calibration)
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops  # ranges fixed by calibration
+    # What onnxruntime runs: the QDQ pairs fused into integer conv / gemm kernels.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    assert "QLinearConv" in {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    x = digits.data["val"].tensors[0][:256]
+    with torch.inference_mode():
+        ref = compressed(x)
+        assert max_abs_diff(OrtModule(int8)(x), ref) <= 0.05 * float(ref.abs().max())
+    assert abs(digits.score(OrtModule(int8), "val")["accuracy"] - digits.score(compressed, "val")["accuracy"]) <= 0.02

@@ -6,8 +6,13 @@ import pickle
 
 import pytest
 
+import compression._registry as registry
 from compression import (
+    ActivationQuantization,
     BinaryQuantization,
+    ChannelPruning,
+    HeadPruning,
+    RandomPruning,
     CompressionPlan,
     ConfigError,
     FinetuneConfig,
@@ -17,6 +22,7 @@ from compression import (
     MagnitudePruning,
     MethodConfig,
     TernaryQuantization,
+    Tucker2,
     UniformQuantization,
     get_method,
     list_methods,
@@ -32,6 +38,11 @@ EXAMPLES = {
     "ternary_quantization": TernaryQuantization(),
     "half_precision": HalfPrecision("bf16"),
     "low_rank": LowRank(rank_ratio=0.25),
+    "tucker2": Tucker2(rank_ratio=0.5),
+    "activation_quantization": ActivationQuantization(6, calibration="percentile"),
+    "random_pruning": RandomPruning(0.4, seed=3),
+    "channel_pruning": ChannelPruning(0.25, importance="l2"),
+    "head_pruning": HeadPruning(0.5),
 }
 
 
@@ -43,7 +54,7 @@ def test_every_method_has_an_example():
 def test_method_contract(name):
     cfg = EXAMPLES[name]
     cls = get_method(name)
-    assert type(cfg) is cls and cls.method == name and cls.stage in ("factorize", "sparsify", "quantize")
+    assert type(cfg) is cls and cls.method == name and cls.stage in registry.STAGES
     assert dataclasses.is_dataclass(cfg) and isinstance(cfg, MethodConfig)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(cfg, dataclasses.fields(cfg)[0].name, 0)

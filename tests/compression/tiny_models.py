@@ -44,8 +44,31 @@ def trained_tiny_net(seed: int = 0) -> TinyNet:
 CONTRACT_FACTORY = "tests.compression.tiny_models:contract_net"
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention laid out like transformers' BertSelfAttention (what HeadPruning expects)."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.num_attention_heads = heads
+        self.attention_head_size = hidden // heads
+        self.all_head_size = hidden
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens, hidden) -> (batch * tokens, heads * head size)."""
+        # -1 heads: pruned heads need no other change. Projections see 2-D inputs: torch-pruning 1.6 stops
+        # mapping a conv's channels through flatten() once any Linear in the model outputs 3-D tensors.
+        shape = (*x.shape[:-1], -1, self.attention_head_size)
+        tokens = x.flatten(0, 1)
+        q, k, v = (p(tokens).view(shape).transpose(1, 2) for p in (self.query, self.key, self.value))
+        return nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(0, 1).flatten(1)
+
+
 class ContractNet(nn.Module):
-    """conv-relu-conv-relu -> flatten -> fc-relu-fc, for 3x8x8 inputs; layers ``conv`` and ``fc`` take the methods."""
+    """conv-relu-conv-relu -> flatten -> fc-relu-fc, for 3x8x8 inputs, plus a self-attention branch over the 64
+    pixels added to the logits; layers ``conv`` and ``fc`` take the methods, ``attn.query`` the head methods."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,12 +76,38 @@ class ContractNet(nn.Module):
         self.conv = nn.Conv2d(8, 16, 3)
         self.fc = nn.Linear(16 * 6 * 6, 24)
         self.head = nn.Linear(24, 5)
+        self.embed = nn.Linear(3, 16)
+        self.attn = SelfAttention(16, 2)
+        self.proj = nn.Linear(16, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x.flatten(2).transpose(1, 2)
+        attended = self.proj(self.attn(self.embed(pixels.flatten(0, 1)).view(*pixels.shape[:2], -1)))
+        attended = attended.view(*pixels.shape[:2], -1).mean(1)
         x = torch.relu(self.conv(torch.relu(self.stem(x)))).flatten(1)
-        return self.head(torch.relu(self.fc(x)))
+        return self.head(torch.relu(self.fc(x))) + attended
 
 
 def contract_net(seed: int = 0) -> ContractNet:
     torch.manual_seed(seed)
     return ContractNet().eval()
+
+
+def resnet18(num_labels: int = 1000) -> nn.Module:
+    """transformers' ResNet-18 (the torchvision layout, 11.7 M parameters), random init."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
+                          embedding_size=64, num_labels=num_labels)
+    return ResNetForImageClassification(config).eval()
+
+
+def tiny_bert() -> nn.Module:
+    """A 2-layer BERT encoder, hidden 64, 4 heads, random init."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=32)
+    return BertModel(config).eval()
