@@ -11,9 +11,12 @@ from torch import nn
 
 from compression import FinetuneConfig
 from compression.errors import ConfigError
-from spaces import ALLOWED_BITS, DEFAULT_METHODS, MAX_SPARSITY, QUANT_METHODS, CompressionSpace, GroupSpec
+from spaces import (ALLOWED_BITS, CHANNEL_IMPORTANCES, DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO,
+                    FACTORIZATIONS, MAX_SPARSITY, PRUNINGS, QUANT_METHODS, TINY_PARAMS, TINY_SHARE, CompressionSpace,
+                    GroupSpec)
+from spaces._groups import canonical_names, channel_range, rank_range
 
-__all__ = ["OBJECTIVES", "SAMPLERS", "SearchConfig", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
+__all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "StudentsConfig", "check_combinations", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
 
 #: The cost objectives and their direction. A search has exactly one other
 #: objective: the task's quality metric (``accuracy`` for digits, ``cosine``
@@ -46,16 +49,45 @@ class SpaceConfig(_Strict):
     groups: tuple[GroupSpec, ...] = Field((), description="layer groups (fnmatch globs on module names) with their own "
                                           "settings; tie: true shares one sampled value per dimension")
     exclude: tuple[str, ...] = Field((), description="globs of layers left out of the search (never compressed)")
+    default_exclusions: bool = Field(
+        True, description="also leave out the first and last layer (unless an Embedding) and tiny layers "
+        f"(< {TINY_PARAMS} weights and < {TINY_SHARE:.0%} of the compressible ones); a group's glob or include keeps one")
+    include: tuple[str, ...] = Field((), description="globs of layers searched even where a default exclusion applies")
+    channels: tuple[float, float] | float | None = Field(
+        None, description="[low, high] (or a fixed) fraction of output channels removed per layer (<layer>.channels, "
+        "ChannelPruning), only on layers whose channels can go without changing the model's output; off by default")
+    channel_importance: Literal[CHANNEL_IMPORTANCES] = Field(  # type: ignore[valid-type]
+        "l1", description="how channel pruning ranks channels: l1, l2 (group weight norms) or random")
+    factorize: tuple[str, ...] = Field(
+        (), description="factorizations chosen among with 'none' per layer (<layer>.factorize), where they apply: "
+        f"{', '.join(FACTORIZATIONS)}; off by default")
+    rank_ratio: tuple[float, float] | float | None = Field(
+        None, description="[low, high] (or a fixed) rank_ratio of a chosen factorization (<layer>.rank_ratio, sampled "
+        f"only then), capped per layer where the rank stops saving parameters; default {list(DEFAULT_RANK_RATIO)}")
+    pruning: tuple[str, ...] = Field(DEFAULT_PRUNING, description="pruning criteria chosen among per layer "
+                                     f"(<layer>.prune when more than one): {', '.join(PRUNINGS)}")
 
-    def build(self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig()) -> CompressionSpace:
+    def build(self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig(),
+              example_input: Any = None) -> CompressionSpace:
         """The :class:`~spaces.CompressionSpace` this config describes for ``model``.
+
+        With ``default_exclusions`` (the default) the layers
+        :func:`spaces.default_exclusions` lists are left out unless a group's
+        glob or ``include`` names them; ``exclude`` always wins.
+        ``example_input`` (one batch, e.g. the task's) is needed with
+        ``channels``: it is traced to find the layers whose channels can go.
 
         Raises:
             ConfigError: a glob that matches no layer, a layer in two groups, a
-                group's bits too wide for its methods.
+                group's bits too wide for its methods, rank_ratio without
+                factorize, channels without ``example_input``.
         """
         return CompressionSpace.from_model(model, sparsity=self.sparsity, bits=self.bits, methods=self.methods,
-                                           groups=self.groups, exclude=self.exclude, finetune=finetune)
+                                           groups=self.groups, exclude=self.exclude, finetune=finetune,
+                                           default_exclusions=self.default_exclusions, include=self.include,
+                                           channels=self.channels, channel_importance=self.channel_importance,
+                                           factorize=self.factorize, rank_ratio=self.rank_ratio, pruning=self.pruning,
+                                           example_input=example_input)
 
     @field_validator("sparsity")
     @classmethod
@@ -79,6 +111,59 @@ class SpaceConfig(_Strict):
             raise ValueError(f"a non-empty list of {', '.join(QUANT_METHODS)}")
         return tuple(dict.fromkeys(v))
 
+    @field_validator("channels")
+    @classmethod
+    def _channels_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else channel_range(v)
+
+    @field_validator("rank_ratio")
+    @classmethod
+    def _rank_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else rank_range(v)
+
+    @field_validator("factorize")
+    @classmethod
+    def _factorizations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return canonical_names(v, FACTORIZATIONS)
+
+    @field_validator("pruning")
+    @classmethod
+    def _prunings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError(f"a non-empty list of {', '.join(PRUNINGS)}")
+        return canonical_names(v, PRUNINGS)
+
+
+class AshaConfig(_Strict):
+    """ASHA settings of ``scheduler: asha``."""
+
+    grace_period: int = Field(1, ge=1, description="fine-tune epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA's eta: the top 1/eta of each rung goes on")
+    bucket_width: float = Field(0.5, gt=0, description="width of a size bucket, in octaves of compression ratio")
+
+
+class StudentsConfig(_Strict):
+    """Student architectures searched jointly with compression (knowledge distillation)."""
+
+    families: tuple[str, ...] = Field((), description="student families to choose among (see compression.list_students); "
+                                      "empty: compress the task's model only")
+    include_teacher: bool = Field(True, description="compressing the task's own model is a choice too")
+    distill_epochs: int = Field(10, ge=1, description="knowledge-distillation epochs that train a sampled student")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of the distillation")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature of the KD loss (Hinton et al. 2015)")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the teacher term of the KD loss")
+
+
+class RecoveryConfig(_Strict):
+    """How the recovery fine-tune after pruning trains (its length is finetune_epochs)."""
+
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    distill_alpha: float = Field(0.0, ge=0, le=1, description="weight of the uncompressed teacher's soft targets "
+                                 "(0: plain task loss)")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature of the teacher term")
+    qat: bool = Field(False, description="fine-tune through the quantizers (straight-through estimator), so the "
+                      "final quantization grid is the one trained")
+
 
 class SearchConfig(_Strict):
     """Everything a search needs; a YAML file takes the same fields as the flags."""
@@ -100,8 +185,17 @@ class SearchConfig(_Strict):
     finetune_epochs: int = Field(1, ge=0, description="recovery fine-tune epochs after pruning (masks kept)")
     warm_start: Literal["uniform", "sensitivity", "none"] = Field(
         "uniform", description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines); "
-        "sensitivity: per-layer probes on the driver pick each layer's most aggressive level within 0.5/1/2 points of drop"
+        "sensitivity: per-layer probes (Ray tasks; table and heatmap under sensitivity/ in the search's MLflow run) pick "
+        "each layer's most aggressive level within 0.5/1/2 points of drop; used only as warm start: those plans are the "
+        "first trials (tag rayzor.warm_start), the search ranges are not narrowed"
     )
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    students: StudentsConfig = Field(default_factory=StudentsConfig)
+    scheduler: Literal["none", "asha"] = Field(
+        "none", description="asha: stop trials early between fine-tune epochs, comparing each trial's quality only with trials "
+        "in the same compression-ratio bucket (see search/_scheduler.py); needs finetune_epochs >= 2"
+    )
+    asha: AshaConfig = Field(default_factory=AshaConfig)
     entropy: Literal["lzma", "zstd"] | None = Field(
         None, description="lossless entropy stage of the packed files (Deep Compression's third step); size_bytes includes it"
     )
@@ -128,6 +222,12 @@ class SearchConfig(_Strict):
         if v is not None and (len(set(v)) != len(v) or sum(o not in OBJECTIVES for o in v) != 1 or len(v) < 2):
             raise ValueError("the task's metric (e.g. accuracy) plus size_bytes and/or latency_ms, each once")
         return v
+
+    def finetune(self) -> FinetuneConfig:
+        """The recovery fine-tune every trial's plan carries."""
+        r = self.recovery
+        return FinetuneConfig(epochs=self.finetune_epochs, lr=r.lr, seed=self.seed, distill_alpha=r.distill_alpha,
+                              temperature=r.temperature, qat=r.qat)
 
     @property
     def directions(self) -> list[str]:
@@ -162,11 +262,25 @@ def _valid_for(model: type[BaseModel], loc: tuple[Any, ...], error: dict[str, An
 def validate_config(data: dict[str, Any]) -> SearchConfig:
     """Validate a dict into a :class:`SearchConfig`, raising one-line ConfigErrors."""
     try:
-        return SearchConfig.model_validate(data)
+        config = SearchConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
         raise ConfigError(_field_name(loc), error.get("input"), _valid_for(SearchConfig, loc, error)) from None
+    check_combinations(config)
+    return config
+
+
+def check_combinations(config: SearchConfig) -> None:
+    """Refuse settings that are valid alone but not together.
+
+    Raises:
+        ConfigError: e.g. ``scheduler: asha`` with fewer than 2 fine-tune epochs.
+    """
+    if config.scheduler == "asha" and config.finetune_epochs < config.asha.grace_period + 1:
+        raise ConfigError("finetune_epochs", config.finetune_epochs,
+                          f"an integer >= {config.asha.grace_period + 1} with scheduler: asha (ASHA stops trials "
+                          "between fine-tune epochs, after asha.grace_period of them)")
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> SearchConfig:

@@ -41,6 +41,8 @@ from spaces import CompressionSpace
 __all__ = ["RESUME_FILE", "SearchResult", "TrackingError", "TrialRecord", "load_resume_state", "make_sampler", "objective_scales",
            "run_search", "search_hypervolume"]
 
+#: Status of a trial the scheduler stopped early (its MLflow run ends KILLED).
+STOPPED = "STOPPED"
 #: Artifact path of the packed model inside a trial run.
 PACKED_ARTIFACT_DIR = "packed"
 #: Latency reference of the hypervolume, as a multiple of the fp32 baseline's.
@@ -136,6 +138,12 @@ def compact_plan(plan: CompressionPlan) -> str:
         method = flat.get("quant")
         kind = "" if method in (None, "uniform_quantization") else f" {method.removesuffix('_quantization')}"
         rank = f" rank{flat['rank_ratio']:.2f}" if flat.get("rank_ratio") else ""
+        if flat.get("factorize") not in (None, "low_rank"):  # e.g. " tucker2 rank0.30"
+            rank = f" {flat['factorize']}{rank}"
+        if flat.get("structure") == "channel_pruning":
+            rank += f" ch-{flat['ratio']:.0%}"  # share of output channels removed
+        if flat.get("prune") not in (None, "magnitude_pruning"):
+            rank += f" {flat['prune'].removesuffix('_pruning')}"
         cells.append(f"{layer} {flat.get('sparsity', 0.0):.0%}/{flat.get('bits', 32)}b{kind}{rank}")
     return "  ".join(cells)
 
@@ -148,7 +156,8 @@ def warm_start_points(space: CompressionSpace, config: SearchConfig) -> list[dic
     seed the sampler with sane points, and the front is never worse than
     those uniform settings. Highest bit-width first (fp32 excluded), at most
     half of the budget. With ``warm_start: sensitivity``: the points
-    :func:`prepare` derived from per-layer sensitivity (``space.warm_start``).
+    :func:`run_search` derived from per-layer sensitivity probes on Ray
+    (``space.warm_start``; a resumed search reads them from its state file).
     """
     if config.warm_start == "sensitivity":
         return list(space.warm_start)[: max(1, config.trials // 2)]
@@ -178,6 +187,8 @@ ENGINE_METRICS = ("size_bytes", "compression_ratio", "latency_ms", "weight_spars
 #: Trial result keys logged as tags of the child run (where the trial ran).
 _TRIAL_TAGS = {"node_id": "rayzor.node_id", "device": "rayzor.device"}
 TAG_TRIAL_ID = "rayzor.trial_id"
+#: Tag of a trial that ran an enqueued warm-start plan; its value is the config's ``warm_start``.
+TAG_WARM_START = "rayzor.warm_start"
 
 
 class TrackingError(RayzorError):
@@ -233,6 +244,8 @@ class _Tracker:
         self.quality = quality_metric(config.objectives)
         # The task's own metrics (accuracy, recall_at_10, ...) are logged too.
         self.baseline_metrics = tuple(k for k in baseline if k not in ("size_bytes", "latency_ms"))
+        # The enqueued points, in order: Tune creates their trials first (numbers 1..n).
+        self.warm_points = warm_start_points(space, config)
         self._records: dict[str, TrialRecord] = {}
         self._queued: set[str] = set()
         self.submit_seconds: list[float] = []
@@ -315,7 +328,9 @@ class _Tracker:
         if logged is not None and logged.status == outcome.status == "FINISHED":
             return  # a trial Tune re-ran after a restore: its run is complete
         run_id, record = self._start(outcome, logged)
-        if outcome.status == "FINISHED":
+        if outcome.status == "FINISHED" and not outcome.result.get("final", 1.0):
+            self._stopped(run_id, record, outcome)
+        elif outcome.status == "FINISHED":
             self._complete(run_id, record, outcome)
         else:
             self._fail(run_id, record, outcome)
@@ -323,8 +338,11 @@ class _Tracker:
     def _start(self, outcome: _Outcome, logged: TrialRecord | None) -> tuple[str, TrialRecord]:
         plan = self.space.decode(outcome.params)
         tags = {TAG_PARENT: self.parent, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: outcome.trial_id,
-                "rayzor.trial": str(outcome.number), TAG_PLAN: compact_plan(plan)[:5000]}
+                "rayzor.trial": str(outcome.number), TAG_PLAN: compact_plan(plan)[:5000],
+                "rayzor.model": str(outcome.params.get("student.family", "teacher"))}
         tags.update({tag: str(outcome.result[key]) for key, tag in _TRIAL_TAGS.items() if key in outcome.result})
+        if 0 < outcome.number <= len(self.warm_points) and outcome.params == self.warm_points[outcome.number - 1]:
+            tags[TAG_WARM_START] = self.config.warm_start  # an enqueued plan, not one the sampler chose
         if logged is not None:
             # Reuse the run a crash or an earlier failure left behind.
             run_id = logged.run_id
@@ -363,6 +381,21 @@ class _Tracker:
             f"{self.quality}={m.get(self.quality, float('nan')):.4f}  size={m.get('size_bytes', 0) / 1024:.1f} KiB  "
             f"ratio={m.get('compression_ratio', 0):.1f}x  front={len(front)}  HV={hv:.4f}"
         )
+
+    def _stopped(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
+        """A trial the scheduler stopped early: its partial metrics, no artifact, off the front."""
+        from mlflow.entities import Metric
+
+        record.status = STOPPED
+        record.metrics = {k: float(v) for k, v in outcome.result.items()
+                          if k in (*self.baseline_metrics, "size_bytes", "epoch") and isinstance(v, (int, float))}
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in record.metrics.items()])
+        self.client.set_tag(run_id, "rayzor.early_stopped", f"after epoch {int(record.metrics.get('epoch', 0))}")
+        self.client.set_terminated(run_id, "KILLED")
+        self._records[outcome.trial_id] = record
+        self.progress(f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  stopped early at epoch "
+                      f"{int(record.metrics.get('epoch', 0))}  {self.quality}={record.metrics.get(self.quality, float('nan')):.4f}")
 
     def _fail(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
         text = ""
@@ -433,6 +466,7 @@ def _finish(client: Any, parent: str, result_records: list[TrialRecord], config:
     client.log_metric(parent, "pareto_size", len(front))
     client.log_metric(parent, "trials_finished", len(done))
     client.log_metric(parent, "trials_failed", sum(r.status == "FAILED" for r in result_records))
+    client.log_metric(parent, "trials_stopped_early", sum(r.status == STOPPED for r in result_records))
     return front, hv
 
 
@@ -543,18 +577,20 @@ def prepare(config: SearchConfig) -> tuple[Any, str, str, Task, CompressionSpace
     metrics (the task's validation metrics, fp32 size and latency).
     """
     from cluster import check_address
+    from search._config import check_combinations
 
+    check_combinations(config)  # a SearchConfig built in code skipped validate_config
     address, flag = _ray_address(config)
     if address:
         check_address(address, flag)
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     task = create_task(config.task, **config.task_options)
     config = _resolve_objectives(config, task)
-    space = config.space.build(task.model, FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed))
-    if config.warm_start == "sensitivity":  # probes run here, on the driver, before Ray starts
-        from spaces import sensitivity, sensitivity_points
+    space = config.space.build(task.model, config.finetune(), example_input=task.example_input)
+    if config.students.families:
+        from spaces import StudentSpace
 
-        space.warm_start = sensitivity_points(space, sensitivity(task, space))
+        space = StudentSpace(space, task.model, config.students.families, config.students.include_teacher)
     from compression import measure_latency
 
     baseline = {
@@ -641,10 +677,19 @@ def _make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace, n
         sampler=make_sampler(config.sampler, config.seed, config.trials),
         points_to_evaluate=warm_start_points(space, config) or None,
     )
+    scheduler = None
+    if config.scheduler == "asha":
+        from search._scheduler import SizeBucketASHA
+
+        # One result per fine-tune epoch: epochs - 1 intermediate ones, then the final one.
+        scheduler = SizeBucketASHA(quality_metric(config.objectives), "max", max_t=config.finetune_epochs,
+                                   grace_period=config.asha.grace_period,
+                                   reduction_factor=config.asha.reduction_factor)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=scheduler,
             num_samples=config.trials,
             max_concurrent_trials=concurrency,
             reuse_actors=True,
@@ -661,6 +706,28 @@ def _make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace, n
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
         ),
     )
+
+
+def _distillation(config: SearchConfig, task: Task) -> dict[str, Any] | None:
+    """What trials need to distill: the teacher's train-split logits (computed once, here) and the settings.
+
+    They reach every trial through the object store, so no trial runs the
+    teacher over the training data again.
+    """
+    if not (config.students.families or config.recovery.distill_alpha > 0):
+        return None
+    from compression import teacher_outputs
+
+    s = config.students
+    return {"teacher_logits": teacher_outputs(task.model, task.data["train"], batch_size=256),
+            "epochs": s.distill_epochs, "lr": s.lr, "temperature": s.temperature, "alpha": s.alpha}
+
+
+def _schedule(config: SearchConfig, baseline: dict[str, float]) -> dict[str, Any] | None:
+    """What a trial needs to report per-epoch results to ``scheduler: asha``."""
+    if config.scheduler != "asha":
+        return None
+    return {"baseline_bytes": baseline["size_bytes"], "bucket_width": config.asha.bucket_width}
 
 
 def _storage(config: SearchConfig) -> str:
@@ -704,18 +771,29 @@ def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print,
         parent_id = _open_parent(client, experiment_id, name, config, state)
         if state is None:
             _log_parent(client, parent_id, config, space, name, storage, baseline, request, concurrency)
+            if config.warm_start == "sensitivity":  # on Ray, before any trial; logged under sensitivity/
+                from search._sensitivity import search_phase
+
+                # with students, the probes (and the warm-start plans) are the teacher's
+                probed = getattr(space, "teacher_space", space)
+                space.warm_start = search_phase(client, parent_id, task, probed, progress).points
             experiment_path = f"{storage.rstrip('/')}/{name}"
             _write_resume_state(experiment_path, {
                 "name": name, "storage_path": storage, "parent_run_id": parent_id, "experiment_id": experiment_id,
+                "warm_start_points": space.warm_start,  # the tracker tags them again after a resume
                 "config": config.model_copy(update={"tracking_uri": uri}).model_dump(mode="json"),
                 "concurrency_given": "concurrency" in config.model_fields_set,
             })
+        else:
+            space.warm_start = state.get("warm_start_points", [])  # not probed again: Tune restores the searcher
         progress(f"search {name}: {config.trials} trials x {space.dimensions} dims on task {task.name!r} "
                  f"(fp32 {task.metric} {baseline[task.metric]:.4f}, {baseline['size_bytes'] / 1024:.1f} KiB), sampler {config.sampler}, "
                  f"{concurrency} at a time, {request} per trial" + (" (resumed)" if state else ""))
         tracker = TRACKERS[parent_id] = _Tracker(uri, experiment_id, parent_id, space, config, baseline, progress)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, task=task, space=space, entropy=config.entropy), _tune_resources(request)
+            tune.with_parameters(run_trial, task=task, space=space, entropy=config.entropy,
+                                 schedule=_schedule(config, baseline), distillation=_distillation(config, task)),
+            _tune_resources(request),
         )
         tuner = _make_tuner(config, trainable, space, name, storage, concurrency, parent_id, restore_path)
         # A failed trial is reported as one line and logged (with its traceback)

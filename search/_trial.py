@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from compression import compress, measure_latency, model_stats, save_packed, state_dict_bytes
+from compression import (CompressionPlan, DistillConfig, FinetuneConfig, check_student, compress, distill,
+                         get_student_family, measure_latency, model_stats, save_packed, state_dict_bytes)
+from compression.errors import ConfigError
 from compression.tasks import Task
 from spaces import CompressionSpace
+from spaces._students import TEACHER, StudentSpace
 
-__all__ = ["PACKED_NAME", "evaluate_plan", "run_trial", "trial_device"]
+__all__ = ["PACKED_NAME", "evaluate_plan", "planned_size", "run_trial", "trial_device"]
 
 PACKED_NAME = "packed.safetensors"
 
@@ -29,16 +34,24 @@ def trial_device() -> str:
     return "cpu"
 
 
-def evaluate_plan(task: Task, space: CompressionSpace, params: dict[str, Any], out_dir: Path,
-                  device: str = "cpu", entropy: str | None = None) -> dict[str, float]:
-    """Compress the task's model with the plan ``params`` decode to, and measure it.
+def evaluate_plan(task: Task, space: CompressionSpace | StudentSpace, params: dict[str, Any], out_dir: Path,
+                  device: str = "cpu", entropy: str | None = None,
+                  on_epoch: Callable[[int, nn.Module], None] | None = None,
+                  distillation: dict[str, Any] | None = None) -> dict[str, float]:
+    """Compress the task's model (or a student) with the plan ``params`` decode to, and measure it.
 
     The packed artifact is written to ``out_dir``; ``size_bytes`` is its length.
     ``device`` is where the fine-tune runs; scoring and latency stay on CPU,
-    so figures are comparable whichever node a trial lands on.
+    so figures are comparable whichever node a trial lands on. ``on_epoch``
+    is handed to :func:`compression.compress` (intermediate results).
+
+    With a :class:`~spaces.StudentSpace` that picks a student, the student is
+    built, trained by knowledge distillation from the teacher's precomputed
+    logits (``distillation``, from the object store), then compressed;
+    ``compression_ratio`` and ``quality_drop`` stay relative to the teacher.
     """
     started = time.perf_counter()
-    plan = space.decode(params)
+    model, plan, arch, family = _candidate(task, space, params, device, distillation)
     loader = None
     if plan.finetune.epochs > 0:
         loader = DataLoader(
@@ -47,9 +60,12 @@ def evaluate_plan(task: Task, space: CompressionSpace, params: dict[str, Any], o
             shuffle=True,
             generator=torch.Generator().manual_seed(plan.finetune.seed),
         )
-    compressed = compress(task.model, plan, train_loader=loader, loss_fn=task.loss_fn, device=device)
+    teacher_logits = distillation["teacher_logits"] if distillation and plan.finetune.distill_alpha > 0 else None
+    compressed = compress(model, plan, train_loader=loader, loss_fn=task.loss_fn, device=device,
+                          teacher_logits=teacher_logits, on_epoch=on_epoch, example_input=task.example_input)
     metrics = task.score(compressed.model, "val")
-    size = save_packed(compressed, out_dir / PACKED_NAME, arch=task.arch, metadata={"task": task.name}, entropy=entropy)
+    size = save_packed(compressed, out_dir / PACKED_NAME, arch=arch, metadata={"task": task.name, "model": family},
+                       entropy=entropy)
     dense = state_dict_bytes(task.model)
     # The model already holds every dense() weight: count there, not by
     # materialising each weight again.
@@ -67,14 +83,83 @@ def evaluate_plan(task: Task, space: CompressionSpace, params: dict[str, Any], o
     # params, nonzero_params, flops, macs, bitops of one forward of the example input
     metrics.update(model_stats(compressed.model, task.example_input, compressed.weights))
     metrics["trial_seconds"] = time.perf_counter() - started
+    metrics["final"] = 1.0
     return metrics
 
 
-def run_trial(config: dict[str, Any], *, task: Task, space: CompressionSpace, entropy: str | None = None) -> None:
+def _candidate(task: Task, space: CompressionSpace | StudentSpace, params: dict[str, Any], device: str,
+               distillation: dict[str, Any] | None, train: bool = True
+               ) -> tuple[nn.Module, CompressionPlan, dict[str, Any], str]:
+    """The model a trial compresses (the teacher, or a distilled student), its plan, its arch and its family.
+
+    ``train=False`` skips the distillation (for what only depends on the architecture).
+    """
+    if not isinstance(space, StudentSpace):
+        return task.model, space.decode(params), dict(task.arch), TEACHER
+    choice = space.resolve(params)
+    if choice.family == TEACHER:
+        return task.model, choice.plan, dict(task.arch), TEACHER
+    family = get_student_family(choice.family)
+    student = family.build(task.model, **choice.params)
+    check_student(student, task.model, task.example_input)
+    arch = family.arch(task.model, teacher_arch=task.arch, **choice.params)
+    if not train:
+        return student, choice.plan, arch, choice.family
+    d = distillation or {}
+    if "teacher_logits" not in d:
+        raise ConfigError("distillation", None, "the teacher's logits for a student trial (run_search computes them)")
+    config = DistillConfig(temperature=d["temperature"], alpha=d["alpha"])
+    distill(student, None, task.data["train"], config, epochs=d["epochs"], lr=d["lr"], batch_size=task.batch_size,
+            seed=choice.plan.finetune.seed, device=device, teacher_logits=d["teacher_logits"])
+    return student, choice.plan, arch, choice.family
+
+
+def planned_size(task: Task, space: CompressionSpace | StudentSpace, params: dict[str, Any], out_dir: Path,
+                 entropy: str | None = None) -> float:
+    """Packed size of the plan without its fine-tune: what the bits and masks cost.
+
+    Fine-tuning moves weights, not bits or masks, so this is the trial's size
+    (up to the entropy stage) before any training: enough to place a trial in
+    its size bucket at its first result.
+    """
+    model, plan, arch, _ = _candidate(task, space, params, "cpu", None, train=False)
+    plan = CompressionPlan(plan.layers, FinetuneConfig(epochs=0, seed=plan.finetune.seed))
+    compressed = compress(model, plan, example_input=task.example_input)
+    return float(save_packed(compressed, out_dir / "planned.safetensors", arch=arch, entropy=entropy))
+
+
+def _epoch_reporter(task: Task, space: CompressionSpace, params: dict[str, Any], out_dir: Path,
+                    schedule: dict[str, Any], entropy: str | None) -> Callable[[int, nn.Module], None]:
+    """``on_epoch`` that reports each fine-tune epoch but the last to Tune, for early stopping."""
+    from ray import tune
+
+    from search._scheduler import BUCKET_KEY, size_bucket
+
+    size = planned_size(task, space, params, out_dir, entropy)
+    bucket = size_bucket(size, schedule["baseline_bytes"], schedule["bucket_width"])
+    epochs = space.finetune.epochs
+
+    def report(epoch: int, model: nn.Module) -> None:
+        if epoch + 1 >= epochs:
+            return  # the last epoch is the trial's final result, with its artifact
+        metrics = task.score(model, "val")
+        tune.report({**metrics, "size_bytes": size, BUCKET_KEY: bucket, "epoch": epoch + 1, "final": 0.0})
+
+    return report
+
+
+def run_trial(config: dict[str, Any], *, task: Task, space: CompressionSpace | StudentSpace,
+              entropy: str | None = None, schedule: dict[str, Any] | None = None,
+              distillation: dict[str, Any] | None = None) -> None:
     """Ray Tune function trainable: one plan, one report with its packed artifact.
 
     ``task`` arrives through ``tune.with_parameters``: it sits in the object
-    store once and every trial reads it from there.
+    store once and every trial reads it from there. With ``schedule``
+    (``scheduler: asha``: ``baseline_bytes`` and ``bucket_width``), each
+    fine-tune epoch but the last is reported too (``final: 0``, the size
+    from :func:`planned_size`), so the scheduler can stop the trial there.
+    ``distillation`` (teacher logits and KD settings) trains sampled students
+    and a distilled recovery fine-tune.
     """
     import ray
     from ray import tune
@@ -83,7 +168,10 @@ def run_trial(config: dict[str, Any], *, task: Task, space: CompressionSpace, en
     torch.set_num_threads(1)
     device = trial_device()
     with tempfile.TemporaryDirectory(prefix="rayzor-trial-") as tmp:
-        metrics: dict[str, Any] = evaluate_plan(task, space, config, Path(tmp), device=device, entropy=entropy)
+        on_epoch = _epoch_reporter(task, space, config, Path(tmp), schedule, entropy) if schedule else None
+        metrics: dict[str, Any] = evaluate_plan(task, space, config, Path(tmp), device=device, entropy=entropy,
+                                                on_epoch=on_epoch, distillation=distillation)
+        (Path(tmp) / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels
         # Where it ran: logged as tags of the trial's MLflow run.
         metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

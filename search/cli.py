@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -159,46 +160,101 @@ app.add_typer(space_app, name="space")
 
 
 def space_rows(config: Optional[Path]) -> dict[str, Any]:
-    """The resolved space of a config: every compressible layer, its group and searched dims."""
-    from compression import FinetuneConfig
+    """The resolved space of a config: every compressible layer, what applies to it, its group and searched dims."""
+    import fnmatch
+
+    from compression import FinetuneConfig, list_methods
     from compression.tasks import create_task
     from search._config import load_config
-    from spaces import inspect_layers
+    from spaces import introspect, uncovered_params
 
     cfg = load_config(config)
     task = create_task(cfg.task, **cfg.task_options)
-    space = cfg.space.build(task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed))
+    space = cfg.space.build(task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed),
+                            example_input=task.example_input)
     dims = space.layer_dimensions()
     tied = {g.name for g in space.groups if g.tie}
-    layers = [{
-        "layer": info.name, "kind": info.kind, "shape": list(info.weight_shape), "params": info.params,
-        "group": space.group_of.get(info.name), "tied": space.group_of.get(info.name) in tied,
-        "excluded": info.name not in dims, "dims": dims.get(info.name, 0),
-    } for info in inspect_layers(task.model)]
+    layers = []
+    for r in introspect(task.model):
+        if r.name in dims:
+            why = None
+        elif r.name in space.default_excluded:
+            why = space.default_excluded[r.name]
+        else:
+            why = "space.exclude " + repr(next(g for g in space.exclude if fnmatch.fnmatchcase(r.name, g)))
+        layers.append({
+            "layer": r.name, "kind": r.kind, "type": r.module_type, "flags": list(r.flags),
+            "shape": list(r.weight_shape), "params": r.params, "share": r.share,
+            "methods": list(r.methods), "refused": dict(r.refused),
+            "group": space.group_of.get(r.name), "tied": space.group_of.get(r.name) in tied,
+            "excluded": r.name not in dims, "why": why, "default_exclusion": r.default_exclusion,
+            "dims": dims.get(r.name, 0),
+        })
+    model_params = sum(p.numel() for p in task.model.parameters())
     return {"task": task.name, "layers": layers, "groups": space.describe().get("groups", []),
-            "searched_layers": len(space.layers), "dimensions": space.dimensions}
+            "searched_layers": len(space.layers), "dimensions": space.dimensions,
+            "default_exclusions": cfg.space.default_exclusions, "include": list(cfg.space.include),
+            "methods": list_methods(), "model_params": model_params,
+            "compressible_params": model_params - sum(uncovered_params(task.model).values())}
+
+
+def _note_cell(row: dict[str, Any]) -> str:
+    if row["excluded"]:
+        return row["why"]
+    if row["default_exclusion"]:  # a default exclusion a group or space.include overrode
+        how = f"group {row['group']}" if row["group"] else "space.include"
+        return f"kept by {how} (default: {row['default_exclusion']})"
+    return ""
+
+
+def _refusal_lines(view: dict[str, Any]) -> list[str]:
+    """One line per (method, reason): the layers a method does not apply to, and why."""
+    refused: dict[tuple[str, str], list[str]] = {}
+    for row in view["layers"]:
+        for method, reason in row["refused"].items():
+            refused.setdefault((method, reason), []).append(row["layer"])
+    lines = []
+    for (method, reason), layers in refused.items():
+        names = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+        lines.append(f"  {method} not for {names}: {reason}")
+    everywhere = [m for m in view["methods"] if not any(m in row["refused"] for row in view["layers"])]
+    return [f"methods for every layer: {', '.join(everywhere) or 'none'}", *lines]
 
 
 @space_app.command("show")
 @_friendly
 def space_show(
     config: Optional[Path] = typer.Argument(None, help="YAML config; default: the embedded digits task's space."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: layers, groups, dimensions."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: layers (kind, flags, shape, params, share, "
+                                 "methods that apply, group, exclusion and why, dims), groups, dimensions."),
 ) -> None:
-    """Resolve a config's space on its task's model: layers, groups, dimension count."""
+    """Resolve a config's space on its task's model: layers, methods that apply, exclusions, groups, dimension count."""
     view = space_rows(config)
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2) + "\n")
         return
-    table = Table(title=f"space of task {view['task']!r}", title_justify="left")
+    # A light box: nine columns stay readable in 80; which methods a layer
+    # refuses, and why, is listed below the table (one line per reason).
+    table = Table(title=f"space of task {view['task']!r}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     for column, justify in (("layer", "left"), ("kind", "left"), ("shape", "left"), ("params", "right"),
-                            ("group", "left"), ("dims", "right")):
-        table.add_column(column, justify=justify)
+                            ("share", "right"), ("methods", "right"), ("group", "left"), ("dims", "right"),
+                            ("why excluded", "left")):
+        table.add_column(column, justify=justify, no_wrap=column in ("kind", "group", "shape", "params", "share"),
+                         overflow="fold")
     for row in view["layers"]:
         group = "(excluded)" if row["excluded"] else (row["group"] or "-") + (" (tied)" if row["tied"] else "")
-        table.add_row(row["layer"], row["kind"], "x".join(map(str, row["shape"])), f"{row['params']:,}", group,
-                      str(row["dims"]))
+        kind = "\n".join([row["kind"], *row["flags"]])
+        methods = f"{len(row['methods'])}/{len(view['methods'])}"
+        table.add_row(row["layer"], kind, "x".join(map(str, row["shape"])), f"{row['params']:,}", f"{row['share']:.1%}",
+                      methods, group, str(row["dims"]), _note_cell(row))
     console.print(table)
+    for line in _refusal_lines(view):
+        console.print(line, markup=False, soft_wrap=True)
+    state = "on" if view["default_exclusions"] else "off (space.default_exclusions: false)"
+    console.print(f"default exclusions {state}; compressible layers hold {view['compressible_params']:,} of the model's "
+                  f"{view['model_params']:,} parameters ({view['compressible_params'] / max(view['model_params'], 1):.1%})",
+                  markup=False, soft_wrap=True)
     console.print(f"{view['searched_layers']} of {len(view['layers'])} layers searched, {len(view['groups'])} groups, "
                   f"{view['dimensions']} dimensions", markup=False, soft_wrap=True)
 
@@ -207,36 +263,37 @@ def space_show(
 @_friendly
 def sensitivity_cmd(
     config: Optional[Path] = typer.Argument(None, help="YAML config; default: the embedded digits task."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: the probes and the warm-start points."),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: the config's, else rayzor]."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to probe on, HOST:PORT [default: RAY_ADDRESS, else a local Ray]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the probes, the warm-start points and the MLflow run."),
 ) -> None:
     """Per-layer metric drop with only that layer (or tied group) compressed, and the warm-start plans it gives.
 
-    A search with `warm_start: sensitivity` enqueues those plans as its first trials.
+    The probes run in parallel as Ray tasks; one MLflow run (rayzor.role=sensitivity) gets the table
+    (sensitivity.json, .csv) and heatmap.png. A search with `warm_start: sensitivity` enqueues those plans
+    as its first trials.
     """
-    from compression import FinetuneConfig
-    from compression.tasks import create_task
     from search._config import load_config
-    from spaces import sensitivity, sensitivity_points
+    from search._sensitivity import drop_matrix, level_label, run_sensitivity
 
-    cfg = load_config(config)
-    task = create_task(cfg.task, **cfg.task_options)
-    space = cfg.space.build(task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed))
-    rows = sensitivity(task, space)
-    points = sensitivity_points(space, rows)
+    cfg = load_config(config, experiment=experiment, tracking_uri=tracking_uri, address=address)
+    result = run_sensitivity(cfg, progress=lambda line: None if as_json else console.print(line, markup=False))
     if as_json:
-        sys.stdout.write(json.dumps({"task": task.name, "metric": task.metric, "probes": [r.to_dict() for r in rows],
-                                     "warm_start": points}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"task": result.task, "metric": result.metric, "baseline": result.baseline,
+                                     "probes": [r.to_dict() for r in result.rows], "warm_start": result.points,
+                                     "run_id": result.run_id, "experiment_id": result.experiment_id}, indent=2) + "\n")
         return
-    levels = list(dict.fromkeys((r.dimension, r.value) for r in rows))
-    table = Table(title=f"{task.metric} drop, one unit compressed (no fine-tune), task {task.name!r}", title_justify="left")
+    units, levels, matrix = drop_matrix(result.rows)
+    table = Table(title=f"{result.metric} drop, one unit compressed (no fine-tune), task {result.task!r}", title_justify="left")
     table.add_column("layer / tied group")
-    for dimension, value in levels:
-        table.add_column(f"s={value:g}" if dimension == "sparsity" else f"{value:g}b", justify="right")
-    drops = {(r.unit, r.dimension, r.value): r.drop for r in rows}
-    for unit in dict.fromkeys(r.unit for r in rows):
-        table.add_row(unit, *(f"{drops[(unit, *lv)]:+.3f}" if (unit, *lv) in drops else "" for lv in levels))
+    for level in levels:
+        table.add_column(level_label(*level), justify="right")
+    for unit, drops in zip(units, matrix):
+        table.add_row(unit, *("" if d is None else f"{d:+.3f}" for d in drops))
     console.print(table)
-    console.print(f"{len(points)} warm-start plans (warm_start: sensitivity enqueues them)", markup=False)
+    console.print(f"{len(result.points)} warm-start plans (warm_start: sensitivity enqueues them); "
+                  f"MLflow run {result.run_id} in {result.tracking_uri}", markup=False, soft_wrap=True)
 
 
 _DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265 [default: RAY_ADDRESS]."

@@ -11,12 +11,60 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compression.errors import ConfigError
 
-__all__ = ["ALLOWED_BITS", "MAX_SPARSITY", "GroupSpec", "Unit", "match_layers"]
+__all__ = ["ALLOWED_BITS", "CHANNEL_IMPORTANCES", "FACTORIZATIONS", "MAX_SPARSITY", "PRUNINGS", "ChannelUnit",
+           "GroupSpec", "Unit", "canonical_names", "channel_range", "match_layers", "rank_range"]
 
 #: Bit-widths the engine can pack; 32 leaves the layer's weights untouched (fp32).
 ALLOWED_BITS: tuple[int, ...] = (*range(2, 17), 32)
 #: Highest per-layer sparsity a space may ask for: beyond it a layer is gone.
 MAX_SPARSITY = 0.95
+#: Factorizations a space chooses among per layer (``<layer>.factorize``): config name -> registered method.
+#: The registered names are accepted too.
+FACTORIZATIONS: dict[str, str] = {"lowrank": "low_rank", "tucker2": "tucker2"}
+#: Pruning criteria a space chooses among per layer (``<layer>.prune``): config name -> registered method.
+PRUNINGS: dict[str, str] = {"magnitude": "magnitude_pruning", "random": "random_pruning"}
+#: Channel importances a searched ChannelPruning may rank by. Taylor is left out: it needs
+#: calibration batches with gradients, which a trial without fine-tuning does not load.
+CHANNEL_IMPORTANCES: tuple[str, ...] = ("l1", "l2", "random")
+
+
+def canonical_names(values: Sequence[str], table: dict[str, str]) -> tuple[str, ...]:
+    """Registered method names of ``values`` (config or registered names), in order, without repeats.
+
+    Raises:
+        ValueError: An unknown name; the message lists the valid ones.
+    """
+    known = {**table, **{v: v for v in table.values()}}
+    bad = [v for v in values if v not in known]
+    if bad:
+        raise ValueError(f"names from {', '.join(table)} (or {', '.join(table.values())}); unknown: {bad}")
+    return tuple(dict.fromkeys(known[v] for v in values))
+
+
+def channel_range(v: Sequence[float] | float) -> tuple[float, float]:
+    """``(low, high)`` of a channels setting (a range or one number), each a fraction of output channels removed.
+
+    Raises:
+        ValueError: Outside ``0 <= low <= high < 1`` (removing every channel removes the layer).
+    """
+    values = (v, v) if isinstance(v, (int, float)) else tuple(v)
+    low, high = (float(x) for x in values) if len(values) == 2 else (float("nan"),) * 2
+    if not 0.0 <= low <= high < 1.0:  # nan fails it too
+        raise ValueError("[low, high] with 0 <= low <= high < 1 (fractions of output channels removed), or one number")
+    return (low, high)
+
+
+def rank_range(v: Sequence[float] | float) -> tuple[float, float]:
+    """``(low, high)`` of a rank_ratio setting (a range or one number), fractions of each layer's full rank.
+
+    Raises:
+        ValueError: Outside ``0 < low <= high <= 1``.
+    """
+    values = (v, v) if isinstance(v, (int, float)) else tuple(v)
+    low, high = (float(x) for x in values) if len(values) == 2 else (float("nan"),) * 2
+    if not 0.0 < low <= high <= 1.0:  # nan fails it too
+        raise ValueError("[low, high] with 0 < low <= high <= 1 (fractions of the full rank), or one number")
+    return (low, high)
 
 
 class GroupSpec(BaseModel):
@@ -36,6 +84,12 @@ class GroupSpec(BaseModel):
         sparsity: ``[low, high]`` or a fixed sparsity.
         bits: Candidate bit-widths or a fixed one.
         methods: Quantization methods chosen among.
+        channels: ``[low, high]`` or a fixed fraction of output channels
+            removed (ChannelPruning); 0 = none.
+        factorize: Factorizations chosen among with ``"none"``
+            (``lowrank``, ``tucker2``); ``[]`` = none in this group.
+        rank_ratio: ``[low, high]`` or a fixed rank_ratio of a chosen factorization.
+        pruning: Pruning criteria chosen among (``magnitude``, ``random``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +100,11 @@ class GroupSpec(BaseModel):
     sparsity: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed value")
     bits: tuple[int, ...] | int | None = Field(None, description="candidate bit-widths or a fixed one")
     methods: tuple[str, ...] | None = Field(None, description="quantization methods chosen among")
+    channels: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed fraction of "
+                                                        "output channels removed")
+    factorize: tuple[str, ...] | None = Field(None, description="factorizations chosen among with 'none'")
+    rank_ratio: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed rank_ratio")
+    pruning: tuple[str, ...] | None = Field(None, description="pruning criteria chosen among")
 
     @field_validator("sparsity")
     @classmethod
@@ -68,6 +127,28 @@ class GroupSpec(BaseModel):
             raise ValueError("a non-empty list of bit-widths from 2..16 and 32, or one of them")
         return tuple(sorted(set(bits)))
 
+    @field_validator("channels")
+    @classmethod
+    def _channels_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else channel_range(v)
+
+    @field_validator("rank_ratio")
+    @classmethod
+    def _rank_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else rank_range(v)
+
+    @field_validator("factorize")
+    @classmethod
+    def _factorizations(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if v is None else canonical_names(v, FACTORIZATIONS)
+
+    @field_validator("pruning")
+    @classmethod
+    def _prunings(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and not v:
+            raise ValueError(f"a non-empty list of {', '.join(PRUNINGS)}")
+        return None if v is None else canonical_names(v, PRUNINGS)
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -80,6 +161,12 @@ class Unit:
         bits: Candidate bit-widths; one = fixed.
         methods: Quantization methods; one = fixed.
         group: The group's name, or None for a layer outside every group.
+        pruning: Pruning methods (registered names); one = fixed.
+        factorize: Per factorization that applies to every layer of the unit,
+            its ``(low, high)`` rank_ratio range, capped where the rank stops
+            saving parameters; empty = no ``<prefix>.factorize`` dimension.
+        channels: The requested ``(low, high)`` fraction of output channels
+            removed, or None; what is searched is a :class:`ChannelUnit`'s.
     """
 
     prefix: str
@@ -88,6 +175,28 @@ class Unit:
     bits: tuple[int, ...]
     methods: tuple[str, ...]
     group: str | None = None
+    pruning: tuple[str, ...] = ("magnitude_pruning",)
+    factorize: tuple[tuple[str, tuple[float, float]], ...] = ()
+    channels: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ChannelUnit:
+    """One sampled channel-pruning ratio, ``<prefix>.channels``.
+
+    Layers whose output channels are removed together: one layer, a tied
+    group, or layers DepGraph couples (a residual addition makes two convs
+    lose the same channels, so they take one ratio).
+
+    Attributes:
+        prefix: Parameter-name prefix: that of the unit holding the first layer.
+        layers: The layers that take the ratio, in model order.
+        channels: ``(low, high)``; equal ends = fixed.
+    """
+
+    prefix: str
+    layers: tuple[str, ...]
+    channels: tuple[float, float]
 
 
 def _no_match(field: str, glob: str, names: Sequence[str]) -> ConfigError:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from compression import CompressionPlan, FinetuneConfig, compress
+from compression.errors import RayzorError
 from spaces._space import CompressionSpace, _takes_bits
 
 if TYPE_CHECKING:
@@ -47,27 +48,51 @@ def _levels(space: CompressionSpace, sparsities: Sequence[float]) -> dict[str, l
     return out
 
 
-def sensitivity(task: Task, space: CompressionSpace, *, sparsities: Sequence[float] = DEFAULT_SPARSITIES
-                ) -> list[SensitivityRow]:
+def _probe(task: Task, layers: Sequence[str], dimension: str, value: float) -> float:
+    """The task's metric with only ``layers`` compressed, at one level, no fine-tuning."""
+    flat = {"sparsity": float(value)} if dimension == "sparsity" else {"bits": int(value)}
+    plan = CompressionPlan.from_settings({layer: flat for layer in layers}, finetune=FinetuneConfig(epochs=0))
+    return task.score(compress(task.model, plan).model, "val")[task.metric]
+
+
+def sensitivity(task: Task, space: CompressionSpace, *, sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+                parallel: bool = False) -> list[SensitivityRow]:
     """Validation-metric drop of each searched unit compressed alone, at each level.
 
     Every probe compresses one unit (a layer, or all layers of a tied group)
     with magnitude pruning at one sparsity, or uniform quantization at one
     bit-width, and leaves the rest in fp32; no fine-tuning, so the drop is an
     upper bound of what a trial sees. Cost: one compress + one validation
-    pass per probe (units x levels), run sequentially on the driver.
+    pass per probe (units x levels).
+
+    Args:
+        task: The task (its fp32 model is never modified).
+        space: Its units and their ranges say what is probed.
+        sparsities: Sparsity levels, each kept where it lies in a unit's range.
+        parallel: Run each probe as a Ray task (``num_cpus=1``; the task is put
+            in the object store once) on the Ray the caller started or joined;
+            else one after the other in this process. Same rows either way.
+
+    Raises:
+        RayzorError: ``parallel`` without a running Ray (no silent fallback:
+            a cluster user would otherwise wait on one core of the driver).
     """
     base = task.baseline["val"][task.metric] if task.baseline else task.score(task.model, "val")[task.metric]
-    rows = []
     units = {u.prefix: u for u in space.units}
-    for prefix, probes in _levels(space, sparsities).items():
-        for dimension, value in probes:
-            flat = {"sparsity": float(value)} if dimension == "sparsity" else {"bits": int(value)}
-            plan = CompressionPlan.from_settings({layer: flat for layer in units[prefix].layers},
-                                                 finetune=FinetuneConfig(epochs=0))
-            metric = task.score(compress(task.model, plan).model, "val")[task.metric]
-            rows.append(SensitivityRow(prefix, dimension, value, metric, base - metric))
-    return rows
+    probes = [(prefix, dimension, value) for prefix, levels in _levels(space, sparsities).items()
+              for dimension, value in levels]
+    if parallel:
+        import ray
+
+        if not ray.is_initialized():
+            raise RayzorError("sensitivity(parallel=True) needs a running Ray: call ray.init() (or join a cluster) "
+                              "first, or pass parallel=False to probe in this process")
+        remote = ray.remote(num_cpus=1)(_probe)
+        task_ref = ray.put(task)  # each probe gets it resolved from the object store
+        metrics = ray.get([remote.remote(task_ref, units[p].layers, d, v) for p, d, v in probes])
+    else:
+        metrics = [_probe(task, units[p].layers, d, v) for p, d, v in probes]
+    return [SensitivityRow(p, d, v, float(m), base - float(m)) for (p, d, v), m in zip(probes, metrics)]
 
 
 def sensitivity_points(space: CompressionSpace, rows: Sequence[SensitivityRow],

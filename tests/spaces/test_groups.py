@@ -190,8 +190,10 @@ def test_yaml_config_builds_the_grouped_space(tmp_path):
     )
     cfg = load_config(path)
     space = cfg.space.build(Encoder())
-    assert space.layers == (*[n for i in range(3) for n in ATTENTION[3 * i:3 * i + 3] + [FFN[i]]], "head")
-    assert space.dimensions == 2 + len(FFN) + 2
+    # head, the last layer, is left out by the config's default exclusions (no group names it)
+    assert space.layers == tuple(n for i in range(3) for n in ATTENTION[3 * i:3 * i + 3] + [FFN[i]])
+    assert space.default_excluded == {"head": "last layer"}
+    assert space.dimensions == 2 + len(FFN)
     # The config survives a dump/validate round trip (as a resumed search reloads it).
     assert load_config(**cfg.model_dump()) == cfg
 

@@ -42,6 +42,15 @@ def test_space_show_json_resolves_the_wine_groups(wine_view):
     assert groups["classifier"]["bits"] == [8]
     # body: one shared sparsity + bits; head: sparsity only (bits fixed at 8)
     assert wine_view["dimensions"] == 3 == groups["body"]["dimensions"] + groups["classifier"]["dimensions"]
+    # The default exclusions would leave out the first and last layer; the groups' globs keep them.
+    assert wine_view["default_exclusions"] and rows["body.0"]["default_exclusion"] == "first layer"
+    assert rows["head"]["default_exclusion"] == "last layer" and not rows["head"]["excluded"] and rows["head"]["why"] is None
+    # The method table: every registered method applies or is refused with a reason.
+    for row in rows.values():
+        assert row["kind"] == "Linear" and 0 < row["share"] < 1
+        assert set(row["methods"]) | set(row["refused"]) == set(wine_view["methods"])
+        assert {"magnitude_pruning", "uniform_quantization", "low_rank"} <= set(row["methods"])
+    assert wine_view["compressible_params"] == 32 * 13 + 32 * 32 + 3 * 32 < wine_view["model_params"]
 
 
 def test_space_show_table_and_exclusions(tmp_path):
@@ -52,6 +61,20 @@ def test_space_show_table_and_exclusions(tmp_path):
     assert result.exit_code == 0, result.output
     assert "body (tied)" in result.output and "(excluded)" in result.output
     assert "2 of 3 layers searched, 1 groups, 2 dimensions" in result.output
+    assert "methods for every layer: magnitude_pruning" in result.output
+    rows = {row["layer"]: row for row in json.loads(runner.invoke(app, ["space", "show", str(config), "--json"]).stdout)["layers"]}
+    assert rows["head"]["excluded"] and rows["head"]["why"] == "space.exclude 'head'" and rows["head"]["dims"] == 0
+
+
+def test_space_show_digits_default_exclusions(digits):
+    # `digits` trains the baseline once per session; the command then loads it from the cache.
+    result = runner.invoke(app, ["space", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)
+    rows = {row["layer"]: row for row in view["layers"]}
+    assert [name for name, row in rows.items() if not row["excluded"]] == ["conv2", "fc1"] and view["dimensions"] == 4
+    assert rows["conv1"]["why"] == "first layer, tiny (144 weights, 0.38%)" and rows["fc2"]["why"] == "last layer"
+    assert view["compressible_params"] == 144 + 4608 + 32768 + 640
 
 
 def test_space_show_bad_glob_is_one_line_exit_2(tmp_path):

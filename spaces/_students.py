@@ -1,0 +1,176 @@
+"""The joint space of a distillation search: which model, its shape, then its per-layer compression."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from torch import nn
+
+from compression import CompressionPlan, FinetuneConfig, get_student_family, list_students, suggest_student_params
+from compression.errors import ConfigError
+from spaces._space import CompressionSpace
+
+__all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace"]
+
+#: Parameter naming the model a trial compresses: :data:`TEACHER` or a student family.
+FAMILY_KEY = "student.family"
+#: The value of :data:`FAMILY_KEY` for the task's own model.
+TEACHER = "teacher"
+_STUDENT_PREFIX = "student."
+
+
+class _Prefixed:
+    """An Optuna trial whose parameter names get a prefix (the per-layer dims of one family)."""
+
+    def __init__(self, trial: optuna.Trial, prefix: str) -> None:
+        self._trial, self._prefix = trial, prefix
+
+    def suggest_float(self, name: str, *args: Any, **kwargs: Any) -> float:
+        return self._trial.suggest_float(self._prefix + name, *args, **kwargs)
+
+    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> int:
+        return self._trial.suggest_int(self._prefix + name, *args, **kwargs)
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._trial.suggest_categorical(self._prefix + name, choices)
+
+
+@dataclass(frozen=True)
+class StudentChoice:
+    """What one sampled parameter dict of a :class:`StudentSpace` stands for."""
+
+    family: str
+    params: dict[str, Any]
+    plan: CompressionPlan
+    space: CompressionSpace
+
+
+class StudentSpace:
+    """Student choice + student parameters + per-layer compression of the chosen model.
+
+    Sampled define-by-run: ``student.family`` picks the teacher itself or a
+    student family (:func:`compression.list_students`); a family's own
+    parameters follow (``student.<param>``, from
+    :meth:`compression.StudentFamily.params`), then the per-layer dimensions
+    of *that* student's layers, named ``<family>:<layer>.sparsity`` etc. so
+    that two architectures never share a dimension by accident. The teacher
+    keeps the dimensions of ``teacher_space`` unprefixed, so a search without
+    students and one with them name the teacher's dimensions alike.
+
+    A student's layers take the space-wide ranges of ``teacher_space``
+    (sparsity, bits, methods); groups and exclusions name the teacher's
+    layers and are not carried over.
+
+    Args:
+        teacher_space: The per-layer space of the task's model.
+        teacher: The task's trained model, which students are built from.
+        families: Student families to choose among.
+        include_teacher: Whether compressing the teacher itself is a choice.
+    """
+
+    def __init__(self, teacher_space: CompressionSpace, teacher: nn.Module, families: Sequence[str],
+                 include_teacher: bool = True) -> None:
+        families = tuple(families)
+        if not families:
+            raise ConfigError("students.families", list(families), f"at least one of {list_students()}")
+        for i, name in enumerate(families):
+            if name not in list_students():
+                raise ConfigError(f"students.families[{i}]", name, list_students())
+            get_student_family(name).params(teacher)  # refuses a teacher the family cannot shrink
+        self.teacher_space = teacher_space
+        self.teacher = teacher
+        self.families = families
+        self.include_teacher = include_teacher
+        self.choices = ((TEACHER,) if include_teacher else ()) + families
+        self._spaces: dict[tuple, CompressionSpace] = {}
+
+    # What the search reads of any space: the teacher's, for warm starts and logging.
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.teacher_space.layers
+
+    @property
+    def finetune(self) -> FinetuneConfig:
+        return self.teacher_space.finetune
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.teacher_space.methods if self.include_teacher else ()
+
+    @property
+    def bits(self) -> tuple[int, ...]:
+        return self.teacher_space.bits
+
+    @property
+    def warm_start(self) -> list[dict[str, Any]]:
+        if not self.include_teacher:
+            return []
+        return [{FAMILY_KEY: TEACHER, **p} for p in self.teacher_space.warm_start]
+
+    @warm_start.setter
+    def warm_start(self, points: list[dict[str, Any]]) -> None:
+        self.teacher_space.warm_start = points
+
+    @property
+    def dimensions(self) -> int:
+        """The family choice, plus the teacher's dimensions, plus each family's own parameters."""
+        own = sum(len(get_student_family(f).params(self.teacher)) for f in self.families)
+        return int(len(self.choices) > 1) + (self.teacher_space.dimensions if self.include_teacher else 0) + own
+
+    def uniform_params(self, bits: int) -> dict[str, Any]:
+        """The teacher's uniform plan (see :meth:`CompressionSpace.uniform_params`), tagged as the teacher."""
+        return {FAMILY_KEY: TEACHER, **self.teacher_space.uniform_params(bits)}
+
+    def suggest(self, trial: optuna.Trial) -> None:
+        """Define-by-run: the family, then its parameters, then the chosen model's per-layer dims."""
+        family = trial.suggest_categorical(FAMILY_KEY, self.choices) if len(self.choices) > 1 else self.choices[0]
+        if family == TEACHER:
+            self.teacher_space.suggest(trial)
+            return
+        params = suggest_student_params(trial, family, self.teacher, prefix=_STUDENT_PREFIX)
+        self.space_for(family, params).suggest(_Prefixed(trial, f"{family}:"))
+
+    def space_for(self, family: str, params: Mapping[str, Any]) -> CompressionSpace:
+        """The per-layer space of the student ``family`` builds with ``params`` (cached)."""
+        key = (family, tuple(sorted(params.items())))
+        if key not in self._spaces:
+            student = get_student_family(family).build(self.teacher, **params)
+            base = self.teacher_space
+            self._spaces[key] = CompressionSpace.from_model(
+                student, sparsity=base.sparsity, bits=base.bits, methods=base.methods, finetune=base.finetune)
+        return self._spaces[key]
+
+    def resolve(self, params: Mapping[str, Any]) -> StudentChoice:
+        """The model choice, its parameters and the plan a sampled parameter dict stands for."""
+        family = params.get(FAMILY_KEY, self.choices[0])
+        if family not in self.choices:
+            raise ConfigError(FAMILY_KEY, family, list(self.choices))
+        if family == TEACHER:
+            return StudentChoice(TEACHER, {}, self.teacher_space.decode(params), self.teacher_space)
+        student_params = {k.removeprefix(_STUDENT_PREFIX): v for k, v in params.items()
+                          if k.startswith(_STUDENT_PREFIX) and k != FAMILY_KEY}
+        space = self.space_for(family, student_params)
+        layer_params = {k.removeprefix(f"{family}:"): v for k, v in params.items() if k.startswith(f"{family}:")}
+        return StudentChoice(family, student_params, space.decode(layer_params), space)
+
+    def decode(self, params: Mapping[str, Any]) -> CompressionPlan:
+        """The compression plan of the chosen model (its layers are the student's for a student)."""
+        return self.resolve(params).plan
+
+    def describe(self) -> dict[str, Any]:
+        """The teacher's space description plus the student families and their parameters."""
+        return {
+            **self.teacher_space.describe(),
+            "students": {
+                "choices": list(self.choices),
+                "families": {f: {k: repr(d) for k, d in get_student_family(f).params(self.teacher).items()}
+                             for f in self.families},
+            },
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Trials get the space through the object store: the cache is rebuilt where needed.
+        return {**self.__dict__, "_spaces": {}}

@@ -1,0 +1,55 @@
+"""A real search whose space prunes channels and factorizes layers: every trial finishes and rebuilds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from compression import load_packed
+from search import SearchConfig, run_search
+from search._tracking import trial_runs
+
+
+@pytest.fixture(scope="module")
+def searched(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("structure-search")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = SearchConfig(
+        trials=3, concurrency=1, sampler="random", seed=0, experiment="structure", tracking_uri=uri,
+        storage_path=str(root / "ray"), finetune_epochs=0,
+        space={"channels": [0.25, 0.5], "factorize": ["lowrank"], "rank_ratio": [0.1, 0.5]},
+    )
+    return run_search(config), MlflowClient(uri)
+
+
+def test_every_trial_finishes_with_the_sampled_structure(searched, digits, tmp_path):
+    result, client = searched
+    children = trial_runs(client, result.experiment_id, result.parent_run_id)
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    factorized = 0
+    for child in children:
+        params = child.data.params
+        path = client.download_artifacts(child.info.run_id, "plan.json", str(tmp_path / child.info.run_id))
+        with open(path) as f:
+            layers = json.load(f)["layers"]
+        for layer in ("conv2", "fc1"):
+            methods = {m["method"]: m for m in layers[layer]}
+            assert 0.25 <= float(params[f"{layer}.channels"]) <= 0.5
+            assert methods["channel_pruning"]["ratio"] == pytest.approx(float(params[f"{layer}.channels"]))
+            assert params[f"{layer}.factorize"] in ("none", "low_rank")
+            # the rank is a parameter of a trial only where that trial factorizes the layer
+            assert (f"{layer}.rank_ratio" in params) == (params[f"{layer}.factorize"] == "low_rank")
+            if "low_rank" in methods:
+                factorized += 1
+                assert methods["low_rank"]["rank_ratio"] == pytest.approx(float(params[f"{layer}.rank_ratio"]))
+        # the packed file rebuilds the pruned, factorized model with the logged accuracy
+        packed = client.download_artifacts(child.info.run_id, "packed/packed.safetensors", str(tmp_path))
+        model, _ = load_packed(packed)
+        assert digits.score(model, "val")["accuracy"] == pytest.approx(child.data.metrics["accuracy"], abs=1e-9)
+        assert child.data.metrics["compression_ratio"] > 1.0
+    assert factorized  # the sampler did pick a factorization somewhere
+    with open(client.download_artifacts(result.parent_run_id, "space.json", str(tmp_path))) as f:
+        space = json.load(f)
+    assert [u["name"] for u in space["channel_units"]] == ["conv2", "fc1"] and space["factorize"] == ["low_rank"]
