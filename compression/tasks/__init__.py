@@ -1,7 +1,8 @@
 """Tasks: a model, its data split and how to score it.
 
 ``create_task("digits")`` gives the embedded default, ``create_task("minilm")``
-the real all-MiniLM-L6-v2 (``minilm`` extra); ``create_task(
+the real all-MiniLM-L6-v2 (``minilm`` extra), ``create_task(
+"resnet18")`` a seeded random ResNet-18 scored by fidelity to its fp32 outputs; ``create_task(
 "mypkg.mymodule:make_task")`` loads a user's task, a function returning a
 :class:`Task`.
 """
@@ -16,10 +17,12 @@ from compression.tasks._base import (
 )
 from compression.tasks._digits import DigitsCNN, digits_task
 from compression.tasks._minilm import MissingExtraError, SentenceEncoder, minilm_task
+from compression.tasks._resnet import ResNetLogits, resnet18_task
 
 __all__ = [
     "DigitsCNN",
     "MissingExtraError",
+    "ResNetLogits",
     "SentenceEncoder",
     "Task",
     "TaskLoadError",
@@ -28,5 +31,6 @@ __all__ = [
     "list_tasks",
     "minilm_task",
     "register_task",
+    "resnet18_task",
     "resolve_callable",
 ]

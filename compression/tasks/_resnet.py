@@ -1,0 +1,180 @@
+"""The ``resnet18`` task: a ResNet-18 scored by fidelity to its own fp32 outputs.
+
+The model is transformers' ``ResNetForImageClassification`` in the torchvision
+ResNet-18 layout (He et al. 2016, https://arxiv.org/abs/1512.03385: basic
+blocks, depths 2-2-2-2, widths 64-512, 11.7 M parameters, 1000 classes)
+with **random weights from a fixed seed**: nothing is downloaded, so this
+measures how faithfully a compressed model reproduces the fp32 one, not
+accuracy on a real data set. It needs ``transformers``
+(installed with the ``minilm`` extra: ``pip install -e ".[minilm]"``).
+
+A freshly initialised ResNet sends almost every input to the same class: the
+post-ReLU features share a large positive mean, and the classifier maps that
+mean to one fixed logit vector. Two data-dependent steps, both on the train
+images only, make its outputs depend on the input: the BatchNorm running
+statistics are set to the train images' (cumulative average over one pass),
+and the classifier bias is shifted so that the mean train logit is zero.
+The model is then fixed; every split is scored against it.
+
+Data: seeded N(0, 1) images (``3 x image_size x image_size``), a few dozen
+per split. Targets are the fp32 model's top-1 classes (``loss_fn`` is
+cross-entropy on them, so every classification path, fine-tuning included,
+runs as on a labelled data set), and each split also keeps the fp32 logits
+(``reference``) for the metrics:
+
+* ``fidelity``: mean cosine similarity between the compressed and the fp32
+  logits of the same image (the primary metric; 1 for the fp32 model);
+* ``top1_agreement``: share of images whose top-1 class matches fp32's.
+
+A random network has no margin to spare: uniform 8-bit weights in every
+searched conv keep a fidelity of about 0.99, 4-bit ones drop it below 0.5.
+Cross-entropy on the top-1 classes alone sharpens the logits and lowers
+fidelity; a recovery fine-tune that raises it distills the fp32 model's
+soft targets (``recovery.distill_alpha: 1`` in a search config).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from compression.errors import ConfigError
+from compression.tasks._base import Task, register_task
+from compression.tasks._minilm import MissingExtraError
+
+__all__ = ["ReferencedImages", "ResNetLogits", "build_resnet18", "logit_fidelity", "resnet18_task"]
+
+_EXTRA_HINT = ('the resnet18 task needs transformers, which is not installed: pip install -e ".[minilm]" '
+               "(or pip install transformers)")
+#: Images per forward pass when scoring (bounds activation memory at larger image sizes).
+_CHUNK = 32
+
+
+class ResNetLogits(nn.Module):
+    """A transformers image classifier that returns its logits tensor (not a ModelOutput).
+
+    Args:
+        net: A ``ResNetForImageClassification``.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=pixels).logits
+
+
+def build_resnet18(num_labels: int = 1000, seed: int = 0) -> ResNetLogits:
+    """ResNet-18 (torchvision layout) with random weights drawn from ``seed``.
+
+    Also the ``arch`` factory of packed files: they store every weight and
+    buffer, so the seed only matters for the task's own model. The global
+    torch RNG of the caller is left as it was.
+
+    Raises:
+        MissingExtraError: ``transformers`` is not installed.
+    """
+    try:
+        from transformers import ResNetConfig, ResNetForImageClassification
+    except ImportError:
+        raise MissingExtraError(_EXTRA_HINT) from None
+    config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
+                          embedding_size=64, num_labels=num_labels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ResNetLogits(ResNetForImageClassification(config)).eval()
+
+
+class ReferencedImages(TensorDataset):
+    """``(image, fp32 top-1 class)`` pairs that also hold the fp32 logits.
+
+    Items stay pairs, so fine-tuning and calibration loaders see ordinary
+    classification data; :func:`logit_fidelity` reads ``reference``.
+
+    Args:
+        images: ``(n, 3, h, w)`` inputs.
+        reference: ``(n, classes)`` fp32 logits of those images.
+    """
+
+    def __init__(self, images: torch.Tensor, reference: torch.Tensor) -> None:
+        super().__init__(images, reference.argmax(dim=1))
+        self.reference = reference
+
+
+def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(images[i : i + _CHUNK]) for i in range(0, len(images), _CHUNK)]).float()
+
+
+def logit_fidelity(model: nn.Module, dataset: ReferencedImages) -> dict[str, float]:
+    """Mean cosine of ``model``'s logits to the fp32 logits, and top-1 agreement."""
+    images, labels = dataset.tensors
+    got = _logits(model, images)
+    cosine = nn.functional.cosine_similarity(got, dataset.reference, dim=1).mean().item()
+    return {"fidelity": cosine, "top1_agreement": (got.argmax(dim=1) == labels).float().mean().item()}
+
+
+@torch.no_grad()
+def _calibrate(model: ResNetLogits, images: torch.Tensor) -> None:
+    """Fit the BatchNorm statistics and centre the logits on ``images`` (see the module docstring)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: every chunk counts the same
+    model.train()
+    for i in range(0, len(images), _CHUNK):
+        model(images[i : i + _CHUNK])
+    model.eval()
+    for bn in norms:
+        bn.momentum = 0.1  # back to the default, for a recovery fine-tune
+    classifier = model.net.classifier[-1]
+    classifier.bias -= _logits(model, images).mean(dim=0)
+
+
+@register_task("resnet18")
+def resnet18_task(seed: int = 0, image_size: int = 64, n_train: int = 64, n_val: int = 32, n_test: int = 32,
+                  batch_size: int = 32) -> Task:
+    """ResNet-18 (random init, seed ``seed``) scored by logit fidelity to its fp32 self.
+
+    Args:
+        seed: Seeds the weights; the images are drawn with ``seed + 1``.
+        image_size: Height and width of the synthetic images (>= 32: the
+            network downsamples 32 times).
+        n_train: Images for calibration and the recovery fine-tune.
+        n_val: Images the search scores.
+        n_test: Images for an export's final report.
+        batch_size: Fine-tuning and evaluation batch size.
+
+    Raises:
+        ConfigError: an option out of range.
+        MissingExtraError: ``transformers`` is not installed.
+    """
+    if image_size < 32:
+        raise ConfigError("task_options.image_size", image_size, "an integer >= 32")
+    for field, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("batch_size", batch_size)):
+        if value < 1:
+            raise ConfigError(f"task_options.{field}", value, "an integer >= 1")
+    model = build_resnet18(seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    images = {split: torch.randn(n, 3, image_size, image_size, generator=generator)
+              for split, n in (("train", n_train), ("val", n_val), ("test", n_test))}
+    _calibrate(model, images["train"])
+    with torch.inference_mode():
+        data = {split: ReferencedImages(x, _logits(model, x).clone()) for split, x in images.items()}
+    kwargs: dict[str, Any] = {"num_labels": 1000}
+    task = Task(
+        name="resnet18",
+        model=model,
+        arch={"factory": "compression.tasks._resnet:build_resnet18", "kwargs": kwargs},
+        data=data,
+        evaluate=logit_fidelity,
+        example_input=images["val"][:1].clone(),
+        metric="fidelity",
+        batch_size=batch_size,
+    )
+    task.baseline = {split: task.score(model, split) for split in ("val", "test")}
+    return task
+
