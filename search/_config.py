@@ -275,8 +275,16 @@ def check_combinations(config: SearchConfig) -> None:
     """Refuse settings that are valid alone but not together.
 
     Raises:
-        ConfigError: e.g. ``scheduler: asha`` with fewer than 2 fine-tune epochs.
+        ConfigError: e.g. ``scheduler: asha`` with fewer than 2 fine-tune epochs,
+            or a student setting without a student family.
     """
+    # Off their defaults, not merely given: a dumped config (resume state) repeats every default.
+    defaults = StudentsConfig()
+    student_fields = sorted(k for k in StudentsConfig.model_fields
+                            if k != "families" and getattr(config.students, k) != getattr(defaults, k))
+    if student_fields and not config.students.families:
+        raise ConfigError("students.families", [], f"at least one student family (see compression.list_students()) "
+                          f"when students.{student_fields[0]} is set")
     if config.scheduler == "asha" and config.finetune_epochs < config.asha.grace_period + 1:
         raise ConfigError("finetune_epochs", config.finetune_epochs,
                           f"an integer >= {config.asha.grace_period + 1} with scheduler: asha (ASHA stops trials "

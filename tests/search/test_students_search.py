@@ -61,3 +61,9 @@ def test_unknown_student_family_fails_before_ray(tmp_path):
 
     with pytest.raises(ConfigError, match=r"students.families\[0\]: got 'resnet'; valid: .*cnn"):
         prepare(config)
+
+
+def test_student_settings_without_a_family_are_refused():
+    with pytest.raises(ConfigError, match=r"students.families: got \[\]; valid: at least one student family .* "
+                                          r"when students.distill_epochs is set"):
+        validate_config({"students": {"distill_epochs": 5}})
