@@ -1,168 +1,501 @@
-"""Benchmark: every compression method of the engine, at two strengths, on the digits CNN.
+"""Benchmark: every registered compression method, at two strengths, on the digits CNN and on ResNet-18.
 
-Each method is applied to every layer where it is valid (low-rank only where
-it saves parameters), with no fine-tuning, so the rows compare the methods
-themselves. Per row: packed size (plain and with the lzma entropy stage),
-compression ratio against the fp32 safetensors state dict, validation
-accuracy, parameters / MACs / BitOps, and the median forward latency of the
-compressed model against fp32 (single thread, batch sizes 1 and 256). Every
-row's packed file is reloaded and must give identical outputs.
+One command, two models:
 
-Writes benchmarks/results/engine.json and the "engine" section of BENCHMARKS.md.
+* **digits**: the embedded task's trained CNN; quality = top-1 accuracy on the
+  test split (validation accuracy is in the JSON too).
+* **ResNet-18** (transformers' ``ResNetForImageClassification``, the
+  torchvision layout, 11.7 M parameters), random init with a fixed seed
+  (nothing is downloaded); quality = relative L2 error of the logits against
+  the fp32 model on a fixed batch of 8 random images, and top-1 agreement
+  with fp32 on it. Also the fp32 model exported to ONNX and run by
+  onnxruntime in fp32 and int8 (dynamic, and static with calibration).
 
-    python benchmarks/engine.py [--repeats N]
+Each method is applied to every Conv/Linear layer where it is valid (a layer
+the method refuses, e.g. low-rank where it saves nothing, or channel pruning
+on the classifier whose outputs are the model's, is listed as skipped), with
+no fine-tuning, so rows compare the methods themselves. A method no layer
+accepts (head pruning on a CNN) gets an "n/a" row with the reason. Every
+registered method (``compression.list_methods()``) must have two rows of its
+own, or the script stops before measuring anything.
+
+Per row: packed file length (``save_packed``; digits also with the lzma
+entropy stage), ratio against the fp32 safetensors state dict, quality,
+params / MACs / BitOps, and the median single-thread forward latency of the
+compressed model against the fp32 model, measured in alternating rounds
+(fp32, compressed, fp32, compressed, ...) right beside it, so drift of a
+shared machine hits both. Structured rows (channel pruning, low-rank,
+Tucker-2) run the physically smaller model. Every packed file is reloaded and
+must give bit-identical outputs.
+
+The whole run uses one intra-op thread: on a shared 2-core machine MKL's
+2-thread SVD was 10x slower than 1-thread (12 s vs 1.2 s for one 512 x 4608
+matrix), and latency is measured single-threaded anyway.
+
+Writes benchmarks/results/engine.json and the "engine" section of BENCHMARKS.md
+(``--quick``: a smoke run, ResNet-18 at 1/4 width and 64x64, few repeats, written to
+benchmarks/results/engine_quick.json only; the section is printed, not written).
+
+    python benchmarks/engine.py [--quick] [--resnet-size 224] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 from _report import describe_machine, machine, replace_section, write_result
 
+#: Seeds of the ResNet-18 weights, its evaluation images and its calibration images.
+RESNET_SEED, EVAL_SEED, CALIB_SEED = 0, 1, 2
 
-def _rows():
+
+def resnet18(width_divisor: int = 1):
+    """transformers' ResNet-18 (torchvision layout), random init with :data:`RESNET_SEED` (packed-file factory).
+
+    ``width_divisor`` > 1 divides every stage's channels (``--quick`` uses 4: the same graph at 1/16 the cost).
+    """
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(RESNET_SEED)
+    config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
+                          hidden_sizes=[c // width_divisor for c in (64, 128, 256, 512)],
+                          embedding_size=64 // width_divisor, num_labels=1000)
+    return ResNetForImageClassification(config).eval()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: ``methods`` on every layer that accepts them, or a global magnitude plan."""
+
+    label: str
+    methods: tuple = ()
+    global_sparsity: float | None = None
+
+    @property
+    def key(self) -> str:
+        if self.global_sparsity is not None:
+            return "magnitude_pruning (global)"
+        return " + ".join(cfg.method for cfg in self.methods) or "fp32"
+
+
+def _rows() -> list[Row]:
     from compression import (
+        ActivationQuantization,
         BinaryQuantization,
+        ChannelPruning,
         HalfPrecision,
+        HeadPruning,
         KMeansQuantization,
         LowRank,
         MagnitudePruning,
+        RandomPruning,
         TernaryQuantization,
+        Tucker2,
         UniformQuantization,
     )
 
     return [
-        ("fp32 (no compression)", ()),
-        ("magnitude pruning 50%", (MagnitudePruning(0.5),)),
-        ("magnitude pruning 80%", (MagnitudePruning(0.8),)),
-        ("uniform 8-bit", (UniformQuantization(8),)),
-        ("uniform 4-bit", (UniformQuantization(4),)),
-        ("uniform 3-bit asym. MSE clip", (UniformQuantization(3, symmetric=False, clipping="mse"),)),
-        ("uniform 2-bit asym. MSE clip", (UniformQuantization(2, symmetric=False, clipping="mse"),)),
-        ("k-means 4-bit", (KMeansQuantization(4),)),
-        ("k-means 2-bit", (KMeansQuantization(2),)),
-        ("ternary (TWN, per channel)", (TernaryQuantization(),)),
-        ("ternary (TWN, per tensor)", (TernaryQuantization(granularity="per_tensor"),)),
-        ("binary (XNOR, per channel)", (BinaryQuantization(),)),
-        ("binary (per tensor)", (BinaryQuantization("per_tensor"),)),
-        ("fp16", (HalfPrecision("fp16"),)),
-        ("bf16", (HalfPrecision("bf16"),)),
-        ("low-rank SVD 50% rank", (LowRank(rank_ratio=0.5),)),
-        ("low-rank SVD 25% rank", (LowRank(rank_ratio=0.25),)),
-        ("prune 80% + k-means 4-bit", (MagnitudePruning(0.8), KMeansQuantization(4))),
-        ("low-rank 50% + uniform 4-bit", (LowRank(rank_ratio=0.5), UniformQuantization(4))),
+        Row("fp32 (no compression)"),
+        Row("magnitude pruning 50%", (MagnitudePruning(0.5),)),
+        Row("magnitude pruning 80%", (MagnitudePruning(0.8),)),
+        Row("global magnitude pruning 50%", global_sparsity=0.5),
+        Row("global magnitude pruning 80%", global_sparsity=0.8),
+        Row("random pruning 50%", (RandomPruning(0.5),)),
+        Row("random pruning 80%", (RandomPruning(0.8),)),
+        Row("channel pruning 25% (L1)", (ChannelPruning(0.25),)),
+        Row("channel pruning 50% (L1)", (ChannelPruning(0.5),)),
+        Row("head pruning 25%", (HeadPruning(0.25),)),
+        Row("head pruning 50%", (HeadPruning(0.5),)),
+        Row("uniform 8-bit", (UniformQuantization(8),)),
+        Row("uniform 4-bit", (UniformQuantization(4),)),
+        Row("uniform 3-bit asym. MSE clip", (UniformQuantization(3, symmetric=False, clipping="mse"),)),
+        Row("uniform 2-bit asym. MSE clip", (UniformQuantization(2, symmetric=False, clipping="mse"),)),
+        Row("k-means 4-bit", (KMeansQuantization(4),)),
+        Row("k-means 2-bit", (KMeansQuantization(2),)),
+        Row("ternary (TWN, per channel)", (TernaryQuantization(),)),
+        Row("ternary (TWN, per tensor)", (TernaryQuantization(granularity="per_tensor"),)),
+        Row("binary (XNOR, per channel)", (BinaryQuantization(),)),
+        Row("binary (per tensor)", (BinaryQuantization("per_tensor"),)),
+        Row("fp16", (HalfPrecision("fp16"),)),
+        Row("bf16", (HalfPrecision("bf16"),)),
+        Row("low-rank SVD 50% rank", (LowRank(rank_ratio=0.5),)),
+        Row("low-rank SVD 25% rank", (LowRank(rank_ratio=0.25),)),
+        Row("Tucker-2 50% ranks", (Tucker2(rank_ratio=0.5),)),
+        Row("Tucker-2 25% ranks", (Tucker2(rank_ratio=0.25),)),
+        Row("activations 8-bit (min-max)", (ActivationQuantization(8),)),
+        Row("activations 4-bit (MSE clip)", (ActivationQuantization(4, calibration="mse"),)),
+        Row("W8A8: uniform 8-bit + activations 8-bit", (UniformQuantization(8), ActivationQuantization(8))),
+        Row("prune 80% + k-means 4-bit", (MagnitudePruning(0.8), KMeansQuantization(4))),
+        Row("low-rank 50% + uniform 4-bit", (LowRank(rank_ratio=0.5), UniformQuantization(4))),
     ]
+
+
+def _check_coverage(rows: list[Row]) -> None:
+    """Stop unless every registered method has two rows of its own (two strengths)."""
+    from compression import list_methods
+
+    own: dict[str, int] = {}
+    for row in rows:
+        if len(row.methods) == 1:
+            own[row.methods[0].method] = own.get(row.methods[0].method, 0) + 1
+    missing = [m for m in list_methods() if own.get(m, 0) < 2]
+    if missing:
+        sys.exit(f"benchmarks/engine.py: registered method(s) {missing} lack two single-method rows "
+                 "(two strengths) in _rows(); add them so the engine table covers every method")
+
+
+@dataclass
+class Setup:
+    """What one model's rows need."""
+
+    name: str
+    model: Any
+    arch: dict
+    example_input: Any  # traced by structured pruning, counted by model_stats
+    calibration: list  # activation-quantization batches
+    timing: dict[str, Any]  # latency inputs by batch-size label
+    quality: Callable[[Any], dict[str, float]]
+    check_input: Any  # the packed reload must reproduce the outputs on it exactly
+    warmup: int
+    repeats: int
+    lzma: bool
+    facts: dict = field(default_factory=dict)
+
+
+def _logits(model, x):
+    with torch.inference_mode():
+        out = model(x)
+    return getattr(out, "logits", out)
+
+
+def _digits(args) -> Setup:
+    from compression.tasks import create_task
+
+    task = create_task("digits")
+    x_val = task.data["val"].tensors[0]
+    calibration = [x for i, (x, _) in enumerate(task.loader("train")) if i < 4]
+
+    def quality(model):
+        return {"test_accuracy": task.score(model, "test")["accuracy"],
+                "val_accuracy": task.score(model, "val")["accuracy"]}
+
+    return Setup("digits", task.model, task.arch, x_val[:1], calibration, {"1": x_val[:1], "256": x_val[:256]},
+                 quality, x_val, warmup=2 if args.quick else 5, repeats=3 if args.quick else 30, lzma=True,
+                 facts={"task": "digits",
+                        "quality": f"top-1 accuracy on the test split ({len(task.data['test'])} images)"})
+
+
+def _resnet(args) -> Setup:
+    width_divisor = 4 if args.quick else 1
+    model = resnet18(width_divisor)
+    size = args.resnet_size
+    images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(EVAL_SEED))
+    calib = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(CALIB_SEED)).split(8)
+    reference = _logits(model, images)
+    top1 = reference.argmax(1)
+
+    def quality(compressed):
+        y = _logits(compressed, images)
+        return {"rel_l2_error": float((y - reference).norm() / reference.norm()),
+                "top1_agreement": float((y.argmax(1) == top1).float().mean())}
+
+    # The reload check runs 2 of the 8 images: exactness needs no more, and each forward costs ~50 ms here.
+    arch = {"factory": "engine:resnet18", "kwargs": {"width_divisor": width_divisor}}
+    return Setup("resnet18", model, arch, images[:1], list(calib), {"1": images[:1]}, quality, images[:2],
+                 warmup=1, repeats=2 if args.quick else 4, lzma=False,
+                 facts={"width_divisor": width_divisor, "input": [1, 3, size, size], "eval_batch": [8, 3, size, size],
+                        "fp32_top1_distinct_classes": len(set(top1.tolist())),
+                        "quality": "relative L2 error of the logits vs fp32, and top-1 agreement, on 8 random images"})
+
+
+_LAYER_FIELD = re.compile(r"plan\.layers\[(['\"])(.+?)\1\]")
+
+
+def _plan(setup: Setup, row: Row) -> tuple[dict | None, dict[str, str], str | None]:
+    """(layers -> methods, skipped layer -> reason, n/a reason) for ``row`` on ``setup.model``."""
+    from compression import CompressionPlan, ConfigError, compressible_layers, global_magnitude_plan
+
+    if row.global_sparsity is not None:
+        try:
+            return dict(global_magnitude_plan(setup.model, row.global_sparsity).layers), {}, None
+        except ConfigError as e:
+            return None, {}, str(e)
+    chosen, skipped = {}, {}
+    for name in compressible_layers(setup.model):
+        if not row.methods:
+            break
+        try:
+            CompressionPlan({name: row.methods}).validate(setup.model)
+            chosen[name] = row.methods
+        except ConfigError as e:
+            skipped[name] = str(e)
+    if row.methods and not chosen:
+        first = next(iter(skipped.values()))
+        return None, skipped, f"no layer accepts it; it needs {first.split('; valid: ', 1)[-1]}"
+    return chosen, skipped, None
+
+
+def _compress(setup: Setup, chosen: dict, skipped: dict):
+    """compress() on ``chosen``, dropping each layer that compress refuses (structured groups) with its reason."""
+    from compression import CompressionPlan, ConfigError, compress
+
+    while True:
+        try:
+            return compress(setup.model, CompressionPlan(chosen), example_input=setup.example_input,
+                            calibration_data=setup.calibration)
+        except ConfigError as e:
+            match = _LAYER_FIELD.match(e.field)
+            if not match or match.group(2) not in chosen:
+                raise
+            skipped[match.group(2)] = str(e)
+            del chosen[match.group(2)]
+            if not chosen:
+                return None
+
+
+def _paired(fp32: Callable[[], float], other: Callable[[], float], rounds: int) -> tuple[float, float]:
+    """(other ms, fp32 ms): medians over ``rounds`` alternating measurements, fp32 first in each round."""
+    base, comp = [], []
+    for _ in range(rounds):
+        base.append(fp32())
+        comp.append(other())
+    return statistics.median(comp), statistics.median(base)
+
+
+def _latency(setup: Setup, model, rounds: int) -> dict[str, dict[str, float]]:
+    from compression import measure_latency
+
+    out = {}
+    for batch, x in setup.timing.items():
+        def timer(m, x=x):
+            return lambda: measure_latency(m, x, warmup=setup.warmup, repeats=setup.repeats, threads=1)
+        comp, base = _paired(timer(setup.model), timer(model), rounds)
+        out[batch] = {"ms": comp, "fp32_ms": base, "vs_fp32": comp / base}
+    return out
+
+
+def _run_rows(setup: Setup, rows: list[Row], args, scratch: Path) -> dict:
+    from compression import compressible_layers, load_packed, model_stats, save_packed, state_dict_bytes
+
+    dense_bytes = state_dict_bytes(setup.model)
+    total_layers = len(compressible_layers(setup.model))
+    _latency(setup, setup.model, 1)  # discarded: a process's first timings run slow (allocator, CPU clocks)
+    results = []
+    for row in rows:
+        start = time.perf_counter()
+        chosen, skipped, reason = _plan(setup, row)
+        out = None if reason else _compress(setup, chosen, skipped)
+        if out is None:
+            reason = reason or f"every layer refused it; last: {next(reversed(skipped.values()))}"
+            results.append({"method": row.label, "key": row.key, "applicable": False, "reason": reason})
+            print(f"[{setup.name}] {row.label:42s} n/a: {reason}", flush=True)
+            continue
+        path = scratch / f"{setup.name}.rzp"
+        size = save_packed(out, path, arch=setup.arch)
+        result = {"method": row.label, "key": row.key, "applicable": True,
+                  "plan": out.plan.to_dict()["layers"], "layers": f"{len(chosen)}/{total_layers}",
+                  "skipped": skipped, "size_bytes": size, "ratio": dense_bytes / size}
+        if setup.lzma:
+            size_lzma = save_packed(out, scratch / f"{setup.name}_lzma.rzp", arch=setup.arch, entropy="lzma")
+            result.update(size_bytes_lzma=size_lzma, ratio_lzma=dense_bytes / size_lzma)
+            path = scratch / f"{setup.name}_lzma.rzp"
+        loaded, _ = load_packed(path)
+        if not torch.equal(_logits(loaded, setup.check_input), _logits(out.model, setup.check_input)):
+            raise SystemExit(f"[{setup.name}] {row.label}: the reloaded packed file gives different outputs")
+        quality = setup.quality(out.model)
+        result.update(quality)
+        result.update(model_stats(out.model, setup.example_input, out.weights))
+        result["latency"] = _latency(setup, out.model, args.rounds)
+        results.append(result)
+        quality = " ".join(f"{k} {v:.4f}" for k, v in quality.items())
+        lat = " ".join(f"b{b} {v['vs_fp32']:.2f}x" for b, v in result["latency"].items())
+        print(f"[{setup.name}] {row.label:42s} {size:9d} B {dense_bytes / size:5.1f}x  {quality}  latency {lat}"
+              f"  ({time.perf_counter() - start:.1f} s)", flush=True)
+    fp32 = {b: statistics.median(r["latency"][b]["fp32_ms"] for r in results if r["applicable"])
+            for b in setup.timing}
+    return {**setup.facts, "fp32_state_dict_bytes": dense_bytes, "compressible_layers": total_layers,
+            "fp32_latency_ms": fp32, "latency": {"threads": 1, "warmup": setup.warmup, "repeats": setup.repeats,
+                                                 "rounds": args.rounds, "statistic": "median"},
+            "rows": results}
+
+
+class _LogitsOnly(nn.Module):
+    """A transformers classifier returning its logits tensor alone, for the ONNX export."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+def _onnx_rows(setup: Setup, args, scratch: Path, dense_bytes: int) -> list[dict]:
+    """fp32 ONNX and int8 ONNX (dynamic; static QDQ with calibration) of the fp32 model, run by onnxruntime."""
+    from compression import OrtModule, export_onnx, measure_latency, measure_onnx_latency, quantize_onnx_int8
+
+    fp32_onnx = export_onnx(_LogitsOnly(setup.model).eval(), setup.example_input, scratch / "resnet18.onnx")
+    variants = [
+        ("ONNX fp32 (onnxruntime)", fp32_onnx),
+        ("ONNX int8 dynamic (ConvInteger)", quantize_onnx_int8(fp32_onnx, scratch / "resnet18_dyn.onnx")),
+        ("ONNX int8 static QDQ (calibrated)", quantize_onnx_int8(fp32_onnx, scratch / "resnet18_qdq.onnx",
+                                                                 calibration_data=setup.calibration)),
+    ]
+    rows = []
+    for label, path in variants:
+        start = time.perf_counter()
+        size = path.stat().st_size
+        row = {"method": label, "key": "onnx", "applicable": True, "size_bytes": size, "ratio": dense_bytes / size,
+               **setup.quality(OrtModule(path, threads=1)), "latency": {}}
+        for batch, x in setup.timing.items():
+            comp, base = _paired(
+                lambda x=x: measure_latency(setup.model, x, warmup=setup.warmup, repeats=setup.repeats, threads=1),
+                lambda x=x, path=path: measure_onnx_latency(path, x, threads=1, warmup=setup.warmup,
+                                                            repeats=setup.repeats),
+                args.rounds)
+            row["latency"][batch] = {"ms": comp, "fp32_ms": base, "vs_fp32": comp / base}
+        rows.append(row)
+        print(f"[{setup.name}] {label:42s} {size:9d} B {dense_bytes / size:5.1f}x  "
+              f"rel_l2_error {row['rel_l2_error']:.4f}  latency b1 {row['latency']['1']['vs_fp32']:.2f}x  "
+              f"({time.perf_counter() - start:.1f} s)", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50, help="timed forwards per latency figure")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: ResNet-18 at 1/4 width and 64x64, few repeats, one round; "
+                             "writes engine_quick.json only")
+    parser.add_argument("--resnet-size", type=int, default=None,
+                        help="ResNet-18 input height/width (default 224; 64 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating fp32/compressed latency rounds per row (default 3; 1 with --quick)")
     args = parser.parse_args()
+    args.resnet_size = args.resnet_size or (64 if args.quick else 224)
+    args.rounds = args.rounds or (1 if args.quick else 3)
 
-    import torch
-
-    from compression import (
-        CompressionPlan,
-        ConfigError,
-        compress,
-        compressible_layers,
-        load_packed,
-        measure_latency,
-        model_stats,
-        save_packed,
-        state_dict_bytes,
-    )
-    from compression.tasks import create_task
-
-    task = create_task("digits")
-    dense_bytes = state_dict_bytes(task.model)
-    x_val = task.data["val"].tensors[0]
-    batches = {1: x_val[:1], 256: x_val[:256]}
-    layers = list(compressible_layers(task.model))
+    torch.set_num_threads(1)  # see the module docstring: shared-machine MKL slowdown; latency is 1-thread anyway
+    rows = _rows()
+    _check_coverage(rows)
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-engine-"))
-
-    def latency(model):
-        return {b: measure_latency(model, x, warmup=5, repeats=args.repeats, threads=1) for b, x in batches.items()}
-
-    latency(task.model)  # discarded: the first timings of a process run slow (allocator, CPU clocks)
-    base_latency = latency(task.model)
-    rows = []
-    for label, methods in _rows():
-        # Each method on every layer that accepts it (low-rank refuses layers where it saves nothing).
-        chosen = {}
-        for name in layers:
-            try:
-                CompressionPlan({name: methods}).validate(task.model)
-                chosen[name] = methods
-            except ConfigError:
-                pass
-        plan = CompressionPlan(chosen)
-        out = compress(task.model, plan)
-        size = save_packed(out, scratch / "m.rzp", arch=task.arch)
-        size_lzma = save_packed(out, scratch / "m_lzma.rzp", arch=task.arch, entropy="lzma")
-        loaded, _ = load_packed(scratch / "m_lzma.rzp")
-        with torch.inference_mode():
-            assert torch.equal(loaded(x_val), out.model(x_val)), label
-        stats = model_stats(out.model, batches[1], out.weights)
-        lat = latency(out.model)
-        rows.append({
-            "method": label, "plan": plan.to_dict()["layers"], "layers": sorted(chosen),
-            "size_bytes": size, "size_bytes_lzma": size_lzma,
-            "ratio": dense_bytes / size, "ratio_lzma": dense_bytes / size_lzma,
-            "val_accuracy": task.score(out.model, "val")["accuracy"],
-            **stats,
-            "latency_ms": {str(b): v for b, v in lat.items()},
-            "latency_vs_fp32": {str(b): lat[b] / base_latency[b] for b in batches},
-        })
-        print(f"{label:32s} {size:7d} B  {dense_bytes / size:5.1f}x  lzma {dense_bytes / size_lzma:5.1f}x  "
-              f"acc {rows[-1]['val_accuracy']:.4f}  lat b1 {lat[1]:.3f} ms  b256 {lat[256]:.2f} ms", flush=True)
-
+    started = time.perf_counter()
+    models = {}
+    for build in (_digits, _resnet):
+        setup = build(args)
+        models[setup.name] = _run_rows(setup, rows, args, scratch)
+        if setup.name == "resnet18":
+            models[setup.name]["onnx_rows"] = _onnx_rows(setup, args, scratch,
+                                                         models[setup.name]["fp32_state_dict_bytes"])
     report = {
         "command": "python benchmarks/engine.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        **machine(),
-        "task": "digits", "fp32_state_dict_bytes": dense_bytes,
-        "fp32_latency_ms": {str(b): v for b, v in base_latency.items()},
-        "latency": {"threads": 1, "warmup": 5, "repeats": args.repeats, "statistic": "median"},
-        "rows": rows,
+        **machine(), "quick": args.quick, "torch_threads": 1,
+        "wall_seconds": time.perf_counter() - started,
+        "models": models,
     }
-    write_result("engine", report)
-    _write_section(report)
+    section = _section(report)
+    if args.quick:
+        write_result("engine_quick", report)
+        print(section)
+    else:
+        write_result("engine", report)
+        replace_section("engine", section)
+    print(f"done in {report['wall_seconds']:.0f} s", flush=True)
 
 
-def _write_section(report: dict) -> None:
-    base = report["fp32_latency_ms"]
+def _na(row: dict, columns: int) -> str:
+    return f"| {row['method']} | n/a: {row['reason']} |" + " |" * (columns - 2)
+
+
+def _section(report: dict) -> str:
+    digits, resnet = report["models"]["digits"], report["models"]["resnet18"]
+    d_lat, r_lat = digits["fp32_latency_ms"], resnet["fp32_latency_ms"]
+    size = resnet["input"][2]
     lines = [
-        "## engine: every method on the digits CNN",
+        "## engine: every method on the digits CNN and ResNet-18",
         "",
-        f"Command: `{report['command']}` ({describe_machine(report)}).",
-        "Each method on every Conv/Linear layer where it is valid (low-rank: where it saves parameters), no "
-        "fine-tuning; sizes are packed-file lengths (plain, and with the lzma entropy stage), ratio = fp32 "
-        f"safetensors state dict ({report['fp32_state_dict_bytes']} bytes) / size. Latency: median of "
-        f"{report['latency']['repeats']} forwards, 1 thread, fp32 = {base['1']:.3f} ms (batch 1) and "
-        f"{base['256']:.2f} ms (batch 256). MACs for batch 1; BitOps = MACs x weight bits x 32 x density.",
+        f"Command: `{report['command']}` ({describe_machine(report)}); whole run {report['wall_seconds']:.0f} s, "
+        "1 torch thread.",
         "",
-        "Latency ratios within about +-0.3 of 1.0 are noise on this shared 2-core machine.",
+        "Every registered method (`compression.list_methods()`) at two strengths, each applied to every "
+        "Conv/Linear layer that accepts it (the *layers* column; e.g. low-rank only where it saves parameters, "
+        "channel pruning not on the classifier whose outputs are the model's), no fine-tuning. Size = packed "
+        "file length (`save_packed`; every file is reloaded and must reproduce the outputs exactly), ratio = fp32 "
+        "safetensors state dict / size. Latency = median single-thread forward of the compressed model over "
+        "the median of the fp32 model, measured in alternating rounds right beside it "
+        f"({digits['latency']['rounds']} rounds x {digits['latency']['repeats']} forwards for digits, "
+        f"x {resnet['latency']['repeats']} for ResNet-18). Structured rows (channel pruning, low-rank, "
+        "Tucker-2) run the physically smaller model; quantized, k-means, binary/ternary, half-precision and "
+        "pruned models still run fp32 kernels on materialised weights, so their latency stays at fp32's "
+        "(ratios within about +-0.1 of 1.0 are noise) and their gain is size (and BitOps on hardware with "
+        "low-bit kernels); the int8 kernels are onnxruntime's (ResNet ONNX table).",
         "",
-        "| method | size (B) | ratio | ratio + lzma | val acc | params | MACs | GBitOps | latency b1 vs fp32 | "
-        "latency b256 vs fp32 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"### digits CNN (test accuracy; fp32 state dict {digits['fp32_state_dict_bytes']} B, fp32 latency "
+        f"{d_lat['1']:.3f} ms at batch 1, {d_lat['256']:.2f} ms at batch 256)",
+        "",
+        "| method | layers | size (B) | ratio | ratio + lzma | test acc | params | MACs | GBitOps | "
+        "latency b1 vs fp32 | latency b256 vs fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["rows"]:
+    for r in digits["rows"]:
+        if not r["applicable"]:
+            lines.append(_na(r, 11))
+            continue
         lines.append(
-            f"| {r['method']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['ratio_lzma']:.1f}x | "
-            f"{r['val_accuracy']:.4f} | {r['params']:.0f} | {r['macs']:.0f} | {r['bitops'] / 1e9:.3f} | "
-            f"{r['latency_vs_fp32']['1']:.2f} | {r['latency_vs_fp32']['256']:.2f} |")
+            f"| {r['method']} | {r['layers']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['ratio_lzma']:.1f}x | "
+            f"{r['test_accuracy']:.4f} | {r['params']:.0f} | {r['macs']:.0f} | {r['bitops'] / 1e9:.3f} | "
+            f"{r['latency']['1']['vs_fp32']:.2f} | {r['latency']['256']['vs_fp32']:.2f} |")
     lines += [
         "",
-        "Quantized, k-means, binary/ternary and half-precision models still run fp32 kernels (weights are "
-        "materialised), so their latency stays at fp32's: their gain is size (and BitOps on hardware with "
-        "low-bit kernels). Unstructured pruning likewise saves bytes, not time. Low-rank factorisation is the "
-        "one method here that changes the computation, so its latency can move.",
+        f"### ResNet-18 (transformers, random init seed {RESNET_SEED}; input 1x3x{size}x{size}; fp32 state dict "
+        f"{resnet['fp32_state_dict_bytes']} B, fp32 latency {r_lat['1']:.1f} ms)",
+        "",
+        f"Output error = relative L2 error of the logits against fp32 on a fixed batch of 8 random "
+        f"{size}x{size} images (seed {EVAL_SEED}); agreement = share of them whose top-1 class matches fp32's "
+        f"(the fp32 model's top-1 takes {resnet['fp32_top1_distinct_classes']} distinct value(s) over the 8, "
+        "so with few distinct classes agreement is nearly all-or-nothing). "
+        "Random weights: these measure fidelity to the fp32 model, not accuracy. Activation quantization is "
+        f"calibrated on 16 other random images (seed {CALIB_SEED}).",
+        "",
+        "| method | layers | size (B) | ratio | output rel. L2 error | top-1 agreement | params (M) | GMACs | "
+        "latency b1 vs fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    replace_section("engine", "\n".join(lines))
+    for r in resnet["rows"]:
+        if not r["applicable"]:
+            lines.append(_na(r, 9))
+            continue
+        lines.append(
+            f"| {r['method']} | {r['layers']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['rel_l2_error']:.4f} | "
+            f"{r['top1_agreement']:.3f} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.3f} | "
+            f"{r['latency']['1']['vs_fp32']:.2f} |")
+    lines += [
+        "",
+        "ResNet-18 exported to ONNX (`export_onnx`) and run by onnxruntime (1 thread); int8 by "
+        "`quantize_onnx_int8` (dynamic: int8 weights, activations quantized per call; static: QDQ with "
+        "activation ranges calibrated on the same 16 images). Size = .onnx file length; latency against the "
+        "torch fp32 model, alternating rounds as above.",
+        "",
+        "| model | size (B) | ratio | output rel. L2 error | top-1 agreement | latency (ms) | "
+        "latency b1 vs torch fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in resnet["onnx_rows"]:
+        lat = r["latency"]["1"]
+        lines.append(f"| {r['method']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['rel_l2_error']:.4f} | "
+                     f"{r['top1_agreement']:.3f} | {lat['ms']:.1f} | {lat['vs_fp32']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
