@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--grace", type=int, default=1, help="asha.grace_period (epochs)")
     parser.add_argument("--bucket-width", type=float, default=0.5, help="asha.bucket_width (octaves)")
+    parser.add_argument("--no-protect", action="store_true", help="asha.protect_front: false (plain ASHA per bucket)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -51,7 +52,8 @@ def main() -> None:
         for scheduler in ("none", "asha"):
             config = load_config(None, trials=args.trials, sampler="random", seed=seed, finetune_epochs=args.epochs,
                                  scheduler=scheduler, warm_start="none",
-                                 asha={"grace_period": args.grace, "bucket_width": args.bucket_width}, experiment=f"asha-{scheduler}-{seed}",
+                                 asha={"grace_period": args.grace, "bucket_width": args.bucket_width,
+                                       "protect_front": not args.no_protect}, experiment=f"asha-{scheduler}-{seed}",
                                  tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", storage_path=str(scratch / "ray"))
             result = run_search(config, progress=lambda line: None)
             epochs = sum(int(r.metrics.get("epoch", 0)) if r.status == STOPPED else args.epochs
@@ -84,9 +86,10 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
     report = {**machine(), "trials": args.trials, "finetune_epochs": args.epochs, "seeds": args.seeds,
-              "grace_period": args.grace, "bucket_width": args.bucket_width, "rows": rows}
+              "grace_period": args.grace, "bucket_width": args.bucket_width, "protect_front": not args.no_protect,
+              "rows": rows}
     # One result file per ASHA setting; the section shows every setting measured so far.
-    write_result(f"asha_g{args.grace}_bw{args.bucket_width:g}", report)
+    write_result(f"asha_g{args.grace}_bw{args.bucket_width:g}{'_np' if args.no_protect else ''}", report)
     body = render(sorted(RESULTS.glob("asha_g*_bw*.json")))
     replace_section("asha", body)
     print(body)
@@ -99,20 +102,23 @@ def render(paths: list[Path]) -> str:
         "",
         "Digits, random sampler (the same plans with and without ASHA, checked in the `same plans` column), "
         "recovery fine-tune epochs per trial as given, ASHA eta 2. A trial is only compared with trials of about "
-        "its compression ratio (see `search/_scheduler.py`). A full-front point is kept when ASHA let that plan "
+        "its compression ratio (see `search/_scheduler.py`); with the partial front protected (the default), a trial "
+        "ASHA would stop goes on while no other result at its epoch dominates its (accuracy, size). A full-front point is kept when ASHA let that plan "
         "run to the end. On digits a fine-tune epoch is short beside Tune's per-trial cost, so the saving shows in "
         "the epochs column more than in the fit seconds; a bigger model's epochs dominate instead.",
     ]
     for path in paths:
         report = json.loads(path.read_text())
-        rows = report["rows"]
+        rows, protect = report["rows"], report.get("protect_front", True)
         lines += [
             "",
-            f"### grace {report['grace_period']} epoch(s), buckets {report['bucket_width']:g} octave wide",
+            f"### grace {report['grace_period']} epoch(s), buckets {report['bucket_width']:g} octave wide, "
+            f"partial front {'protected' if protect else 'not protected'}",
             "",
             f"Command: `python benchmarks/asha.py --trials {report['trials']} --epochs {report['finetune_epochs']} "
             f"--seeds {' '.join(map(str, report['seeds']))} --grace {report['grace_period']} "
-            f"--bucket-width {report['bucket_width']:g}` ({describe_machine(report)}).",
+            f"--bucket-width {report['bucket_width']:g}{'' if protect else ' --no-protect'}` "
+            f"({describe_machine(report)}).",
             "",
             "| seed | same plans | trials stopped | fine-tune epochs run (full / ASHA) | compute saved "
             "| fit s (full / ASHA) | HV full | HV ASHA | full-front points ASHA kept |",

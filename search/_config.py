@@ -140,6 +140,8 @@ class AshaConfig(_Strict):
     grace_period: int = Field(1, ge=1, description="fine-tune epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA's eta: the top 1/eta of each rung goes on")
     bucket_width: float = Field(0.5, gt=0, description="width of a size bucket, in octaves of compression ratio")
+    protect_front: bool = Field(True, description="never stop a trial whose (quality, size) is on the partial front "
+                                "of the results at its epoch")
 
 
 class StudentsConfig(_Strict):

@@ -684,7 +684,8 @@ def _make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace, n
         # One result per fine-tune epoch: epochs - 1 intermediate ones, then the final one.
         scheduler = SizeBucketASHA(quality_metric(config.objectives), "max", max_t=config.finetune_epochs,
                                    grace_period=config.asha.grace_period,
-                                   reduction_factor=config.asha.reduction_factor)
+                                   reduction_factor=config.asha.reduction_factor,
+                                   protect_front=config.asha.protect_front)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -12,6 +12,11 @@ bucket on the quality metric at each fine-tune epoch. A small model is never
 stopped for being less accurate than a large one: it competes for its place
 on the front only with its neighbours in size, which is what the Pareto front
 is made of. The scalarisation is "quality at fixed size bucket".
+
+Buckets have edges, and a trial near an edge has few neighbours; so a trial
+ASHA would stop is kept running while its (quality, size) point is not
+dominated by any other trial's point at the same epoch (``protect_front``):
+ASHA prunes the dominated middle, the partial front always goes on.
 """
 
 from __future__ import annotations
@@ -45,11 +50,18 @@ class SizeBucketASHA(FIFOScheduler):
         max_t: Results (``training_iteration``) of a trial that runs to the end.
         grace_period: Results every trial reports before it can be stopped.
         reduction_factor: ASHA's eta: the top ``1/eta`` of a rung go on.
+        protect_front: Keep a trial ASHA would stop while no other result at
+            the same epoch dominates its (quality, ``size_bytes``) point.
     """
 
-    def __init__(self, metric: str, mode: str, max_t: int, grace_period: int = 1, reduction_factor: float = 2) -> None:
+    def __init__(self, metric: str, mode: str, max_t: int, grace_period: int = 1, reduction_factor: float = 2,
+                 protect_front: bool = True) -> None:
         super().__init__()
         self._metric, self._mode = metric, mode
+        self._protect = protect_front
+        # (quality, size) of every result at each training_iteration, for the front protection
+        self._points: dict[int, list[tuple[float, float]]] = {}
+        self._rescued = 0
         self._asha_args = {"time_attr": "training_iteration", "metric": metric, "mode": mode, "max_t": max_t,
                            "grace_period": grace_period, "reduction_factor": reduction_factor, "brackets": 1}
         self._buckets: dict[int, AsyncHyperBandScheduler] = {}
@@ -61,13 +73,24 @@ class SizeBucketASHA(FIFOScheduler):
     @property
     def num_stopped(self) -> int:
         """Trials stopped early so far, over all buckets."""
-        return sum(s._num_stopped for s in self._buckets.values())
+        return sum(s._num_stopped for s in self._buckets.values()) - self._rescued
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         scheduler = self._scheduler_of(tune_controller, trial, result)
         if scheduler is None:
             return TrialScheduler.CONTINUE
-        return scheduler.on_trial_result(tune_controller, trial, result)
+        decision = scheduler.on_trial_result(tune_controller, trial, result)
+        it = int(result.get("training_iteration", 0))
+        if "size_bytes" not in result or it >= self._asha_args["max_t"]:
+            return decision  # the last result ends the trial anyway
+        sign = 1.0 if self._mode == "max" else -1.0
+        point = (sign * float(result[self._metric]), float(result["size_bytes"]))
+        peers = self._points.setdefault(it, [])
+        peers.append(point)
+        if decision == TrialScheduler.STOP and self._protect and not _dominated(point, peers):
+            self._rescued += 1
+            return TrialScheduler.CONTINUE
+        return decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         key = self._bucket_of.pop(trial.trial_id, None)
@@ -96,3 +119,9 @@ class SizeBucketASHA(FIFOScheduler):
             self._buckets[key].on_trial_add(tune_controller, trial)
             self._bucket_of[trial.trial_id] = key
         return self._buckets[key]
+
+
+def _dominated(point: tuple[float, float], peers: list[tuple[float, float]]) -> bool:
+    """Whether another (quality up, size down) point is at least as good in both and better in one."""
+    q, size = point
+    return any(pq >= q and ps <= size and (pq > q or ps < size) for pq, ps in peers)

@@ -45,6 +45,20 @@ def test_trials_compete_only_inside_their_bucket():
     assert sched.on_trial_result(None, _Trial("x"), _result(0.1, 1, None)) == "CONTINUE"
 
 
+def test_partial_front_is_protected():
+    def result(value, size):
+        return {"accuracy": value, "size_bytes": size, "training_iteration": 1, "size_bucket": 0}
+
+    for protect, expected in ((True, "CONTINUE"), (False, "STOP")):
+        sched = SizeBucketASHA("accuracy", "max", max_t=4, grace_period=1, reduction_factor=2, protect_front=protect)
+        assert sched.on_trial_result(None, _Trial("big"), result(0.95, 1000)) == "CONTINUE"
+        # Worse, but smaller than anything seen at this epoch: on the partial front.
+        assert sched.on_trial_result(None, _Trial("small"), result(0.50, 500)) == expected
+        # Worse and bigger than "big": dominated, so ASHA's verdict stands.
+        assert sched.on_trial_result(None, _Trial("bad"), result(0.50, 2000)) == "STOP"
+        assert sched.num_stopped == (1 if protect else 2)
+
+
 def test_asha_needs_enough_finetune_epochs():
     with pytest.raises(ConfigError, match=r"finetune_epochs: got 1; valid: an integer >= 2 with scheduler: asha"):
         validate_config({"scheduler": "asha", "finetune_epochs": 1})
