@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from compression._actquant import QuantizedInput
 from compression._layers import compressible_layers
 from compression._weights import CompressedWeight
 from compression.errors import ConfigError
@@ -31,8 +32,9 @@ def model_stats(model: nn.Module, example_input: Tensor,
     Baalen et al. 2020, https://arxiv.org/abs/2005.07093) weigh each layer's
     MACs by its weight bits times the activation bits (32 here) and by its
     density (the fraction of weights its mask keeps, as sparse kernels skip
-    the rest): ``sum(macs_l * density_l * w_bits_l * 32)``; layers without a
-    stored weight count as fp32 and dense.
+    the rest): ``sum(macs_l * density_l * w_bits_l * a_bits_l)``, where
+    ``a_bits_l`` is 32 unless ActivationQuantization quantizes the layer's
+    inputs; layers without a stored weight count as fp32 and dense.
 
     Args:
         model: The model, in eval mode.
@@ -52,13 +54,17 @@ def model_stats(model: nn.Module, example_input: Tensor,
     flops = counter.get_total_flops()
     layer_flops = 0
     bitops = 0.0
+    modules = dict(model.named_modules())
     for name, module in compressible_layers(model).items():
         f = sum(counts.get(f"{prefix}.{name}" if name else prefix, {}).values())
         layer_flops += f
         cw = weights.get(name)
         density = 1.0 if cw is None else cw.kept / max(cw.numel, 1)
         bits = 32 if cw is None else cw.bits
-        bitops += f / 2 * density * bits * ACTIVATION_BITS
+        # A layer wrapped by ActivationQuantization multiplies by its quantized inputs.
+        parent = modules.get(name.rpartition(".")[0]) if name.endswith("layer") else None
+        act_bits = parent.bits if isinstance(parent, QuantizedInput) else ACTIVATION_BITS
+        bitops += f / 2 * density * bits * act_bits
     bitops += (flops - layer_flops) / 2 * 32 * ACTIVATION_BITS  # matmuls outside Conv/Linear layers
     return {"params": float(params), "nonzero_params": float(nonzero), "flops": float(flops),
             "macs": float(flops) / 2, "bitops": bitops}

@@ -59,3 +59,19 @@ def test_latency_threads_restored():
     assert torch.get_num_threads() == threads
     with pytest.raises(ConfigError, match="threads: got 0"):
         measure_latency(_net(), torch.randn(1, 2, 6, 6), threads=0)
+
+
+def test_bitops_count_quantized_activations(digits):
+    from compression import ActivationQuantization, CompressionPlan, UniformQuantization, compress, model_stats
+
+    calibration = [digits.data["train"].tensors[0][:64]]
+    stats = {}
+    for act in (None, 8, 4):
+        methods = (UniformQuantization(8),) + ((ActivationQuantization(act),) if act else ())
+        cm = compress(digits.model, CompressionPlan({"fc1": methods}), calibration_data=calibration)
+        stats[act] = model_stats(cm.model, digits.example_input, cm.weights)
+    # fc1: 512 x 64 MACs at 8-bit weights; its inputs drop from 32 to 8 to 4 bits
+    macs = 512 * 64
+    assert stats[None]["bitops"] - stats[8]["bitops"] == macs * 8 * (32 - 8)
+    assert stats[8]["bitops"] - stats[4]["bitops"] == macs * 8 * (8 - 4)
+    assert stats[4]["macs"] == stats[None]["macs"]
