@@ -14,7 +14,7 @@ from compression.errors import ConfigError
 from spaces import (ALLOWED_BITS, CHANNEL_IMPORTANCES, DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO,
                     FACTORIZATIONS, MAX_SPARSITY, PRUNINGS, QUANT_METHODS, TINY_PARAMS, TINY_SHARE, CompressionSpace,
                     GroupSpec)
-from spaces._groups import canonical_names, channel_range, rank_range
+from spaces._groups import act_bits_tuple, canonical_names, channel_range, head_range, rank_range
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "StudentsConfig", "check_combinations", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
 
@@ -57,7 +57,7 @@ class SpaceConfig(_Strict):
         None, description="[low, high] (or a fixed) fraction of output channels removed per layer (<layer>.channels, "
         "ChannelPruning), only on layers whose channels can go without changing the model's output; off by default")
     channel_importance: Literal[CHANNEL_IMPORTANCES] = Field(  # type: ignore[valid-type]
-        "l1", description="how channel pruning ranks channels: l1, l2 (group weight norms) or random")
+        "l1", description="how channel and head pruning rank channels / heads: l1, l2 (group weight norms) or random")
     factorize: tuple[str, ...] = Field(
         (), description="factorizations chosen among with 'none' per layer (<layer>.factorize), where they apply: "
         f"{', '.join(FACTORIZATIONS)}; off by default")
@@ -66,6 +66,12 @@ class SpaceConfig(_Strict):
         f"only then), capped per layer where the rank stops saving parameters; default {list(DEFAULT_RANK_RATIO)}")
     pruning: tuple[str, ...] = Field(DEFAULT_PRUNING, description="pruning criteria chosen among per layer "
                                      f"(<layer>.prune when more than one): {', '.join(PRUNINGS)}")
+    heads: tuple[float, float] | float | None = Field(
+        None, description="[low, high] (or a fixed) fraction of attention heads removed (<layer>.heads, HeadPruning) "
+        "on the query Linear of each BERT-style self-attention where a probe prune succeeds; off by default")
+    act_bits: tuple[int, ...] = Field(
+        (), description="candidate activation bit-widths per Linear / Conv layer (<layer>.act_bits, "
+        "ActivationQuantization calibrated on a few training batches; 32 = fp32 inputs); off by default")
 
     def build(self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig(),
               example_input: Any = None) -> CompressionSpace:
@@ -75,19 +81,20 @@ class SpaceConfig(_Strict):
         :func:`spaces.default_exclusions` lists are left out unless a group's
         glob or ``include`` names them; ``exclude`` always wins.
         ``example_input`` (one batch, e.g. the task's) is needed with
-        ``channels``: it is traced to find the layers whose channels can go.
+        ``channels`` or ``heads``: it is traced to find the layers whose
+        channels or heads can go.
 
         Raises:
             ConfigError: a glob that matches no layer, a layer in two groups, a
                 group's bits too wide for its methods, rank_ratio without
-                factorize, channels without ``example_input``.
+                factorize, channels or heads without ``example_input``.
         """
         return CompressionSpace.from_model(model, sparsity=self.sparsity, bits=self.bits, methods=self.methods,
                                            groups=self.groups, exclude=self.exclude, finetune=finetune,
                                            default_exclusions=self.default_exclusions, include=self.include,
                                            channels=self.channels, channel_importance=self.channel_importance,
                                            factorize=self.factorize, rank_ratio=self.rank_ratio, pruning=self.pruning,
-                                           example_input=example_input)
+                                           heads=self.heads, act_bits=self.act_bits, example_input=example_input)
 
     @field_validator("sparsity")
     @classmethod
@@ -120,6 +127,17 @@ class SpaceConfig(_Strict):
     @classmethod
     def _rank_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
         return None if v is None else rank_range(v)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else head_range(v)
+
+    @field_validator("act_bits", mode="before")
+    @classmethod
+    def _act_bits(cls, v: Any) -> tuple[int, ...]:
+        # before pydantic's coercion, so that 8.0 or "8" is refused like a bad width
+        return act_bits_tuple(v)
 
     @field_validator("factorize")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,6 +23,9 @@ from spaces._students import TEACHER, StudentSpace
 __all__ = ["PACKED_NAME", "evaluate_plan", "planned_size", "run_trial", "trial_device"]
 
 PACKED_NAME = "packed.safetensors"
+#: Training batches (in order) an activation-quantizing plan calibrates on: post-training
+#: calibration needs only a few batches of the inputs the layers really see.
+CALIBRATION_BATCHES = 4
 
 
 def trial_device() -> str:
@@ -62,7 +66,8 @@ def evaluate_plan(task: Task, space: CompressionSpace | StudentSpace, params: di
         )
     teacher_logits = distillation["teacher_logits"] if distillation and plan.finetune.distill_alpha > 0 else None
     compressed = compress(model, plan, train_loader=loader, loss_fn=task.loss_fn, device=device,
-                          teacher_logits=teacher_logits, on_epoch=on_epoch, example_input=task.example_input)
+                          teacher_logits=teacher_logits, on_epoch=on_epoch, example_input=task.example_input,
+                          calibration_data=_calibration(task, plan))
     metrics = task.score(compressed.model, "val")
     size = save_packed(compressed, out_dir / PACKED_NAME, arch=arch, metadata={"task": task.name, "model": family},
                        entropy=entropy)
@@ -85,6 +90,14 @@ def evaluate_plan(task: Task, space: CompressionSpace | StudentSpace, params: di
     metrics["trial_seconds"] = time.perf_counter() - started
     metrics["final"] = 1.0
     return metrics
+
+
+def _calibration(task: Task, plan: CompressionPlan) -> list[Any] | None:
+    """The first few training batches for a plan with an activation-stage method, else None."""
+    if not any(m.stage == "activation" for methods in plan.layers.values() for m in methods):
+        return None
+    loader = DataLoader(task.data["train"], batch_size=task.batch_size, shuffle=False)
+    return list(itertools.islice(loader, CALIBRATION_BATCHES))
 
 
 def _candidate(task: Task, space: CompressionSpace | StudentSpace, params: dict[str, Any], device: str,
@@ -124,7 +137,7 @@ def planned_size(task: Task, space: CompressionSpace | StudentSpace, params: dic
     """
     model, plan, arch, _ = _candidate(task, space, params, "cpu", None, train=False)
     plan = CompressionPlan(plan.layers, FinetuneConfig(epochs=0, seed=plan.finetune.seed))
-    compressed = compress(model, plan, example_input=task.example_input)
+    compressed = compress(model, plan, example_input=task.example_input, calibration_data=_calibration(task, plan))
     return float(save_packed(compressed, out_dir / "planned.safetensors", arch=arch, entropy=entropy))
 
 

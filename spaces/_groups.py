@@ -11,11 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compression.errors import ConfigError
 
-__all__ = ["ALLOWED_BITS", "CHANNEL_IMPORTANCES", "FACTORIZATIONS", "MAX_SPARSITY", "PRUNINGS", "ChannelUnit",
-           "GroupSpec", "Unit", "canonical_names", "channel_range", "match_layers", "rank_range"]
+__all__ = ["ACT_BITS", "ALLOWED_BITS", "CHANNEL_IMPORTANCES", "FACTORIZATIONS", "MAX_SPARSITY", "PRUNINGS",
+           "ChannelUnit", "GroupSpec", "HeadUnit", "Unit", "act_bits_tuple", "canonical_names", "channel_range",
+           "head_range", "match_layers", "rank_range"]
 
 #: Bit-widths the engine can pack; 32 leaves the layer's weights untouched (fp32).
 ALLOWED_BITS: tuple[int, ...] = (*range(2, 17), 32)
+#: Activation bit-widths a space may search (``<layer>.act_bits``); 32 leaves a layer's inputs in fp32.
+ACT_BITS: tuple[int, ...] = (*range(2, 17), 32)
 #: Highest per-layer sparsity a space may ask for: beyond it a layer is gone.
 MAX_SPARSITY = 0.95
 #: Factorizations a space chooses among per layer (``<layer>.factorize``): config name -> registered method.
@@ -54,6 +57,31 @@ def channel_range(v: Sequence[float] | float) -> tuple[float, float]:
     return (low, high)
 
 
+def head_range(v: Sequence[float] | float) -> tuple[float, float]:
+    """``(low, high)`` of a heads setting (a range or one number), each a fraction of attention heads removed.
+
+    Raises:
+        ValueError: Outside ``0 <= low <= high < 1`` (HeadPruning keeps at least one head).
+    """
+    values = (v, v) if isinstance(v, (int, float)) else tuple(v)
+    low, high = (float(x) for x in values) if len(values) == 2 else (float("nan"),) * 2
+    if not 0.0 <= low <= high < 1.0:  # nan fails it too
+        raise ValueError("[low, high] with 0 <= low <= high < 1 (fractions of attention heads removed), or one number")
+    return (low, high)
+
+
+def act_bits_tuple(v: Sequence[int] | int) -> tuple[int, ...]:
+    """Sorted candidate activation bit-widths of an act_bits setting (a list or one number); empty = off.
+
+    Raises:
+        ValueError: A value outside 2..16 and 32, or not an integer.
+    """
+    values = (v,) if isinstance(v, int) else tuple(v)
+    if any(isinstance(b, bool) or not isinstance(b, int) or b not in ACT_BITS for b in values):
+        raise ValueError("a list of activation bit-widths from 2..16 and 32 (32 = fp32 inputs), or [] for none")
+    return tuple(sorted(set(values)))
+
+
 def rank_range(v: Sequence[float] | float) -> tuple[float, float]:
     """``(low, high)`` of a rank_ratio setting (a range or one number), fractions of each layer's full rank.
 
@@ -90,6 +118,10 @@ class GroupSpec(BaseModel):
             (``lowrank``, ``tucker2``); ``[]`` = none in this group.
         rank_ratio: ``[low, high]`` or a fixed rank_ratio of a chosen factorization.
         pruning: Pruning criteria chosen among (``magnitude``, ``random``).
+        heads: ``[low, high]`` or a fixed fraction of attention heads removed
+            (HeadPruning) on the group's BERT-style ``query`` layers; 0 = none.
+        act_bits: Candidate activation bit-widths (ActivationQuantization; 32 =
+            fp32 inputs) or a fixed one; ``[]`` = none in this group.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -105,6 +137,9 @@ class GroupSpec(BaseModel):
     factorize: tuple[str, ...] | None = Field(None, description="factorizations chosen among with 'none'")
     rank_ratio: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed rank_ratio")
     pruning: tuple[str, ...] | None = Field(None, description="pruning criteria chosen among")
+    heads: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed fraction of "
+                                                     "attention heads removed")
+    act_bits: tuple[int, ...] | int | None = Field(None, description="candidate activation bit-widths or a fixed one")
 
     @field_validator("sparsity")
     @classmethod
@@ -137,6 +172,17 @@ class GroupSpec(BaseModel):
     def _rank_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
         return None if v is None else rank_range(v)
 
+    @field_validator("heads")
+    @classmethod
+    def _heads_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else head_range(v)
+
+    @field_validator("act_bits", mode="before")
+    @classmethod
+    def _act_bits(cls, v: object) -> tuple[int, ...] | None:
+        # before pydantic's coercion, so that 8.0 or "8" is refused like a bad width
+        return None if v is None else act_bits_tuple(v)  # type: ignore[arg-type]
+
     @field_validator("factorize")
     @classmethod
     def _factorizations(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -167,6 +213,12 @@ class Unit:
             saving parameters; empty = no ``<prefix>.factorize`` dimension.
         channels: The requested ``(low, high)`` fraction of output channels
             removed, or None; what is searched is a :class:`ChannelUnit`'s.
+        heads: The requested ``(low, high)`` fraction of attention heads
+            removed, or None; what is searched is a :class:`HeadUnit`'s.
+        act_bits: Candidate activation bit-widths of ``act_layers``; empty =
+            no activation quantization, one = fixed.
+        act_layers: The unit's layers whose inputs ``act_bits`` quantizes
+            (Linear / Conv: not an Embedding, whose inputs are token ids).
     """
 
     prefix: str
@@ -178,6 +230,9 @@ class Unit:
     pruning: tuple[str, ...] = ("magnitude_pruning",)
     factorize: tuple[tuple[str, tuple[float, float]], ...] = ()
     channels: tuple[float, float] | None = None
+    heads: tuple[float, float] | None = None
+    act_bits: tuple[int, ...] = ()
+    act_layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +252,21 @@ class ChannelUnit:
     prefix: str
     layers: tuple[str, ...]
     channels: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class HeadUnit:
+    """One sampled head-pruning ratio, ``<prefix>.heads``: a unit's BERT-style ``query`` layers.
+
+    Attributes:
+        prefix: Parameter-name prefix: the unit's (a layer or a tied group).
+        layers: The ``query`` layers HeadPruning takes the ratio on, in model order.
+        heads: ``(low, high)`` fraction of heads removed; equal ends = fixed.
+    """
+
+    prefix: str
+    layers: tuple[str, ...]
+    heads: tuple[float, float]
 
 
 def _no_match(field: str, glob: str, names: Sequence[str]) -> ConfigError:

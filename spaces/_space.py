@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,15 +13,17 @@ from typing import Any
 import optuna
 from torch import nn
 
-from compression import ChannelPruning, CompressionPlan, FinetuneConfig, compressible_layers, get_method, list_methods
+from compression import (ActivationQuantization, ChannelPruning, CompressionPlan, FinetuneConfig, HeadPruning,
+                         compressible_layers, get_method, list_methods)
 from compression._structured import prune_structure
 from compression.errors import ConfigError
-from spaces._groups import (ALLOWED_BITS, CHANNEL_IMPORTANCES, FACTORIZATIONS, MAX_SPARSITY, PRUNINGS, ChannelUnit,
-                            GroupSpec, Unit, _no_match, canonical_names, channel_range, match_layers, rank_range)
+from spaces._groups import (ACT_BITS, ALLOWED_BITS, CHANNEL_IMPORTANCES, FACTORIZATIONS, MAX_SPARSITY, PRUNINGS,
+                            ChannelUnit, GroupSpec, HeadUnit, Unit, _no_match, act_bits_tuple, canonical_names,
+                            channel_range, head_range, match_layers, rank_range)
 from spaces._introspect import LayerInfo, inspect_layers, method_support
 from spaces._introspect import default_exclusions as _default_exclusions
 
-__all__ = ["ALLOWED_BITS", "CHANNEL_IMPORTANCES", "DEFAULT_PRUNING", "DEFAULT_RANK_RATIO", "FACTORIZATIONS",
+__all__ = ["ACT_BITS", "ALLOWED_BITS", "CHANNEL_IMPORTANCES", "DEFAULT_PRUNING", "DEFAULT_RANK_RATIO", "FACTORIZATIONS",
            "MAX_SPARSITY", "DEFAULT_METHODS", "NO_FACTORIZATION", "PRUNINGS", "QUANT_METHODS", "CompressionSpace",
            "GroupSpec", "LayerInfo", "inspect_layers"]
 
@@ -36,6 +39,11 @@ DEFAULT_PRUNING: tuple[str, ...] = ("magnitude_pruning",)
 DEFAULT_RANK_RATIO: tuple[float, float] = (0.1, 0.5)
 #: Value of ``<layer>.factorize`` that leaves the layer whole.
 NO_FACTORIZATION = "none"
+#: Flat-settings keys a tied unit's layers may differ in: a structure method only some of them take (HeadPruning
+#: on the queries, ChannelPruning kept per channel unit) and activation quantization (not on an Embedding).
+_PER_LAYER_KEYS = frozenset({"structure", "act_quant", *(f.name for f in dataclasses.fields(ChannelPruning)),
+                             *(f.name for f in dataclasses.fields(HeadPruning)),
+                             *(f"act_{f.name}" for f in dataclasses.fields(ActivationQuantization))})
 #: rank_ratio resolution of the per-layer cap (the largest ratio whose rank still saves parameters).
 _RANK_STEPS = 1000
 
@@ -55,6 +63,8 @@ class _Settings:
     channels: tuple[float, float] | None
     factorize: tuple[str, ...]
     rank_ratio: tuple[float, float]
+    heads: tuple[float, float] | None = None
+    act_bits: tuple[int, ...] = ()
 
 
 class CompressionSpace:
@@ -88,6 +98,16 @@ class CompressionSpace:
       refused.
     - ``pruning``: ``<layer>.prune``, a choice among pruning criteria
       (magnitude, random) when more than one is allowed.
+    - ``heads``: ``<layer>.heads``, the fraction of attention heads
+      :class:`~compression.HeadPruning` removes (0 = none), only on the
+      ``query`` Linears of BERT-style self-attentions where a probe prune of
+      a copy of the model on ``example_input`` succeeds; a tied group's
+      queries share ``<group>.heads``.
+    - ``act_bits``: ``<layer>.act_bits``, a choice among activation
+      bit-widths: :class:`~compression.ActivationQuantization` of the layer's
+      input at that width, 32 = inputs left in fp32; only Linear and Conv
+      layers (an Embedding's inputs are token ids). Compressing such a plan
+      needs ``calibration_data``.
 
     Args:
         layers: Names of the layers to search (as in ``model.named_modules()``).
@@ -114,16 +134,25 @@ class CompressionSpace:
         rank_ratio: ``(low, high)`` rank_ratio of a chosen factorization, in
             ``(0, 1]``; default :data:`DEFAULT_RANK_RATIO`.
         pruning: Pruning criteria to choose among (``magnitude``, ``random``).
+        heads: ``(low, high)`` fraction of attention heads removed, in
+            ``[0, 1)``; None (default) searches no head pruning. Heads are
+            ranked by ``channel_importance``.
+        act_bits: Candidate activation bit-widths, from :data:`ACT_BITS` (32 =
+            fp32 inputs); empty (default) searches no activation quantization.
         model: The model the layers belong to; needed (and only read, never
-            kept) when ``channels`` or ``factorize`` is set, by a group too.
+            kept) when ``channels``, ``factorize``, ``heads`` or ``act_bits``
+            is set, by a group too.
         example_input: One input batch of ``model``, traced by the channel
-            probes; needed with ``channels``.
+            and head probes; needed with ``channels`` or ``heads``.
 
     Attributes:
         units: The sampled units in model order: one per layer, one per tied group.
         channel_units: The sampled channel ratios (empty without ``channels``).
         channels_refused: Per searched layer that ``channels`` asked for but
             gets no channel ratio, why.
+        head_units: The sampled head ratios (empty without ``heads``).
+        heads_refused: Per ``query`` layer that ``heads`` asked for but gets
+            no head ratio, why.
         group_of: Group name of each grouped layer.
         default_excluded: The layers the default exclusions left out, with the reason.
         warm_start: Params a search enqueues first (e.g. from
@@ -147,6 +176,8 @@ class CompressionSpace:
         factorize: Iterable[str] = (),
         rank_ratio: tuple[float, float] | float | None = None,
         pruning: Iterable[str] = DEFAULT_PRUNING,
+        heads: tuple[float, float] | float | None = None,
+        act_bits: Iterable[int] | int = (),
         model: nn.Module | None = None,
         example_input: Any = None,
     ) -> None:
@@ -155,6 +186,7 @@ class CompressionSpace:
         self.sparsity, self.bits, self.methods = _checked("space", sparsity, bits, methods)
         self.channels, self.factorize, self.rank_ratio, self.pruning = _checked_structure(
             "space", channels, factorize, rank_ratio, pruning)
+        self.heads, self.act_bits = _checked_heads_act("space", heads, act_bits)
         if channel_importance not in CHANNEL_IMPORTANCES:
             raise ConfigError("space.channel_importance", channel_importance, list(CHANNEL_IMPORTANCES))
         self.channel_importance = channel_importance
@@ -182,15 +214,17 @@ class CompressionSpace:
         self.finetune = finetune
         self.group_of = {name: g.name for name, g in owner.items()}
         self.channels_refused: dict[str, str] = {}
+        self.heads_refused: dict[str, str] = {}
         self.units = self._units(owner, model)
         self.channel_units = self._channel_units(model, example_input)
+        self.head_units = self._head_units(model, example_input)
         self.warm_start: list[dict[str, Any]] = []
 
     def _resolved(self, group: GroupSpec | None) -> _Settings:
         """The settings of ``group`` (None: the space's), each left out inherited from the space."""
         if group is None:
             return _Settings(self.sparsity, self.bits, self.methods, self.pruning, self.channels, self.factorize,
-                             self.rank_ratio)
+                             self.rank_ratio, self.heads, self.act_bits)
         field = f"space.groups[{group.name}]"
 
         def pick(mine: Any, space: Any) -> Any:
@@ -201,7 +235,8 @@ class CompressionSpace:
         channels, factorize, rank_ratio, pruning = _checked_structure(
             field, pick(group.channels, self.channels), pick(group.factorize, self.factorize),
             pick(group.rank_ratio, self.rank_ratio), pick(group.pruning, self.pruning))
-        return _Settings(*base, pruning, channels, factorize, rank_ratio)
+        heads, act_bits = _checked_heads_act(field, pick(group.heads, self.heads), pick(group.act_bits, self.act_bits))
+        return _Settings(*base, pruning, channels, factorize, rank_ratio, heads, act_bits)
 
     def _units(self, owner: Mapping[str, GroupSpec], model: nn.Module | None) -> tuple[Unit, ...]:
         # In model order; a tied group sits where its first layer is.
@@ -223,6 +258,11 @@ class CompressionSpace:
         caps = _rank_caps(_model_for("factorize", list(self.factorize), model), wants_factorize,
                           {layer: resolved[g].factorize for _, layers, g in members for layer in layers}
                           ) if wants_factorize else {}
+        wants_act = [layer for _, layers, g in members if resolved[g].act_bits for layer in layers]
+        act_model = _model_for("act_bits", list(self.act_bits), model) if wants_act else None
+        # ActivationQuantization's own validate() decides: Linear / Conv, not an Embedding or inside MultiheadAttention
+        act_ok = {layer for layer in wants_act
+                  if ActivationQuantization.method in method_support(layer, *_layer(act_model, layer))[0]}
         units = []
         for prefix, layers, g in members:
             r = resolved[g]
@@ -231,8 +271,10 @@ class CompressionSpace:
                 cap = min((caps[layer].get(method, 0.0) for layer in layers), default=0.0)
                 if cap > 0.0:  # applies to every layer of the unit
                     factorize.append((method, (min(r.rank_ratio[0], cap), min(r.rank_ratio[1], cap))))
+            act_layers = tuple(layer for layer in layers if layer in act_ok)
             units.append(Unit(prefix, layers, r.sparsity, r.bits, r.methods, group=g, pruning=r.pruning,
-                              factorize=tuple(factorize), channels=r.channels))
+                              factorize=tuple(factorize), channels=r.channels, heads=r.heads,
+                              act_bits=r.act_bits if act_layers else (), act_layers=act_layers))
         return tuple(units)
 
     def _channel_units(self, model: nn.Module | None, example_input: Any) -> tuple[ChannelUnit, ...]:
@@ -293,6 +335,31 @@ class CompressionSpace:
             out.append(ChannelUnit(members[0].prefix, layers, (low, high)))
         return tuple(out)
 
+    def _head_units(self, model: nn.Module | None, example_input: Any) -> tuple[HeadUnit, ...]:
+        """One sampled head ratio per unit holding ``query`` layers whose heads can go."""
+        asked = [u for u in self.units if u.heads is not None and u.heads[1] > 0.0]
+        if not asked:
+            return ()
+        model = _model_for("heads", list(asked[0].heads), model)
+        if example_input is None:
+            raise ConfigError("example_input", None, "one input batch of the model (e.g. the task's example_input): "
+                              "space.heads traces which attention heads can go")
+        out = []
+        for u in asked:
+            queries = []
+            for layer in u.layers:
+                module, parent = _layer(model, layer)
+                if HeadPruning.method not in method_support(layer, module, parent)[0]:
+                    continue  # not a query Linear: head pruning is no choice here, as Tucker-2 is none on a Linear
+                why = _head_refusal(model, layer, parent, u.heads[1], example_input)
+                if why is None:
+                    queries.append(layer)
+                else:
+                    self.heads_refused[layer] = why
+            if queries:
+                out.append(HeadUnit(u.prefix, tuple(queries), u.heads))
+        return tuple(out)
+
     @classmethod
     def from_model(cls, model: nn.Module, *, default_exclusions: bool = False, example_input: Any = None,
                    **kwargs: Any) -> CompressionSpace:
@@ -315,7 +382,8 @@ class CompressionSpace:
     @property
     def dimensions(self) -> int:
         """Number of searched dimensions (fixed ones are not counted; a conditional one counts once)."""
-        return sum(_unit_dims(u) for u in self.units) + sum(_channel_dims(c) for c in self.channel_units)
+        return (sum(_unit_dims(u) for u in self.units) + sum(_channel_dims(c) for c in self.channel_units)
+                + sum(_head_dims(h) for h in self.head_units))
 
     def layer_dimensions(self) -> dict[str, int]:
         """Searched dimensions per layer; a tied group's (or shared channel ratio's) count under each of its layers."""
@@ -323,15 +391,22 @@ class CompressionSpace:
         for c in self.channel_units:
             for layer in c.layers:
                 dims[layer] += _channel_dims(c)
+        for h in self.head_units:
+            for layer in h.layers:
+                dims[layer] += _head_dims(h)
         return dims
 
     def suggest(self, trial: optuna.Trial) -> None:
         """Define-by-run sampling of one plan; usable as OptunaSearch's ``space``."""
         channel_units = {c.prefix: c for c in self.channel_units}
+        head_units = {h.prefix: h for h in self.head_units}
         for u in self.units:
             c = channel_units.get(u.prefix)
             if c is not None and c.channels[0] < c.channels[1]:
                 trial.suggest_float(f"{c.prefix}.channels", *c.channels)
+            h = head_units.get(u.prefix)
+            if h is not None and h.heads[0] < h.heads[1]:
+                trial.suggest_float(f"{h.prefix}.heads", *h.heads)
             if u.factorize:
                 ranges = dict(u.factorize)
                 chosen = trial.suggest_categorical(f"{u.prefix}.factorize", (NO_FACTORIZATION, *ranges))
@@ -348,6 +423,8 @@ class CompressionSpace:
                 method = trial.suggest_categorical(f"{u.prefix}.quant", u.methods)
             if len(u.bits) > 1 and _takes_bits(method):
                 trial.suggest_categorical(f"{u.prefix}.bits", u.bits)
+            if len(u.act_bits) > 1:
+                trial.suggest_categorical(f"{u.prefix}.act_bits", u.act_bits)
         return None
 
     def decode(self, params: Mapping[str, Any]) -> CompressionPlan:
@@ -377,11 +454,24 @@ class CompressionSpace:
                 flat["rank_ratio"] = float(params.get(f"{u.prefix}.rank_ratio", ranges[chosen][0]))
             for layer in u.layers:
                 settings[layer] = dict(flat)
+            if u.act_bits:
+                act = params.get(f"{u.prefix}.act_bits", u.act_bits[0])
+                if act not in u.act_bits:
+                    raise ConfigError(f"params[{u.prefix + '.act_bits'!r}]", act, list(u.act_bits))
+                if act != 32:  # 32: the inputs stay fp32, no method
+                    for layer in u.act_layers:
+                        settings[layer].update(act_quant=ActivationQuantization.method, act_bits=int(act))
         for c in self.channel_units:
             ratio = float(params.get(f"{c.prefix}.channels", c.channels[0]))
             if ratio > 0.0:  # 0 removes nothing: no method, as sparsity 0 is no pruning
                 for layer in c.layers:
                     settings[layer].update(structure=ChannelPruning.method, ratio=ratio,
+                                           importance=self.channel_importance)
+        for h in self.head_units:
+            ratio = float(params.get(f"{h.prefix}.heads", h.heads[0]))
+            if ratio > 0.0:
+                for layer in h.layers:
+                    settings[layer].update(structure=HeadPruning.method, ratio=ratio,
                                            importance=self.channel_importance)
         settings = {layer: settings[layer] for layer in self.layers}  # model order, whatever the units' order
         return CompressionPlan.from_settings(settings, finetune=self.finetune)
@@ -393,15 +483,19 @@ class CompressionSpace:
         (else its first method), and its candidate bit-width nearest ``bits``
         (a group with fixed bits keeps them). Without groups every layer gets
         exactly ``bits``, when ``bits`` is a candidate. Structural choices
-        stay mildest: no factorization, the lowest channel ratio, magnitude
-        pruning where allowed.
+        stay mildest: no factorization, the lowest channel and head ratios,
+        magnitude pruning where allowed, and the widest activation bits.
         """
         params: dict[str, Any] = {}
         channel_units = {c.prefix: c for c in self.channel_units}
+        head_units = {h.prefix: h for h in self.head_units}
         for u in self.units:
             c = channel_units.get(u.prefix)
             if c is not None and c.channels[0] < c.channels[1]:
                 params[f"{c.prefix}.channels"] = c.channels[0]
+            h = head_units.get(u.prefix)
+            if h is not None and h.heads[0] < h.heads[1]:
+                params[f"{h.prefix}.heads"] = h.heads[0]
             if u.factorize:
                 params[f"{u.prefix}.factorize"] = NO_FACTORIZATION
             if u.sparsity[0] < u.sparsity[1]:
@@ -413,6 +507,8 @@ class CompressionSpace:
                 params[f"{u.prefix}.quant"] = method
             if len(u.bits) > 1 and _takes_bits(method):
                 params[f"{u.prefix}.bits"] = min(u.bits, key=lambda b: (abs(b - bits), b))
+            if len(u.act_bits) > 1:
+                params[f"{u.prefix}.act_bits"] = max(u.act_bits)
         return params
 
     def encode(self, plan: CompressionPlan) -> dict[str, Any]:
@@ -424,12 +520,14 @@ class CompressionSpace:
             raise ConfigError("plan.finetune", plan.finetune, f"the space's {self.finetune}")
         params: dict[str, Any] = {}
         channel_of = {layer: c for c in self.channel_units for layer in c.layers}
+        head_of = {layer: h for h in self.head_units for layer in h.layers}
         for layer in self.layers:
             structure = settings[layer].get("structure")
-            if structure is not None and (structure != ChannelPruning.method or layer not in channel_of):
-                raise ConfigError(f"plan.layers[{layer!r}].structure", structure,
-                                  [ChannelPruning.method] if layer in channel_of else
-                                  "no structure method: the space searches no channel pruning on this layer")
+            valid = ([ChannelPruning.method] if layer in channel_of else [HeadPruning.method] if layer in head_of
+                     else [])
+            if structure is not None and structure not in valid:
+                raise ConfigError(f"plan.layers[{layer!r}].structure", structure, valid or
+                                  "no structure method: the space searches no channel or head pruning on this layer")
         for c in self.channel_units:
             ratios = {layer: settings[layer].get("ratio", 0.0) if "structure" in settings[layer] else 0.0
                       for layer in c.layers}
@@ -442,13 +540,41 @@ class CompressionSpace:
                 raise ConfigError(f"plan.layers[{c.layers[0]!r}].ratio", ratio, f"within {list(c.channels)}")
             if c.channels[0] < c.channels[1]:
                 params[f"{c.prefix}.channels"] = float(ratio)
+        for h in self.head_units:
+            ratios = {layer: settings[layer].get("ratio", 0.0) if "structure" in settings[layer] else 0.0
+                      for layer in h.layers}
+            ratio = ratios[h.layers[0]]
+            for layer, other in ratios.items():
+                if other != ratio:
+                    raise ConfigError(f"plan.layers[{layer!r}].ratio", other, f"{ratio}, the head ratio of "
+                                      f"{h.layers[0]!r}: they share one ({h.prefix}.heads)")
+            if not h.heads[0] <= ratio <= h.heads[1]:
+                raise ConfigError(f"plan.layers[{h.layers[0]!r}].ratio", ratio, f"within {list(h.heads)}")
+            if h.heads[0] < h.heads[1]:
+                params[f"{h.prefix}.heads"] = float(ratio)
         for u in self.units:
             first = u.layers[0]
             s = settings[first]
+            core = {k: v for k, v in s.items() if k not in _PER_LAYER_KEYS}  # checked per layer above and below
             for layer in u.layers[1:]:
-                if settings[layer] != s:
+                if {k: v for k, v in settings[layer].items() if k not in _PER_LAYER_KEYS} != core:
                     raise ConfigError(f"plan.layers[{layer!r}]", settings[layer],
                                       f"the settings of {first!r} ({s}): group {u.group!r} is tied")
+            act = {layer: settings[layer]["act_bits"] if "act_quant" in settings[layer] else 32 for layer in u.layers}
+            for layer in u.layers:
+                if layer not in u.act_layers and "act_quant" in settings[layer]:
+                    raise ConfigError(f"plan.layers[{layer!r}].act_quant", settings[layer]["act_quant"],
+                                      "no activation method: the space searches no act_bits on this layer")
+            if u.act_layers:
+                act_bits = act[u.act_layers[0]]
+                for layer in u.act_layers:
+                    if act[layer] != act_bits:
+                        raise ConfigError(f"plan.layers[{layer!r}].act_bits", act[layer], f"{act_bits}, the act_bits "
+                                          f"of {u.act_layers[0]!r}: they share one ({u.prefix}.act_bits)")
+                if act_bits not in u.act_bits:
+                    raise ConfigError(f"plan.layers[{u.act_layers[0]!r}].act_bits", act_bits, list(u.act_bits))
+                if len(u.act_bits) > 1:
+                    params[f"{u.prefix}.act_bits"] = int(act_bits)
             if not u.sparsity[0] <= s["sparsity"] <= u.sparsity[1]:
                 raise ConfigError(f"plan.layers[{first!r}].sparsity", s["sparsity"], f"within {list(u.sparsity)}")
             prune = s.get("prune", "magnitude_pruning")
@@ -505,6 +631,15 @@ class CompressionSpace:
                                     for c in self.channel_units]
             if self.channels_refused:
                 out["channels_refused"] = dict(self.channels_refused)
+        if any(u.heads is not None for u in self.units):
+            out["heads"] = None if self.heads is None else list(self.heads)
+            out["head_units"] = [{"name": h.prefix, "layers": list(h.layers), "heads": list(h.heads)}
+                                 for h in self.head_units]
+            if self.heads_refused:
+                out["heads_refused"] = dict(self.heads_refused)
+        if any(u.act_bits for u in self.units):
+            out["act_bits"] = list(self.act_bits)
+            out["act_layers"] = [layer for u in self.units for layer in u.act_layers]
         if self.factorize or any(g.factorize for g in self.groups):
             out["factorize"] = list(self.factorize)
             out["rank_ratio"] = list(self.rank_ratio)
@@ -520,7 +655,7 @@ class CompressionSpace:
             out["groups"] = [
                 {"name": g.name, "tie": g.tie, "layers": [n for n in self.layers if self.group_of.get(n) == g.name],
                  "sparsity": list(u.sparsity), "bits": list(u.bits), "methods": list(u.methods),
-                 **{f: list(v) for f in ("channels", "factorize", "rank_ratio", "pruning")
+                 **{f: list(v) for f in ("channels", "factorize", "rank_ratio", "pruning", "heads", "act_bits")
                     if (v := getattr(g, f)) is not None},
                  "dimensions": sum(_unit_dims(v) for v in self.units if v.group == g.name)}
                 for g in self.groups
@@ -534,11 +669,16 @@ def _unit_dims(u: Unit) -> int:
     dims = int(u.sparsity[0] < u.sparsity[1]) + int(len(u.methods) > 1) + int(len(u.bits) > 1 and with_bits)
     dims += int(len(u.pruning) > 1 and u.sparsity[1] > 0.0)
     # the factorize choice, and rank_ratio (sampled in some trials only) counted once
+    dims += int(len(u.act_bits) > 1)
     return dims + int(bool(u.factorize)) + int(any(low < high for _, (low, high) in u.factorize))
 
 
 def _channel_dims(c: ChannelUnit) -> int:
     return int(c.channels[0] < c.channels[1])
+
+
+def _head_dims(h: HeadUnit) -> int:
+    return int(h.heads[0] < h.heads[1])
 
 
 def _checked(field: str, sparsity: Iterable[float], bits: Iterable[int], methods: Iterable[str]
@@ -589,6 +729,23 @@ def _checked_structure(field: str, channels: Any, factorize: Any, rank_ratio: An
     except ValueError as exc:
         raise ConfigError(f"{field}.pruning", list(pruning), str(exc)) from None
     return channels, factorize, rank_ratio, pruning
+
+
+def _checked_heads_act(field: str, heads: Any, act_bits: Any
+                       ) -> tuple[tuple[float, float] | None, tuple[int, ...]]:
+    """Validated, normalised (heads, act_bits) of the space or of one group."""
+    def shown(v: Any) -> Any:
+        return list(v) if isinstance(v, (tuple, list)) else v
+
+    try:
+        heads = None if heads is None else head_range(heads)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{field}.heads", shown(heads), str(exc)) from None
+    try:
+        act_bits = act_bits_tuple(act_bits)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{field}.act_bits", shown(act_bits), str(exc)) from None
+    return heads, act_bits
 
 
 # -- what the model allows: probes of the methods' own checks ------------------------
@@ -700,3 +857,28 @@ def _channel_support(model: nn.Module, probe_ratio: Mapping[str, float], example
         out = {op[0] for op in spec[f"{name}@{ChannelPruning.method}"]["ops"] if op[1] == "out"}
         coupled[name] = tuple(n for n in names if n in out or n == name)
     return coupled, refused
+
+
+def _head_refusal(model: nn.Module, layer: str, attention: nn.Module | None, high: float, example_input: Any
+                  ) -> str | None:
+    """Why HeadPruning cannot search the query ``layer`` (None: it can).
+
+    As for channels, ``validate()`` sees the Linear alone: that its parent is
+    a self-attention whose key and value DepGraph couples to the query only
+    shows on the traced graph, so one probe prunes a copy of the model at the
+    highest ratio (at least one head removed, one kept) through the engine's
+    own structure stage.
+    """
+    heads = getattr(attention, "num_attention_heads", None)
+    if isinstance(heads, int) and heads < 2:
+        return "an attention with more than one head"
+    ratio = min(max(high, 1.0 / heads), (heads - 1) / heads) if isinstance(heads, int) else high
+    try:
+        prune_structure(copy.deepcopy(model), {layer: HeadPruning(ratio)}, example_input)
+    except ConfigError as exc:
+        if exc.field == "example_input":
+            raise
+        return exc.valid if isinstance(exc.valid, str) else str(exc)
+    except Exception as exc:  # noqa: BLE001 - a graph torch-pruning cannot trace: no dimension, not a crash
+        return f"a layer torch-pruning can trace ({type(exc).__name__}: {exc})"
+    return None

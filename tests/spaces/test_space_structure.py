@@ -1,4 +1,5 @@
-"""Structural choices of a space: channel pruning, factorization with a conditional rank, the pruning criterion."""
+"""Structural choices of a space: channel and head pruning, factorization with a conditional rank, the pruning
+criterion, activation bit-widths."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 
 from compression import (
+    ActivationQuantization,
     ChannelPruning,
     CompressionPlan,
+    HeadPruning,
     LowRank,
     MagnitudePruning,
     RandomPruning,
@@ -20,7 +23,9 @@ from compression import (
 )
 from compression.errors import ConfigError
 from search._config import SpaceConfig, validate_config
+from search._trial import CALIBRATION_BATCHES, _calibration, evaluate_plan
 from spaces import NO_FACTORIZATION, CompressionSpace
+from tests.compression.tiny_models import tiny_bert
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -259,3 +264,178 @@ def test_config_builds_the_space(digits):
     assert space.layers == ("conv2", "fc1") and [c.prefix for c in space.channel_units] == ["conv2", "fc1"]
     # channels, factorize, rank_ratio, sparsity, prune, bits on each of the two layers
     assert space.dimensions == 12
+
+
+# -- attention heads and activation bit-widths --------------------------------------------
+
+
+QUERIES = tuple(f"encoder.layer.{i}.attention.self.query" for i in range(2))
+
+
+@pytest.fixture(scope="module")
+def bert():
+    """A 2-layer, 4-head BERT encoder and one batch of token ids."""
+    return tiny_bert(), torch.randint(0, 100, (3, 10), generator=torch.Generator().manual_seed(0))
+
+
+def test_heads_only_on_queries_and_compress_accepts_them(bert):
+    model, tokens = bert
+    space = CompressionSpace.from_model(model, example_input=tokens[:1], heads=(0.25, 0.75), act_bits=(8, 32),
+                                        bits=(8, 32))
+    assert [(h.prefix, h.layers, h.heads) for h in space.head_units] == [(q, (q,), (0.25, 0.75)) for q in QUERIES]
+    assert not space.heads_refused
+    dims = space.layer_dimensions()
+    # query: heads, sparsity, bits, act_bits; key: no heads; an Embedding: no act_bits (its inputs are token ids)
+    assert dims[QUERIES[0]] == 4 and dims["encoder.layer.0.attention.self.key"] == 3
+    assert dims["embeddings.word_embeddings"] == 2
+    assert space.describe()["head_units"][1] == {"name": QUERIES[1], "layers": [QUERIES[1]], "heads": [0.25, 0.75]}
+    kept = set()
+    for t in _sample(space, 3, seed=2):
+        p, d = t.params, t.distributions
+        assert d[f"{QUERIES[0]}.heads"] == FloatDistribution(0.25, 0.75)
+        assert d["pooler.dense.act_bits"] == CategoricalDistribution((8, 32))
+        assert not any(k.startswith("embeddings.") and k.endswith(".act_bits") for k in p)
+        plan = space.decode(p)
+        assert space.encode(plan) == p
+        for i, q in enumerate(QUERIES):
+            assert HeadPruning(p[f"{q}.heads"]) in plan.layers[q]
+            assert (ActivationQuantization(8) in plan.layers[q]) == (p[f"{q}.act_bits"] == 8)
+        out = compress(model, plan, example_input=tokens[:1], calibration_data=[tokens])
+        for i, q in enumerate(QUERIES):
+            heads = out.model.encoder.layer[i].attention.self.num_attention_heads
+            assert heads == 4 - round(p[f"{q}.heads"] * 4)
+            kept.add(heads)
+        assert torch.isfinite(out.model(tokens).last_hidden_state).all()
+    assert len(kept) > 1
+    mild = space.decode(space.uniform_params(8))  # lowest head ratio, fp32 activations
+    assert HeadPruning(0.25) in mild.layers[QUERIES[0]]
+    assert not any(m.stage == "activation" for ms in mild.layers.values() for m in ms)
+
+
+def test_tied_group_shares_heads_and_act_bits(bert):
+    model, tokens = bert
+    groups = [{"name": "attn", "match": ["encoder.layer.*.attention.self.*"], "tie": True, "heads": [0.25, 0.5],
+               "act_bits": [4, 8]},
+              {"name": "emb", "match": ["embeddings.*", "pooler.dense"], "tie": True, "bits": 8, "act_bits": 8}]
+    space = CompressionSpace.from_model(model, example_input=tokens[:1], groups=groups, sparsity=(0.0, 0.0),
+                                        exclude=["encoder.layer.*.output.dense", "encoder.layer.*.intermediate.*"])
+    assert [(h.prefix, h.layers) for h in space.head_units] == [("attn", QUERIES)]
+    units = {u.prefix: u for u in space.units}
+    assert units["emb"].act_layers == ("pooler.dense",) and len(units["attn"].act_layers) == 6
+    assert space.dimensions == 3  # attn.heads, attn.bits, attn.act_bits; emb: all fixed
+    for t in _sample(space, 3):
+        p = t.params
+        assert set(p) == {"attn.heads", "attn.bits", "attn.act_bits"}
+        plan = space.decode(p)
+        for q in QUERIES:
+            assert HeadPruning(p["attn.heads"]) in plan.layers[q]
+        assert ActivationQuantization(p["attn.act_bits"]) in plan.layers["encoder.layer.1.attention.self.value"]
+        assert ActivationQuantization(8) in plan.layers["pooler.dense"]
+        assert not any(m.stage == "activation" for m in plan.layers["embeddings.word_embeddings"])
+        assert space.encode(plan) == p
+        compress(model, plan, example_input=tokens[:1], calibration_data=[tokens])
+    assert space.describe()["groups"][0]["heads"] == [0.25, 0.5]
+
+
+class NotAttention(nn.Module):
+    """A Linear named ``query`` outside any self-attention: HeadPruning's validate() accepts it, the probe does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.query(x)))
+
+
+def test_heads_refused_where_the_probe_fails():
+    space = CompressionSpace.from_model(NotAttention(), example_input=torch.randn(2, 8), heads=(0.25, 0.5))
+    assert not space.head_units and "self-attention" in space.heads_refused["query"]
+    assert "query.heads" not in _sample(space, 1)[0].params
+
+
+def test_act_bits_on_digits_through_a_trial(digits, tmp_path):
+    space = CompressionSpace.from_model(digits.model, act_bits=(4, 8, 32), bits=(8,), sparsity=(0.0, 0.5))
+    assert space.layer_dimensions() == {layer: 2 for layer in ALL}  # sparsity, act_bits
+    calibration = _calibration(digits, space.decode(space.uniform_params(8)))
+    assert calibration is None  # fp32 activations: no batches needed
+    params = {**space.uniform_params(8), "conv2.act_bits": 4, "fc1.act_bits": 8}
+    plan = space.decode(params)
+    assert space.encode(plan) == params
+    assert ActivationQuantization(4) in plan.layers["conv2"] and ActivationQuantization(8) in plan.layers["fc1"]
+    assert not any(m.stage == "activation" for m in plan.layers["conv1"])
+    calibration = _calibration(digits, plan)
+    assert len(calibration) == CALIBRATION_BATCHES and calibration[0][0].shape[0] == digits.batch_size
+    with pytest.raises(ConfigError, match="^calibration_data: got None"):
+        compress(digits.model, plan)
+    metrics = evaluate_plan(digits, space, params, tmp_path)  # the trial passes the calibration batches itself
+    assert metrics["accuracy"] > 0.5 and (tmp_path / "packed.safetensors").is_file()
+    for t in _sample(space, 4):
+        assert t.distributions["fc1.act_bits"] == CategoricalDistribution((4, 8, 32))
+        assert space.encode(space.decode(t.params)) == t.params
+
+
+def test_encode_refuses_activations_outside_the_space(bert):
+    model, tokens = bert
+    space = CompressionSpace.from_model(model, example_input=tokens[:1], act_bits=(8, 32),
+                                        groups=[{"name": "keys", "match": ["*.key"], "act_bits": []}])
+    plan = space.decode(space.uniform_params(8))
+    layers = dict(plan.layers)
+    layers["encoder.layer.0.attention.self.key"] += (ActivationQuantization(8),)
+    with pytest.raises(ConfigError, match=r"plan.layers\['encoder.layer.0.attention.self.key'\].act_quant: got "
+                                          r"'activation_quantization'; valid: no activation method"):
+        space.encode(CompressionPlan(layers))
+    layers = dict(plan.layers)
+    layers["pooler.dense"] += (ActivationQuantization(4),)
+    with pytest.raises(ConfigError, match=r"plan.layers\['pooler.dense'\].act_bits: got 4; valid: 8, 32$"):
+        space.encode(CompressionPlan(layers))
+    with pytest.raises(ConfigError, match=r"structure: got 'head_pruning'; valid: no structure method"):
+        space.encode(CompressionPlan({**plan.layers, QUERIES[0]: (HeadPruning(0.5),)}))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "text"),
+    [
+        ({"heads": (0.5, 1.0)}, "space.heads", "0 <= low <= high < 1 (fractions of attention heads"),
+        ({"heads": (0.25, 0.5)}, "example_input", "space.heads traces"),
+        ({"act_bits": (1, 8)}, "space.act_bits", "2..16 and 32"),
+        ({"act_bits": (8.0,)}, "space.act_bits", "2..16 and 32"),
+    ],
+)
+def test_bad_heads_and_act_bits(digits, kwargs, field, text):
+    with pytest.raises(ConfigError) as exc:
+        CompressionSpace.from_model(digits.model, **kwargs)
+    assert exc.value.field == field and text in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_act_bits_needs_the_model():
+    with pytest.raises(ConfigError, match=r"^space.act_bits: got \[8\]; valid: a space built from its model"):
+        CompressionSpace(list(ALL), act_bits=[8])
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"heads": [0.5, 1.0]}, "space.heads: got [0.5, 1.0]; valid: [low, high] with 0 <= low <= high < 1"),
+        ({"act_bits": [8, 33]}, "space.act_bits: got [8, 33]; valid: a list of activation bit-widths from 2..16"),
+        ({"act_bits": [8.5]}, "space.act_bits: got [8.5]; valid: a list of activation bit-widths"),
+        ({"groups": [{"name": "g", "match": ["x"], "act_bits": [1]}]}, "space.groups[0].act_bits: got [1]"),
+        ({"groups": [{"name": "g", "match": ["x"], "heads": 1.0}]}, "space.groups[0].heads: got 1.0"),
+    ],
+)
+def test_heads_and_act_bits_config_errors_are_one_line(space, message):
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"space": space})
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+
+
+def test_config_builds_heads_and_act_bits(digits):
+    config = validate_config({"space": {"act_bits": [32, 8], "heads": [0.25, 0.5]}}).space
+    assert config.act_bits == (8, 32) and config.heads == (0.25, 0.5)
+    space = config.build(digits.model, example_input=digits.example_input)
+    # no attention in the digits CNN: no heads; sparsity, bits, act_bits on conv2 and fc1
+    assert not space.head_units and space.dimensions == 6
+    described = space.describe()
+    assert described["act_bits"] == [8, 32] and described["act_layers"] == ["conv2", "fc1"]
+    assert described["heads"] == [0.25, 0.5] and described["head_units"] == []
