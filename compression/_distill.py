@@ -219,6 +219,26 @@ def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return out
 
 
+def check_training_args(lr: Any, batch_size: Any, seed: Any, device: Any, train_data: Any
+                        ) -> tuple[float, int, int, torch.device, int]:
+    """Checked ``lr``, ``batch_size``, ``seed``, ``device`` and the length of ``train_data``.
+
+    Raises:
+        ConfigError: Naming the first bad argument, before any training.
+    """
+    lr = check_real("lr", lr, 0.0, math.inf, lo_open=True, hi_open=True)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    device = parse_device(device)
+    try:
+        n = len(train_data)
+    except TypeError:
+        raise ConfigError("train_data", type(train_data).__name__, "a map-style dataset with a length") from None
+    if n < 1:
+        raise ConfigError("train_data", n, "a dataset with at least one item")
+    return lr, batch_size, seed, device, n
+
+
 def parse_device(device: Any) -> torch.device:
     try:
         return torch.device(device)
@@ -375,16 +395,7 @@ def distill(
         raise ConfigError("config", config, "a DistillConfig")
     if not isinstance(student, nn.Module):
         raise ConfigError("student", type(student).__name__, "an nn.Module")
-    lr = check_real("lr", lr, 0.0, math.inf, lo_open=True, hi_open=True)
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
-    device = parse_device(device)
-    try:
-        n = len(train_data)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigError("train_data", type(train_data).__name__, "a map-style dataset with a length") from None
-    if n < 1:
-        raise ConfigError("train_data", n, "a dataset with at least one item")
+    lr, batch_size, seed, device, n = check_training_args(lr, batch_size, seed, device, train_data)
     if teacher_logits is not None:
         teacher_logits = check_teacher_logits(teacher_logits, n)
     elif teacher is None and config.alpha > 0:

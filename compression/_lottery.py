@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from compression._distill import cycle_batches, parse_device
+from compression._distill import check_training_args, cycle_batches
 from compression._layers import compressible_layers
 from compression._methods import MagnitudePruning
 from compression._plan import CompressionPlan, FinetuneConfig
@@ -190,16 +190,7 @@ def lottery_ticket(
         targets = {name: s for name in layers}
     rounds = check_int("rounds", rounds, 1)
     epochs_per_round = check_int("epochs_per_round", epochs_per_round, 1)
-    lr = check_real("lr", lr, 0.0, math.inf, lo_open=True, hi_open=True)
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0)
-    device = parse_device(device)
-    try:
-        n = len(train_data)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigError("train_data", type(train_data).__name__, "a map-style dataset with a length") from None
-    if n < 1:
-        raise ConfigError("train_data", n, "a dataset with at least one item")
+    lr, batch_size, seed, device, n = check_training_args(lr, batch_size, seed, device, train_data)
     steps_per_round = epochs_per_round * math.ceil(n / batch_size)
     rewind_step = check_int("rewind_step", rewind_step, 0, steps_per_round - 1, " (steps of one round)")
 

@@ -17,6 +17,17 @@ __all__ = ["LowRank", "Tucker2", "factor_rank", "low_rank_params", "tucker2_fact
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+def _check_rank_spec(cfg: LowRank | Tucker2) -> None:
+    """Normalise ``rank_ratio`` / ``energy`` of a factorisation config and require exactly one."""
+    for name in ("rank_ratio", "energy"):
+        if getattr(cfg, name) is not None:
+            value = check_real(f"{cfg.method}.{name}", getattr(cfg, name), 0.0, 1.0, lo_open=True)
+            object.__setattr__(cfg, name, value)
+    if (cfg.rank_ratio is None) == (cfg.energy is None):
+        raise ConfigError(f"{cfg.method}.rank_ratio", cfg.rank_ratio,
+                          f"exactly one of rank_ratio or energy (energy={cfg.energy!r})")
+
+
 @dataclass(frozen=True)
 class LowRank(MethodConfig):
     """Truncated SVD of a Linear or Conv layer into two smaller layers.
@@ -50,13 +61,7 @@ class LowRank(MethodConfig):
     energy: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("rank_ratio", "energy"):
-            if getattr(self, name) is not None:
-                value = check_real(f"{self.method}.{name}", getattr(self, name), 0.0, 1.0, lo_open=True)
-                object.__setattr__(self, name, value)
-        if (self.rank_ratio is None) == (self.energy is None):
-            raise ConfigError(f"{self.method}.rank_ratio", self.rank_ratio,
-                              f"exactly one of rank_ratio or energy (energy={self.energy!r})")
+        _check_rank_spec(self)
 
     def validate(self, layer: str, module: nn.Module) -> None:
         if not isinstance(module, _SUPPORTED) or getattr(module, "groups", 1) != 1:
@@ -172,13 +177,7 @@ class Tucker2(MethodConfig):
     energy: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("rank_ratio", "energy"):
-            if getattr(self, name) is not None:
-                value = check_real(f"{self.method}.{name}", getattr(self, name), 0.0, 1.0, lo_open=True)
-                object.__setattr__(self, name, value)
-        if (self.rank_ratio is None) == (self.energy is None):
-            raise ConfigError(f"{self.method}.rank_ratio", self.rank_ratio,
-                              f"exactly one of rank_ratio or energy (energy={self.energy!r})")
+        _check_rank_spec(self)
 
     def validate(self, layer: str, module: nn.Module) -> None:
         where = f"plan.layers[{layer!r}].{self.method}"

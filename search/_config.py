@@ -14,7 +14,7 @@ from compression.errors import ConfigError
 from spaces import (ALLOWED_BITS, CHANNEL_IMPORTANCES, DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO,
                     FACTORIZATIONS, MAX_SPARSITY, PRUNINGS, QUANT_METHODS, TINY_PARAMS, TINY_SHARE, CompressionSpace,
                     GroupSpec)
-from spaces._groups import act_bits_tuple, canonical_names, channel_range, head_range, rank_range
+from spaces._groups import RangeFields, act_bits_tuple, canonical_names
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "StudentsConfig", "check_combinations", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
 
@@ -39,7 +39,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SpaceConfig(_Strict):
+class SpaceConfig(_Strict, RangeFields):
     """Ranges of the per-layer dimensions."""
 
     sparsity: tuple[float, float] = Field((0.0, MAX_SPARSITY), description="[low, high] per-layer sparsity")
@@ -117,21 +117,6 @@ class SpaceConfig(_Strict):
         if not v or any(m not in QUANT_METHODS for m in v):
             raise ValueError(f"a non-empty list of {', '.join(QUANT_METHODS)}")
         return tuple(dict.fromkeys(v))
-
-    @field_validator("channels")
-    @classmethod
-    def _channels_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
-        return None if v is None else channel_range(v)
-
-    @field_validator("rank_ratio")
-    @classmethod
-    def _rank_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
-        return None if v is None else rank_range(v)
-
-    @field_validator("heads")
-    @classmethod
-    def _heads_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
-        return None if v is None else head_range(v)
 
     @field_validator("act_bits", mode="before")
     @classmethod

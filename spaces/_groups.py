@@ -95,7 +95,26 @@ def rank_range(v: Sequence[float] | float) -> tuple[float, float]:
     return (low, high)
 
 
-class GroupSpec(BaseModel):
+class RangeFields(BaseModel):
+    """The optional ratio-range fields that :class:`GroupSpec` and ``search.SpaceConfig`` share, validated once."""
+
+    @field_validator("channels", check_fields=False)
+    @classmethod
+    def _channels_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else channel_range(v)
+
+    @field_validator("rank_ratio", check_fields=False)
+    @classmethod
+    def _rank_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else rank_range(v)
+
+    @field_validator("heads", check_fields=False)
+    @classmethod
+    def _heads_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+        return None if v is None else head_range(v)
+
+
+class GroupSpec(RangeFields):
     """One group of layers in a space config (``space.groups`` in YAML).
 
     Layers whose name matches one of ``match`` (``fnmatch`` globs on
@@ -161,21 +180,6 @@ class GroupSpec(BaseModel):
         if not bits or any(b not in ALLOWED_BITS for b in bits):
             raise ValueError("a non-empty list of bit-widths from 2..16 and 32, or one of them")
         return tuple(sorted(set(bits)))
-
-    @field_validator("channels")
-    @classmethod
-    def _channels_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
-        return None if v is None else channel_range(v)
-
-    @field_validator("rank_ratio")
-    @classmethod
-    def _rank_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
-        return None if v is None else rank_range(v)
-
-    @field_validator("heads")
-    @classmethod
-    def _heads_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
-        return None if v is None else head_range(v)
 
     @field_validator("act_bits", mode="before")
     @classmethod
