@@ -166,13 +166,26 @@ def _pids_mentioning(text: str) -> list[int]:
 @pytest.fixture(scope="package")
 def local_cluster():
     """Head + workers `w1`, `w2` (custom resources `worker` and their name)."""
-    cluster = LocalCluster()
+    cluster = _started_cluster()
     try:
-        cluster.start_head()
-        cluster.add_workers("w1", "w2")
         yield cluster
     finally:
         cluster.stop()
+
+
+def _started_cluster(attempts: int = 2) -> LocalCluster:
+    """A started head + w1 + w2; a `ray start` that times out on a loaded host is retried once on fresh ports."""
+    for attempt in range(attempts):
+        cluster = LocalCluster()
+        try:
+            cluster.start_head()
+            cluster.add_workers("w1", "w2")
+            return cluster
+        except RuntimeError:
+            cluster.stop()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def rayzor(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
