@@ -44,17 +44,22 @@ def canonical_names(values: Sequence[str], table: dict[str, str]) -> tuple[str, 
     return tuple(dict.fromkeys(known[v] for v in values))
 
 
+def _fraction_range(v: Sequence[float] | float, what: str) -> tuple[float, float]:
+    """``(low, high)`` fractions of ``what`` removed, from a range or one number, with ``0 <= low <= high < 1``."""
+    values = (v, v) if isinstance(v, (int, float)) else tuple(v)
+    low, high = (float(x) for x in values) if len(values) == 2 else (float("nan"),) * 2
+    if not 0.0 <= low <= high < 1.0:  # nan fails it too
+        raise ValueError(f"[low, high] with 0 <= low <= high < 1 (fractions of {what} removed), or one number")
+    return (low, high)
+
+
 def channel_range(v: Sequence[float] | float) -> tuple[float, float]:
     """``(low, high)`` of a channels setting (a range or one number), each a fraction of output channels removed.
 
     Raises:
         ValueError: Outside ``0 <= low <= high < 1`` (removing every channel removes the layer).
     """
-    values = (v, v) if isinstance(v, (int, float)) else tuple(v)
-    low, high = (float(x) for x in values) if len(values) == 2 else (float("nan"),) * 2
-    if not 0.0 <= low <= high < 1.0:  # nan fails it too
-        raise ValueError("[low, high] with 0 <= low <= high < 1 (fractions of output channels removed), or one number")
-    return (low, high)
+    return _fraction_range(v, "output channels")
 
 
 def head_range(v: Sequence[float] | float) -> tuple[float, float]:
@@ -63,11 +68,7 @@ def head_range(v: Sequence[float] | float) -> tuple[float, float]:
     Raises:
         ValueError: Outside ``0 <= low <= high < 1`` (HeadPruning keeps at least one head).
     """
-    values = (v, v) if isinstance(v, (int, float)) else tuple(v)
-    low, high = (float(x) for x in values) if len(values) == 2 else (float("nan"),) * 2
-    if not 0.0 <= low <= high < 1.0:  # nan fails it too
-        raise ValueError("[low, high] with 0 <= low <= high < 1 (fractions of attention heads removed), or one number")
-    return (low, high)
+    return _fraction_range(v, "attention heads")
 
 
 def act_bits_tuple(v: Sequence[int] | int) -> tuple[int, ...]:
