@@ -41,8 +41,8 @@ def main() -> None:
 
     import ray
 
-    from search import load_config, run_search
-    from search._runner import STOPPED
+    from rayzor.search import load_config, run_search
+    from rayzor.search._runner import STOPPED
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-asha-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -25,7 +25,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # explicit, as in every proc
 
 from _report import replace_section  # noqa: E402  (benchmarks/ is on sys.path)
 
-from search import load_config, run_search  # noqa: E402
+from rayzor.search import load_config, run_search  # noqa: E402
 from tests.cluster.conftest import LocalCluster  # noqa: E402
 
 

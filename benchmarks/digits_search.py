@@ -40,9 +40,9 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from compression import load_packed
-    from compression.tasks import create_task
-    from search import load_config, run_search
+    from rayzor.compression import load_packed
+    from rayzor.tasks import create_task
+    from rayzor.search import load_config, run_search
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-bench-"))
     config = load_config(None, trials=args.trials, seed=args.seed, experiment="bench-digits",

@@ -16,7 +16,7 @@ the method refuses, e.g. low-rank where it saves nothing, or channel pruning
 on the classifier whose outputs are the model's, is listed as skipped), with
 no fine-tuning, so rows compare the methods themselves. A method no layer
 accepts (head pruning on a CNN) gets an "n/a" row with the reason. Every
-registered method (``compression.list_methods()``) must have two rows of its
+registered method (``rayzor.compression.list_methods()``) must have two rows of its
 own, or the script stops before measuring anything.
 
 Per row: packed file length (``save_packed``; digits also with the lzma
@@ -91,7 +91,7 @@ class Row:
 
 
 def _rows() -> list[Row]:
-    from compression import (
+    from rayzor.compression import (
         ActivationQuantization,
         BinaryQuantization,
         ChannelPruning,
@@ -144,7 +144,7 @@ def _rows() -> list[Row]:
 
 def _check_coverage(rows: list[Row]) -> None:
     """Stop unless every registered method has two rows of its own (two strengths)."""
-    from compression import list_methods
+    from rayzor.compression import list_methods
 
     own: dict[str, int] = {}
     for row in rows:
@@ -181,7 +181,7 @@ def _logits(model, x):
 
 
 def _digits(args) -> Setup:
-    from compression.tasks import create_task
+    from rayzor.tasks import create_task
 
     task = create_task("digits")
     x_val = task.data["val"].tensors[0]
@@ -225,7 +225,7 @@ _LAYER_FIELD = re.compile(r"plan\.layers\[(['\"])(.+?)\1\]")
 
 def _plan(setup: Setup, row: Row) -> tuple[dict | None, dict[str, str], str | None]:
     """(layers -> methods, skipped layer -> reason, n/a reason) for ``row`` on ``setup.model``."""
-    from compression import CompressionPlan, ConfigError, compressible_layers, global_magnitude_plan
+    from rayzor.compression import CompressionPlan, ConfigError, compressible_layers, global_magnitude_plan
 
     if row.global_sparsity is not None:
         try:
@@ -249,7 +249,7 @@ def _plan(setup: Setup, row: Row) -> tuple[dict | None, dict[str, str], str | No
 
 def _compress(setup: Setup, chosen: dict, skipped: dict):
     """compress() on ``chosen``, dropping each layer that compress refuses (structured groups) with its reason."""
-    from compression import CompressionPlan, ConfigError, compress
+    from rayzor.compression import CompressionPlan, ConfigError, compress
 
     while True:
         try:
@@ -275,7 +275,7 @@ def _paired(fp32: Callable[[], float], other: Callable[[], float], rounds: int) 
 
 
 def _latency(setup: Setup, model, rounds: int) -> dict[str, dict[str, float]]:
-    from compression import measure_latency
+    from rayzor.compression import measure_latency
 
     out = {}
     for batch, x in setup.timing.items():
@@ -287,7 +287,7 @@ def _latency(setup: Setup, model, rounds: int) -> dict[str, dict[str, float]]:
 
 
 def _run_rows(setup: Setup, rows: list[Row], args, scratch: Path) -> dict:
-    from compression import compressible_layers, load_packed, model_stats, save_packed, state_dict_bytes
+    from rayzor.compression import compressible_layers, load_packed, model_stats, save_packed, state_dict_bytes
 
     dense_bytes = state_dict_bytes(setup.model)
     total_layers = len(compressible_layers(setup.model))
@@ -344,7 +344,7 @@ class _LogitsOnly(nn.Module):
 
 def _onnx_rows(setup: Setup, args, scratch: Path, dense_bytes: int) -> list[dict]:
     """fp32 ONNX and int8 ONNX (dynamic; static QDQ with calibration) of the fp32 model, run by onnxruntime."""
-    from compression import OrtModule, export_onnx, measure_latency, measure_onnx_latency, quantize_onnx_int8
+    from rayzor.compression import OrtModule, export_onnx, measure_latency, measure_onnx_latency, quantize_onnx_int8
 
     fp32_onnx = export_onnx(_LogitsOnly(setup.model).eval(), setup.example_input, scratch / "resnet18.onnx")
     variants = [
@@ -428,7 +428,7 @@ def _section(report: dict) -> str:
         f"Command: `{report['command']}` ({describe_machine(report)}); whole run {report['wall_seconds']:.0f} s, "
         "1 torch thread.",
         "",
-        "Every registered method (`compression.list_methods()`) at two strengths, each applied to every "
+        "Every registered method (`rayzor.compression.list_methods()`) at two strengths, each applied to every "
         "Conv/Linear layer that accepts it (the *layers* column; e.g. low-rank only where it saves parameters, "
         "channel pruning not on the classifier whose outputs are the model's), no fine-tuning. Size = packed "
         "file length (`save_packed`; every file is reloaded and must reproduce the outputs exactly), ratio = fp32 "

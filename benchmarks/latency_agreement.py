@@ -28,8 +28,8 @@ from _report import describe_machine, machine, replace_section, write_result  # 
 
 _FRESH = """
 import json, sys, torch
-from compression import load_packed, measure_latency
-from compression.tasks import create_task
+from rayzor.compression import load_packed, measure_latency
+from rayzor.tasks import create_task
 model, _ = load_packed(sys.argv[1])
 x = create_task("digits").example_input
 print(json.dumps(measure_latency(model.eval(), x, threads=1)))
@@ -45,7 +45,7 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from search import load_config, run_search
+    from rayzor.search import load_config, run_search
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-latency-"))
     uri = f"sqlite:///{scratch / 'mlflow.db'}"

@@ -52,8 +52,8 @@ SPACE = {
 
 _LATENCY = """
 import json, sys, torch
-from compression import measure_onnx_latency
-from compression.tasks import create_task
+from rayzor.compression import measure_onnx_latency
+from rayzor.tasks import create_task
 task = create_task("minilm", **json.loads(sys.argv[1]))
 x = task.data["test"].tensors[0]
 out = {}
@@ -74,13 +74,13 @@ def main() -> None:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from compression import CompressionPlan, export_onnx
-    from search import load_config, run_search
-    from search._export import export_model
-    from search._pareto import parse_pick, pick
-    from search._runner import prepare, warm_start_points
-    from search._trial import evaluate_plan
-    from spaces import CompressionSpace
+    from rayzor.compression import CompressionPlan, export_onnx
+    from rayzor.search import load_config, run_search
+    from rayzor.search._export import export_model
+    from rayzor.search._pareto import parse_pick, pick
+    from rayzor.search._runner import prepare, warm_start_points
+    from rayzor.search._trial import evaluate_plan
+    from rayzor.spaces import CompressionSpace
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-minilm-"))
     uri = f"sqlite:///{scratch / 'mlflow.db'}"

@@ -5,7 +5,7 @@ A synthetic 300-dimension space, the one rayzor searches for a 150-layer model
 and a cheap synthetic 2-objective function (an error proxy that grows with
 sparsity and shrinks with bits, and the packed size), so only the sampler's
 own cost is measured. Each sampler is built exactly as a search builds it
-(``search._runner.make_sampler``) and runs ask -> suggest -> tell for up to
+(``rayzor.search._runner.make_sampler``) and runs ask -> suggest -> tell for up to
 ``--trials`` trials or ``--max-seconds``, whichever comes first.
 
 Suggestion time = ``study.ask()`` + ``space.suggest(trial)`` (relative and
@@ -52,8 +52,8 @@ def run_sampler(name: str, trials: int, max_seconds: float, layers: list[str], s
     """One study: per-trial suggestion and tell times."""
     import optuna
 
-    from search._runner import make_sampler
-    from spaces import CompressionSpace
+    from rayzor.search._runner import make_sampler
+    from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(name, seed, trials))

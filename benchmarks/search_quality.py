@@ -49,10 +49,10 @@ def main() -> None:
     import ray
     import torch
 
-    from compression import CompressionPlan
-    from search import load_config, run_search, search_hypervolume
-    from search._runner import prepare
-    from search._trial import evaluate_plan
+    from rayzor.compression import CompressionPlan
+    from rayzor.search import load_config, run_search, search_hypervolume
+    from rayzor.search._runner import prepare
+    from rayzor.search._trial import evaluate_plan
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-quality-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -50,7 +50,7 @@ def _tasks(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _run(settings: dict[str, Any], mode: str, seed: int, scratch: Path) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
-    from search import load_config, run_search, search_hypervolume
+    from rayzor.search import load_config, run_search, search_hypervolume
 
     config = load_config(None, sampler="tpe", seed=seed, warm_start=mode, experiment="warmstart",
                          tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", storage_path=str(scratch / "ray"),
@@ -82,8 +82,8 @@ def _warm_count(result: Any) -> int:
     """Trials that ran an enqueued warm-start plan (their MLflow runs carry the tag)."""
     from mlflow.tracking import MlflowClient
 
-    from search._runner import TAG_WARM_START
-    from search._tracking import trial_runs
+    from rayzor.search._runner import TAG_WARM_START
+    from rayzor.search._tracking import trial_runs
 
     client = MlflowClient(result.tracking_uri)
     return sum(TAG_WARM_START in run.data.tags for run in trial_runs(client, result.experiment_id, result.parent_run_id))

@@ -34,7 +34,7 @@ def main() -> None:
 
     import ray
 
-    from search import load_config, run_search
+    from rayzor.search import load_config, run_search
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-system-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -8,16 +8,13 @@ from typing import Any
 
 import yaml
 
-from compression.errors import RayzorError
+from rayzor.errors import ClusterConfigError, RayzorError
 
 __all__ = ["CONFIG_DIR", "launcher_schema", "validate_launcher_config"]
 
 #: Ray cluster launcher YAML, KubeRay manifests and the MLflow server recipe.
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-
-class ClusterConfigError(RayzorError):
-    """A cluster config does not match the schema it is written for."""
 
 
 def launcher_schema() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
-from compression.errors import ConfigError
+from rayzor.errors import ConfigError
 
 __all__ = ["check_address", "check_dashboard"]
 

@@ -8,17 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster._connect import check_dashboard
-from compression.errors import ConfigError, RayzorError
+from rayzor.cluster._connect import check_dashboard
+from rayzor.errors import ConfigError, JobFailedError, RayzorError
 
-__all__ = ["JobFailed", "job_status", "stop_job", "submit_search"]
+__all__ = ["JobFailedError", "job_status", "stop_job", "submit_search"]
 
 #: Runtime-env excludes: results and stores of local runs must not be uploaded.
 _EXCLUDES = ["rayzor-results/", "mlruns/", "mlflow.db", ".git/", "__pycache__/", "*.onnx", "*.safetensors"]
 
-
-class JobFailed(RayzorError):
-    """A submitted search ended in a status other than SUCCEEDED."""
 
 
 def _client(address: str) -> Any:
@@ -51,7 +48,7 @@ def submit_search(config: str | Path, address: str, *, working_dir: str | Path |
     Raises:
         ConfigError: missing config, config outside ``working_dir``, or an
             unreachable dashboard.
-        JobFailed: ``wait`` and the job did not succeed.
+        JobFailedError: ``wait`` and the job did not succeed.
     """
     config = Path(config).resolve()
     if not config.is_file():
@@ -60,7 +57,7 @@ def submit_search(config: str | Path, address: str, *, working_dir: str | Path |
     if not config.is_relative_to(root):
         raise ConfigError("--working-dir", str(root), f"a folder that contains {config}")
     client = _client(address)
-    search = " ".join(["python -m search.cli search", shlex.quote(str(config.relative_to(root))), *map(shlex.quote, search_args or [])])
+    search = " ".join(["python -m rayzor.search.cli search", shlex.quote(str(config.relative_to(root))), *map(shlex.quote, search_args or [])])
     # The driver runs from a private copy of the working dir: Ray may unpack the
     # same package again for trials on the driver's node, which replaces the
     # folder under a running driver (getcwd() then fails at the end of fit).
@@ -76,7 +73,7 @@ def submit_search(config: str | Path, address: str, *, working_dir: str | Path |
     asyncio.run(_stream(client, job_id, out))
     status = str(client.get_job_status(job_id))
     if status != "SUCCEEDED":
-        raise JobFailed(f"job {job_id} ended {status}: {client.get_job_info(job_id).message}")
+        raise JobFailedError(f"job {job_id} ended {status}: {client.get_job_info(job_id).message}")
     return job_id, status
 
 

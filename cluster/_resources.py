@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from compression.errors import ConfigError
+from rayzor.errors import ConfigError
 
 __all__ = ["check_cluster_resources", "derive_concurrency", "trial_resources"]
 

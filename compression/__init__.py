@@ -10,12 +10,12 @@ Typical use::
     model2, info = load_packed("model.rzp")
 """
 
-from compression._actquant import ActivationQuantization, QuantizedInput
-from compression._bitpack import pack_bits, unpack_bits
-from compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
-from compression._lottery import LotteryTicket, lottery_ticket
-from compression._engine import CompressedModel, apply_structure, compress, compressible_layers, replace_module
-from compression._methods import (
+from rayzor.compression._actquant import ActivationQuantization, QuantizedInput
+from rayzor.compression._bitpack import pack_bits, unpack_bits
+from rayzor.compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
+from rayzor.compression._lottery import LotteryTicket, lottery_ticket
+from rayzor.compression._engine import CompressedModel, apply_structure, compress, compressible_layers, replace_module
+from rayzor.compression._methods import (
     BinaryQuantization,
     HalfPrecision,
     KMeansQuantization,
@@ -24,10 +24,10 @@ from compression._methods import (
     TernaryQuantization,
     UniformQuantization,
 )
-from compression._lowrank import Tucker2
-from compression._metrics import measure_latency, model_stats, state_dict_bytes
-from compression._onnx import OrtModule, export_onnx, max_abs_diff, measure_onnx_latency, quantize_onnx_int8
-from compression._packed import (
+from rayzor.compression._lowrank import Tucker2
+from rayzor.compression._metrics import measure_latency, model_stats, state_dict_bytes
+from rayzor.compression._onnx import OrtModule, export_onnx, max_abs_diff, measure_onnx_latency, quantize_onnx_int8
+from rayzor.compression._packed import (
     ENTROPY_CODECS,
     PackedFormatError,
     PackedInfo,
@@ -35,11 +35,11 @@ from compression._packed import (
     read_packed_info,
     save_packed,
 )
-from compression._pruning import RandomPruning, global_magnitude_plan
-from compression._plan import CompressionPlan, FinetuneConfig
-from compression._registry import MethodConfig, get_method, list_methods, register_method
-from compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance
-from compression._students import (
+from rayzor.compression._pruning import RandomPruning, global_magnitude_plan
+from rayzor.compression._plan import CompressionPlan, FinetuneConfig
+from rayzor.compression._registry import MethodConfig, get_method, list_methods, register_method
+from rayzor.compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance
+from rayzor.compression._students import (
     StageCNN,
     StudentFamily,
     check_student,
@@ -49,8 +49,8 @@ from compression._students import (
     register_student,
     suggest_student_params,
 )
-from compression._weights import CompressedWeight
-from compression.errors import ConfigError, RayzorError
+from rayzor.compression._weights import CompressedWeight
+from rayzor.errors import ConfigError, RayzorError
 
 __all__ = [
     # errors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compression.errors import ConfigError
+from rayzor.errors import ConfigError
 
 __all__ = ["pack_bits", "unpack_bits"]
 

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from compression._registry import check_int, check_real
-from compression.errors import ConfigError
+from rayzor.compression._registry import check_int, check_real
+from rayzor.errors import ConfigError
 
 __all__ = ["DistillConfig", "kd_loss", "distill", "teacher_outputs"]
 

@@ -10,14 +10,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compression._actquant import calibrate_activations, calibration_inputs, input_layer
-from compression._layers import COMPRESSIBLE_TYPES, compressible_layers
-from compression._distill import check_teacher_logits, frozen_copy, indexed_loader, mixed_loss
-from compression._plan import CompressionPlan, FinetuneConfig
-from compression._registry import MethodConfig, get_handler, get_method
-from compression._structured import prune_structure
-from compression._weights import CompressedWeight
-from compression.errors import ConfigError
+from rayzor.compression._actquant import calibrate_activations, calibration_inputs, input_layer
+from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
+from rayzor.compression._distill import check_teacher_logits, frozen_copy, indexed_loader, mixed_loss
+from rayzor.compression._plan import CompressionPlan, FinetuneConfig
+from rayzor.compression._registry import MethodConfig, get_handler, get_method
+from rayzor.compression._structured import prune_structure
+from rayzor.compression._weights import CompressedWeight
+from rayzor.errors import ConfigError
 
 __all__ = ["COMPRESSIBLE_TYPES", "compressible_layers", "CompressedModel", "compress", "replace_module",
            "apply_structure"]

@@ -19,13 +19,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from compression._distill import check_training_args, cycle_batches
-from compression._layers import compressible_layers
-from compression._methods import MagnitudePruning
-from compression._plan import CompressionPlan, FinetuneConfig
-from compression._registry import MethodConfig, check_int, check_real, get_handler
-from compression._weights import CompressedWeight
-from compression.errors import ConfigError
+from rayzor.compression._distill import check_training_args, cycle_batches
+from rayzor.compression._layers import compressible_layers
+from rayzor.compression._methods import MagnitudePruning
+from rayzor.compression._plan import CompressionPlan, FinetuneConfig
+from rayzor.compression._registry import MethodConfig, check_int, check_real, get_handler
+from rayzor.compression._weights import CompressedWeight
+from rayzor.errors import ConfigError
 
 __all__ = ["LotteryTicket", "lottery_ticket"]
 

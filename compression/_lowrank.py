@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from compression._registry import MethodConfig, check_real, register_method
-from compression.errors import ConfigError
+from rayzor.compression._registry import MethodConfig, check_real, register_method
+from rayzor.errors import ConfigError
 
 __all__ = ["LowRank", "Tucker2", "factor_rank", "low_rank_params", "tucker2_factors", "tucker2_params", "tucker2_ranks"]
 

@@ -6,15 +6,15 @@ low-rank factorisation.
 
 from __future__ import annotations
 
-from compression._pruning import MagnitudePruning
-from compression._quantization import (
+from rayzor.compression._pruning import MagnitudePruning
+from rayzor.compression._quantization import (
     BinaryQuantization,
     HalfPrecision,
     KMeansQuantization,
     TernaryQuantization,
     UniformQuantization,
 )
-from compression._lowrank import LowRank
+from rayzor.compression._lowrank import LowRank
 
 __all__ = [
     "MagnitudePruning",

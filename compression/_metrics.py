@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from compression._actquant import QuantizedInput
-from compression._layers import compressible_layers
-from compression._weights import CompressedWeight
-from compression.errors import ConfigError
+from rayzor.compression._actquant import QuantizedInput
+from rayzor.compression._layers import compressible_layers
+from rayzor.compression._weights import CompressedWeight
+from rayzor.errors import ConfigError
 
 __all__ = ["state_dict_bytes", "measure_latency", "model_stats"]
 

@@ -90,7 +90,7 @@ def _calibration_reader(calibration_data: Iterable[Any]) -> Any:
     """onnxruntime's CalibrationDataReader over the same batches :func:`compression.compress` accepts."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from compression._actquant import calibration_inputs
+    from rayzor.compression._actquant import calibration_inputs
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

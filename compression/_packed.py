@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import importlib
 import json
 import lzma
 import math
@@ -51,12 +50,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from compression._actquant import apply_activation_quantization
-from compression._bitpack import pack_bits, unpack_bits
-from compression._engine import CompressedModel, apply_structure
-from compression._plan import CompressionPlan
-from compression._weights import SCHEMES, CompressedWeight
-from compression.errors import ConfigError, RayzorError
+from rayzor.compression._actquant import apply_activation_quantization
+from rayzor.compression._bitpack import pack_bits, unpack_bits
+from rayzor.compression._engine import CompressedModel, apply_structure
+from rayzor.compression._plan import CompressionPlan
+from rayzor.compression._weights import SCHEMES, CompressedWeight
+from rayzor._resolve import resolve
+from rayzor.errors import ConfigError, PackedFormatError, RayzorError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ENTROPY_CODECS", "PackedFormatError", "PackedInfo", "save_packed",
            "load_packed", "read_packed_info"]
@@ -75,9 +75,6 @@ _FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 _INDEX_DTYPES = [dt for dt in (torch.uint8, getattr(torch, "uint16", None), getattr(torch, "uint32", None),
                                torch.int32, torch.int64) if dt is not None]
 
-
-class PackedFormatError(RayzorError):
-    """A file is not a rayzor packed file, is truncated or corrupt, has an unsupported version, or does not fit the model."""
 
 
 @dataclass
@@ -480,13 +477,10 @@ def read_packed_info(path: str | os.PathLike) -> PackedInfo:
 
 
 def _build(arch: Mapping[str, Any]) -> nn.Module:
-    module_name, _, attr = str(arch.get("factory", "")).partition(":")
     try:
-        factory = importlib.import_module(module_name)
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise PackedFormatError(f"cannot import the architecture factory {arch.get('factory')!r}: {e}") from None
+        factory = resolve(arch.get("factory"), "arch.factory", error=PackedFormatError)
+    except ConfigError as e:
+        raise PackedFormatError(f"cannot import the architecture factory: {e}") from None
     return factory(**arch.get("kwargs", {}))
 
 

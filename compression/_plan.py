@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from compression._layers import compressible_layers
-from compression._methods import MagnitudePruning, UniformQuantization
-from compression._registry import STAGES, MethodConfig, build_dataclass, check_int, check_real, get_method, list_methods
-from compression.errors import ConfigError
+from rayzor.compression._layers import compressible_layers
+from rayzor.compression._methods import MagnitudePruning, UniformQuantization
+from rayzor.compression._registry import STAGES, MethodConfig, build_dataclass, check_int, check_real, get_method, list_methods
+from rayzor.errors import ConfigError
 
 __all__ = ["FinetuneConfig", "CompressionPlan"]
 

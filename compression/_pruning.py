@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from compression._layers import compressible_layers
-from compression._registry import MethodConfig, check_int, check_real, register_method
-from compression._weights import CompressedWeight
-from compression.errors import ConfigError
+from rayzor.compression._layers import compressible_layers
+from rayzor.compression._registry import MethodConfig, check_int, check_real, register_method
+from rayzor.compression._weights import CompressedWeight
+from rayzor.errors import ConfigError
 
 if TYPE_CHECKING:
-    from compression._plan import CompressionPlan
+    from rayzor.compression._plan import CompressionPlan
 
 __all__ = ["MagnitudePruning", "RandomPruning", "global_magnitude_plan"]
 
@@ -128,7 +128,7 @@ def global_magnitude_plan(model: nn.Module, sparsity: float, layers: Iterable[st
             threshold that would prune a whole layer (leave it out, or lower
             ``sparsity``).
     """
-    from compression._plan import CompressionPlan  # _plan imports the methods of this module
+    from rayzor.compression._plan import CompressionPlan  # _plan imports the methods of this module
 
     sparsity = check_real("sparsity", sparsity, 0.0, 1.0, hi_open=True)
     available = compressible_layers(model)

@@ -13,9 +13,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from compression._registry import MethodConfig, check_int, check_real, register_method
-from compression._weights import CompressedWeight
-from compression.errors import ConfigError
+from rayzor.compression._registry import MethodConfig, check_int, check_real, register_method
+from rayzor.compression._weights import CompressedWeight
+from rayzor.errors import ConfigError
 
 __all__ = [
     "GRANULARITIES",

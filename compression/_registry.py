@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-from compression.errors import ConfigError
+from rayzor.errors import ConfigError
 
 __all__ = [
     "STAGES",

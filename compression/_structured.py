@@ -26,8 +26,8 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from compression._registry import MethodConfig, check_int, check_real, get_handler, register_method
-from compression.errors import ConfigError
+from rayzor.compression._registry import MethodConfig, check_int, check_real, get_handler, register_method
+from rayzor.errors import ConfigError
 
 __all__ = [
     "ChannelPruning",

@@ -18,7 +18,7 @@ is a :class:`StudentFamily` with four methods:
   with ``factory(**kwargs)``.
 
 Registered families: ``cnn`` (:class:`StageCNN` students of plain CNN
-teachers such as :class:`~compression.tasks.DigitsCNN`), ``bert_layer_drop``
+teachers such as :class:`~rayzor.tasks.DigitsCNN`), ``bert_layer_drop``
 (BERT-style encoders with fewer layers, copied from the teacher's, and
 optionally fewer heads and a narrower feed-forward) and ``factory`` (a user
 function ``module:function``).
@@ -39,8 +39,9 @@ import optuna
 import torch
 from torch import nn
 
-from compression._registry import check_int, check_real
-from compression.errors import ConfigError, RayzorError
+from rayzor.compression._registry import check_int, check_real
+from rayzor._resolve import resolve
+from rayzor.errors import ConfigError, RayzorError
 
 __all__ = [
     "StudentFamily",
@@ -242,12 +243,15 @@ def check_student(student: nn.Module, teacher: nn.Module, example_input: torch.T
 
 
 def _import(spec: str, field: str) -> Callable[..., Any]:
-    # A bad format gets our own message; resolve_callable's would list task names.
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ConfigError(field, spec, "a 'package.module:function' string")
-    from compression.tasks._base import resolve_callable
-
-    return resolve_callable(spec, field=field)
+    try:
+        obj = resolve(spec, field)
+    except ConfigError:
+        raise
+    except RayzorError as exc:
+        raise ConfigError(field, spec, f"an importable 'package.module:function' ({exc})") from None
+    if not callable(obj):
+        raise ConfigError(field, spec, "a callable 'package.module:function'")
+    return obj
 
 
 def _qualified_name(cls: type) -> str:
@@ -379,7 +383,7 @@ class CNNStudents(StudentFamily):
     change shapes, so teacher weights are not copied.
     """
 
-    factory = "compression._students:StageCNN"
+    factory = "rayzor.compression._students:StageCNN"
 
     def params(self, teacher: nn.Module) -> Distributions:
         desc = _describe_cnn(teacher)
@@ -520,7 +524,7 @@ class BertLayerDropStudents(StudentFamily):
       without its importance scores).
     """
 
-    factory = "compression._students:build_layer_drop_encoder"
+    factory = "rayzor.compression._students:build_layer_drop_encoder"
 
     def params(self, teacher: nn.Module) -> Distributions:
         hf, _ = _split_encoder(teacher)
@@ -641,7 +645,7 @@ class FactoryStudents(StudentFamily):
     calls the function on that (:func:`build_factory_student`).
     """
 
-    factory = "compression._students:build_factory_student"
+    factory = "rayzor.compression._students:build_factory_student"
 
     def params(self, teacher: nn.Module) -> Distributions:
         return {}

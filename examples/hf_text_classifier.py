@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from compression.errors import ConfigError
-from compression.tasks import Task
+from rayzor.errors import ConfigError
+from rayzor.tasks import Task
 
 __all__ = ["LABELS", "TextClassifier", "WordTokenizer", "accuracy", "build_model", "docstring_sentences", "make_task"]
 
@@ -178,7 +178,7 @@ def make_task(seed: int = 0, epochs: int = 8, lr: float = 2e-3, max_length: int 
         raise ConfigError("task_options.max_length/hidden", (max_length, hidden), "max_length >= 8 and an even hidden >= 2")
     from safetensors.torch import load_file, save_file
 
-    from compression.tasks._digits import cache_dir  # the folder (and env var) of the embedded tasks' cache
+    from rayzor.tasks._digits import cache_dir  # the folder (and env var) of the embedded tasks' cache
 
     items = docstring_sentences()
     random.Random(seed).shuffle(items)

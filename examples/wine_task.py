@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from compression.tasks import Task
+from rayzor.tasks import Task
 
 __all__ = ["WineMLP", "accuracy", "build_mlp", "make_task"]
 

@@ -9,12 +9,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
-from compression import FinetuneConfig
-from compression.errors import ConfigError
-from spaces import (ALLOWED_BITS, CHANNEL_IMPORTANCES, DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO,
+from rayzor.compression import FinetuneConfig
+from rayzor.errors import ConfigError
+from rayzor.spaces import (ALLOWED_BITS, CHANNEL_IMPORTANCES, DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO,
                     FACTORIZATIONS, MAX_SPARSITY, PRUNINGS, QUANT_METHODS, TINY_PARAMS, TINY_SHARE, CompressionSpace,
                     GroupSpec)
-from spaces._groups import RangeFields, act_bits_tuple, canonical_names
+from rayzor.spaces._groups import RangeFields, act_bits_tuple, canonical_names
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "StudentsConfig", "check_combinations", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from compression import (
+from rayzor.compression import (
     OrtModule,
     export_onnx,
     load_packed,
@@ -20,12 +20,12 @@ from compression import (
     measure_onnx_latency,
     quantize_onnx_int8,
 )
-from compression.errors import ConfigError, RayzorError
-from compression.tasks import Task, create_task
-from search._config import SearchConfig
-from search._pareto import parse_pick, pick
-from search._runner import PACKED_ARTIFACT_DIR, TrialRecord, _front
-from search._tracking import (
+from rayzor.errors import ConfigError, RayzorError
+from rayzor.tasks import Task, create_task
+from rayzor.search._config import SearchConfig
+from rayzor.search._pareto import parse_pick, pick
+from rayzor.search._runner import PACKED_ARTIFACT_DIR, TrialRecord, _front
+from rayzor.search._tracking import (
     ROLE_TRIAL,
     TAG_PARENT,
     TAG_PLAN,
@@ -34,7 +34,7 @@ from search._tracking import (
     latest_search_run,
     trial_runs,
 )
-from search._trial import PACKED_NAME
+from rayzor.search._trial import PACKED_NAME
 
 __all__ = ["EXPORT_FORMATS", "ONNX_TOLERANCE", "ExportReport", "SearchView", "export_model", "load_search"]
 

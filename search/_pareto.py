@@ -28,7 +28,7 @@ from typing import Literal, get_args
 import numpy as np
 from numpy.typing import ArrayLike
 
-from compression.errors import ConfigError, RayzorError
+from rayzor.errors import ConfigError, NoMatchError, RayzorError
 
 __all__ = [
     "Constraint",
@@ -291,9 +291,6 @@ def _fmt(value: float) -> str:
         return str(int(value))
     return repr(value)
 
-
-class NoMatchError(RayzorError):
-    """No candidate satisfies a ``--pick`` spec."""
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from compression import CompressionPlan, FinetuneConfig, state_dict_bytes
-from compression.errors import ConfigError, RayzorError
-from compression.tasks import Task, create_task
-from search._config import SearchConfig, objective_direction, quality_metric
-from search._pareto import hypervolume, pareto_mask
-from search._tracking import (
+from rayzor.compression import CompressionPlan, FinetuneConfig, state_dict_bytes
+from rayzor.errors import ConfigError, RayzorError, TrackingError
+from rayzor.tasks import Task, create_task
+from rayzor.search._config import SearchConfig, objective_direction, quality_metric
+from rayzor.search._pareto import hypervolume, pareto_mask
+from rayzor.search._tracking import (
     ROLE_SEARCH,
     ROLE_TRIAL,
     TAG_PARENT,
@@ -35,8 +35,8 @@ from search._tracking import (
     log_params,
     trial_runs,
 )
-from search._trial import PACKED_NAME, run_trial
-from spaces import CompressionSpace
+from rayzor.search._trial import PACKED_NAME, run_trial
+from rayzor.spaces import CompressionSpace
 
 __all__ = ["RESUME_FILE", "SearchResult", "TrackingError", "TrialRecord", "load_resume_state", "make_sampler", "objective_scales",
            "run_search", "search_hypervolume"]
@@ -191,9 +191,6 @@ TAG_TRIAL_ID = "rayzor.trial_id"
 TAG_WARM_START = "rayzor.warm_start"
 
 
-class TrackingError(RayzorError):
-    """The MLflow writer failed while the search ran."""
-
 
 @dataclass
 class _Outcome:
@@ -209,7 +206,7 @@ class _Outcome:
 
 
 def _record_of(run: Any) -> TrialRecord:
-    from search._export import _record
+    from rayzor.search._export import _record
 
     record = _record(run)
     record.trial_id = run.data.tags.get(TAG_TRIAL_ID, "")
@@ -554,7 +551,7 @@ def _trial_request(config: SearchConfig) -> tuple[dict[str, float], int]:
     """
     import ray
 
-    from cluster import check_cluster_resources, derive_concurrency, trial_resources
+    from rayzor.cluster import check_cluster_resources, derive_concurrency, trial_resources
 
     request = trial_resources(config.cpus_per_trial, config.gpus_per_trial, config.resources_per_trial)
     available = ray.cluster_resources()
@@ -576,8 +573,8 @@ def prepare(config: SearchConfig) -> tuple[Any, str, str, Task, CompressionSpace
     tracking URI, the experiment id, the task, the space and the baseline
     metrics (the task's validation metrics, fp32 size and latency).
     """
-    from cluster import check_address
-    from search._config import check_combinations
+    from rayzor.cluster import check_address
+    from rayzor.search._config import check_combinations
 
     check_combinations(config)  # a SearchConfig built in code skipped validate_config
     address, flag = _ray_address(config)
@@ -588,10 +585,10 @@ def prepare(config: SearchConfig) -> tuple[Any, str, str, Task, CompressionSpace
     config = _resolve_objectives(config, task)
     space = config.space.build(task.model, config.finetune(), example_input=task.example_input)
     if config.students.families:
-        from spaces import StudentSpace
+        from rayzor.spaces import StudentSpace
 
         space = StudentSpace(space, task.model, config.students.families, config.students.include_teacher)
-    from compression import measure_latency
+    from rayzor.compression import measure_latency
 
     baseline = {
         **task.baseline["val"],
@@ -615,7 +612,7 @@ def _resolve_objectives(config: SearchConfig, task: Task) -> SearchConfig:
 
 def _resumed_config(state: dict[str, Any], given: SearchConfig) -> SearchConfig:
     """The saved config of a resumed search; a new ``address`` may replace the old one."""
-    from search._config import validate_config
+    from rayzor.search._config import validate_config
 
     data = dict(state["config"])
     if given.address:
@@ -664,7 +661,7 @@ def _make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace, n
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from search._callback import TrackingCallback
+    from rayzor.search._callback import TrackingCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if restore_path is not None:
@@ -679,7 +676,7 @@ def _make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace, n
     )
     scheduler = None
     if config.scheduler == "asha":
-        from search._scheduler import SizeBucketASHA
+        from rayzor.search._scheduler import SizeBucketASHA
 
         # One result per fine-tune epoch: epochs - 1 intermediate ones, then the final one.
         scheduler = SizeBucketASHA(quality_metric(config.objectives), "max", max_t=config.finetune_epochs,
@@ -717,7 +714,7 @@ def _distillation(config: SearchConfig, task: Task) -> dict[str, Any] | None:
     """
     if not (config.students.families or config.recovery.distill_alpha > 0):
         return None
-    from compression import teacher_outputs
+    from rayzor.compression import teacher_outputs
 
     s = config.students
     return {"teacher_logits": teacher_outputs(task.model, task.data["train"], batch_size=256),
@@ -739,7 +736,7 @@ def _storage(config: SearchConfig) -> str:
 def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print, resume: str | None = None) -> SearchResult:
     """Run one search end to end and return its Pareto front.
 
-    Bad input raises :class:`~compression.errors.ConfigError` before Ray
+    Bad input raises :class:`~rayzor.errors.ConfigError` before Ray
     starts (or, for resources the cluster lacks, before any trial queues).
     The parent MLflow run ends FINISHED, or FAILED/KILLED if the search itself
     breaks; trials that raise are retried ``max_failures`` times, then logged
@@ -766,14 +763,14 @@ def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print,
     try:
         from ray import tune
 
-        from search._callback import TRACKERS
+        from rayzor.search._callback import TRACKERS
 
         request, concurrency = _trial_request(config)
         parent_id = _open_parent(client, experiment_id, name, config, state)
         if state is None:
             _log_parent(client, parent_id, config, space, name, storage, baseline, request, concurrency)
             if config.warm_start == "sensitivity":  # on Ray, before any trial; logged under sensitivity/
-                from search._sensitivity import search_phase
+                from rayzor.search._sensitivity import search_phase
 
                 # with students, the probes (and the warm-start plans) are the teacher's
                 probed = getattr(space, "teacher_space", space)

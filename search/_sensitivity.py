@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from spaces import CompressionSpace, SensitivityRow, sensitivity, sensitivity_points
+from rayzor.spaces import CompressionSpace, SensitivityRow, sensitivity, sensitivity_points
 
 if TYPE_CHECKING:
-    from compression.tasks import Task
-    from search._config import SearchConfig
+    from rayzor.tasks import Task
+    from rayzor.search._config import SearchConfig
 
 __all__ = ["ROLE_SENSITIVITY", "SENSITIVITY_DIR", "SensitivityResult", "drop_matrix", "level_label", "log_sensitivity",
            "probe", "run_sensitivity", "search_phase"]
@@ -152,11 +152,11 @@ def run_sensitivity(config: SearchConfig, *, progress: Callable[[str], None] = p
     the config's task and space as params and the artifacts of
     :func:`log_sensitivity`. Bad input raises before Ray starts.
     """
-    from cluster import check_address
-    from compression import FinetuneConfig
-    from compression.tasks import create_task
-    from search._runner import _ray_address, _start_ray
-    from search._tracking import TAG_ROLE, connect, log_params
+    from rayzor.cluster import check_address
+    from rayzor.compression import FinetuneConfig
+    from rayzor.tasks import create_task
+    from rayzor.search._runner import _ray_address, _start_ray
+    from rayzor.search._tracking import TAG_ROLE, connect, log_params
 
     address, flag = _ray_address(config)
     if address:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from compression.errors import ConfigError, RayzorError
+from rayzor.errors import ConfigError, RayzorError
 
 __all__ = [
     "ROLE_SEARCH",

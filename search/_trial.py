@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compression import (CompressionPlan, DistillConfig, FinetuneConfig, check_student, compress, distill,
+from rayzor.compression import (CompressionPlan, DistillConfig, FinetuneConfig, check_student, compress, distill,
                          get_student_family, measure_latency, model_stats, save_packed, state_dict_bytes)
-from compression.errors import ConfigError
-from compression.tasks import Task
-from spaces import CompressionSpace
-from spaces._students import TEACHER, StudentSpace
+from rayzor.errors import ConfigError
+from rayzor.tasks import Task
+from rayzor.spaces import CompressionSpace
+from rayzor.spaces._students import TEACHER, StudentSpace
 
 __all__ = ["PACKED_NAME", "evaluate_plan", "planned_size", "run_trial", "trial_device"]
 
@@ -146,7 +146,7 @@ def _epoch_reporter(task: Task, space: CompressionSpace, params: dict[str, Any],
     """``on_epoch`` that reports each fine-tune epoch but the last to Tune, for early stopping."""
     from ray import tune
 
-    from search._scheduler import BUCKET_KEY, size_bucket
+    from rayzor.search._scheduler import BUCKET_KEY, size_bucket
 
     size = planned_size(task, space, params, out_dir, entropy)
     bucket = size_bucket(size, schedule["baseline_bytes"], schedule["bucket_width"])

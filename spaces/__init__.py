@@ -1,6 +1,6 @@
 """Search spaces: turn a PyTorch model into per-layer compression choices."""
 
-from spaces._introspect import (
+from rayzor.spaces._introspect import (
     TINY_PARAMS,
     TINY_SHARE,
     LayerReport,
@@ -9,7 +9,7 @@ from spaces._introspect import (
     method_support,
     uncovered_params,
 )
-from spaces._space import (
+from rayzor.spaces._space import (
     ALLOWED_BITS,
     CHANNEL_IMPORTANCES,
     DEFAULT_METHODS,
@@ -25,8 +25,8 @@ from spaces._space import (
     LayerInfo,
     inspect_layers,
 )
-from spaces._sensitivity import SensitivityRow, sensitivity, sensitivity_points
-from spaces._students import FAMILY_KEY, TEACHER, StudentChoice, StudentSpace
+from rayzor.spaces._sensitivity import SensitivityRow, sensitivity, sensitivity_points
+from rayzor.spaces._students import FAMILY_KEY, TEACHER, StudentChoice, StudentSpace
 
 __all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace", "ALLOWED_BITS", "MAX_SPARSITY", "DEFAULT_METHODS", "QUANT_METHODS",
            "CHANNEL_IMPORTANCES", "DEFAULT_PRUNING", "DEFAULT_RANK_RATIO", "FACTORIZATIONS", "NO_FACTORIZATION", "PRUNINGS", "TINY_PARAMS", "TINY_SHARE",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compression.errors import ConfigError
+from rayzor.errors import ConfigError
 
 __all__ = ["ACT_BITS", "ALLOWED_BITS", "CHANNEL_IMPORTANCES", "FACTORIZATIONS", "MAX_SPARSITY", "PRUNINGS",
            "ChannelUnit", "GroupSpec", "HeadUnit", "Unit", "act_bits_tuple", "canonical_names", "channel_range",

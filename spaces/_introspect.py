@@ -24,9 +24,9 @@ from typing import Any
 
 from torch import nn
 
-from compression import compressible_layers, get_method, list_methods
-from compression._layers import COMPRESSIBLE_TYPES
-from compression.errors import ConfigError
+from rayzor.compression import compressible_layers, get_method, list_methods
+from rayzor.compression._layers import COMPRESSIBLE_TYPES
+from rayzor.errors import ConfigError
 
 __all__ = ["TINY_PARAMS", "TINY_SHARE", "LayerInfo", "LayerReport", "default_exclusions", "inspect_layers",
            "introspect", "method_support", "uncovered_params"]

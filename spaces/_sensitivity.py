@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from compression import CompressionPlan, FinetuneConfig, compress
-from compression.errors import RayzorError
-from spaces._space import CompressionSpace, _takes_bits
+from rayzor.compression import CompressionPlan, FinetuneConfig, compress
+from rayzor.errors import RayzorError
+from rayzor.spaces._space import CompressionSpace, _takes_bits
 
 if TYPE_CHECKING:
-    from compression.tasks import Task
+    from rayzor.tasks import Task
 
 __all__ = ["SensitivityRow", "sensitivity", "sensitivity_points"]
 

@@ -13,15 +13,15 @@ from typing import Any
 import optuna
 from torch import nn
 
-from compression import (ActivationQuantization, ChannelPruning, CompressionPlan, FinetuneConfig, HeadPruning,
+from rayzor.compression import (ActivationQuantization, ChannelPruning, CompressionPlan, FinetuneConfig, HeadPruning,
                          compressible_layers, get_method, list_methods)
-from compression._structured import prune_structure
-from compression.errors import ConfigError
-from spaces._groups import (ACT_BITS, ALLOWED_BITS, CHANNEL_IMPORTANCES, FACTORIZATIONS, MAX_SPARSITY, PRUNINGS,
+from rayzor.compression._structured import prune_structure
+from rayzor.errors import ConfigError
+from rayzor.spaces._groups import (ACT_BITS, ALLOWED_BITS, CHANNEL_IMPORTANCES, FACTORIZATIONS, MAX_SPARSITY, PRUNINGS,
                             ChannelUnit, GroupSpec, HeadUnit, Unit, _no_match, act_bits_tuple, canonical_names,
                             channel_range, head_range, match_layers, rank_range)
-from spaces._introspect import LayerInfo, inspect_layers, method_support
-from spaces._introspect import default_exclusions as _default_exclusions
+from rayzor.spaces._introspect import LayerInfo, inspect_layers, method_support
+from rayzor.spaces._introspect import default_exclusions as _default_exclusions
 
 __all__ = ["ACT_BITS", "ALLOWED_BITS", "CHANNEL_IMPORTANCES", "DEFAULT_PRUNING", "DEFAULT_RANK_RATIO", "FACTORIZATIONS",
            "MAX_SPARSITY", "DEFAULT_METHODS", "NO_FACTORIZATION", "PRUNINGS", "QUANT_METHODS", "CompressionSpace",

@@ -9,9 +9,9 @@ from typing import Any
 import optuna
 from torch import nn
 
-from compression import CompressionPlan, FinetuneConfig, get_student_family, list_students, suggest_student_params
-from compression.errors import ConfigError
-from spaces._space import CompressionSpace
+from rayzor.compression import CompressionPlan, FinetuneConfig, get_student_family, list_students, suggest_student_params
+from rayzor.errors import ConfigError
+from rayzor.spaces._space import CompressionSpace
 
 __all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace"]
 

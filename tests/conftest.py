@@ -26,7 +26,7 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def digits():
     """The embedded digits task, trained once per session."""
-    from compression.tasks import create_task
+    from rayzor.tasks import create_task
 
     return create_task("digits")
 

@@ -190,5 +190,5 @@ def _started_cluster(attempts: int = 2) -> LocalCluster:
 
 def rayzor(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     """A `rayzor` CLI process (a driver of its own, as a user would run it)."""
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    return subprocess.Popen([sys.executable, "-m", "rayzor.search.cli", *args], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)

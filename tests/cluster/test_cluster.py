@@ -20,8 +20,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from search._tracking import trial_runs
-from search.cli import app
+from rayzor.search._tracking import trial_runs
+from rayzor.search.cli import app
 from tests.cluster.conftest import _killpg, free_port, rayzor
 
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_submit_status_stop_as_a_ray_job(local_cluster, tmp_path):
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     (job_dir / "my_task.py").write_text(
-        "from compression.tasks import create_task\n\n\ndef make_task():\n    return create_task('digits')\n"
+        "from rayzor.tasks import create_task\n\n\ndef make_task():\n    return create_task('digits')\n"
     )
     # Trials on the head: nodes sharing one host share Ray's runtime-env folder,
     # and a worker unpacking the same working_dir would replace the driver's cwd.

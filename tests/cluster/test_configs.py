@@ -8,9 +8,9 @@ import copy
 import pytest
 import yaml
 
-from cluster import CONFIG_DIR, check_cluster_resources, derive_concurrency, trial_resources, validate_launcher_config
-from cluster._configs import ClusterConfigError
-from compression.errors import ConfigError
+from rayzor.cluster import CONFIG_DIR, check_cluster_resources, derive_concurrency, trial_resources, validate_launcher_config
+from rayzor.cluster._configs import ClusterConfigError
+from rayzor.errors import ConfigError
 
 
 def test_launcher_config_matches_rays_schema():
@@ -51,7 +51,7 @@ def test_kuberay_raycluster_structure():
 def test_kuberay_rayjob_structure():
     doc = yaml.safe_load((CONFIG_DIR / "kuberay-rayjob.yaml").read_text())
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayJob")
-    assert doc["spec"]["entrypoint"].startswith("python -m search.cli search ")
+    assert doc["spec"]["entrypoint"].startswith("python -m rayzor.search.cli search ")
     assert "MLFLOW_TRACKING_URI" in yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]
     _check_cluster_spec(copy.deepcopy(doc["spec"]["rayClusterSpec"]))
 

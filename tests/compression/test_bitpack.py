@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compression import ConfigError, pack_bits, unpack_bits
+from rayzor.compression import ConfigError, pack_bits, unpack_bits
 
 
 @pytest.mark.parametrize("bits", range(1, 17))
@@ -18,7 +18,7 @@ def test_round_trip(bits, count):
 
 
 def test_round_trip_across_chunks(monkeypatch):
-    import compression._bitpack as bp
+    import rayzor.compression._bitpack as bp
 
     monkeypatch.setattr(bp, "_CHUNK", 64)
     codes = np.random.default_rng(0).integers(0, 2**5, size=1000)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from compression import ConfigError, DistillConfig, distill, kd_loss, teacher_outputs
-from compression.tasks import DigitsCNN
+from rayzor.compression import ConfigError, DistillConfig, distill, kd_loss, teacher_outputs
+from rayzor.tasks import DigitsCNN
 
 
 @pytest.fixture(autouse=True)

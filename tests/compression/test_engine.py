@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import compression._registry as registry
-from compression import (
+import rayzor.compression._registry as registry
+from rayzor.compression import (
     CompressedWeight,
     CompressionPlan,
     ConfigError,
@@ -234,7 +234,7 @@ def _kl_to(teacher, student, x):
 
 
 def test_distill_recovery_keeps_masks_and_follows_the_original_model(model, one_thread):
-    from compression import teacher_outputs
+    from rayzor.compression import teacher_outputs
 
     data = _random_data()
     layers = {n: (MagnitudePruning(0.6),) for n in LAYERS}

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from compression import ConfigError, UniformQuantization, compress, lottery_ticket
-from compression._lottery import _train_masked
-from compression.tasks import DigitsCNN
+from rayzor.compression import ConfigError, UniformQuantization, compress, lottery_ticket
+from rayzor.compression._lottery import _train_masked
+from rayzor.tasks import DigitsCNN
 
 SPARSITY = {"conv1": 0.5, "conv2": 0.95, "fc1": 0.98, "fc2": 0.8}
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression import (
+from rayzor.compression import (
     ActivationQuantization,
     ChannelPruning,
     HeadPruning,
@@ -192,7 +192,7 @@ def test_entropy_stage_skipped_when_it_does_not_pay(net, tmp_path):
 
 def _quantize(cfg, weight, mask=None):
     layer = nn.Linear(weight.shape[1], weight.shape[0])
-    from compression._registry import get_handler
+    from rayzor.compression._registry import get_handler
 
     cw = CompressedWeight.from_dense(weight, mask)
     return get_handler(cfg)(layer, cw, cfg)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression import (
+from rayzor.compression import (
     CompressionPlan,
     ConfigError,
     LowRank,
@@ -62,7 +62,7 @@ def test_latency_threads_restored():
 
 
 def test_bitops_count_quantized_activations(digits):
-    from compression import ActivationQuantization, CompressionPlan, UniformQuantization, compress, model_stats
+    from rayzor.compression import ActivationQuantization, CompressionPlan, UniformQuantization, compress, model_stats
 
     calibration = [digits.data["train"].tensors[0][:64]]
     stats = {}

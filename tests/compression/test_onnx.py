@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from compression import (
+from rayzor.compression import (
     CompressionPlan,
     OrtModule,
     compress,

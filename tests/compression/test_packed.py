@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from compression import (
+from rayzor.compression import (
     CompressedWeight,
     CompressionPlan,
     ConfigError,
@@ -27,7 +27,7 @@ from compression import (
     save_packed,
     state_dict_bytes,
 )
-from compression._packed import _encode, relative_decode, relative_encode
+from rayzor.compression._packed import _encode, relative_decode, relative_encode
 from tests.compression.tiny_models import FACTORY, tiny_net
 
 ARCH = {"factory": FACTORY, "kwargs": {"width": 8, "num_classes": 10}}

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-import compression._registry as registry
-from compression import (
+import rayzor.compression._registry as registry
+from rayzor.compression import (
     ActivationQuantization,
     BinaryQuantization,
     ChannelPruning,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression import (
+from rayzor.compression import (
     ChannelPruning,
     CompressionPlan,
     ConfigError,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from compression import (
+from rayzor.compression import (
     CompressionPlan,
     ConfigError,
     StageCNN,
@@ -26,10 +26,10 @@ from compression import (
     save_packed,
     suggest_student_params,
 )
-from compression._students import _import
-from compression.tasks import DigitsCNN, SentenceEncoder
+from rayzor.compression._students import _import
+from rayzor.tasks import DigitsCNN, SentenceEncoder
 
-DIGITS_ARCH = {"factory": "compression.tasks._digits:DigitsCNN", "kwargs": {"channels": [16, 32], "hidden": 64}}
+DIGITS_ARCH = {"factory": "rayzor.tasks._digits:DigitsCNN", "kwargs": {"channels": [16, 32], "hidden": 64}}
 
 
 def tiny_student(teacher: nn.Module, width: int = 8) -> nn.Module:
@@ -273,7 +273,7 @@ def test_sentence_encoder_student_rebuilds_through_a_packed_file(bert, tokens, t
     torch.testing.assert_close(student.encoder.encoder.layer[1].attention.output.LayerNorm.bias,
                                teacher.encoder.encoder.layer[3].attention.output.LayerNorm.bias)
     arch = family.arch(teacher, **params)
-    assert arch["kwargs"]["wrapper"] == "compression.tasks._minilm:SentenceEncoder"
+    assert arch["kwargs"]["wrapper"] == "rayzor.tasks._minilm:SentenceEncoder"
     assert _shapes(_rebuild(arch)) == _shapes(student)
     plan = CompressionPlan({"encoder.encoder.layer.1.attention.self.query": (UniformQuantization(4),)})
     out = compress(student, plan)
@@ -300,7 +300,7 @@ def test_factory_family_builds_and_rebuilds_a_user_student(digits, images):
     with pytest.raises(ConfigError, match="teacher_arch"):
         family.arch(digits, factory=spec, width=4)
     arch = family.arch(digits, teacher_arch=DIGITS_ARCH, factory=spec, width=4)
-    assert arch["factory"] == "compression._students:build_factory_student"
+    assert arch["factory"] == "rayzor.compression._students:build_factory_student"
     assert _shapes(_rebuild(arch)) == _shapes(student)
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from compression import CompressionPlan, ConfigError, Tucker2, compress
-from compression._registry import get_handler
+from rayzor.compression import CompressionPlan, ConfigError, Tucker2, compress
+from rayzor.compression._registry import get_handler
 
 
 def _hosvd_reconstruction(w: torch.Tensor, r_out: int, r_in: int) -> torch.Tensor:

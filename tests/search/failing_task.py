@@ -4,8 +4,8 @@ FAILED and the search goes on."""
 
 from __future__ import annotations
 
-from compression.tasks import Task, create_task
-from compression.tasks._digits import accuracy
+from rayzor.tasks import Task, create_task
+from rayzor.tasks._digits import accuracy
 
 
 def evaluate_or_fail(model, dataset) -> dict[str, float]:

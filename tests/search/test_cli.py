@@ -12,10 +12,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-import search._runner
-from compression import load_packed
-from compression.tasks import create_task
-from search.cli import app
+from rayzor.search import _runner
+from rayzor.compression import load_packed
+from rayzor.tasks import create_task
+from rayzor.search.cli import app
 
 runner = CliRunner()
 
@@ -119,7 +119,7 @@ def no_ray(monkeypatch):
     def refuse(config):
         raise AssertionError("Ray was started despite bad input")
 
-    monkeypatch.setattr(search._runner, "_start_ray", refuse)
+    monkeypatch.setattr(_runner, "_start_ray", refuse)
 
 
 def _closed_port() -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from compression.errors import ConfigError
-from search import SearchConfig, load_config
+from rayzor.errors import ConfigError
+from rayzor.search import SearchConfig, load_config
 
 
 def test_defaults_are_the_embedded_digits_search():

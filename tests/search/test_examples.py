@@ -12,11 +12,11 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from typer.testing import CliRunner
 
-from compression import load_packed
-from compression.tasks import Task, create_task
-from search._runner import RESUME_FILE
-from search._tracking import trial_runs
-from search.cli import app
+from rayzor.compression import load_packed
+from rayzor.tasks import Task, create_task
+from rayzor.search._runner import RESUME_FILE
+from rayzor.search._tracking import trial_runs
+from rayzor.search.cli import app
 
 pytest.importorskip("transformers")
 
@@ -38,7 +38,7 @@ def test_hf_example_is_a_trained_user_task(hf_task):
     logits = hf_task.model(hf_task.example_input)  # the ModelOutput is unwrapped: logits for the loss and evaluate
     assert isinstance(logits, torch.Tensor) and logits.shape == (1, 4)
     # the arch factory rebuilds the same architecture (what a packed file loads into)
-    from compression.tasks import resolve_callable
+    from rayzor.tasks import resolve_callable
 
     rebuilt = resolve_callable(hf_task.arch["factory"])(**hf_task.arch["kwargs"])
     assert rebuilt.state_dict().keys() == hf_task.model.state_dict().keys()

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from compression.errors import ConfigError, RayzorError
-from search._pareto import (
+from rayzor.errors import ConfigError, RayzorError
+from rayzor.search._pareto import (
     Constraint,
     NoMatchError,
     PickSpec,

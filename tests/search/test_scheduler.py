@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from compression.errors import ConfigError
-from search import SearchConfig, run_search
-from search._config import validate_config
-from search._runner import STOPPED
-from search._scheduler import SizeBucketASHA, size_bucket
-from search._tracking import TAG_PARETO, trial_runs
+from rayzor.errors import ConfigError
+from rayzor.search import SearchConfig, run_search
+from rayzor.search._config import validate_config
+from rayzor.search._runner import STOPPED
+from rayzor.search._scheduler import SizeBucketASHA, size_bucket
+from rayzor.search._tracking import TAG_PARETO, trial_runs
 
 
 class _Trial:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from compression import load_packed
-from compression.tasks import create_task
-from search import SearchConfig, pareto_mask, run_search
-from search._tracking import TAG_PARETO, trial_runs
+from rayzor.compression import load_packed
+from rayzor.tasks import create_task
+from rayzor.search import SearchConfig, pareto_mask, run_search
+from rayzor.search._tracking import TAG_PARETO, trial_runs
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +110,10 @@ def test_hypervolume_is_logged_per_completed_trial(finished):
 
 
 def test_uniform_warm_start_points(digits):
-    from compression import FinetuneConfig
-    from search import load_config
-    from search._runner import warm_start_points
-    from spaces import CompressionSpace
+    from rayzor.compression import FinetuneConfig
+    from rayzor.search import load_config
+    from rayzor.search._runner import warm_start_points
+    from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace.from_model(digits.model, bits=(4, 8, 32), sparsity=(0.1, 0.9), finetune=FinetuneConfig())
     points = warm_start_points(space, load_config(trials=10))

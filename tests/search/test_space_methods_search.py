@@ -7,9 +7,9 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from compression import load_packed
-from search import SearchConfig, run_search
-from search._tracking import trial_runs
+from rayzor.compression import load_packed
+from rayzor.search import SearchConfig, run_search
+from rayzor.search._tracking import trial_runs
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from compression import StageCNN, load_packed
-from search import SearchConfig, run_search
-from search._config import validate_config
-from search._tracking import trial_runs
-from compression.errors import ConfigError
+from rayzor.compression import StageCNN, load_packed
+from rayzor.search import SearchConfig, run_search
+from rayzor.search._config import validate_config
+from rayzor.search._tracking import trial_runs
+from rayzor.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_students_are_sampled_distilled_compressed_and_packed(student_search, di
 
 def test_unknown_student_family_fails_before_ray(tmp_path):
     config = validate_config({"students": {"families": ["resnet"]}, "tracking_uri": f"sqlite:///{tmp_path}/m.db"})
-    from search._runner import prepare
+    from rayzor.search._runner import prepare
 
     with pytest.raises(ConfigError, match=r"students.families\[0\]: got 'resnet'; valid: .*cnn"):
         prepare(config)

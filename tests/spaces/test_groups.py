@@ -6,10 +6,10 @@ import optuna
 import pytest
 from torch import nn
 
-from compression import CompressionPlan
-from compression.errors import ConfigError
-from search import load_config
-from spaces import MAX_SPARSITY, CompressionSpace, GroupSpec
+from rayzor.compression import CompressionPlan
+from rayzor.errors import ConfigError
+from rayzor.search import load_config
+from rayzor.spaces import MAX_SPARSITY, CompressionSpace, GroupSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -199,7 +199,7 @@ def test_yaml_config_builds_the_grouped_space(tmp_path):
 
 
 def test_uniform_warm_start_stays_inside_group_ranges():
-    from search._runner import warm_start_points
+    from rayzor.search._runner import warm_start_points
 
     space = _space(bits=(4, 8, 32), groups=[
         {"name": "attn", "match": ["*.attention.*"], "tie": True, "sparsity": [0.2, 0.9]},

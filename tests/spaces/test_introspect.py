@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from compression import CompressionPlan, LowRank, compress, get_method, list_methods
-from compression.errors import ConfigError
-from search import load_config
-from spaces import (
+from rayzor.compression import CompressionPlan, LowRank, compress, get_method, list_methods
+from rayzor.errors import ConfigError
+from rayzor.search import load_config
+from rayzor.spaces import (
     TINY_PARAMS,
     CompressionSpace,
     LayerInfo,

@@ -12,13 +12,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from compression import CompressionPlan, FinetuneConfig, compress
-from compression.tasks import create_task
-from search import load_config
-from search._runner import warm_start_points
-from search._sensitivity import drop_matrix, level_label
-from search.cli import app
-from spaces import CompressionSpace, SensitivityRow, sensitivity, sensitivity_points
+from rayzor.compression import CompressionPlan, FinetuneConfig, compress
+from rayzor.tasks import create_task
+from rayzor.search import load_config
+from rayzor.search._runner import warm_start_points
+from rayzor.search._sensitivity import drop_matrix, level_label
+from rayzor.search.cli import app
+from rayzor.spaces import CompressionSpace, SensitivityRow, sensitivity, sensitivity_points
 
 ROOT = Path(__file__).resolve().parents[2]
 WINE = ROOT / "examples" / "wine.yaml"
@@ -76,7 +76,7 @@ def test_parallel_probes_on_ray_equal_the_sequential_ones(wine, ray_session):
 
 def test_parallel_without_ray_is_refused_not_run_in_process():
     # A fresh interpreter: this session's Ray may be running already.
-    code = ("from compression.tasks import create_task\n"
+    code = ("from rayzor.tasks import create_task\n"
             "from spaces import CompressionSpace, sensitivity\n"
             "task = create_task('examples.wine_task:make_task', epochs=5)\n"
             "try:\n"

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compression import CompressionPlan, FinetuneConfig, MagnitudePruning, UniformQuantization, compress
-from compression.errors import ConfigError
-from spaces import ALLOWED_BITS, MAX_SPARSITY, CompressionSpace, LayerInfo, inspect_layers
+from rayzor.compression import CompressionPlan, FinetuneConfig, MagnitudePruning, UniformQuantization, compress
+from rayzor.errors import ConfigError
+from rayzor.spaces import ALLOWED_BITS, MAX_SPARSITY, CompressionSpace, LayerInfo, inspect_layers
 
 DIGITS_LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 

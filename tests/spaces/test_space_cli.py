@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from compression.tasks import Task, create_task
-from search.cli import app
+from rayzor.tasks import Task, create_task
+from rayzor.search.cli import app
 
 runner = CliRunner()
 WINE = Path(__file__).resolve().parents[2] / "examples" / "wine.yaml"

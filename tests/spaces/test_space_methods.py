@@ -6,7 +6,7 @@ import optuna
 import pytest
 import torch
 
-from compression import (
+from rayzor.compression import (
     BinaryQuantization,
     HalfPrecision,
     KMeansQuantization,
@@ -14,9 +14,9 @@ from compression import (
     UniformQuantization,
     compress,
 )
-from compression.errors import ConfigError
-from search._config import SpaceConfig, validate_config
-from spaces import DEFAULT_METHODS, QUANT_METHODS, CompressionSpace
+from rayzor.errors import ConfigError
+from rayzor.search._config import SpaceConfig, validate_config
+from rayzor.spaces import DEFAULT_METHODS, QUANT_METHODS, CompressionSpace
 from tests.compression.tiny_models import trained_tiny_net
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]

@@ -9,7 +9,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 
-from compression import (
+from rayzor.compression import (
     ActivationQuantization,
     ChannelPruning,
     CompressionPlan,
@@ -21,10 +21,10 @@ from compression import (
     UniformQuantization,
     compress,
 )
-from compression.errors import ConfigError
-from search._config import SpaceConfig, validate_config
-from search._trial import CALIBRATION_BATCHES, _calibration, evaluate_plan
-from spaces import NO_FACTORIZATION, CompressionSpace
+from rayzor.errors import ConfigError
+from rayzor.search._config import SpaceConfig, validate_config
+from rayzor.search._trial import CALIBRATION_BATCHES, _calibration, evaluate_plan
+from rayzor.spaces import NO_FACTORIZATION, CompressionSpace
 from tests.compression.tiny_models import tiny_bert
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

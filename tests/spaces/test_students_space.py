@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from compression import CompressionPlan, get_student_family
-from compression.errors import ConfigError
-from spaces import FAMILY_KEY, TEACHER, CompressionSpace, StudentSpace
+from rayzor.compression import CompressionPlan, get_student_family
+from rayzor.errors import ConfigError
+from rayzor.spaces import FAMILY_KEY, TEACHER, CompressionSpace, StudentSpace
 
 
 @pytest.fixture(scope="module")

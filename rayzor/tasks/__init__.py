@@ -7,7 +7,7 @@ the real all-MiniLM-L6-v2 (``minilm`` extra), ``create_task(
 :class:`Task`.
 """
 
-from compression.tasks._base import (
+from rayzor.tasks._base import (
     Task,
     TaskLoadError,
     create_task,
@@ -15,9 +15,9 @@ from compression.tasks._base import (
     register_task,
     resolve_callable,
 )
-from compression.tasks._digits import DigitsCNN, digits_task
-from compression.tasks._minilm import MissingExtraError, SentenceEncoder, minilm_task
-from compression.tasks._resnet import ResNetLogits, resnet18_task
+from rayzor.tasks._digits import DigitsCNN, digits_task
+from rayzor.tasks._minilm import MissingExtraError, SentenceEncoder, minilm_task
+from rayzor.tasks._resnet import ResNetLogits, resnet18_task
 
 __all__ = [
     "DigitsCNN",

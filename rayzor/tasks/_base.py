@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from compression.errors import ConfigError, RayzorError
+from rayzor._resolve import resolve
+from rayzor.errors import ConfigError, RayzorError, TaskLoadError
 
 __all__ = [
     "Task",
@@ -25,9 +25,6 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 
-
-class TaskLoadError(RayzorError):
-    """A task spec that does not import or does not return a :class:`Task`."""
 
 
 @dataclass
@@ -123,18 +120,8 @@ def list_tasks() -> list[str]:
 
 def resolve_callable(spec: str, *, field: str = "task") -> Callable[..., Any]:
     """Import ``package.module:function`` and return the function."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(field, spec, f"a registered name ({', '.join(list_tasks())}) or 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TaskLoadError(f"{field}: cannot import module {module_name!r} of {spec!r}: {exc}") from exc
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise TaskLoadError(f"{field}: module {module_name!r} has no attribute {attr!r} (from {spec!r})")
-        obj = getattr(obj, part)
+    obj = resolve(spec, field, error=TaskLoadError,
+                  valid=f"a registered name ({', '.join(list_tasks())}) or 'package.module:function'")
     if not callable(obj):
         raise TaskLoadError(f"{field}: {spec!r} is not callable")
     return obj
@@ -174,7 +161,7 @@ def create_task(spec: str, **options: Any) -> Task:
         raise TaskLoadError(f"task: factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskLoadError(
-            f"task: {spec!r} returned {type(task).__name__}; a task factory must return compression.tasks.Task"
+            f"task: {spec!r} returned {type(task).__name__}; a task factory must return rayzor.tasks.Task"
         )
     if not task.baseline:
         # The search scores every plan against these; a user factory need not compute them.

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from compression.errors import ConfigError, RayzorError
-from compression.tasks._base import Task, register_task
+from rayzor.errors import ConfigError, MissingExtraError, RayzorError
+from rayzor.tasks._base import Task, register_task
 
 __all__ = ["SentenceEncoder", "build_encoder", "embedding_fidelity", "minilm_task", "reference_texts"]
 
@@ -47,9 +47,6 @@ _STDLIB_MODULES = ("json", "re", "os", "pathlib", "collections", "itertools", "f
                    "unittest", "csv", "sqlite3", "zipfile", "tarfile", "heapq", "bisect", "socket", "threading")
 _RECALL_K = 10
 
-
-class MissingExtraError(RayzorError):
-    """An optional dependency group is not installed."""
 
 
 def _model_dir() -> Path:
@@ -192,7 +189,7 @@ def minilm_task(seed: int = 0, n_train: int = 256, n_val: int = 128, n_test: int
     task = Task(
         name="minilm",
         model=model,
-        arch={"factory": "compression.tasks._minilm:build_encoder", "kwargs": {}},
+        arch={"factory": "rayzor.tasks._minilm:build_encoder", "kwargs": {}},
         data=data,
         evaluate=embedding_fidelity,
         example_input=data["val"].tensors[0][:1].clone(),

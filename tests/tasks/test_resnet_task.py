@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from compression import CompressionPlan, FinetuneConfig, compress, load_packed, save_packed
-from compression.errors import ConfigError
-from compression.tasks import MissingExtraError, create_task, list_tasks
-from compression.tasks._resnet import ReferencedImages, build_resnet18, logit_fidelity
+from rayzor.compression import CompressionPlan, FinetuneConfig, compress, load_packed, save_packed
+from rayzor.errors import ConfigError
+from rayzor.tasks import MissingExtraError, create_task, list_tasks
+from rayzor.tasks._resnet import ReferencedImages, build_resnet18, logit_fidelity
 
 transformers = pytest.importorskip("transformers", reason='resnet18 needs transformers: pip install -e ".[minilm]"')
 

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from compression.errors import ConfigError
-from compression.tasks import Task, TaskLoadError, create_task, list_tasks
-from compression.tasks._digits import _load_split
+from rayzor.errors import ConfigError
+from rayzor.tasks import Task, TaskLoadError, create_task, list_tasks
+from rayzor.tasks._digits import _load_split
 from tests.compression.tiny_models import FACTORY, tiny_net
 
 N_DIGITS = 1797
 SPLIT_SIZES = {"train": 1078, "val": 359, "test": 360}  # int(0.6 n), int(0.2 n), the rest
-TINY_SPEC = "tests.compression.test_tasks:make_tiny_task"
+TINY_SPEC = "tests.tasks.test_tasks:make_tiny_task"
 
 
 # -- a user task, loaded by its "module:function" spec ---------------------------
@@ -137,7 +137,7 @@ def test_digits_baseline_recorded(digits):
     for name, tensor in digits.model.state_dict().items():
         torch.testing.assert_close(tensor, ref[name], rtol=0, atol=0)
     assert digits.arch == {
-        "factory": "compression.tasks._digits:DigitsCNN",
+        "factory": "rayzor.tasks._digits:DigitsCNN",
         "kwargs": {"channels": [16, 32], "hidden": 64, "num_classes": 10},
     }
     assert digits.example_input.shape == (1, 1, 8, 8)
@@ -202,7 +202,7 @@ def test_unimportable_module():
 
 def test_missing_attribute():
     with pytest.raises(TaskLoadError, match="no_such_factory"):
-        create_task("tests.compression.test_tasks:no_such_factory")
+        create_task("tests.tasks.test_tasks:no_such_factory")
 
 
 def test_factory_must_return_a_task():
@@ -286,4 +286,4 @@ def test_evaluate_without_primary_metric():
 
 def test_failing_factory_raises_task_load_error():
     with pytest.raises(TaskLoadError, match="dataset server unreachable"):
-        create_task("tests.compression.test_tasks:failing_factory")
+        create_task("tests.tasks.test_tasks:failing_factory")

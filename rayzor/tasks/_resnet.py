@@ -41,9 +41,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from compression.errors import ConfigError
-from compression.tasks._base import Task, register_task
-from compression.tasks._minilm import MissingExtraError
+from rayzor.errors import ConfigError
+from rayzor.tasks._base import Task, register_task
+from rayzor.tasks._minilm import MissingExtraError
 
 __all__ = ["ReferencedImages", "ResNetLogits", "build_resnet18", "logit_fidelity", "resnet18_task"]
 
@@ -168,7 +168,7 @@ def resnet18_task(seed: int = 0, image_size: int = 64, n_train: int = 64, n_val:
     task = Task(
         name="resnet18",
         model=model,
-        arch={"factory": "compression.tasks._resnet:build_resnet18", "kwargs": kwargs},
+        arch={"factory": "rayzor.tasks._resnet:build_resnet18", "kwargs": kwargs},
         data=data,
         evaluate=logit_fidelity,
         example_input=images["val"][:1].clone(),

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from compression.errors import ConfigError
-from compression.tasks._base import Task, register_task
+from rayzor.errors import ConfigError
+from rayzor.tasks._base import Task, register_task
 
 __all__ = ["DigitsCNN", "accuracy", "digits_task", "cache_dir"]
 
@@ -134,7 +134,7 @@ def digits_task(
     task = Task(
         name="digits",
         model=model,
-        arch={"factory": "compression.tasks._digits:DigitsCNN", "kwargs": kwargs},
+        arch={"factory": "rayzor.tasks._digits:DigitsCNN", "kwargs": kwargs},
         data=data,
         evaluate=accuracy,
         example_input=data["val"].tensors[0][:1].clone(),

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from compression import CompressionPlan, compress, load_packed, save_packed
-from compression.errors import ConfigError
-from compression.tasks import create_task
-from compression.tasks._minilm import MissingExtraError, _model_dir, embedding_fidelity, reference_texts
+from rayzor.compression import CompressionPlan, compress, load_packed, save_packed
+from rayzor.errors import ConfigError
+from rayzor.tasks import create_task
+from rayzor.tasks._minilm import MissingExtraError, _model_dir, embedding_fidelity, reference_texts
 
 try:
     _model_dir()
@@ -119,7 +119,7 @@ def test_compression_lowers_fidelity_and_packed_reload_is_identical(minilm, tmp_
 
 
 def test_low_rank_of_an_embedding_is_refused_before_work():
-    from compression import LowRank
+    from rayzor.compression import LowRank
 
     model = torch.nn.Sequential(torch.nn.Embedding(50, 16))
     with pytest.raises(ConfigError, match=r"plan.layers\['0'\]"):
