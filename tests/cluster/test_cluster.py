@@ -2,7 +2,8 @@
 trials spread over nodes, an MLflow server over HTTP, bad input, Ray Jobs,
 a SIGKILLed driver resumed, and a worker node lost mid-search.
 
-Tests run in file order; the node-loss test kills a worker and comes last.
+Tests are independent of their order: the node-loss test starts the worker it
+killed again before it returns.
 """
 
 from __future__ import annotations
@@ -223,6 +224,8 @@ def test_lost_worker_node_loses_only_its_running_trials(local_cluster, tmp_path)
         if driver.poll() is None:
             driver.kill()
             driver.communicate()
+        if "w2" not in local_cluster.procs:  # the next test gets both workers again
+            local_cluster.add_workers("w2")
     children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", "nodeloss")
     assert [c.info.status for c in children] == ["FINISHED"] * trials, out
     assert out.count("] trial ") == trials
