@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from rayzor.search._tracking import trial_runs
+from rayzor.search import trial_runs
 from rayzor.search.cli import app
 from tests.cluster.conftest import _killpg, free_port, rayzor
 

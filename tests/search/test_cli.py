@@ -12,7 +12,6 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from rayzor.search import _runner
 from rayzor.compression import load_packed
 from rayzor.tasks import create_task
 from rayzor.search.cli import app
@@ -116,10 +115,13 @@ def test_export_packed_by_run_id_reloads_identically(searched, tmp_path):
 def no_ray(monkeypatch):
     """Fails the test if a command gets as far as starting Ray."""
 
-    def refuse(config):
+    def refuse(*args, **kwargs):
         raise AssertionError("Ray was started despite bad input")
 
-    monkeypatch.setattr(_runner, "_start_ray", refuse)
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # even inside the session's Ray
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 def _closed_port() -> int:
