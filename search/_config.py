@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
+from pydantic_core import ErrorDetails
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
@@ -269,7 +270,7 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "config"
 
 
-def _valid_for(model: type[BaseModel], loc: tuple[Any, ...], error: dict[str, Any]) -> str:
+def _valid_for(model: type[BaseModel], loc: tuple[Any, ...], error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         target: Any = model
         for part in loc[:-1]:

@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import typer
 from rayzor.cluster import job_status, stop_job, submit_search
@@ -149,6 +149,7 @@ def export(
         run = chosen.run_id
         console.print(f"picked trial {chosen.number} ({run}): {chosen.plan_summary}", markup=False, soft_wrap=True)
     else:
+        assert run is not None  # exactly one of --run / --pick, checked above
         client, _, _ = connect(tracking_uri, experiment, create=False)
     report = export_model(client, run, fmt, out)
     console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
@@ -232,9 +233,10 @@ def space_show(
     # refuses, and why, is listed below the table (one line per reason).
     table = Table(title=f"space of task {view['task']!r}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
-    for column, justify in (("layer", "left"), ("kind", "left"), ("shape", "left"), ("params", "right"),
-                            ("share", "right"), ("methods", "right"), ("group", "left"), ("dims", "right"),
-                            ("why excluded", "left")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("layer", "left"), ("kind", "left"), ("shape", "left"), ("params", "right"), ("share", "right"),
+        ("methods", "right"), ("group", "left"), ("dims", "right"), ("why excluded", "left"))
+    for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=column in ("kind", "group", "shape", "params", "share"),
                          overflow="fold")
     for row in view["layers"]:
