@@ -71,7 +71,8 @@ def main() -> None:
 
     # Uniform baselines through the very code path a trial runs.
     config = load_config(None, tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}")
-    _, _, _, _, task, space, baseline = prepare(config)
+    prepared = prepare(config)
+    task, space, baseline = prepared.task, prepared.space, prepared.baseline
     torch.set_num_threads(1)
     uniform = []
     for sparsity in SPARSITIES:

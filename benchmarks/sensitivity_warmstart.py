@@ -82,8 +82,8 @@ def _warm_count(result: Any) -> int:
     """Trials that ran an enqueued warm-start plan (their MLflow runs carry the tag)."""
     from mlflow.tracking import MlflowClient
 
-    from rayzor.search._runner import TAG_WARM_START
-    from rayzor.search._tracking import trial_runs
+    from rayzor.search import trial_runs
+    from rayzor.search._tags import TAG_WARM_START
 
     client = MlflowClient(result.tracking_uri)
     return sum(TAG_WARM_START in run.data.tags for run in trial_runs(client, result.experiment_id, result.parent_run_id))

@@ -10,11 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
+from rayzor.search._tracker import TRACKERS
 
-__all__ = ["TRACKERS", "TrackingCallback"]
-
-#: Live trackers of this driver, by key (the search's parent run id).
-TRACKERS: dict[str, Any] = {}
+__all__ = ["TrackingCallback"]
 
 
 class TrackingCallback(tune.Callback):

@@ -6,17 +6,20 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from torch import nn
 
 from rayzor.compression import FinetuneConfig
 from rayzor.errors import ConfigError
+from rayzor.tasks import Task
 from rayzor.spaces import (ALLOWED_BITS, CHANNEL_IMPORTANCES, DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO,
                     FACTORIZATIONS, MAX_SPARSITY, PRUNINGS, QUANT_METHODS, TINY_PARAMS, TINY_SHARE, CompressionSpace,
                     GroupSpec)
 from rayzor.spaces._groups import RangeFields, act_bits_tuple, canonical_names
 
-__all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "StudentsConfig", "check_combinations", "SpaceConfig", "load_config", "objective_direction", "quality_metric"]
+__all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "SpaceConfig", "StudentsConfig",
+           "load_config", "objective_direction", "quality_metric", "resolve_objectives", "validate_config"]
 
 #: The cost objectives and their direction. A search has exactly one other
 #: objective: the task's quality metric (``accuracy`` for digits, ``cosine``
@@ -228,6 +231,11 @@ class SearchConfig(_Strict):
             raise ValueError("the task's metric (e.g. accuracy) plus size_bytes and/or latency_ms, each once")
         return v
 
+    @model_validator(mode="after")
+    def _combinations(self) -> SearchConfig:
+        _check_combinations(self)
+        return self
+
     def finetune(self) -> FinetuneConfig:
         """The recovery fine-tune every trial's plan carries."""
         r = self.recovery
@@ -236,7 +244,19 @@ class SearchConfig(_Strict):
 
     @property
     def directions(self) -> list[str]:
+        """``minimize``/``maximize`` per objective (empty before :func:`resolve_objectives`)."""
         return [objective_direction(o) for o in self.objectives or ()]
+
+    @property
+    def resolved_objectives(self) -> tuple[str, ...]:
+        """The objectives of a config :func:`resolve_objectives` completed.
+
+        Raises:
+            RuntimeError: the objectives were never resolved against the task.
+        """
+        if self.objectives is None:
+            raise RuntimeError("objectives not resolved: resolve_objectives(config, task) completes the config")
+        return self.objectives
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -250,7 +270,7 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "config"
 
 
-def _valid_for(model: type[BaseModel], loc: tuple[Any, ...], error: dict[str, Any]) -> str:
+def _valid_for(model: type[BaseModel], loc: tuple[Any, ...], error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         target: Any = model
         for part in loc[:-1]:
@@ -267,16 +287,31 @@ def _valid_for(model: type[BaseModel], loc: tuple[Any, ...], error: dict[str, An
 def validate_config(data: dict[str, Any]) -> SearchConfig:
     """Validate a dict into a :class:`SearchConfig`, raising one-line ConfigErrors."""
     try:
-        config = SearchConfig.model_validate(data)
+        return SearchConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError):  # a combination check: already one line
+            raise cause from None
         loc = tuple(error["loc"])
         raise ConfigError(_field_name(loc), error.get("input"), _valid_for(SearchConfig, loc, error)) from None
-    check_combinations(config)
+
+
+def resolve_objectives(config: SearchConfig, task: Task) -> SearchConfig:
+    """The config completed against its task: default objectives filled in, the quality metric checked.
+
+    Raises:
+        ConfigError: objectives whose quality metric is not the task's.
+    """
+    if config.objectives is None:
+        return config.model_copy(update={"objectives": (task.metric, "size_bytes")})
+    if quality_metric(config.objectives) != task.metric:
+        raise ConfigError("objectives", list(config.objectives),
+                          f"task {task.name!r}'s metric {task.metric!r} plus size_bytes and/or latency_ms")
     return config
 
 
-def check_combinations(config: SearchConfig) -> None:
+def _check_combinations(config: SearchConfig) -> None:
     """Refuse settings that are valid alone but not together.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Read a finished search back from MLflow and export one of its models."""
+"""Read a search back from MLflow, pick a trial of its front, and export that trial's model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from rayzor.compression import (
     OrtModule,
     export_onnx,
@@ -20,23 +19,24 @@ from rayzor.compression import (
     measure_onnx_latency,
     quantize_onnx_int8,
 )
-from rayzor.errors import ConfigError, RayzorError
-from rayzor.tasks import Task, create_task
 from rayzor.search._config import SearchConfig
 from rayzor.search._pareto import parse_pick, pick
-from rayzor.search._runner import PACKED_ARTIFACT_DIR, TrialRecord, _front
-from rayzor.search._tracking import (
+from rayzor.search._records import FINISHED, TrialRecord, front_of, record_of
+from rayzor.search._tags import (
+    PACKED_ARTIFACT_DIR,
+    PACKED_NAME,
     ROLE_TRIAL,
+    TAG_OBJECTIVES,
     TAG_PARENT,
-    TAG_PLAN,
+    TAG_PARETO,
     TAG_ROLE,
-    connect,
-    latest_search_run,
-    trial_runs,
 )
-from rayzor.search._trial import PACKED_NAME
+from rayzor.search._tracking import connect, latest_search_run, trial_runs
 
-__all__ = ["EXPORT_FORMATS", "ONNX_TOLERANCE", "ExportReport", "SearchView", "export_model", "load_search"]
+from rayzor.errors import ConfigError, RayzorError
+from rayzor.tasks import Task, create_task
+
+__all__ = ["EXPORT_FORMATS", "ONNX_TOLERANCE", "ExportReport", "SearchView", "export_model", "load_search", "pick_run"]
 
 EXPORT_FORMATS = ("packed", "onnx", "onnx-int8")
 #: Largest |onnxruntime - torch| output difference an ONNX export may show.
@@ -45,7 +45,12 @@ ONNX_TOLERANCE = 1e-4
 
 @dataclass
 class SearchView:
-    """A search as MLflow holds it: the parent run, its trials and its front."""
+    """A search as MLflow holds it: the parent run, its trials and its front.
+
+    Attributes:
+        recomputed: True when the front was recomputed from the trial
+            metrics (the search wrote no ``rayzor.pareto`` tags yet).
+    """
 
     client: Any
     experiment_id: str
@@ -53,29 +58,36 @@ class SearchView:
     objectives: tuple[str, ...]
     trials: list[TrialRecord]
     pareto: list[TrialRecord]
-
-
-def _record(run: Any) -> TrialRecord:
-    tags = run.data.tags
-    return TrialRecord(
-        number=int(tags.get("rayzor.trial", -1)),
-        run_id=run.info.run_id,
-        status=run.info.status,
-        params=dict(run.data.params),
-        metrics={k: float(v) for k, v in run.data.metrics.items()},
-        plan_summary=tags.get(TAG_PLAN, ""),
-        error=tags.get("rayzor.error", ""),
-    )
+    recomputed: bool = False
 
 
 def load_search(tracking_uri: str | None, experiment: str) -> SearchView:
-    """The latest search of ``experiment``, with its front recomputed from the trial runs."""
+    """The latest search of ``experiment``, read back from MLflow.
+
+    The front is the one the search wrote: its trial runs tagged
+    ``rayzor.pareto=true``, with the metrics they logged. Only a search
+    whose finished trials lack those tags (still running, or crashed before
+    its end) has its front recomputed from the FINISHED trials' metrics
+    (``SearchView.recomputed``). Either way the front is sorted by size.
+
+    Raises:
+        ConfigError: no such store or experiment.
+        RayzorError: the experiment has no search yet.
+    """
     client, _, experiment_id = connect(tracking_uri, experiment, create=False)
     parent = latest_search_run(client, experiment_id, experiment)
-    objectives = tuple(parent.data.tags.get("rayzor.objectives", "accuracy,size_bytes").split(","))
-    trials = sorted((_record(r) for r in trial_runs(client, experiment_id, parent.info.run_id)), key=lambda r: r.number)
-    front = sorted(_front(trials, objectives), key=lambda r: r.metrics.get("size_bytes", 0.0))
-    return SearchView(client, experiment_id, parent, objectives, trials, front)
+    objectives = tuple(parent.data.tags.get(TAG_OBJECTIVES, "accuracy,size_bytes").split(","))
+    pairs = sorted(((record_of(r), r) for r in trial_runs(client, experiment_id, parent.info.run_id)),
+                   key=lambda pair: pair[0].number)
+    trials = [t for t, _ in pairs]
+    # Tags are the search's word once every finished trial carries one (the search reached its end).
+    tagged = bool(pairs) and all(TAG_PARETO in r.data.tags for t, r in pairs if t.status == FINISHED)
+    if tagged:
+        front = [t for t, r in pairs if r.data.tags.get(TAG_PARETO) == "true"]
+    else:
+        front = front_of(trials, objectives)
+    front.sort(key=lambda r: r.metrics.get("size_bytes", 0.0))
+    return SearchView(client, experiment_id, parent, objectives, trials, front, recomputed=not tagged)
 
 
 def pick_run(view: SearchView, spec: str) -> TrialRecord:

@@ -62,8 +62,7 @@ class SizeBucketASHA(FIFOScheduler):
         # (quality, size) of every result at each training_iteration, for the front protection
         self._points: dict[int, list[tuple[float, float]]] = {}
         self._rescued = 0
-        self._asha_args = {"time_attr": "training_iteration", "metric": metric, "mode": mode, "max_t": max_t,
-                           "grace_period": grace_period, "reduction_factor": reduction_factor, "brackets": 1}
+        self._max_t, self._grace_period, self._reduction_factor = max_t, grace_period, reduction_factor
         self._buckets: dict[int, AsyncHyperBandScheduler] = {}
         self._bucket_of: dict[str, int] = {}
 
@@ -81,7 +80,7 @@ class SizeBucketASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         decision = scheduler.on_trial_result(tune_controller, trial, result)
         it = int(result.get("training_iteration", 0))
-        if "size_bytes" not in result or it >= self._asha_args["max_t"]:
+        if "size_bytes" not in result or it >= self._max_t:
             return decision  # the last result ends the trial anyway
         sign = 1.0 if self._mode == "max" else -1.0
         point = (sign * float(result[self._metric]), float(result["size_bytes"]))
@@ -115,7 +114,9 @@ class SizeBucketASHA(FIFOScheduler):
                 return None
             key = int(result[BUCKET_KEY])
             if key not in self._buckets:
-                self._buckets[key] = AsyncHyperBandScheduler(**self._asha_args)
+                self._buckets[key] = AsyncHyperBandScheduler(
+                    time_attr="training_iteration", metric=self._metric, mode=self._mode, max_t=self._max_t,
+                    grace_period=self._grace_period, reduction_factor=self._reduction_factor, brackets=1)
             self._buckets[key].on_trial_add(tune_controller, trial)
             self._bucket_of[trial.trial_id] = key
         return self._buckets[key]

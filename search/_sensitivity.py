@@ -9,19 +9,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rayzor.spaces import CompressionSpace, SensitivityRow, sensitivity, sensitivity_points
+from rayzor.compression import FinetuneConfig
+from rayzor.search._config import SearchConfig
+from rayzor.search._ray import check_ray_address, start_ray
+from rayzor.search._tags import ROLE_SENSITIVITY, TAG_ROLE, TAG_TASK
+from rayzor.search._tracking import connect, log_params
+from rayzor.spaces import (
+    CompressionSpace,
+    SensitivityRow,
+    sensitivity,
+    sensitivity_points,
+)
 
-if TYPE_CHECKING:
-    from rayzor.tasks import Task
-    from rayzor.search._config import SearchConfig
+from rayzor.tasks import Task, create_task
 
 __all__ = ["ROLE_SENSITIVITY", "SENSITIVITY_DIR", "SensitivityResult", "drop_matrix", "level_label", "log_sensitivity",
            "probe", "run_sensitivity", "search_phase"]
 
-#: ``rayzor.role`` of a standalone ``rayzor sensitivity`` run.
-ROLE_SENSITIVITY = "sensitivity"
 #: Artifact folder of the sensitivity phase inside a search's parent run.
 SENSITIVITY_DIR = "sensitivity"
 
@@ -152,24 +158,16 @@ def run_sensitivity(config: SearchConfig, *, progress: Callable[[str], None] = p
     the config's task and space as params and the artifacts of
     :func:`log_sensitivity`. Bad input raises before Ray starts.
     """
-    from rayzor.cluster import check_address
-    from rayzor.compression import FinetuneConfig
-    from rayzor.tasks import create_task
-    from rayzor.search._runner import _ray_address, _start_ray
-    from rayzor.search._tracking import TAG_ROLE, connect, log_params
-
-    address, flag = _ray_address(config)
-    if address:
-        check_address(address, flag)
+    check_ray_address(config)
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     task = create_task(config.task, **config.task_options)
     space = config.space.build(task.model, FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed),
                                example_input=task.example_input)
-    started_ray = _start_ray(config)
+    started_ray = start_ray(config)
     run_id, status = None, "FAILED"
     try:
         run_id = client.create_run(experiment_id, run_name=datetime.now().strftime("sensitivity-%Y%m%d-%H%M%S"),
-                                   tags={TAG_ROLE: ROLE_SENSITIVITY, "rayzor.task": task.name}).info.run_id
+                                   tags={TAG_ROLE: ROLE_SENSITIVITY, TAG_TASK: task.name}).info.run_id
         result = _result(task, space, *probe(task, space, progress))
         log_params(client, run_id, {"task": config.task, "task_options": config.task_options, "metric": task.metric,
                                     f"baseline.{task.metric}": result.baseline, "units": len(space.units),

@@ -11,23 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from rayzor.search._tags import ROLE_SEARCH, ROLE_TRIAL, TAG_PARENT, TAG_ROLE
+
 from rayzor.errors import ConfigError, RayzorError
 
-__all__ = [
-    "ROLE_SEARCH",
-    "ROLE_TRIAL",
-    "TAG_PARETO",
-    "TAG_ROLE",
-    "connect",
-    "resolve_tracking_uri",
-]
-
-TAG_ROLE = "rayzor.role"
-TAG_PARETO = "rayzor.pareto"
-TAG_PLAN = "rayzor.plan"
-TAG_PARENT = "mlflow.parentRunId"
-ROLE_SEARCH = "search"
-ROLE_TRIAL = "trial"
+__all__ = ["connect", "latest_search_run", "log_params", "resolve_tracking_uri", "trial_runs"]
 _VALID_URIS = "http(s)://HOST:PORT of a running MLflow server, sqlite:///PATH, or another MLflow store URI"
 
 

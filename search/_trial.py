@@ -1,4 +1,4 @@
-"""What one trial does, inside a Ray worker: compress, score, pack, measure."""
+"""What one trial does, inside a Ray worker: decode its plan once, compress, score, pack, measure."""
 
 from __future__ import annotations
 
@@ -6,26 +6,85 @@ import itertools
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from rayzor.compression import (
+    CompressionPlan,
+    DistillConfig,
+    FinetuneConfig,
+    check_student,
+    compress,
+    distill,
+    get_student_family,
+    measure_latency,
+    model_stats,
+    save_packed,
+    state_dict_bytes,
+)
+from rayzor.search._tags import PACKED_NAME
+from rayzor.spaces import TEACHER, CompressionSpace, StudentSpace
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rayzor.compression import (CompressionPlan, DistillConfig, FinetuneConfig, check_student, compress, distill,
-                         get_student_family, measure_latency, model_stats, save_packed, state_dict_bytes)
 from rayzor.errors import ConfigError
 from rayzor.tasks import Task
-from rayzor.spaces import CompressionSpace
-from rayzor.spaces._students import TEACHER, StudentSpace
 
-__all__ = ["PACKED_NAME", "evaluate_plan", "planned_size", "run_trial", "trial_device"]
+__all__ = ["CALIBRATION_BATCHES", "PACKED_NAME", "PLAN_KEYS", "TrialPlan", "compact_plan", "decode_trial", "evaluate",
+           "evaluate_plan", "planned_size",
+           "run_trial", "trial_device"]
 
-PACKED_NAME = "packed.safetensors"
 #: Training batches (in order) an activation-quantizing plan calibrates on: post-training
 #: calibration needs only a few batches of the inputs the layers really see.
 CALIBRATION_BATCHES = 4
+#: Result keys of every report that describe the trial's plan (the driver logs them as they are).
+PLAN_KEYS = ("plan_json", "plan_summary", "model")
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What a trial's params stand for, decoded once on the worker.
+
+    Attributes:
+        plan: The method configs per layer of the compressed model.
+        model: ``teacher`` (the task's model) or the student family.
+        student_params: The student family's parameters (empty for the teacher).
+    """
+
+    plan: CompressionPlan
+    model: str = TEACHER
+    student_params: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> dict[str, str]:
+        """The :data:`PLAN_KEYS` of a trial's results: the plan JSON, its :func:`compact_plan`, the model."""
+        return {"plan_json": self.plan.to_json(), "plan_summary": compact_plan(self.plan), "model": self.model}
+
+
+def decode_trial(space: CompressionSpace | StudentSpace, params: dict[str, Any]) -> TrialPlan:
+    """The plan a trial's sampled params stand for (the model choice too, with a :class:`~spaces.StudentSpace`)."""
+    if not isinstance(space, StudentSpace):
+        return TrialPlan(space.decode(params))
+    choice = space.resolve(params)
+    return TrialPlan(choice.plan, choice.family, dict(choice.params))
+
+
+def compact_plan(plan: CompressionPlan) -> str:
+    """One short cell per layer, ``"conv1 43%/4b"`` (``"fc 0%/3b kmeans"`` for other methods), for tables and tags."""
+    cells = []
+    for layer, flat in plan.settings().items():
+        method = flat.get("quant")
+        kind = "" if method in (None, "uniform_quantization") else f" {method.removesuffix('_quantization')}"
+        rank = f" rank{flat['rank_ratio']:.2f}" if flat.get("rank_ratio") else ""
+        if flat.get("factorize") not in (None, "low_rank"):  # e.g. " tucker2 rank0.30"
+            rank = f" {flat['factorize']}{rank}"
+        if flat.get("structure") == "channel_pruning":
+            rank += f" ch-{flat['ratio']:.0%}"  # share of output channels removed
+        if flat.get("prune") not in (None, "magnitude_pruning"):
+            rank += f" {flat['prune'].removesuffix('_pruning')}"
+        cells.append(f"{layer} {flat.get('sparsity', 0.0):.0%}/{flat.get('bits', 32)}b{kind}{rank}")
+    return "  ".join(cells)
 
 
 def trial_device() -> str:
@@ -44,18 +103,30 @@ def evaluate_plan(task: Task, space: CompressionSpace | StudentSpace, params: di
                   distillation: dict[str, Any] | None = None) -> dict[str, float]:
     """Compress the task's model (or a student) with the plan ``params`` decode to, and measure it.
 
+    See :func:`evaluate` (this decodes ``params`` with :func:`decode_trial` first).
+    """
+    return evaluate(task, decode_trial(space, params), out_dir, device=device, entropy=entropy, on_epoch=on_epoch,
+                    distillation=distillation)
+
+
+def evaluate(task: Task, trial: TrialPlan, out_dir: Path, device: str = "cpu", entropy: str | None = None,
+             on_epoch: Callable[[int, nn.Module], None] | None = None,
+             distillation: dict[str, Any] | None = None) -> dict[str, float]:
+    """Compress the task's model (or a student) with a decoded plan, and measure it.
+
     The packed artifact is written to ``out_dir``; ``size_bytes`` is its length.
     ``device`` is where the fine-tune runs; scoring and latency stay on CPU,
     so figures are comparable whichever node a trial lands on. ``on_epoch``
     is handed to :func:`compression.compress` (intermediate results).
 
-    With a :class:`~spaces.StudentSpace` that picks a student, the student is
-    built, trained by knowledge distillation from the teacher's precomputed
-    logits (``distillation``, from the object store), then compressed;
-    ``compression_ratio`` and ``quality_drop`` stay relative to the teacher.
+    For a student, the student is built, trained by knowledge distillation
+    from the teacher's precomputed logits (``distillation``, from the object
+    store), then compressed; ``compression_ratio`` and ``quality_drop`` stay
+    relative to the teacher.
     """
     started = time.perf_counter()
-    model, plan, arch, family = _candidate(task, space, params, device, distillation)
+    model, arch = _candidate(task, trial, device, distillation)
+    plan = trial.plan
     loader = None
     if plan.finetune.epochs > 0:
         loader = DataLoader(
@@ -69,7 +140,7 @@ def evaluate_plan(task: Task, space: CompressionSpace | StudentSpace, params: di
                           teacher_logits=teacher_logits, on_epoch=on_epoch, example_input=task.example_input,
                           calibration_data=_calibration(task, plan))
     metrics = task.score(compressed.model, "val")
-    size = save_packed(compressed, out_dir / PACKED_NAME, arch=arch, metadata={"task": task.name, "model": family},
+    size = save_packed(compressed, out_dir / PACKED_NAME, arch=arch, metadata={"task": task.name, "model": trial.model},
                        entropy=entropy)
     dense = state_dict_bytes(task.model)
     # The model already holds every dense() weight: count there, not by
@@ -100,63 +171,61 @@ def _calibration(task: Task, plan: CompressionPlan) -> list[Any] | None:
     return list(itertools.islice(loader, CALIBRATION_BATCHES))
 
 
-def _candidate(task: Task, space: CompressionSpace | StudentSpace, params: dict[str, Any], device: str,
-               distillation: dict[str, Any] | None, train: bool = True
-               ) -> tuple[nn.Module, CompressionPlan, dict[str, Any], str]:
-    """The model a trial compresses (the teacher, or a distilled student), its plan, its arch and its family.
+def _candidate(task: Task, trial: TrialPlan, device: str, distillation: dict[str, Any] | None,
+               train: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a trial compresses (the teacher, or a distilled student) and its arch.
 
     ``train=False`` skips the distillation (for what only depends on the architecture).
     """
-    if not isinstance(space, StudentSpace):
-        return task.model, space.decode(params), dict(task.arch), TEACHER
-    choice = space.resolve(params)
-    if choice.family == TEACHER:
-        return task.model, choice.plan, dict(task.arch), TEACHER
-    family = get_student_family(choice.family)
-    student = family.build(task.model, **choice.params)
+    if trial.model == TEACHER:
+        return task.model, dict(task.arch)
+    family = get_student_family(trial.model)
+    student = family.build(task.model, **trial.student_params)
     check_student(student, task.model, task.example_input)
-    arch = family.arch(task.model, teacher_arch=task.arch, **choice.params)
+    arch = family.arch(task.model, teacher_arch=task.arch, **trial.student_params)
     if not train:
-        return student, choice.plan, arch, choice.family
+        return student, arch
     d = distillation or {}
     if "teacher_logits" not in d:
         raise ConfigError("distillation", None, "the teacher's logits for a student trial (run_search computes them)")
     config = DistillConfig(temperature=d["temperature"], alpha=d["alpha"])
     distill(student, None, task.data["train"], config, epochs=d["epochs"], lr=d["lr"], batch_size=task.batch_size,
-            seed=choice.plan.finetune.seed, device=device, teacher_logits=d["teacher_logits"])
-    return student, choice.plan, arch, choice.family
+            seed=trial.plan.finetune.seed, device=device, teacher_logits=d["teacher_logits"])
+    return student, arch
 
 
-def planned_size(task: Task, space: CompressionSpace | StudentSpace, params: dict[str, Any], out_dir: Path,
-                 entropy: str | None = None) -> float:
+def planned_size(task: Task, trial: TrialPlan, out_dir: Path, entropy: str | None = None) -> float:
     """Packed size of the plan without its fine-tune: what the bits and masks cost.
 
     Fine-tuning moves weights, not bits or masks, so this is the trial's size
     (up to the entropy stage) before any training: enough to place a trial in
     its size bucket at its first result.
     """
-    model, plan, arch, _ = _candidate(task, space, params, "cpu", None, train=False)
-    plan = CompressionPlan(plan.layers, FinetuneConfig(epochs=0, seed=plan.finetune.seed))
+    model, arch = _candidate(task, trial, "cpu", None, train=False)
+    plan = CompressionPlan(trial.plan.layers, FinetuneConfig(epochs=0, seed=trial.plan.finetune.seed))
     compressed = compress(model, plan, example_input=task.example_input, calibration_data=_calibration(task, plan))
     return float(save_packed(compressed, out_dir / "planned.safetensors", arch=arch, entropy=entropy))
 
 
-def _epoch_reporter(task: Task, space: CompressionSpace, params: dict[str, Any], out_dir: Path,
-                    schedule: dict[str, Any], entropy: str | None) -> Callable[[int, nn.Module], None]:
+def _epoch_reporter(task: Task, trial: TrialPlan, out_dir: Path, schedule: dict[str, Any],
+                    entropy: str | None) -> Callable[[int, nn.Module], None]:
     """``on_epoch`` that reports each fine-tune epoch but the last to Tune, for early stopping."""
     from ray import tune
+    from rayzor.search._scheduler import (  # imports ray.tune: only on a worker
+        BUCKET_KEY,
+        size_bucket,
+    )
 
-    from rayzor.search._scheduler import BUCKET_KEY, size_bucket
-
-    size = planned_size(task, space, params, out_dir, entropy)
+    size = planned_size(task, trial, out_dir, entropy)
     bucket = size_bucket(size, schedule["baseline_bytes"], schedule["bucket_width"])
-    epochs = space.finetune.epochs
+    epochs = trial.plan.finetune.epochs
+    described = trial.report()
 
     def report(epoch: int, model: nn.Module) -> None:
         if epoch + 1 >= epochs:
             return  # the last epoch is the trial's final result, with its artifact
         metrics = task.score(model, "val")
-        tune.report({**metrics, "size_bytes": size, BUCKET_KEY: bucket, "epoch": epoch + 1, "final": 0.0})
+        tune.report({**metrics, "size_bytes": size, BUCKET_KEY: bucket, "epoch": epoch + 1, "final": 0.0, **described})
 
     return report
 
@@ -165,6 +234,9 @@ def run_trial(config: dict[str, Any], *, task: Task, space: CompressionSpace | S
               entropy: str | None = None, schedule: dict[str, Any] | None = None,
               distillation: dict[str, Any] | None = None) -> None:
     """Ray Tune function trainable: one plan, one report with its packed artifact.
+
+    The params are decoded here, once: every report carries the plan
+    (:data:`PLAN_KEYS`), so the driver logs it without decoding again.
 
     ``task`` arrives through ``tune.with_parameters``: it sits in the object
     store once and every trial reads it from there. With ``schedule``
@@ -181,10 +253,11 @@ def run_trial(config: dict[str, Any], *, task: Task, space: CompressionSpace | S
     torch.set_num_threads(1)
     device = trial_device()
     with tempfile.TemporaryDirectory(prefix="rayzor-trial-") as tmp:
-        on_epoch = _epoch_reporter(task, space, config, Path(tmp), schedule, entropy) if schedule else None
-        metrics: dict[str, Any] = evaluate_plan(task, space, config, Path(tmp), device=device, entropy=entropy,
-                                                on_epoch=on_epoch, distillation=distillation)
+        trial = decode_trial(space, config)
+        on_epoch = _epoch_reporter(task, trial, Path(tmp), schedule, entropy) if schedule else None
+        metrics: dict[str, Any] = evaluate(task, trial, Path(tmp), device=device, entropy=entropy,
+                                           on_epoch=on_epoch, distillation=distillation)
         (Path(tmp) / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels
         # Where it ran: logged as tags of the trial's MLflow run.
-        metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device)
+        metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device, **trial.report())
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

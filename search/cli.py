@@ -6,15 +6,23 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import typer
+from rayzor.cluster import job_status, stop_job, submit_search
+from rayzor.compression import FinetuneConfig, list_methods
+from rayzor.search._config import load_config, quality_metric
+from rayzor.search._export import EXPORT_FORMATS, export_model, load_search, pick_run
+from rayzor.search._runner import run_search
+from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
+from rayzor.search._tracking import connect
+from rayzor.spaces import introspect, uncovered_params
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from rayzor.errors import RayzorError
-from rayzor.search._config import quality_metric
+from rayzor.errors import ConfigError, RayzorError
+from rayzor.tasks import create_task
 
 app = typer.Typer(
     add_completion=False,
@@ -83,9 +91,6 @@ def search(
     resume: Optional[str] = typer.Option(None, help="Resume a search: its folder (STORAGE/NAME) or NAME; finishes its budget."),
 ) -> None:
     """Run a compression search and print its Pareto front."""
-    from rayzor.search._config import load_config
-    from rayzor.search._runner import run_search
-
     cfg = load_config(config, trials=trials, concurrency=concurrency, sampler=sampler, seed=seed,
                       experiment=experiment, tracking_uri=tracking_uri, address=address,
                       gpus_per_trial=gpus_per_trial, storage_path=storage_path, name=name)
@@ -113,8 +118,6 @@ def pareto(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: run_id, trial, every metric, plan."),
 ) -> None:
     """The Pareto-optimal trials of the latest search in an experiment."""
-    from rayzor.search._export import load_search
-
     view = load_search(tracking_uri, experiment)
     if as_json:
         rows = [{"run_id": r.run_id, "trial": r.number, **r.metrics, "plan": r.plan_summary} for r in view.pareto]
@@ -135,10 +138,6 @@ def export(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
 ) -> None:
     """Export one trial's compressed model (ONNX or packed) and check it."""
-    from rayzor.errors import ConfigError
-    from rayzor.search._export import EXPORT_FORMATS, export_model, load_search, pick_run
-    from rayzor.search._tracking import connect
-
     if fmt not in EXPORT_FORMATS:
         raise ConfigError("--format", fmt, EXPORT_FORMATS)
     if (run is None) == (pick is None):
@@ -150,6 +149,7 @@ def export(
         run = chosen.run_id
         console.print(f"picked trial {chosen.number} ({run}): {chosen.plan_summary}", markup=False, soft_wrap=True)
     else:
+        assert run is not None  # exactly one of --run / --pick, checked above
         client, _, _ = connect(tracking_uri, experiment, create=False)
     report = export_model(client, run, fmt, out)
     console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
@@ -163,10 +163,6 @@ def space_rows(config: Optional[Path]) -> dict[str, Any]:
     """The resolved space of a config: every compressible layer, what applies to it, its group and searched dims."""
     import fnmatch
 
-    from rayzor.compression import FinetuneConfig, list_methods
-    from rayzor.tasks import create_task
-    from rayzor.search._config import load_config
-    from rayzor.spaces import introspect, uncovered_params
 
     cfg = load_config(config)
     task = create_task(cfg.task, **cfg.task_options)
@@ -237,9 +233,10 @@ def space_show(
     # refuses, and why, is listed below the table (one line per reason).
     table = Table(title=f"space of task {view['task']!r}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
-    for column, justify in (("layer", "left"), ("kind", "left"), ("shape", "left"), ("params", "right"),
-                            ("share", "right"), ("methods", "right"), ("group", "left"), ("dims", "right"),
-                            ("why excluded", "left")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("layer", "left"), ("kind", "left"), ("shape", "left"), ("params", "right"), ("share", "right"),
+        ("methods", "right"), ("group", "left"), ("dims", "right"), ("why excluded", "left"))
+    for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=column in ("kind", "group", "shape", "params", "share"),
                          overflow="fold")
     for row in view["layers"]:
@@ -274,9 +271,6 @@ def sensitivity_cmd(
     (sensitivity.json, .csv) and heatmap.png. A search with `warm_start: sensitivity` enqueues those plans
     as its first trials.
     """
-    from rayzor.search._config import load_config
-    from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
-
     cfg = load_config(config, experiment=experiment, tracking_uri=tracking_uri, address=address)
     result = run_sensitivity(cfg, progress=lambda line: None if as_json else console.print(line, markup=False))
     if as_json:
@@ -302,8 +296,6 @@ _DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265 [default: RAY_
 def _dashboard(address: Optional[str]) -> str:
     import os
 
-    from rayzor.errors import ConfigError
-
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise ConfigError("--address", address, "http://HEAD:8265, the Ray dashboard (or set RAY_ADDRESS)")
@@ -320,7 +312,6 @@ def submit(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's logs until it ends."),
 ) -> None:
     """Submit a search to a Ray cluster as a Ray Job, then stream its logs."""
-    from rayzor.cluster import submit_search
 
     args = ["--tracking-uri", tracking_uri] if tracking_uri else []
     job_id, status = submit_search(config, _dashboard(address), working_dir=working_dir, search_args=args, wait=wait,
@@ -333,7 +324,6 @@ def submit(
 def status(job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
            address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP)) -> None:
     """Status of a submitted search."""
-    from rayzor.cluster import job_status
 
     console.print(json.dumps(job_status(job, _dashboard(address)), indent=2), markup=False, soft_wrap=True)
 
@@ -343,7 +333,6 @@ def status(job: str = typer.Argument(..., help="Job id printed by `rayzor submit
 def stop(job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
          address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP)) -> None:
     """Stop a submitted search (its finished trials stay in MLflow)."""
-    from rayzor.cluster import stop_job
 
     console.print(f"job {job}: {stop_job(job, _dashboard(address))}", markup=False, soft_wrap=True)
 

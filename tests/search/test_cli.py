@@ -12,7 +12,6 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from rayzor.search import _runner
 from rayzor.compression import load_packed
 from rayzor.tasks import create_task
 from rayzor.search.cli import app
@@ -116,10 +115,13 @@ def test_export_packed_by_run_id_reloads_identically(searched, tmp_path):
 def no_ray(monkeypatch):
     """Fails the test if a command gets as far as starting Ray."""
 
-    def refuse(config):
+    def refuse(*args, **kwargs):
         raise AssertionError("Ray was started despite bad input")
 
-    monkeypatch.setattr(_runner, "_start_ray", refuse)
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # even inside the session's Ray
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 def _closed_port() -> int:
@@ -211,3 +213,32 @@ def test_pareto_of_unknown_experiment(searched):
     uri, _, _ = searched
     result = runner.invoke(app, ["pareto", "--experiment", "nope", "--tracking-uri", uri])
     _one_line_error(result, "--experiment", "'nope'", "'cli'")
+
+
+def test_unreachable_dashboard_names_the_flag(tmp_path):
+    config = tmp_path / "nojob.yaml"
+    config.write_text("trials: 1\n")
+    result = runner.invoke(app, ["submit", str(config), "--address", f"http://127.0.0.1:{_closed_port()}"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --address: got 'http://127.0.0.1:")
+
+
+def test_resume_without_an_experiment_names_the_flag(tmp_path):
+    result = runner.invoke(app, ["search", "--resume", str(tmp_path / "nothing-here")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: --resume: got '{tmp_path / 'nothing-here'}'; valid: ")
+
+
+@pytest.mark.parametrize("env", [False, True])
+def test_unreachable_address_names_its_source(tmp_path, monkeypatch, env):
+    address = f"127.0.0.1:{_closed_port()}"
+    args = ["search", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        args += ["--address", address]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    flag = "RAY_ADDRESS" if env else "--address"
+    assert result.stderr.startswith(f"error: {flag}: got '{address}'; valid: HOST:PORT of a running Ray head")
+    assert "connect to 127.0.0.1" in result.stderr

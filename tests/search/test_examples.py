@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 from rayzor.compression import load_packed
 from rayzor.tasks import Task, create_task
-from rayzor.search._runner import RESUME_FILE
-from rayzor.search._tracking import trial_runs
+from rayzor.search import RESUME_FILE, trial_runs
 from rayzor.search.cli import app
 
 pytest.importorskip("transformers")

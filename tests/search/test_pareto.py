@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from rayzor.errors import ConfigError, RayzorError
-from rayzor.search._pareto import (
+from rayzor.errors import ConfigError, NoMatchError, RayzorError
+from rayzor.search import (
     Constraint,
-    NoMatchError,
     PickSpec,
     hypervolume,
     parse_pick,

@@ -6,11 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rayzor.errors import ConfigError
-from rayzor.search import SearchConfig, run_search
-from rayzor.search._config import validate_config
-from rayzor.search._runner import STOPPED
-from rayzor.search._scheduler import SizeBucketASHA, size_bucket
-from rayzor.search._tracking import TAG_PARETO, trial_runs
+from rayzor.search import STOPPED, SearchConfig, SizeBucketASHA, run_search, size_bucket, trial_runs, validate_config
 
 
 class _Trial:
@@ -95,7 +91,7 @@ def test_asha_stops_trials_and_the_front_remains(asha_search):
         run = runs[record.run_id]
         assert run.info.status == "KILLED"
         assert run.data.tags["rayzor.early_stopped"].startswith("after epoch ")
-        assert run.data.tags[TAG_PARETO] == "false"
+        assert run.data.tags["rayzor.pareto"] == "false"
         assert "accuracy" in run.data.metrics and "size_bytes" in run.data.metrics
         assert not client.list_artifacts(record.run_id, "packed")  # no artifact for a stopped trial
     for record in finished:

@@ -11,8 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from rayzor.compression import load_packed
 from rayzor.tasks import create_task
-from rayzor.search import SearchConfig, pareto_mask, run_search
-from rayzor.search._tracking import TAG_PARETO, trial_runs
+from rayzor.search import SearchConfig, pareto_mask, run_search, trial_runs, warm_start_points
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_pareto_tags_match_the_front(finished):
     done = [c for c in trial_runs(client, result.experiment_id, result.parent_run_id) if c.info.status == "FINISHED"]
     values = np.array([[c.data.metrics["accuracy"], c.data.metrics["size_bytes"]] for c in done])
     mask = pareto_mask(values, ["maximize", "minimize"])
-    assert [c.data.tags[TAG_PARETO] for c in done] == ["true" if m else "false" for m in mask]
+    assert [c.data.tags["rayzor.pareto"] for c in done] == ["true" if m else "false" for m in mask]
     assert sorted(r.run_id for r in result.pareto) == sorted(c.info.run_id for c, m in zip(done, mask) if m)
     with open(client.download_artifacts(result.parent_run_id, "pareto.json")) as f:
         rows = json.load(f)
@@ -112,7 +111,6 @@ def test_hypervolume_is_logged_per_completed_trial(finished):
 def test_uniform_warm_start_points(digits):
     from rayzor.compression import FinetuneConfig
     from rayzor.search import load_config
-    from rayzor.search._runner import warm_start_points
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace.from_model(digits.model, bits=(4, 8, 32), sparsity=(0.1, 0.9), finetune=FinetuneConfig())

@@ -8,8 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rayzor.compression import load_packed
-from rayzor.search import SearchConfig, run_search
-from rayzor.search._tracking import trial_runs
+from rayzor.search import SearchConfig, run_search, trial_runs
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from rayzor.compression import StageCNN, load_packed
-from rayzor.search import SearchConfig, run_search
-from rayzor.search._config import validate_config
-from rayzor.search._tracking import trial_runs
+from rayzor.search import SearchConfig, run_search, trial_runs, validate_config
 from rayzor.errors import ConfigError
 
 
@@ -57,10 +55,8 @@ def test_students_are_sampled_distilled_compressed_and_packed(student_search, di
 
 def test_unknown_student_family_fails_before_ray(tmp_path):
     config = validate_config({"students": {"families": ["resnet"]}, "tracking_uri": f"sqlite:///{tmp_path}/m.db"})
-    from rayzor.search._runner import prepare
-
     with pytest.raises(ConfigError, match=r"students.families\[0\]: got 'resnet'; valid: .*cnn"):
-        prepare(config)
+        run_search(config)  # refused while preparing, before Ray starts
 
 
 def test_student_settings_without_a_family_are_refused():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rayzor.errors import ConfigError
-from rayzor.search._tracking import connect, resolve_tracking_uri
+from rayzor.search import connect, resolve_tracking_uri
 
 
 def test_relative_sqlite_becomes_absolute(tmp_path, monkeypatch):

@@ -1,0 +1,71 @@
+"""Ray for a search: which cluster, starting or joining it, and what one trial asks of it."""
+
+from __future__ import annotations
+
+import os
+
+from rayzor.cluster import (
+    check_address,
+    check_cluster_resources,
+    derive_concurrency,
+    trial_resources,
+)
+from rayzor.search._config import SearchConfig
+
+__all__ = ["check_ray_address", "ray_address", "start_ray", "trial_request", "tune_resources"]
+
+
+def ray_address(config: SearchConfig) -> tuple[str | None, str]:
+    """The cluster to join and where that came from (for error messages)."""
+    if config.address:
+        return config.address, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
+def check_ray_address(config: SearchConfig) -> None:
+    """Refuse an unreachable cluster address before anything starts.
+
+    Raises:
+        ConfigError: naming ``--address`` or ``RAY_ADDRESS``.
+    """
+    address, flag = ray_address(config)
+    if address:
+        check_address(address, flag)
+
+
+def start_ray(config: SearchConfig) -> bool:
+    """Join ``config.address`` / ``RAY_ADDRESS``, else start a local Ray; True if we started it."""
+    import ray
+
+    # Tune's new console output engine ignores verbose=0; the legacy one obeys.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return False
+    address, _ = ray_address(config)
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def trial_request(config: SearchConfig) -> tuple[dict[str, float], int]:
+    """One trial's Ray resources and the concurrency, checked against the running cluster.
+
+    Raises:
+        ConfigError: a request no node can ever meet (GPUs on a CPU cluster).
+    """
+    import ray
+
+    request = trial_resources(config.cpus_per_trial, config.gpus_per_trial, config.resources_per_trial)
+    available = ray.cluster_resources()
+    check_cluster_resources(request, available)
+    if "concurrency" in config.model_fields_set:
+        return request, config.concurrency
+    return request, derive_concurrency(request, available, config.trials)
+
+
+def tune_resources(request: dict[str, float]) -> dict[str, float]:
+    """A Ray resource request in ``tune.with_resources`` keys (``cpu``, ``gpu``, custom names)."""
+    names = {"CPU": "cpu", "GPU": "gpu"}
+    return {names.get(k, k): v for k, v in request.items()}

@@ -1,0 +1,149 @@
+"""The Tune side of a search: the trainable, the Optuna sampler and searcher, the scheduler, the Tuner."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from rayzor.compression import teacher_outputs
+from rayzor.search._config import SearchConfig, objective_direction, quality_metric
+from rayzor.search._ray import tune_resources
+from rayzor.search._trial import run_trial
+from rayzor.spaces import CompressionSpace, StudentSpace
+
+from rayzor.tasks import Task
+
+__all__ = ["make_sampler", "make_trainable", "make_tuner", "warm_start_points"]
+
+
+def make_sampler(name: str, seed: int, trials: int) -> Any:
+    """The Optuna sampler behind a ``sampler`` name (tpe, nsga2, random, gp)."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "tpe":
+        # Few startup trials: searches here are short, and TPE learns from them.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(4, trials // 4)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 4)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ValueError(name)  # unreachable: SearchConfig validated the name
+
+
+def warm_start_points(space: CompressionSpace | StudentSpace, config: SearchConfig) -> list[dict[str, Any]]:
+    """The first trials of a search: its enqueued warm-start params.
+
+    With ``warm_start: uniform``, one plan per candidate bit-width, the same
+    for every layer, at the lowest sparsity (the "int8 everywhere" baselines
+    a user would try by hand), highest bit-width first, fp32 excluded, at most
+    half of the budget. With ``warm_start: sensitivity``, the points of the
+    per-layer probes (``space.warm_start``).
+    """
+    if config.warm_start == "sensitivity":
+        return list(space.warm_start)[: max(1, config.trials // 2)]
+    if config.warm_start != "uniform" or "uniform_quantization" not in space.methods:
+        return []
+    points: list[dict[str, Any]] = []
+    candidates = sorted((b for b in space.bits if b != 32), reverse=True)  # fp32 is the known baseline
+    for bits in candidates[: config.trials // 2]:
+        # within each group's own ranges (a group may fix its bits or raise its lowest sparsity)
+        point = space.uniform_params(bits)
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def _distillation(config: SearchConfig, task: Task) -> dict[str, Any] | None:
+    """What trials need to distill: the teacher's train-split logits (computed once, here) and the settings.
+
+    They reach every trial through the object store, so no trial runs the
+    teacher over the training data again.
+    """
+    if not (config.students.families or config.recovery.distill_alpha > 0):
+        return None
+    s = config.students
+    return {"teacher_logits": teacher_outputs(task.model, task.data["train"], batch_size=256),
+            "epochs": s.distill_epochs, "lr": s.lr, "temperature": s.temperature, "alpha": s.alpha}
+
+
+def _schedule(config: SearchConfig, baseline: dict[str, float]) -> dict[str, Any] | None:
+    """What a trial needs to report per-epoch results to ``scheduler: asha``."""
+    if config.scheduler != "asha":
+        return None
+    return {"baseline_bytes": baseline["size_bytes"], "bucket_width": config.asha.bucket_width}
+
+
+def make_trainable(config: SearchConfig, task: Task, space: CompressionSpace | StudentSpace,
+                   baseline: dict[str, float], request: dict[str, float]) -> Any:
+    """:func:`~rayzor.search._trial.run_trial` with its inputs in the object store and its Ray resources."""
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(run_trial, task=task, space=space, entropy=config.entropy,
+                             schedule=_schedule(config, baseline), distillation=_distillation(config, task)),
+        tune_resources(request),
+    )
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace | StudentSpace,
+               warm_points: list[dict[str, Any]], name: str, storage: str, concurrency: int, parent_id: str,
+               restore_path: str | None) -> Any:
+    """A new ``tune.Tuner`` (OptunaSearch over ``space.suggest``, the warm-start points first), or a restored one."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+    from rayzor.search._callback import (
+        TrackingCallback,  # subclasses tune.Callback: loaded with Tune
+    )
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if restore_path is not None:
+        # The Optuna study and the callbacks come back from the experiment state.
+        return tune.Tuner.restore(restore_path, trainable=trainable, resume_errored=True)
+    objectives = config.resolved_objectives
+    searcher = OptunaSearch(
+        space.suggest,
+        metric=list(objectives),
+        mode=["max" if objective_direction(o) == "maximize" else "min" for o in objectives],
+        sampler=make_sampler(config.sampler, config.seed, config.trials),
+        points_to_evaluate=warm_points or None,
+    )
+    scheduler = None
+    if config.scheduler == "asha":
+        from rayzor.search._scheduler import (
+            SizeBucketASHA,  # subclasses a Tune scheduler: loaded with Tune
+        )
+
+        # One result per fine-tune epoch: epochs - 1 intermediate ones, then the final one.
+        scheduler = SizeBucketASHA(quality_metric(objectives), "max", max_t=config.finetune_epochs,
+                                   grace_period=config.asha.grace_period,
+                                   reduction_factor=config.asha.reduction_factor,
+                                   protect_front=config.asha.protect_front)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=config.trials,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=[TrackingCallback(parent_id)],
+            verbose=0,
+            # Retries in place (a lost node, a killed worker) keep the Optuna
+            # study free of FAILED ghosts; only the last failure is told.
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+        ),
+    )
