@@ -15,16 +15,7 @@ from rayzor.compression._bitpack import pack_bits, unpack_bits
 from rayzor.compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
 from rayzor.compression._lottery import LotteryTicket, lottery_ticket
 from rayzor.compression._engine import CompressedModel, apply_structure, compress, compressible_layers, replace_module
-from rayzor.compression._methods import (
-    BinaryQuantization,
-    HalfPrecision,
-    KMeansQuantization,
-    LowRank,
-    MagnitudePruning,
-    TernaryQuantization,
-    UniformQuantization,
-)
-from rayzor.compression._lowrank import Tucker2
+from rayzor.compression._lowrank import LowRank, Tucker2
 from rayzor.compression._metrics import measure_latency, model_stats, state_dict_bytes
 from rayzor.compression._onnx import OrtModule, export_onnx, max_abs_diff, measure_onnx_latency, quantize_onnx_int8
 from rayzor.compression._packed import (
@@ -35,8 +26,15 @@ from rayzor.compression._packed import (
     read_packed_info,
     save_packed,
 )
-from rayzor.compression._pruning import RandomPruning, global_magnitude_plan
-from rayzor.compression._plan import CompressionPlan, FinetuneConfig
+from rayzor.compression._plan import CompressionPlan, FinetuneConfig, global_magnitude_plan
+from rayzor.compression._pruning import MagnitudePruning, RandomPruning
+from rayzor.compression._quantization import (
+    BinaryQuantization,
+    HalfPrecision,
+    KMeansQuantization,
+    TernaryQuantization,
+    UniformQuantization,
+)
 from rayzor.compression._registry import MethodConfig, get_method, list_methods, register_method
 from rayzor.compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance
 from rayzor.compression._students import (

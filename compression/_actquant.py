@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-import rayzor.compression._methods  # noqa: F401 - the weight methods register first, so list_methods() keeps their order
 from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._quantization import _check_bool, _check_choice
 from rayzor.compression._registry import MethodConfig, check_int, check_real, get_handler, get_method, register_method
