@@ -1,4 +1,4 @@
-"""Compression plans: which methods run on which layer, plus fine-tuning."""
+"""Compression plans: which methods run on which layer, plus fine-tuning; and the global magnitude plan builder."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class FinetuneConfig:
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
-    # Fields added later keep defaults, so plans serialised before them still load.
+    # The fields below have defaults so that serialised plans without them load unchanged.
     distill_alpha: float = 0.0
     temperature: float = 4.0
     qat: bool = False
