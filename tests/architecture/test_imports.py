@@ -198,6 +198,24 @@ def test_compression_imports_no_higher_layer_and_no_optuna_or_ray():
     assert not bad, "\n".join(bad)
 
 
+def test_compression_imports_rayzor_modules_only_at_module_top():
+    """A function-level import of a sibling is how a cycle hides; heavy third-party imports may stay lazy."""
+    bad = []
+    for module, path in modules().items():
+        if not _within(module, "rayzor.compression"):
+            continue
+        tree = ast.parse(path.read_text())
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else ["." * node.level + (node.module or "")] if isinstance(node, ast.ImportFrom) else [])
+                bad += [f"{module}:{node.lineno} imports {n} in {func.name}()" for n in names
+                        if n.startswith((".", "rayzor"))]
+    assert not bad, "\n".join(sorted(set(bad)))
+
+
 def test_errors_and_resolve_are_the_bottom():
     assert not _violations("rayzor.errors", lambda t: False)
     assert not _violations("rayzor._resolve", lambda t: t == "rayzor.errors")

@@ -11,7 +11,6 @@ from safetensors import safe_open
 from torch import nn
 
 from rayzor.compression import (
-    CompressedWeight,
     CompressionPlan,
     ConfigError,
     FinetuneConfig,
@@ -212,7 +211,7 @@ def _pack_mask(tmp_path, keep: torch.Tensor):
                                  "kwargs": {"in_features": in_features, "out_features": out_features}})
     with safe_open(path, "pt") as f:
         entry = json.loads(f.metadata()["layers"])[""]
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     return entry, tensors, load_packed(path)[1].weights[""].mask
 
 
