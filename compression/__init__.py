@@ -1,4 +1,4 @@
-"""rayzor's compression engine: per-layer factorisation, pruning and quantization plans.
+"""rayzor's compression engine: per-layer structure, factorisation, pruning and quantization plans.
 
 Typical use::
 
@@ -8,23 +8,18 @@ Typical use::
     size_bytes = save_packed(compressed, "model.rzp", arch={"factory": "pkg.mod:build", "kwargs": {}},
                              entropy="lzma")
     model2, info = load_packed("model.rzp")
+
+New methods register a frozen :class:`MethodConfig` dataclass and a handler
+with :func:`register_method`; the handler takes its stage's arguments
+(:class:`SparsifyHandler` etc.).
 """
 
 from rayzor.compression._actquant import ActivationQuantization, QuantizedInput
-from rayzor.compression._bitpack import pack_bits, unpack_bits
 from rayzor.compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
+from rayzor.compression._engine import CompressedModel, apply_structure, compress
+from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._lottery import LotteryTicket, lottery_ticket
-from rayzor.compression._engine import CompressedModel, apply_structure, compress, compressible_layers, replace_module
-from rayzor.compression._methods import (
-    BinaryQuantization,
-    HalfPrecision,
-    KMeansQuantization,
-    LowRank,
-    MagnitudePruning,
-    TernaryQuantization,
-    UniformQuantization,
-)
-from rayzor.compression._lowrank import Tucker2
+from rayzor.compression._lowrank import LowRank, Tucker2
 from rayzor.compression._metrics import measure_latency, model_stats, state_dict_bytes
 from rayzor.compression._onnx import OrtModule, export_onnx, max_abs_diff, measure_onnx_latency, quantize_onnx_int8
 from rayzor.compression._packed import (
@@ -35,10 +30,31 @@ from rayzor.compression._packed import (
     read_packed_info,
     save_packed,
 )
-from rayzor.compression._pruning import RandomPruning, global_magnitude_plan
-from rayzor.compression._plan import CompressionPlan, FinetuneConfig
-from rayzor.compression._registry import MethodConfig, get_method, list_methods, register_method
-from rayzor.compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance
+from rayzor.compression._plan import CompressionPlan, FinetuneConfig, global_magnitude_plan
+from rayzor.compression._pruning import MagnitudePruning, RandomPruning
+from rayzor.compression._quantization import (
+    BinaryQuantization,
+    HalfPrecision,
+    KMeansQuantization,
+    TernaryQuantization,
+    UniformQuantization,
+)
+from rayzor.compression._registry import (
+    HANDLER_PROTOCOLS,
+    STAGES,
+    ActivationHandler,
+    FactorizeHandler,
+    MethodConfig,
+    QuantizeHandler,
+    SparsifyHandler,
+    StructureHandler,
+    get_handler,
+    get_method,
+    list_methods,
+    register_method,
+    unregister_method,
+)
+from rayzor.compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance, prune_structure
 from rayzor.compression._students import (
     StageCNN,
     StudentFamily,
@@ -74,20 +90,31 @@ __all__ = [
     "Tucker2",
     "ActivationQuantization",
     "QuantizedInput",
+    # the method registry and its handler protocols
+    "STAGES",
+    "HANDLER_PROTOCOLS",
+    "StructureHandler",
+    "FactorizeHandler",
+    "SparsifyHandler",
+    "QuantizeHandler",
+    "ActivationHandler",
     "register_method",
+    "unregister_method",
     "list_methods",
     "get_method",
+    "get_handler",
     # plans
     "CompressionPlan",
     "global_magnitude_plan",
     "FinetuneConfig",
     # engine
+    "COMPRESSIBLE_TYPES",
     "compressible_layers",
     "compress",
     "CompressedModel",
     "CompressedWeight",
-    "replace_module",
     "apply_structure",
+    "prune_structure",
     # ONNX export and int8 execution
     "OrtModule",
     "export_onnx",
@@ -100,8 +127,6 @@ __all__ = [
     "read_packed_info",
     "PackedInfo",
     "ENTROPY_CODECS",
-    "pack_bits",
-    "unpack_bits",
     # student architectures
     "StudentFamily",
     "StageCNN",

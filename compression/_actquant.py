@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-import rayzor.compression._methods  # noqa: F401 - the weight methods register first, so list_methods() keeps their order
 from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._quantization import _check_bool, _check_choice
 from rayzor.compression._registry import MethodConfig, check_int, check_real, get_handler, get_method, register_method
@@ -57,26 +56,18 @@ _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 class ActivationQuantization(MethodConfig):
     """Per-tensor quantization of a Linear or Conv layer's input, calibrated post-training.
 
-    The input ``x`` runs as ``(clamp(round(x / scale) + zp, qmin, qmax) - zp)
-    * scale``. Asymmetric: ``[qmin, qmax] = [0, 2**bits - 1]`` over the
-    calibrated range widened to contain 0, with an integer zero point, so
-    that 0 (ReLU outputs, zero padding) is coded exactly (Jacob et al. 2018,
-    "Quantization and Training of Neural Networks for Efficient
-    Integer-Arithmetic-Only Inference", https://arxiv.org/abs/1712.05877).
-    Symmetric: ``qmax = 2**(bits-1) - 1 = -qmin``, ``zp = 0``. The range comes
-    from the min/max of the calibration inputs, a percentile of them
-    (TensorRT's calibration; Wu et al. 2020, "Integer Quantization for Deep
-    Learning Inference", https://arxiv.org/abs/2004.09602), or the clip
-    minimising the quantization MSE of their histogram (Banner et al. 2019,
-    https://arxiv.org/abs/1810.05723). In training mode the rounding passes
-    gradients straight through inside the range (the clipped straight-through
-    estimator of Bengio et al. 2013, https://arxiv.org/abs/1308.3432), so the
-    quantized model can be fine-tuned (QAT).
-
-    :func:`compression.compress` needs ``calibration_data`` for a plan with
-    this method. The layer ``name`` becomes ``QuantizedInput`` with the
-    layer at ``name.layer``; for a layer factorised by an earlier stage, the
-    first of its parts is wrapped (it is the one that reads the input).
+    The input runs as ``(clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale``.
+    Asymmetric codes ``0 .. 2**bits - 1`` over a range widened to hold 0, so
+    ReLU outputs and zero padding are exact (Jacob et al. 2018,
+    https://arxiv.org/abs/1712.05877); symmetric ``zp = 0``. The range is the
+    calibration inputs' min/max, a percentile (Wu et al. 2020,
+    https://arxiv.org/abs/2004.09602) or the MSE-optimal clip of their
+    histogram (Banner et al. 2019, https://arxiv.org/abs/1810.05723). In
+    training mode gradients pass straight through inside the range (Bengio et
+    al. 2013, https://arxiv.org/abs/1308.3432), so QAT works. The layer
+    ``name`` becomes :class:`QuantizedInput` with the layer at ``name.layer``
+    (for a factorised layer, its first part); :func:`compression.compress`
+    then needs ``calibration_data``.
 
     Args:
         bits: Bits per activation code: 2..16 when symmetric, 1..16 when

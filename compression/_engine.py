@@ -152,12 +152,12 @@ def compress(
     except (RuntimeError, TypeError):
         raise ConfigError("device", device, "a torch device such as 'cpu' or 'cuda:0'") from None
     _check_finetune_inputs(ft, train_loader, teacher_logits, on_epoch)
-    if any(cfg.stage == "activation" for ms in plan.layers.values() for cfg in ms):
+    if plan.by_stage("activation"):
         if calibration_data is None:
             raise ConfigError("calibration_data", None,
                               "an iterable of input or (input, target) batches when the plan quantizes activations")
         calibration_data = calibration_inputs(calibration_data)  # checked now, and re-readable by every calibration
-    structured = {name: cfg for name, methods in plan.layers.items() for cfg in methods if cfg.stage == "structure"}
+    structured = plan.by_stage("structure")
     if structured and example_input is None:
         raise ConfigError("example_input", None, "one input batch for the dependency graph of the structured "
                                                  f"pruning of {list(structured)}")
@@ -168,31 +168,33 @@ def compress(
     layers = compressible_layers(work)
     weights: dict[str, CompressedWeight] = {}
     structure: dict[str, dict] = dict(structured_specs)
-    # Per compressed weight: the later-stage methods of the plan layer it belongs to.
-    targets: dict[str, tuple[MethodConfig, ...]] = {}
+    factorize, sparsify = plan.by_stage("factorize"), plan.by_stage("sparsify")
+    # Per compressed weight: the plan layer it belongs to (a factorised layer has several weights).
+    owner: dict[str, str] = {}
 
     # 1) factorize: replace modules, their parts become the layers later stages see
     for name, methods in plan.layers.items():
-        factorize = [cfg for cfg in methods if cfg.stage == "factorize"]
         if not methods:
             continue
-        if not factorize:
-            targets[name] = methods
+        if name not in factorize:
+            owner[name] = name
             continue
-        new, spec = get_handler(factorize[0])(layers[name], factorize[0])
+        cfg = factorize[name]
+        new, spec = get_handler(cfg)(layers[name], cfg)
         replace_module(work, name, new)
-        structure[name] = {"method": factorize[0].method, **spec}
+        structure[name] = {"method": cfg.method, **spec}
         for part, _ in new.named_children():
-            targets[f"{name}.{part}"] = methods
+            owner[f"{name}.{part}"] = name
     layers = compressible_layers(work)
+    quantize_of_layer = plan.by_stage("quantize")
+    quantize = {w: quantize_of_layer[layer] for w, layer in owner.items() if layer in quantize_of_layer}
 
     # 2) sparsify: masks (and the masked weights written back, so training starts from them)
-    for name, methods in targets.items():
+    for name, layer in owner.items():
         module = layers[name]
         cw = CompressedWeight.from_dense(module.weight)
-        for cfg in methods:
-            if cfg.stage == "sparsify":
-                cw = get_handler(cfg)(module, cw, cfg)
+        if layer in sparsify:
+            cw = get_handler(sparsify[layer])(module, cw, sparsify[layer])
         weights[name] = cw
         with torch.no_grad():
             module.weight.copy_(cw.dense())
@@ -204,25 +206,23 @@ def compress(
             snap = copy.deepcopy(trained).cpu()
             snap_layers = compressible_layers(snap)
             _quantize_stage(snap_layers, {n: CompressedWeight.from_dense(snap_layers[n].weight, cw.mask)
-                                          for n, cw in weights.items()}, targets)
-            snap_act = {input_layer(snap, name): cfg for name, methods in plan.layers.items()
-                        for cfg in methods if cfg.stage == "activation"}
+                                          for n, cw in weights.items()}, quantize)
+            snap_act = {input_layer(snap, name): cfg for name, cfg in plan.by_stage("activation").items()}
             if snap_act:
                 calibrate_activations(snap, snap_act, calibration_data, device)
             on_epoch(epoch, snap.eval())
 
         teacher = frozen_copy(model, device) if ft.distill_alpha > 0 and teacher_logits is None else None
-        _finetune(work, layers, weights, targets, train_loader, loss_fn, device, ft,
+        _finetune(work, layers, weights, quantize, train_loader, loss_fn, device, ft,
                   teacher=teacher, teacher_logits=teacher_logits, on_epoch=None if on_epoch is None else snapshot)
         weights = {n: CompressedWeight.from_dense(layers[n].weight, cw.mask) for n, cw in weights.items()}
 
     # 4) quantize the surviving weights, 5) materialise through dense()
-    weights = _quantize_stage(layers, weights, targets)
+    weights = _quantize_stage(layers, weights, quantize)
 
     # 6) activation quantization, calibrated on the final weights; a wrapped layer's weight moves to name.layer
     activations: dict[str, dict] = {}
-    act = {input_layer(work, name): cfg for name, methods in plan.layers.items()
-           for cfg in methods if cfg.stage == "activation"}
+    act = {input_layer(work, name): cfg for name, cfg in plan.by_stage("activation").items()}
     if act:
         activations = calibrate_activations(work, act, calibration_data, device)
         weights = {(f"{name}.layer" if name in act else name): cw for name, cw in weights.items()}
@@ -238,21 +238,24 @@ def _check_finetune_inputs(ft: FinetuneConfig, train_loader: Any, teacher_logits
 
 
 def _quantize_stage(layers: dict[str, nn.Module], weights: dict[str, CompressedWeight],
-                    targets: dict[str, tuple[MethodConfig, ...]]) -> dict[str, CompressedWeight]:
-    """Run each weight's quantize-stage methods and write ``dense()`` into its layer; returns the new weights."""
+                    quantize: dict[str, MethodConfig]) -> dict[str, CompressedWeight]:
+    """Run each weight's quantize-stage method (``quantize``: weight name -> config) and write ``dense()`` into its layer.
+
+    Returns:
+        The new weights.
+    """
     out = {}
     for name, cw in weights.items():
         module = layers[name]
-        for cfg in targets[name]:
-            if cfg.stage == "quantize":
-                cw = get_handler(cfg)(module, cw, cfg)
+        if name in quantize:
+            cw = get_handler(quantize[name])(module, cw, quantize[name])
         out[name] = cw
         with torch.no_grad():
             module.weight.copy_(cw.dense())
     return out
 
 
-def _fake_quantized(layer: nn.Module, mask: Tensor | None, methods: tuple[MethodConfig, ...]) -> Tensor:
+def _fake_quantized(layer: nn.Module, mask: Tensor | None, cfg: MethodConfig) -> Tensor:
     """The layer's weight as its quantize stage would leave it, with a straight-through gradient.
 
     The forward value is the registered handlers' ``dense()`` of the current
@@ -262,9 +265,7 @@ def _fake_quantized(layer: nn.Module, mask: Tensor | None, methods: tuple[Method
     """
     w = layer.weight
     with torch.no_grad():
-        cw = CompressedWeight.from_dense(w, mask)
-        for cfg in methods:
-            cw = get_handler(cfg)(layer, cw, cfg)
+        cw = get_handler(cfg)(layer, CompressedWeight.from_dense(w, mask), cfg)
         q = cw.dense().to(w.device)
     return w + (q - w).detach()
 
@@ -273,7 +274,7 @@ def _finetune(
     model: nn.Module,
     layers: dict[str, nn.Module],
     weights: dict[str, CompressedWeight],
-    targets: dict[str, tuple[MethodConfig, ...]],
+    quantize: dict[str, MethodConfig],
     loader: Iterable[Any],
     loss_fn: Callable[[Tensor, Any], Tensor],
     device: torch.device,
@@ -286,9 +287,7 @@ def _finetune(
     torch.manual_seed(ft.seed)
     model.to(device).train()
     masked = [(layers[n].weight, cw.mask.to(device)) for n, cw in weights.items() if cw.mask is not None]
-    qat = {}
-    if ft.qat:
-        qat = {n: methods for n in weights if (methods := tuple(c for c in targets[n] if c.stage == "quantize"))}
+    qat = {n: quantize[n] for n in weights if n in quantize} if ft.qat else {}
     distilling = ft.distill_alpha > 0
     indexed = distilling and teacher_logits is not None
     batches = indexed_loader(loader) if indexed else loader

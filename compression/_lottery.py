@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rayzor.compression._distill import check_training_args, cycle_batches
 from rayzor.compression._layers import compressible_layers
-from rayzor.compression._methods import MagnitudePruning
+from rayzor.compression._pruning import MagnitudePruning
 from rayzor.compression._plan import CompressionPlan, FinetuneConfig
 from rayzor.compression._registry import MethodConfig, check_int, check_real, get_handler
 from rayzor.compression._weights import CompressedWeight

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rayzor.compression._actquant import calibration_inputs
+
 __all__ = ["OrtModule", "export_onnx", "max_abs_diff", "measure_onnx_latency", "quantize_onnx_int8"]
 
 
@@ -89,8 +91,6 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = 
 def _calibration_reader(calibration_data: Iterable[Any]) -> Any:
     """onnxruntime's CalibrationDataReader over the same batches :func:`compression.compress` accepts."""
     from onnxruntime.quantization import CalibrationDataReader
-
-    from rayzor.compression._actquant import calibration_inputs
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -1,34 +1,21 @@
 """The packed artifact: one safetensors file holding a compressed model.
 
-Layout (format version 2; version 1 files are still read). ``__metadata__``
-holds strings under ``format`` (``"rayzor.packed"``), ``format_version``,
-``plan``, ``arch``, ``layers`` (per-weight encoding), ``structure``
-(factorised layers, see :func:`compression.apply_structure`), ``activations``
-(activation-quantized layers, only when there are any; their scale and zero
-point are ordinary state-dict tensors), ``entropy``
-(the lossless stage, if any), ``metadata`` (user strings) and ``checksum``
-(BLAKE2b of every other metadata entry and every tensor, so a flipped byte
-is an error, never a silently different model). Tensors are the model's
-state dict, except that each compressed weight ``<key>`` is replaced by:
+Format version 2 (version 1 is also read). ``__metadata__`` holds strings:
+``format`` (``"rayzor.packed"``), ``format_version``, ``plan``, ``arch``,
+``layers`` (per-weight encoding), ``structure``, ``activations`` (if any),
+``entropy`` (if any), ``metadata`` (user strings) and ``checksum`` (BLAKE2b of
+every other entry and tensor, so a flipped byte is an error, never a silently
+different model). Tensors are the state dict, each compressed weight
+``<key>`` replaced by ``<key>@values`` (kept floats) or ``<key>@codes``
+(bit-packed at exactly ``bits`` bits) with ``@scale`` and ``@zero_point`` or
+``@codebook``, and for sparse layers the smallest of ``@bitmap``,
+``@indices`` or ``@relative`` (relative indices: gaps in ``index_bits`` bits,
+overflow carried by filler symbols ``2**index_bits - 1``).
 
-* values: ``<key>@values`` (fp32, fp16 or bf16 kept values); or
-* codes: ``<key>@codes``, uint8 holding the codes bit-packed at exactly
-  ``bits`` bits (1..16; symmetric codes offset by ``qmax``), plus
-  ``<key>@scale`` (fp32 per group) and for the affine scheme
-  ``<key>@zero_point``, or for the codebook scheme ``<key>@codebook``
-  (``2**bits`` fp32 centroids);
-* for sparse layers, whichever is smallest: ``<key>@bitmap`` (packbits of
-  the mask), ``<key>@indices`` (flat positions in the smallest unsigned
-  dtype that fits) or ``<key>@relative`` (Deep Compression's relative
-  indices: the gap to the previous kept weight in ``index_bits`` bits, a
-  gap too large for them spread over filler symbols ``2**index_bits - 1``
-  that advance without a weight).
-
-With ``entropy="lzma"`` or ``"zstd"``, each tensor whose compressed bytes
-are smaller is stored as those bytes (uint8) instead, and ``entropy`` maps
-its key to the codec, dtype and shape. This is the storage scheme of Deep
-Compression (Han et al. 2016, https://arxiv.org/abs/1510.00149) with a
-general-purpose lossless coder in place of Huffman coding.
+This is the storage scheme of Deep Compression (Han et al. 2016,
+https://arxiv.org/abs/1510.00149), with an optional general-purpose lossless
+coder (``entropy="lzma"`` / ``"zstd"``, kept per tensor only where it pays)
+in place of Huffman coding.
 """
 
 from __future__ import annotations

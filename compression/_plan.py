@@ -1,4 +1,4 @@
-"""Compression plans: which methods run on which layer, plus fine-tuning."""
+"""Compression plans: which methods run on which layer, plus fine-tuning; and the global magnitude plan builder."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from rayzor.compression._layers import compressible_layers
-from rayzor.compression._methods import MagnitudePruning, UniformQuantization
+from rayzor.compression._pruning import MagnitudePruning
+from rayzor.compression._quantization import UniformQuantization
 from rayzor.compression._registry import STAGES, MethodConfig, build_dataclass, check_int, check_real, get_method, list_methods
 from rayzor.errors import ConfigError
 
-__all__ = ["FinetuneConfig", "CompressionPlan"]
+__all__ = ["FinetuneConfig", "CompressionPlan", "global_magnitude_plan"]
 
 #: Value of a setting when the layer has no method for it (see CompressionPlan.settings).
 _DEFAULT_SETTINGS: dict[str, float | int] = {"sparsity": 0.0, "bits": 32}
@@ -86,7 +88,7 @@ class FinetuneConfig:
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
-    # Fields added later keep defaults, so plans serialised before them still load.
+    # The fields below have defaults so that serialised plans without them load unchanged.
     distill_alpha: float = 0.0
     temperature: float = 4.0
     qat: bool = False
@@ -145,6 +147,16 @@ class CompressionPlan:
 
     def __hash__(self) -> int:
         return hash((tuple(sorted(self.layers.items())), self.finetune))
+
+    def by_stage(self, stage: str) -> dict[str, MethodConfig]:
+        """Layer -> its method of ``stage``, for the layers that have one, in plan order.
+
+        Raises:
+            ConfigError: ``stage`` is not one of the registry's stages.
+        """
+        if stage not in STAGES:
+            raise ConfigError("stage", stage, STAGES)
+        return {name: m for name, methods in self.layers.items() for m in methods if m.stage == stage}
 
     # -- serialisation -------------------------------------------------------
 
@@ -248,8 +260,7 @@ class CompressionPlan:
                     continue
                 method_cls = default if kind is None else get_method(kind)
                 if method_cls.stage != stage:
-                    raise ConfigError(f"settings[{name!r}].{_KIND_KEYS[stage]}", kind,
-                                      [m for m in list_methods() if get_method(m).stage == stage])
+                    raise ConfigError(f"settings[{name!r}].{_KIND_KEYS[stage]}", kind, list_methods(stage))
                 if kind is None:  # the stage default applies only off its neutral value
                     key = _SETTING_OF[method_cls]
                     if flat.get(key, _DEFAULT_SETTINGS[key]) == _DEFAULT_SETTINGS[key]:
@@ -299,3 +310,51 @@ class CompressionPlan:
         if self.finetune.epochs:
             parts.append(f"finetune {self.finetune.epochs}ep lr={self.finetune.lr:g}")
         return " | ".join(parts) or "<empty plan>"
+
+
+def global_magnitude_plan(model: nn.Module, sparsity: float, layers: Iterable[str] | None = None) -> CompressionPlan:
+    """One magnitude threshold across layers, as per-layer :class:`MagnitudePruning`.
+
+    The ``round(sparsity * total)`` weights of smallest absolute value over
+    all ``layers`` together are pruned, so layers with many small weights
+    lose more of them than others (global magnitude pruning, the strong
+    simple baseline of Blalock et al. 2020, "What is the State of Neural
+    Network Pruning?", https://arxiv.org/abs/2003.03033). Ties are broken
+    by position: layer order, then flat index, lower first, which is also
+    :class:`MagnitudePruning`'s rule, so each layer's mask is exactly its
+    share of the global selection.
+
+    Args:
+        model: The model whose weights set the threshold.
+        sparsity: Global fraction of the weights to zero, ``0 <= s < 1``.
+        layers: Compressible layer names; default every compressible layer.
+
+    Returns:
+        A plan with ``MagnitudePruning(s_l)`` for every layer (``s_l`` may be 0).
+
+    Raises:
+        ConfigError: ``sparsity`` out of range, an unknown layer, or a
+            threshold that would prune a whole layer (leave it out, or lower
+            ``sparsity``).
+    """
+    sparsity = check_real("sparsity", sparsity, 0.0, 1.0, hi_open=True)
+    available = compressible_layers(model)
+    names = list(available) if layers is None else list(dict.fromkeys(layers))
+    for name in names:
+        if name not in available:
+            raise ConfigError("layers", name, list(available))
+    if not names:
+        raise ConfigError("layers", [], "at least one compressible layer")
+    magnitudes = [available[n].weight.detach().abs().flatten().cpu() for n in names]
+    sizes = [m.numel() for m in magnitudes]
+    k = round(sparsity * sum(sizes))
+    pruned = torch.zeros(sum(sizes), dtype=torch.bool)
+    pruned[torch.argsort(torch.cat(magnitudes), stable=True)[:k]] = True
+    plan = {}
+    for name, part, size in zip(names, pruned.split(sizes), sizes, strict=True):
+        count = int(part.sum())
+        if count == size:
+            raise ConfigError("sparsity", sparsity, f"a value whose global threshold keeps some of {name!r} "
+                                                    f"(or leave {name!r} out of layers)")
+        plan[name] = (MagnitudePruning(count / size),)
+    return CompressionPlan(plan)

@@ -4,16 +4,20 @@ Each compression method is a frozen config dataclass (a :class:`MethodConfig`
 subclass) plus a handler registered for it with :func:`register_method`, in
 the spirit of torchao's ``quantize_(model, Config())`` and
 ``register_quantize_module_handler``. The engine looks handlers up by config
-class; serialised plans look config classes up by name.
+class; serialised plans look config classes up by name. The registry imports
+no method: each method module registers itself, and listings are sorted, so
+nothing depends on the order modules are imported in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
+from rayzor.compression._weights import CompressedWeight
 from torch import nn
 
 from rayzor.errors import ConfigError
@@ -21,8 +25,15 @@ from rayzor.errors import ConfigError
 __all__ = [
     "STAGES",
     "Handler",
+    "StructureHandler",
+    "FactorizeHandler",
+    "SparsifyHandler",
+    "QuantizeHandler",
+    "ActivationHandler",
+    "HANDLER_PROTOCOLS",
     "MethodConfig",
     "register_method",
+    "unregister_method",
     "list_methods",
     "get_method",
     "get_handler",
@@ -38,15 +49,55 @@ __all__ = [
 #: scales calibrated on the final weights).
 STAGES: tuple[str, ...] = ("structure", "factorize", "sparsify", "quantize", "activation")
 
-#: sparsify / quantize: ``handler(module, weight, config) -> weight``, where
-#: ``weight`` is the layer's current representation and ``module`` read-only
-#: context. factorize: ``handler(module, config) -> new_module``, a fresh
-#: module computing (approximately) the same function. activation:
-#: ``handler(module, config, stats) -> (new_module, spec)``, ``stats`` the
-#: calibration statistics of the module's input. structure:
-#: ``handler(context, layer, config) -> spec``, pruning ``context.model`` in
-#: place (see :mod:`compression._structured`).
+#: A handler of any stage; :data:`HANDLER_PROTOCOLS` gives each stage's calling convention.
 Handler = Callable[..., Any]
+
+
+class StructureHandler(Protocol):
+    """``structure`` stage: prune ``context.model`` in place and return the replayable spec.
+
+    ``context`` is a :class:`compression._structured.StructureContext` (the
+    model, its dependency graph and the example input).
+    """
+
+    def __call__(self, context: Any, layer: str, config: MethodConfig, /) -> dict[str, Any]: ...
+
+
+class FactorizeHandler(Protocol):
+    """``factorize`` stage: a fresh module computing (approximately) the same function, and its spec."""
+
+    def __call__(self, module: nn.Module, config: MethodConfig, /) -> tuple[nn.Module, dict[str, Any]]: ...
+
+
+class SparsifyHandler(Protocol):
+    """``sparsify`` stage: the layer's weight with a mask; ``module`` is read-only context."""
+
+    def __call__(self, module: nn.Module, weight: CompressedWeight, config: MethodConfig, /) -> CompressedWeight: ...
+
+
+class QuantizeHandler(Protocol):
+    """``quantize`` stage: the layer's weight as codes; ``module`` is read-only context."""
+
+    def __call__(self, module: nn.Module, weight: CompressedWeight, config: MethodConfig, /) -> CompressedWeight: ...
+
+
+class ActivationHandler(Protocol):
+    """``activation`` stage: the module wrapped to quantize its input, and its spec.
+
+    ``stats`` are the calibration statistics of the module's input.
+    """
+
+    def __call__(self, module: nn.Module, config: MethodConfig, stats: Any, /) -> tuple[nn.Module, dict[str, Any]]: ...
+
+
+#: The calling convention of each stage's handlers, checked by :func:`register_method`.
+HANDLER_PROTOCOLS: dict[str, type] = {
+    "structure": StructureHandler,
+    "factorize": FactorizeHandler,
+    "sparsify": SparsifyHandler,
+    "quantize": QuantizeHandler,
+    "activation": ActivationHandler,
+}
 
 _REGISTRY: dict[str, tuple[type[MethodConfig], Handler]] = {}
 
@@ -96,8 +147,34 @@ class MethodConfig:
         return build_dataclass(cls, fields, cls.method)
 
 
+def _expected_parameters(stage: str) -> list[inspect.Parameter]:
+    """Positional parameters of the stage's protocol ``__call__`` (without ``self``)."""
+    return list(inspect.signature(HANDLER_PROTOCOLS[stage].__call__).parameters.values())[1:]
+
+
+def _check_handler(config_cls: type[MethodConfig], handler: Any) -> None:
+    """Refuse a handler that cannot be called the way the engine calls its stage's handlers."""
+    expected = _expected_parameters(config_cls.stage)
+    wanted = f"a {config_cls.stage} handler ({', '.join(p.name for p in expected)})"
+    name = f"handler of {config_cls.__name__}"
+    if not callable(handler):
+        raise ConfigError(name, handler, wanted)
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    label = f"{getattr(handler, '__qualname__', handler)}{signature}"
+    try:
+        signature.bind(*expected)  # the engine passes exactly these, positionally
+    except TypeError:
+        raise ConfigError(f"{name} {getattr(handler, '__qualname__', handler)!s}", label, wanted) from None
+
+
 def register_method(config_cls: type[MethodConfig]) -> Callable[[Handler], Handler]:
-    """Register ``handler`` as the implementation of ``config_cls``.
+    """Register the decorated handler as the implementation of ``config_cls``.
+
+    The handler must take the positional arguments of its stage's protocol
+    (:data:`HANDLER_PROTOCOLS`, e.g. :class:`SparsifyHandler`).
 
     Example::
 
@@ -106,7 +183,8 @@ def register_method(config_cls: type[MethodConfig]) -> Callable[[Handler], Handl
 
     Raises:
         ConfigError: ``config_cls`` is not a frozen ``MethodConfig``
-            dataclass, has an unknown stage, or its name is taken.
+            dataclass, has an unknown stage, or its name is taken; or the
+            handler's parameters do not match its stage's protocol.
     """
     is_config = isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)
     if not (is_config and dataclasses.is_dataclass(config_cls)):
@@ -117,18 +195,42 @@ def register_method(config_cls: type[MethodConfig]) -> Callable[[Handler], Handl
         raise ConfigError(f"{config_cls.__name__}.stage", getattr(config_cls, "stage", None), STAGES)
     name = getattr(config_cls, "method", None)
     if not isinstance(name, str) or not name or name in _REGISTRY:
-        raise ConfigError(f"{config_cls.__name__}.method", name, f"a new method name (taken: {', '.join(_REGISTRY)})")
+        raise ConfigError(f"{config_cls.__name__}.method", name, f"a new method name (taken: {', '.join(list_methods())})")
 
     def decorator(handler: Handler) -> Handler:
+        _check_handler(config_cls, handler)
         _REGISTRY[name] = (config_cls, handler)
         return handler
 
     return decorator
 
 
-def list_methods() -> list[str]:
-    """Names of every registered method, in registration order."""
-    return list(_REGISTRY)
+def unregister_method(config_cls: type[MethodConfig]) -> None:
+    """Remove ``config_cls`` from the registry (e.g. a method a test registered).
+
+    Raises:
+        ConfigError: ``config_cls`` is not the class registered under its name.
+    """
+    name = getattr(config_cls, "method", None)
+    if _REGISTRY.get(name, (None,))[0] is not config_cls:
+        raise ConfigError("config_cls", config_cls, "a registered MethodConfig class")
+    del _REGISTRY[name]
+
+
+def list_methods(stage: str | None = None) -> list[str]:
+    """Names of the registered methods, sorted by stage (in :data:`STAGES` order), then name.
+
+    Args:
+        stage: Only the methods of this stage; ``None`` for all.
+
+    Raises:
+        ConfigError: ``stage`` is not one of :data:`STAGES`.
+    """
+    if stage is not None and stage not in STAGES:
+        raise ConfigError("stage", stage, STAGES)
+    entries = [(STAGES.index(cls.stage), name) for name, (cls, _) in _REGISTRY.items()
+               if stage is None or cls.stage == stage]
+    return [name for _, name in sorted(entries)]
 
 
 def get_method(name: str) -> type[MethodConfig]:
@@ -144,7 +246,11 @@ def get_method(name: str) -> type[MethodConfig]:
 
 
 def get_handler(config: MethodConfig) -> Handler:
-    """Handler registered for ``config``'s class."""
+    """Handler registered for ``config``'s class, callable as its stage's protocol says.
+
+    Raises:
+        ConfigError: ``config``'s class is not registered.
+    """
     cls, handler = _REGISTRY.get(getattr(config, "method", None), (None, None))
     if cls is not type(config):
         raise ConfigError("method", config, list_methods())

@@ -16,20 +16,33 @@ from rayzor.tasks._base import (
     resolve_callable,
 )
 from rayzor.tasks._digits import DigitsCNN, digits_task
-from rayzor.tasks._minilm import MissingExtraError, SentenceEncoder, minilm_task
-from rayzor.tasks._resnet import ResNetLogits, resnet18_task
+from rayzor.tasks._minilm import (
+    MissingExtraError,
+    SentenceEncoder,
+    build_encoder,
+    embedding_fidelity,
+    minilm_task,
+    reference_texts,
+)
+from rayzor.tasks._resnet import ReferencedImages, ResNetLogits, build_resnet18, logit_fidelity, resnet18_task
 
 __all__ = [
     "DigitsCNN",
     "MissingExtraError",
+    "ReferencedImages",
     "ResNetLogits",
     "SentenceEncoder",
     "Task",
     "TaskLoadError",
+    "build_encoder",
+    "build_resnet18",
     "create_task",
     "digits_task",
+    "embedding_fidelity",
     "list_tasks",
+    "logit_fidelity",
     "minilm_task",
+    "reference_texts",
     "register_task",
     "resnet18_task",
     "resolve_callable",

@@ -80,10 +80,15 @@ class SentenceEncoder(nn.Module):
 
 
 def build_encoder() -> SentenceEncoder:
-    """The architecture with random weights (what packed files are loaded into)."""
+    """The architecture with random weights (what packed files are loaded into).
+
+    Raises:
+        MissingExtraError: The ``minilm`` extra is not installed.
+    """
+    model_dir = _model_dir()  # first, so a missing extra is named, not a bare ImportError
     from transformers import BertConfig, BertModel
 
-    config = BertConfig.from_pretrained(_model_dir())
+    config = BertConfig.from_pretrained(model_dir)
     config._attn_implementation = "eager"  # one attention path for torch, ONNX and packed reloads
     return SentenceEncoder(BertModel(config, add_pooling_layer=False)).eval()
 

@@ -1,36 +1,19 @@
-"""The ``resnet18`` task: a ResNet-18 scored by fidelity to its own fp32 outputs.
+"""The ``resnet18`` task: a seeded random ResNet-18 scored by fidelity to its own fp32 outputs.
 
-The model is transformers' ``ResNetForImageClassification`` in the torchvision
-ResNet-18 layout (He et al. 2016, https://arxiv.org/abs/1512.03385: basic
-blocks, depths 2-2-2-2, widths 64-512, 11.7 M parameters, 1000 classes)
-with **random weights from a fixed seed**: nothing is downloaded, so this
-measures how faithfully a compressed model reproduces the fp32 one, not
-accuracy on a real data set. It needs ``transformers``
-(installed with the ``minilm`` extra: ``pip install -e ".[minilm]"``).
+transformers' ``ResNetForImageClassification`` in the torchvision ResNet-18
+layout (He et al. 2016, https://arxiv.org/abs/1512.03385) with random weights
+from a fixed seed: nothing is downloaded, so the task measures how faithfully
+a compressed model reproduces the fp32 one. Needs ``transformers`` (the
+``minilm`` extra).
 
-A freshly initialised ResNet sends almost every input to the same class: the
-post-ReLU features share a large positive mean, and the classifier maps that
-mean to one fixed logit vector. Two data-dependent steps, both on the train
-images only, make its outputs depend on the input: the BatchNorm running
-statistics are set to the train images' (cumulative average over one pass),
-and the classifier bias is shifted so that the mean train logit is zero.
-The model is then fixed; every split is scored against it.
-
-Data: seeded N(0, 1) images (``3 x image_size x image_size``), a few dozen
-per split. Targets are the fp32 model's top-1 classes (``loss_fn`` is
-cross-entropy on them, so every classification path, fine-tuning included,
-runs as on a labelled data set), and each split also keeps the fp32 logits
-(``reference``) for the metrics:
-
-* ``fidelity``: mean cosine similarity between the compressed and the fp32
-  logits of the same image (the primary metric; 1 for the fp32 model);
-* ``top1_agreement``: share of images whose top-1 class matches fp32's.
-
-A random network has no margin to spare: uniform 8-bit weights in every
-searched conv keep a fidelity of about 0.99, 4-bit ones drop it below 0.5.
-Cross-entropy on the top-1 classes alone sharpens the logits and lowers
-fidelity; a recovery fine-tune that raises it distills the fp32 model's
-soft targets (``recovery.distill_alpha: 1`` in a search config).
+A fresh ResNet maps almost every input to one class, so the BatchNorm
+statistics are set from the train images and the classifier bias centres the
+mean train logit; the model is then fixed. Inputs are seeded N(0, 1) images,
+targets the fp32 top-1 classes; metrics: ``fidelity`` (mean cosine similarity
+of compressed vs fp32 logits, primary) and ``top1_agreement``. A random net
+has no margin: 8-bit weights keep fidelity near 0.99, 4-bit ones drop it
+below 0.5, and recovery should distill the fp32 soft targets
+(``recovery.distill_alpha: 1``) rather than train on the top-1 classes.
 """
 
 from __future__ import annotations

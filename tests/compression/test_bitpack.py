@@ -1,41 +1,48 @@
+"""Bit packing of quantization codes, through the packed file: codes take exactly ``bits`` bits each."""
+
 from __future__ import annotations
 
-import numpy as np
 import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
 
-from rayzor.compression import ConfigError, pack_bits, unpack_bits
+from rayzor.compression import CompressionPlan, ConfigError, UniformQuantization, compress, load_packed, save_packed
+
+
+def _round_trip(tmp_path, in_features: int, out_features: int, bits: int):
+    """Quantize a bare Linear at ``bits``, pack it, reload it; returns (compressed weight, loaded weight, codes bytes)."""
+    torch.manual_seed(bits * 1000 + in_features * out_features)
+    layer = nn.Linear(in_features, out_features)
+    # 1 bit has no symmetric grid (UniformQuantization refuses it); every other width runs the default scheme.
+    out = compress(layer, CompressionPlan({"": (UniformQuantization(bits, symmetric=bits > 1),)}))
+    path = tmp_path / f"b{bits}.rzp"
+    save_packed(out, path, arch={"factory": "torch.nn:Linear",
+                                 "kwargs": {"in_features": in_features, "out_features": out_features}})
+    with safe_open(path, "pt") as f:
+        stored = f.get_tensor("weight@codes")
+    _, info = load_packed(path)
+    return out.weights[""], info.weights[""], stored
 
 
 @pytest.mark.parametrize("bits", range(1, 17))
-@pytest.mark.parametrize("count", [0, 1, 7, 13, 1001])
-def test_round_trip(bits, count):
-    codes = np.random.default_rng(bits * 1000 + count).integers(0, 2**bits, size=count)
-    codes[: min(count, 2)] = [2**bits - 1, 0][: min(count, 2)]  # extremes
-    buf = pack_bits(codes, bits)
-    assert buf.dtype == np.uint8
-    assert buf.size == -(-count * bits // 8)  # exactly `bits` bits per code
-    np.testing.assert_array_equal(unpack_bits(buf, bits, count), codes)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 1), (13, 1), (77, 13)], ids=["1", "7", "13", "1001"])
+def test_codes_round_trip_at_exactly_bits_each(tmp_path, bits, shape):
+    cw, loaded, stored = _round_trip(tmp_path, *shape, bits)
+    count = shape[0] * shape[1]
+    assert stored.dtype == torch.uint8
+    assert stored.numel() == -(-count * bits // 8)  # exactly `bits` bits per code
+    assert torch.equal(loaded.codes, cw.codes) and torch.equal(loaded.dense(), cw.dense())
 
 
-def test_round_trip_across_chunks(monkeypatch):
-    import rayzor.compression._bitpack as bp
-
-    monkeypatch.setattr(bp, "_CHUNK", 64)
-    codes = np.random.default_rng(0).integers(0, 2**5, size=1000)
-    np.testing.assert_array_equal(bp.unpack_bits(bp.pack_bits(codes, 5), 5, 1000), codes)
+def test_round_trip_across_packing_chunks(tmp_path):
+    # Packing works in chunks of 2**20 codes; 1.1M codes at 5 bits cross a chunk boundary.
+    cw, loaded, stored = _round_trip(tmp_path, 1100, 1000, 5)
+    assert stored.numel() == -(-1100 * 1000 * 5 // 8)
+    assert torch.equal(loaded.codes, cw.codes)
 
 
 @pytest.mark.parametrize("bits", [0, 17, 2.0])
 def test_bad_bits(bits):
     with pytest.raises(ConfigError, match="bits"):
-        pack_bits(np.zeros(3, dtype=np.int64), bits)
-
-
-def test_code_too_large():
-    with pytest.raises(ConfigError, match="codes.*8"):
-        pack_bits(np.array([1, 8]), 3)
-
-
-def test_buffer_too_short():
-    with pytest.raises(ConfigError, match="count.*9"):
-        unpack_bits(np.zeros(1, dtype=np.uint8), 1, 9)
+        UniformQuantization(bits)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import rayzor.compression._registry as registry
 from rayzor.compression import (
     CompressedWeight,
     CompressionPlan,
@@ -16,6 +15,7 @@ from rayzor.compression import (
     UniformQuantization,
     compress,
     compressible_layers,
+    get_handler,
     get_method,
     list_methods,
 )
@@ -145,7 +145,7 @@ def test_handler_contract(name, make_layer):
     assert type(cfg) is get_method(name)
     before = layer.weight.detach().clone()
     cw_in = CompressedWeight.from_dense(layer.weight)
-    cw = registry.get_handler(cfg)(layer, cw_in, cfg)
+    cw = get_handler(cfg)(layer, cw_in, cfg)
     assert torch.equal(layer.weight, before)  # handlers never touch the module
     assert isinstance(cw, CompressedWeight) and cw.shape == tuple(before.shape)
     dense = cw.dense()

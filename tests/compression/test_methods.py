@@ -29,6 +29,7 @@ from rayzor.compression import (
     Tucker2,
     UniformQuantization,
     compress,
+    get_handler,
     get_method,
     list_methods,
     load_packed,
@@ -192,8 +193,6 @@ def test_entropy_stage_skipped_when_it_does_not_pay(net, tmp_path):
 
 def _quantize(cfg, weight, mask=None):
     layer = nn.Linear(weight.shape[1], weight.shape[0])
-    from rayzor.compression._registry import get_handler
-
     cw = CompressedWeight.from_dense(weight, mask)
     return get_handler(cfg)(layer, cw, cfg)
 

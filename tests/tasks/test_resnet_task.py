@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from rayzor.compression import CompressionPlan, FinetuneConfig, compress, load_packed, save_packed
-from rayzor.errors import ConfigError
-from rayzor.tasks import MissingExtraError, create_task, list_tasks
-from rayzor.tasks._resnet import ReferencedImages, build_resnet18, logit_fidelity
+from rayzor.errors import ConfigError, MissingExtraError
+from rayzor.tasks import ReferencedImages, build_resnet18, create_task, list_tasks, logit_fidelity
 
 transformers = pytest.importorskip("transformers", reason='resnet18 needs transformers: pip install -e ".[minilm]"')
 
