@@ -39,7 +39,9 @@ from rayzor.compression._pruning import RandomPruning, global_magnitude_plan
 from rayzor.compression._plan import CompressionPlan, FinetuneConfig
 from rayzor.compression._registry import MethodConfig, get_method, list_methods, register_method
 from rayzor.compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance
-from rayzor.compression._students import (
+from rayzor.compression.students import (
+    Choice,
+    IntRange,
     StageCNN,
     StudentFamily,
     check_student,
@@ -47,7 +49,6 @@ from rayzor.compression._students import (
     get_student_family,
     list_students,
     register_student,
-    suggest_student_params,
 )
 from rayzor.compression._weights import CompressedWeight
 from rayzor.errors import ConfigError, RayzorError
@@ -109,8 +110,9 @@ __all__ = [
     "create_student",
     "list_students",
     "get_student_family",
-    "suggest_student_params",
     "check_student",
+    "Choice",
+    "IntRange",
     # distillation and recovery training
     "DistillConfig",
     "distill",

@@ -26,9 +26,11 @@ from rayzor.spaces._space import (
     inspect_layers,
 )
 from rayzor.spaces._sensitivity import SensitivityRow, sensitivity, sensitivity_points
-from rayzor.spaces._students import FAMILY_KEY, TEACHER, StudentChoice, StudentSpace
+from rayzor.spaces._students import (FAMILY_KEY, TEACHER, StudentChoice, StudentSpace, student_distributions,
+                                     suggest_student_params)
 
 __all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace", "ALLOWED_BITS", "MAX_SPARSITY", "DEFAULT_METHODS", "QUANT_METHODS",
            "CHANNEL_IMPORTANCES", "DEFAULT_PRUNING", "DEFAULT_RANK_RATIO", "FACTORIZATIONS", "NO_FACTORIZATION", "PRUNINGS", "TINY_PARAMS", "TINY_SHARE",
            "CompressionSpace", "GroupSpec", "LayerInfo", "LayerReport", "SensitivityRow", "default_exclusions",
-           "inspect_layers", "introspect", "method_support", "sensitivity", "sensitivity_points", "uncovered_params"]
+           "inspect_layers", "introspect", "method_support", "sensitivity", "sensitivity_points", "student_distributions",
+           "suggest_student_params", "uncovered_params"]
