@@ -18,7 +18,7 @@ from rayzor.compression import (CompressionPlan, DistillConfig, FinetuneConfig, 
 from rayzor.errors import ConfigError
 from rayzor.tasks import Task
 from rayzor.spaces import CompressionSpace
-from rayzor.spaces._students import TEACHER, StudentSpace
+from rayzor.spaces import TEACHER, StudentSpace
 
 __all__ = ["PACKED_NAME", "evaluate_plan", "planned_size", "run_trial", "trial_device"]
 
