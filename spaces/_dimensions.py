@@ -8,6 +8,7 @@ condition under which it is sampled at all.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from rayzor.errors import ConfigError
 
-__all__ = ["NEAREST_BITS", "Dimension", "check", "count", "emit", "read", "sample", "suggest", "uniform"]
+__all__ = ["NEAREST_BITS", "Dimension", "check", "count", "emit", "from_settings", "read", "sample", "suggest",
+           "to_settings", "uniform"]
 
 #: ``Dimension.prefer`` of a bit-width: the choice nearest the bit-width a uniform plan asks for.
 NEAREST_BITS = object()
@@ -51,6 +53,10 @@ class Dimension:
         prefer: The value a uniform plan takes when it is a choice (else the
             first value); :data:`NEAREST_BITS` = the choice nearest its bits.
         note: Appended to the valid range in errors (e.g. ``" for low_rank"``).
+        setting: The key of a layer's flat plan settings that holds the value
+            (see :meth:`~rayzor.compression.CompressionPlan.from_settings`);
+            None: the space maps the value itself.
+        implied: The value a plan states by leaving ``setting`` out.
     """
 
     name: str
@@ -58,6 +64,8 @@ class Dimension:
     when: tuple[str, tuple[Any, ...]] | None = None
     prefer: Any = None
     note: str = ""
+    setting: str | None = None
+    implied: Any = None
 
     @property
     def fixed(self) -> bool:
@@ -85,6 +93,14 @@ class Dimension:
             return list(d.choices)
         shown = list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
         return f"within {shown}{self.note}"
+
+    def plain(self, value: Any) -> Any:
+        """``value`` as a plan stores it: a float of a float range, a Python int of an integer."""
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(self.distribution, FloatDistribution):
+            return float(value)
+        return int(value) if isinstance(value, numbers.Integral) else value
 
     def uniform_value(self, bits: int) -> Any:
         d = self.distribution
@@ -141,6 +157,17 @@ def uniform(prefix: str, dims: Sequence[Dimension], bits: int) -> dict[str, Any]
         if d.active(values):
             values[d.name] = d.uniform_value(bits)
     return emit(prefix, dims, values)
+
+
+def to_settings(dims: Sequence[Dimension], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat plan settings of the values of dimensions that declare a ``setting`` (implied ones left out)."""
+    return {d.setting: d.plain(values[d.name]) for d in dims
+            if d.setting is not None and d.name in values and values[d.name] != d.implied}
+
+
+def from_settings(dims: Sequence[Dimension], flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of dimensions that declare a ``setting``, read off one layer's flat plan settings."""
+    return {d.name: d.plain(flat.get(d.setting, d.implied)) for d in dims if d.setting is not None}
 
 
 def count(dims: Iterable[Dimension]) -> int:

@@ -163,7 +163,10 @@ class CompressionSpace:
         settings: dict[str, dict[str, Any]] = {}
         for u in self.units:
             values = dims.read(params, u.prefix, u.dims)
-            settings.update({layer: _unit_settings(values) for layer in u.layers})
+            flat = dims.to_settings(u.dims, values)
+            if "bits" not in values or (values["quant"] != "uniform_quantization" and values["bits"] != 32):
+                flat["quant"] = values["quant"]  # else implied: uniform, or fp32 (32 bits) under any method
+            settings.update({layer: dict(flat) for layer in u.layers})
             act = values.get("act_bits", 32)
             if act != 32:  # 32: the inputs stay fp32, no method
                 for layer in u.act_layers:
@@ -264,23 +267,6 @@ class CompressionSpace:
 
 
 
-def _unit_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A layer's flat plan settings from its unit's dimension values (activation quantization aside)."""
-    flat: dict[str, Any] = {"sparsity": float(values["sparsity"])}
-    if values["prune"] != "magnitude_pruning":  # magnitude is what a bare sparsity means
-        flat["prune"] = values["prune"]
-    method = values["quant"]
-    if "bits" in values:  # the method takes bits
-        flat["bits"] = int(values["bits"])
-        if method != "uniform_quantization" and flat["bits"] != 32:  # 32 = fp32 for every method
-            flat["quant"] = method
-    else:
-        flat["quant"] = method
-    if values.get("factorize", NO_FACTORIZATION) != NO_FACTORIZATION:
-        flat.update(factorize=values["factorize"], rank_ratio=float(values["rank_ratio"]))
-    return flat
-
-
 def _shared(layers: Sequence[str], values: Mapping[str, Any], key: str, what: str, param: str) -> Any:
     """The one value ``layers`` share, refusing a layer whose value differs."""
     first = values[layers[0]]
@@ -307,10 +293,7 @@ def _unit_values(u: Unit, settings: Mapping[str, Mapping[str, Any]]) -> tuple[di
     method = s.get("quant", "uniform_quantization")
     if method == "uniform_quantization" and method not in u.methods and s["bits"] == 32:
         method = next((m for m in u.methods if takes_bits(m)), method)  # fp32 under another bit method
-    rank_ratio = s.get("rank_ratio")
-    values = {"sparsity": float(s["sparsity"]), "prune": s.get("prune", "magnitude_pruning"), "quant": method,
-              "bits": s.get("bits"), "factorize": s.get("factorize", NO_FACTORIZATION),
-              "rank_ratio": None if rank_ratio is None else float(rank_ratio)}
+    values = {**dims.from_settings(u.dims, s), "quant": method}
     field = {name: f"plan.layers[{first!r}].{name}" for name in values}
     if u.act_layers:
         act = {layer: settings[layer]["act_bits"] if "act_quant" in settings[layer] else 32 for layer in u.act_layers}

@@ -23,7 +23,7 @@ __all__ = ["ChannelUnit", "HeadUnit", "Unit", "channel_units", "head_units", "la
 
 @dataclass(frozen=True)
 class Unit:
-    """One set of sampled dimensions: a single layer, or a tied group's layers.
+    """One set of sampled dimensions (:attr:`dims`): a single layer, or a tied group's layers.
 
     Attributes:
         prefix: Parameter-name prefix (the layer name, or the tied group's name).
@@ -61,22 +61,25 @@ class Unit:
 
     @property
     def dims(self) -> tuple[Dimension, ...]:
-        """The unit's dimensions, in sampling order."""
+        """The unit's dimensions, in sampling order: each per-layer choice is declared here only."""
         dims = []
         if self.factorize:
-            dims.append(Dimension("factorize", CategoricalDistribution((NO_FACTORIZATION, *dict(self.factorize)))))
-            dims += [Dimension("rank_ratio", FloatDistribution(*r), when=("factorize", (m,)), note=f" for {m}")
-                     for m, r in self.factorize]
-        dims.append(Dimension("sparsity", FloatDistribution(*self.sparsity)))
-        # the criterion of a unit that prunes nothing is no choice
+            dims.append(Dimension("factorize", CategoricalDistribution((NO_FACTORIZATION, *dict(self.factorize))),
+                                  setting="factorize", implied=NO_FACTORIZATION))
+            dims += [Dimension("rank_ratio", FloatDistribution(*r), when=("factorize", (m,)), note=f" for {m}",
+                               setting="rank_ratio") for m, r in self.factorize]
+        dims.append(Dimension("sparsity", FloatDistribution(*self.sparsity), setting="sparsity"))
+        # the criterion of a unit that prunes nothing is no choice; magnitude is what a bare sparsity means
         dims.append(Dimension("prune", CategoricalDistribution(self.pruning if self.sparsity[1] > 0.0 else
-                                                               self.pruning[:1]), prefer="magnitude_pruning"))
+                                                               self.pruning[:1]),
+                              prefer="magnitude_pruning", setting="prune", implied="magnitude_pruning"))
+        # the plan names the method only where bits alone do not say it (see CompressionSpace.decode)
         dims.append(Dimension("quant", CategoricalDistribution(self.methods), prefer="uniform_quantization"))
         with_bits = tuple(m for m in self.methods if takes_bits(m))
         if with_bits:
             dims.append(Dimension("bits", CategoricalDistribution(self.bits), when=("quant", with_bits),
-                                  prefer=NEAREST_BITS))
-        if self.act_bits:
+                                  prefer=NEAREST_BITS, setting="bits"))
+        if self.act_bits:  # on act_layers only, as ActivationQuantization (see CompressionSpace.decode)
             dims.append(Dimension("act_bits", CategoricalDistribution(self.act_bits), prefer=max(self.act_bits)))
         return tuple(dims)
 
