@@ -214,8 +214,6 @@ class GroupSpec(_Fields):
             fp32 inputs) or a fixed one; ``[]`` = none in this group.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: str = Field(min_length=1, pattern=r"^\S+$", description="group name; tied parameters are <name>.<dim>")
     match: tuple[str, ...] = Field(min_length=1, description="fnmatch globs on module names")
     tie: bool = Field(False, description="one sampled value per dimension for the whole group")
@@ -270,8 +268,12 @@ class SpaceSettings(_Fields):
 
     @model_validator(mode="after")
     def _combinations(self) -> SpaceSettings:
-        """Settings valid alone but not together: bits too wide for a method, rank_ratio without factorize."""
+        """Settings valid alone but not together: two groups of one name, bits too wide for a method, rank_ratio
+        without factorize."""
         errors = []
+        names = [g.name for g in self.groups]
+        errors += [_error(("groups", i, "name"), name, "a name no other group has")
+                   for i, name in enumerate(names) if name in names[:i]]
         if self.rank_ratio is not None and not self.factorize and not any(g.factorize for g in self.groups):
             errors.append(_error(("rank_ratio",), list(self.rank_ratio), "a range only with space.factorize (or a "
                                  "group's factorize): it is sampled only for layers that choose a factorization"))

@@ -140,21 +140,17 @@ def match_layers(layers: Sequence[str], groups: Sequence[GroupSpec], exclude: Se
 
     Raises:
         ConfigError: A glob that matches no layer (the message lists close
-            names), two groups with one name, or a layer matched by two groups.
+            names), a group named like a layer, or a layer matched by two groups.
     """
     for glob in exclude:
         if not any(fnmatch.fnmatchcase(name, glob) for name in layers):
             raise no_match("space.exclude", glob, layers)
     kept = tuple(name for name in layers if not any(fnmatch.fnmatchcase(name, g) for g in exclude))
     owner: dict[str, GroupSpec] = {}
-    seen: set[str] = set()
     for group in groups:
         field = f"space.groups[{group.name}]"
-        if group.name in seen:
-            raise ConfigError(f"{field}.name", group.name, "a name no other group has")
         if group.name in layers:  # a tied group's <name>.bits would clash with the layer's own
             raise ConfigError(f"{field}.name", group.name, "a name that is not a layer name")
-        seen.add(group.name)
         for glob in group.match:
             matched = [name for name in kept if fnmatch.fnmatchcase(name, glob)]
             if not matched:
