@@ -55,7 +55,9 @@ from rayzor.compression._registry import (
     unregister_method,
 )
 from rayzor.compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance, prune_structure
-from rayzor.compression._students import (
+from rayzor.compression.students import (
+    Choice,
+    IntRange,
     StageCNN,
     StudentFamily,
     check_student,
@@ -63,7 +65,6 @@ from rayzor.compression._students import (
     get_student_family,
     list_students,
     register_student,
-    suggest_student_params,
 )
 from rayzor.compression._weights import CompressedWeight
 from rayzor.errors import ConfigError, RayzorError
@@ -134,8 +135,9 @@ __all__ = [
     "create_student",
     "list_students",
     "get_student_family",
-    "suggest_student_params",
     "check_student",
+    "Choice",
+    "IntRange",
     # distillation and recovery training
     "DistillConfig",
     "distill",

@@ -81,6 +81,8 @@ class UniformQuantization(MethodConfig):
 
     method: ClassVar[str] = "uniform_quantization"
     stage: ClassVar[str] = "quantize"
+    #: Widest ``bits`` accepted.
+    max_bits: ClassVar[int] = 16
 
     bits: int
     symmetric: bool = True
@@ -91,7 +93,7 @@ class UniformQuantization(MethodConfig):
     def __post_init__(self) -> None:
         symmetric = _check_bool(f"{self.method}.symmetric", self.symmetric)
         lo, hint = (2, " for symmetric=True (1 bit needs symmetric=False)") if symmetric else (1, " for symmetric=False")
-        bits = check_int(f"{self.method}.bits", self.bits, lo, 16,
+        bits = check_int(f"{self.method}.bits", self.bits, lo, self.max_bits,
                          hint + "; leave the layer unquantized for 32-bit floats")
         object.__setattr__(self, "bits", bits)
         _check_choice(f"{self.method}.granularity", self.granularity, GRANULARITIES)
@@ -119,12 +121,14 @@ class KMeansQuantization(MethodConfig):
 
     method: ClassVar[str] = "kmeans_quantization"
     stage: ClassVar[str] = "quantize"
+    #: Widest ``bits`` accepted.
+    max_bits: ClassVar[int] = 8
 
     bits: int
     iterations: int = 20
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 1, 8))
+        object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 1, self.max_bits))
         object.__setattr__(self, "iterations", check_int(f"{self.method}.iterations", self.iterations, 1, 100))
 
 

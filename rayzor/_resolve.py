@@ -12,6 +12,14 @@ __all__ = ["resolve"]
 #: The repository's folders were importable under these bare names before they moved into ``rayzor``;
 #: packed files and stores written then name factories that way, so they are read as ``rayzor.<name>``.
 _LEGACY_TOP_LEVEL = ("compression.", "spaces.", "search.", "cluster.")
+#: Module paths that moved, by attribute: ``old module -> {attr: new module}`` (packed files name the old ones).
+_MOVED = {
+    "rayzor.compression._students": {
+        "StageCNN": "rayzor.compression.students._cnn",
+        "build_layer_drop_encoder": "rayzor.compression.students._bert",
+        "build_factory_student": "rayzor.compression.students._factory",
+    },
+}
 
 
 def resolve(spec: Any, field: str, *, error: type[RayzorError] = RayzorError,
@@ -33,6 +41,7 @@ def resolve(spec: Any, field: str, *, error: type[RayzorError] = RayzorError,
         raise ConfigError(field, spec, valid)
     if module_name.startswith(_LEGACY_TOP_LEVEL):
         module_name = f"rayzor.{module_name.replace('compression.tasks', 'tasks', 1)}"
+    module_name = _MOVED.get(module_name, {}).get(attr.split(".")[0], module_name)
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:

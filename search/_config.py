@@ -8,15 +8,11 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
-from torch import nn
 
 from rayzor.compression import FinetuneConfig
 from rayzor.errors import ConfigError
+from rayzor.spaces import SpaceConfig
 from rayzor.tasks import Task
-from rayzor.spaces import (ALLOWED_BITS, CHANNEL_IMPORTANCES, DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO,
-                    FACTORIZATIONS, MAX_SPARSITY, PRUNINGS, QUANT_METHODS, TINY_PARAMS, TINY_SHARE, CompressionSpace,
-                    GroupSpec)
-from rayzor.spaces._groups import RangeFields, act_bits_tuple, canonical_names
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "SpaceConfig", "StudentsConfig",
            "load_config", "objective_direction", "quality_metric", "resolve_objectives", "validate_config"]
@@ -40,104 +36,6 @@ SAMPLERS = ("tpe", "nsga2", "random", "gp")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SpaceConfig(_Strict, RangeFields):
-    """Ranges of the per-layer dimensions."""
-
-    sparsity: tuple[float, float] = Field((0.0, MAX_SPARSITY), description="[low, high] per-layer sparsity")
-    bits: tuple[int, ...] = Field((2, 3, 4, 5, 6, 8, 16, 32), description="candidate weight bit-widths; 32 = fp32")
-    methods: tuple[str, ...] = Field(DEFAULT_METHODS, description="quantization methods chosen among per layer "
-                                     f"(<layer>.quant); from {', '.join(QUANT_METHODS)}")
-    groups: tuple[GroupSpec, ...] = Field((), description="layer groups (fnmatch globs on module names) with their own "
-                                          "settings; tie: true shares one sampled value per dimension")
-    exclude: tuple[str, ...] = Field((), description="globs of layers left out of the search (never compressed)")
-    default_exclusions: bool = Field(
-        True, description="also leave out the first and last layer (unless an Embedding) and tiny layers "
-        f"(< {TINY_PARAMS} weights and < {TINY_SHARE:.0%} of the compressible ones); a group's glob or include keeps one")
-    include: tuple[str, ...] = Field((), description="globs of layers searched even where a default exclusion applies")
-    channels: tuple[float, float] | float | None = Field(
-        None, description="[low, high] (or a fixed) fraction of output channels removed per layer (<layer>.channels, "
-        "ChannelPruning), only on layers whose channels can go without changing the model's output; off by default")
-    channel_importance: Literal[CHANNEL_IMPORTANCES] = Field(  # type: ignore[valid-type]
-        "l1", description="how channel and head pruning rank channels / heads: l1, l2 (group weight norms) or random")
-    factorize: tuple[str, ...] = Field(
-        (), description="factorizations chosen among with 'none' per layer (<layer>.factorize), where they apply: "
-        f"{', '.join(FACTORIZATIONS)}; off by default")
-    rank_ratio: tuple[float, float] | float | None = Field(
-        None, description="[low, high] (or a fixed) rank_ratio of a chosen factorization (<layer>.rank_ratio, sampled "
-        f"only then), capped per layer where the rank stops saving parameters; default {list(DEFAULT_RANK_RATIO)}")
-    pruning: tuple[str, ...] = Field(DEFAULT_PRUNING, description="pruning criteria chosen among per layer "
-                                     f"(<layer>.prune when more than one): {', '.join(PRUNINGS)}")
-    heads: tuple[float, float] | float | None = Field(
-        None, description="[low, high] (or a fixed) fraction of attention heads removed (<layer>.heads, HeadPruning) "
-        "on the query Linear of each BERT-style self-attention where a probe prune succeeds; off by default")
-    act_bits: tuple[int, ...] = Field(
-        (), description="candidate activation bit-widths per Linear / Conv layer (<layer>.act_bits, "
-        "ActivationQuantization calibrated on a few training batches; 32 = fp32 inputs); off by default")
-
-    def build(self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig(),
-              example_input: Any = None) -> CompressionSpace:
-        """The :class:`~spaces.CompressionSpace` this config describes for ``model``.
-
-        With ``default_exclusions`` (the default) the layers
-        :func:`spaces.default_exclusions` lists are left out unless a group's
-        glob or ``include`` names them; ``exclude`` always wins.
-        ``example_input`` (one batch, e.g. the task's) is needed with
-        ``channels`` or ``heads``: it is traced to find the layers whose
-        channels or heads can go.
-
-        Raises:
-            ConfigError: a glob that matches no layer, a layer in two groups, a
-                group's bits too wide for its methods, rank_ratio without
-                factorize, channels or heads without ``example_input``.
-        """
-        return CompressionSpace.from_model(model, sparsity=self.sparsity, bits=self.bits, methods=self.methods,
-                                           groups=self.groups, exclude=self.exclude, finetune=finetune,
-                                           default_exclusions=self.default_exclusions, include=self.include,
-                                           channels=self.channels, channel_importance=self.channel_importance,
-                                           factorize=self.factorize, rank_ratio=self.rank_ratio, pruning=self.pruning,
-                                           heads=self.heads, act_bits=self.act_bits, example_input=example_input)
-
-    @field_validator("sparsity")
-    @classmethod
-    def _sparsity_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        low, high = v
-        if not (0.0 <= low <= high <= MAX_SPARSITY):
-            raise ValueError(f"[low, high] with 0 <= low <= high <= {MAX_SPARSITY}")
-        return v
-
-    @field_validator("bits")
-    @classmethod
-    def _bits_allowed(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(b not in ALLOWED_BITS for b in v):
-            raise ValueError("a non-empty list of bit-widths from 2..16 and 32")
-        return tuple(sorted(set(v)))
-
-    @field_validator("methods")
-    @classmethod
-    def _methods_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v or any(m not in QUANT_METHODS for m in v):
-            raise ValueError(f"a non-empty list of {', '.join(QUANT_METHODS)}")
-        return tuple(dict.fromkeys(v))
-
-    @field_validator("act_bits", mode="before")
-    @classmethod
-    def _act_bits(cls, v: Any) -> tuple[int, ...]:
-        # before pydantic's coercion, so that 8.0 or "8" is refused like a bad width
-        return act_bits_tuple(v)
-
-    @field_validator("factorize")
-    @classmethod
-    def _factorizations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return canonical_names(v, FACTORIZATIONS)
-
-    @field_validator("pruning")
-    @classmethod
-    def _prunings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v:
-            raise ValueError(f"a non-empty list of {', '.join(PRUNINGS)}")
-        return canonical_names(v, PRUNINGS)
 
 
 class AshaConfig(_Strict):

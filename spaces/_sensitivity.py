@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rayzor.compression import CompressionPlan, FinetuneConfig, compress
 from rayzor.errors import RayzorError
-from rayzor.spaces._space import CompressionSpace, _takes_bits
+from rayzor.spaces._space import CompressionSpace
 
 if TYPE_CHECKING:
     from rayzor.tasks import Task
@@ -36,14 +36,18 @@ class SensitivityRow:
 
 
 def _levels(space: CompressionSpace, sparsities: Sequence[float]) -> dict[str, list[tuple[str, float]]]:
+    """Per unit, the levels probed: of its searched sparsity, and of its searched bits under uniform quantization."""
     out = {}
     for u in space.units:
         probes: list[tuple[str, float]] = []
-        low, high = u.sparsity
-        if low < high:
-            probes += [("sparsity", s) for s in sparsities if low < s <= high]
-        if len(u.bits) > 1 and any(_takes_bits(m) for m in u.methods) and "uniform_quantization" in u.methods:
-            probes += [("bits", b) for b in sorted(u.bits, reverse=True) if b != 32]
+        for d in u.dims:
+            if d.fixed:
+                continue
+            if d.name == "sparsity":
+                low, high = d.distribution.low, d.distribution.high
+                probes += [("sparsity", s) for s in sparsities if low < s <= high]
+            elif d.name == "bits" and d.active({"quant": "uniform_quantization"}):
+                probes += [("bits", b) for b in sorted(d.distribution.choices, reverse=True) if b != 32]
         out[u.prefix] = probes
     return out
 

@@ -9,17 +9,48 @@ from typing import Any
 import optuna
 from torch import nn
 
-from rayzor.compression import CompressionPlan, FinetuneConfig, get_student_family, list_students, suggest_student_params
+from rayzor.compression import (Choice, CompressionPlan, FinetuneConfig, IntRange, StudentFamily, get_student_family,
+                                list_students)
 from rayzor.errors import ConfigError
+from rayzor.spaces._dimensions import suggest
 from rayzor.spaces._space import CompressionSpace
 
-__all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace"]
+__all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace", "student_distributions", "suggest_student_params"]
 
 #: Parameter naming the model a trial compresses: :data:`TEACHER` or a student family.
 FAMILY_KEY = "student.family"
 #: The value of :data:`FAMILY_KEY` for the task's own model.
 TEACHER = "teacher"
 _STUDENT_PREFIX = "student."
+
+
+def _distribution(field: str, param: Any) -> optuna.distributions.BaseDistribution:
+    if isinstance(param, Choice):
+        return optuna.distributions.CategoricalDistribution(param.choices)
+    if isinstance(param, IntRange):
+        return optuna.distributions.IntDistribution(param.low, param.high)
+    if isinstance(param, optuna.distributions.BaseDistribution):  # a family that declares Optuna's own
+        return param
+    raise ConfigError(field, param, "a Choice or IntRange (rayzor.compression)")
+
+
+def student_distributions(family: str | StudentFamily, teacher: nn.Module, prefix: str = "student."
+                          ) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distribution of each searchable parameter of ``family`` for ``teacher``, by parameter name."""
+    fam = get_student_family(family) if isinstance(family, str) else family
+    return {name: _distribution(prefix + name, p) for name, p in fam.params(teacher).items()}
+
+
+def suggest_student_params(trial: optuna.Trial, family: str | StudentFamily, teacher: nn.Module,
+                           prefix: str = "student.") -> dict[str, Any]:
+    """Sample a family's parameters in an Optuna trial (define-by-run), each as ``prefix + name``.
+
+    Returns:
+        The sampled values by parameter name (without ``prefix``), ready for
+        ``build(teacher, **params)`` / ``arch(teacher, **params)``.
+    """
+    return {name: suggest(trial, prefix + name, dist)
+            for name, dist in student_distributions(family, teacher, prefix).items()}
 
 
 class _Prefixed:
@@ -166,7 +197,7 @@ class StudentSpace:
             **self.teacher_space.describe(),
             "students": {
                 "choices": list(self.choices),
-                "families": {f: {k: repr(d) for k, d in get_student_family(f).params(self.teacher).items()}
+                "families": {f: {k: repr(d) for k, d in student_distributions(f, self.teacher).items()}
                              for f in self.families},
             },
         }

@@ -15,8 +15,8 @@ from rayzor.compression import (
     compress,
 )
 from rayzor.errors import ConfigError
-from rayzor.search._config import SpaceConfig, validate_config
-from rayzor.spaces import DEFAULT_METHODS, QUANT_METHODS, CompressionSpace
+from rayzor.search._config import validate_config
+from rayzor.spaces import DEFAULT_METHODS, QUANT_METHODS, CompressionSpace, SpaceConfig
 from tests.compression.tiny_models import trained_tiny_net
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]

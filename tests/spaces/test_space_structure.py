@@ -22,9 +22,9 @@ from rayzor.compression import (
     compress,
 )
 from rayzor.errors import ConfigError
-from rayzor.search._config import SpaceConfig, validate_config
+from rayzor.search._config import validate_config
 from rayzor.search._trial import CALIBRATION_BATCHES, _calibration, evaluate_plan
-from rayzor.spaces import NO_FACTORIZATION, CompressionSpace
+from rayzor.spaces import NO_FACTORIZATION, CompressionSpace, SpaceConfig
 from tests.compression.tiny_models import tiny_bert
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

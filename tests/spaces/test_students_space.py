@@ -5,9 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from rayzor.compression import CompressionPlan, get_student_family
+from rayzor.compression import CompressionPlan, check_student, create_student, get_student_family
 from rayzor.errors import ConfigError
-from rayzor.spaces import FAMILY_KEY, TEACHER, CompressionSpace, StudentSpace
+from rayzor.spaces import (FAMILY_KEY, TEACHER, CompressionSpace, StudentSpace, student_distributions,
+                           suggest_student_params)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_student_dims_follow_the_sampled_student(joint, digits):
     trials = _sample(joint, 30)
     families = {t.params[FAMILY_KEY] for t in trials}
     assert families == {TEACHER, "cnn"}
-    own = get_student_family("cnn").params(digits.model)
+    own = student_distributions("cnn", digits.model)
     for t in trials:
         p, d = t.params, t.distributions
         if p[FAMILY_KEY] == TEACHER:
@@ -74,3 +75,15 @@ def test_bad_families_are_refused(digits):
     assert joint.choices == ("cnn",)
     with pytest.raises(ConfigError, match=r"student.family: got 'teacher'; valid: 'cnn'"):
         joint.resolve({FAMILY_KEY: TEACHER})
+
+
+def test_sampled_student_params_build_a_student(digits):
+    own = student_distributions("cnn", digits.model)
+    assert own["width_mult.conv1"] == optuna.distributions.CategoricalDistribution((0.25, 0.5, 0.75, 1.0))
+    assert own["blocks.conv2"] == optuna.distributions.IntDistribution(1, 2)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        trial = study.ask()
+        params = suggest_student_params(trial, "cnn", digits.model)
+        assert trial.distributions == {f"student.{k}": d for k, d in own.items()} and set(params) == set(own)
+        check_student(create_student("cnn", digits.model, **params), digits.model, digits.example_input)

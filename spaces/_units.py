@@ -1,0 +1,301 @@
+"""Units: the sets of layers that share sampled values, built from a space's settings and its model."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from torch import nn
+
+from rayzor.compression import ActivationQuantization, HeadPruning
+from rayzor.errors import ConfigError
+from rayzor.spaces._dimensions import NEAREST_BITS, Dimension
+from rayzor.spaces._introspect import method_support
+from rayzor.spaces._probes import channel_support, head_refusal, layer_of, model_for, rank_caps
+from rayzor.spaces._settings import DEFAULT_RANK_RATIO, NO_FACTORIZATION, GroupSpec, SpaceSettings, takes_bits
+
+__all__ = ["ChannelUnit", "HeadUnit", "Unit", "channel_units", "head_units", "layer_units", "match_layers", "no_match"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One set of sampled dimensions (:attr:`dims`): a single layer, or a tied group's layers.
+
+    Attributes:
+        prefix: Parameter-name prefix (the layer name, or the tied group's name).
+        layers: The layers that take the sampled values.
+        sparsity: ``(low, high)``; equal ends = fixed.
+        bits: Candidate bit-widths; one = fixed.
+        methods: Quantization methods; one = fixed.
+        group: The group's name, or None for a layer outside every group.
+        pruning: Pruning methods (registered names); one = fixed.
+        factorize: Per factorization that applies to every layer of the unit,
+            its ``(low, high)`` rank_ratio range, capped where the rank stops
+            saving parameters; empty = no ``<prefix>.factorize`` dimension.
+        channels: The requested ``(low, high)`` fraction of output channels
+            removed, or None; what is searched is a :class:`ChannelUnit`'s.
+        heads: The requested ``(low, high)`` fraction of attention heads
+            removed, or None; what is searched is a :class:`HeadUnit`'s.
+        act_bits: Candidate activation bit-widths of ``act_layers``; empty =
+            no activation quantization, one = fixed.
+        act_layers: The unit's layers whose inputs ``act_bits`` quantizes
+            (Linear / Conv: not an Embedding, whose inputs are token ids).
+    """
+
+    prefix: str
+    layers: tuple[str, ...]
+    sparsity: tuple[float, float]
+    bits: tuple[int, ...]
+    methods: tuple[str, ...]
+    group: str | None = None
+    pruning: tuple[str, ...] = ("magnitude_pruning",)
+    factorize: tuple[tuple[str, tuple[float, float]], ...] = ()
+    channels: tuple[float, float] | None = None
+    heads: tuple[float, float] | None = None
+    act_bits: tuple[int, ...] = ()
+    act_layers: tuple[str, ...] = ()
+
+    @property
+    def dims(self) -> tuple[Dimension, ...]:
+        """The unit's dimensions, in sampling order: each per-layer choice is declared here only."""
+        dims = []
+        if self.factorize:
+            dims.append(Dimension("factorize", CategoricalDistribution((NO_FACTORIZATION, *dict(self.factorize))),
+                                  setting="factorize", implied=NO_FACTORIZATION))
+            dims += [Dimension("rank_ratio", FloatDistribution(*r), when=("factorize", (m,)), note=f" for {m}",
+                               setting="rank_ratio") for m, r in self.factorize]
+        dims.append(Dimension("sparsity", FloatDistribution(*self.sparsity), setting="sparsity"))
+        # the criterion of a unit that prunes nothing is no choice; magnitude is what a bare sparsity means
+        dims.append(Dimension("prune", CategoricalDistribution(self.pruning if self.sparsity[1] > 0.0 else
+                                                               self.pruning[:1]),
+                              prefer="magnitude_pruning", setting="prune", implied="magnitude_pruning"))
+        # the plan names the method only where bits alone do not say it (see CompressionSpace.decode)
+        dims.append(Dimension("quant", CategoricalDistribution(self.methods), prefer="uniform_quantization"))
+        with_bits = tuple(m for m in self.methods if takes_bits(m))
+        if with_bits:
+            dims.append(Dimension("bits", CategoricalDistribution(self.bits), when=("quant", with_bits),
+                                  prefer=NEAREST_BITS, setting="bits"))
+        if self.act_bits:  # on act_layers only, as ActivationQuantization (see CompressionSpace.decode)
+            dims.append(Dimension("act_bits", CategoricalDistribution(self.act_bits), prefer=max(self.act_bits)))
+        return tuple(dims)
+
+
+@dataclass(frozen=True)
+class ChannelUnit:
+    """One sampled channel-pruning ratio, ``<prefix>.channels``.
+
+    Layers whose output channels are removed together: one layer, a tied
+    group, or layers DepGraph couples (a residual addition makes two convs
+    lose the same channels, so they take one ratio).
+
+    Attributes:
+        prefix: Parameter-name prefix: that of the unit holding the first layer.
+        layers: The layers that take the ratio, in model order.
+        channels: ``(low, high)``; equal ends = fixed.
+    """
+
+    prefix: str
+    layers: tuple[str, ...]
+    channels: tuple[float, float]
+
+    @property
+    def dims(self) -> tuple[Dimension, ...]:
+        return (Dimension("channels", FloatDistribution(*self.channels)),)
+
+
+@dataclass(frozen=True)
+class HeadUnit:
+    """One sampled head-pruning ratio, ``<prefix>.heads``: a unit's BERT-style ``query`` layers.
+
+    Attributes:
+        prefix: Parameter-name prefix: the unit's (a layer or a tied group).
+        layers: The ``query`` layers HeadPruning takes the ratio on, in model order.
+        heads: ``(low, high)`` fraction of heads removed; equal ends = fixed.
+    """
+
+    prefix: str
+    layers: tuple[str, ...]
+    heads: tuple[float, float]
+
+    @property
+    def dims(self) -> tuple[Dimension, ...]:
+        return (Dimension("heads", FloatDistribution(*self.heads)),)
+
+
+def no_match(field: str, glob: str, names: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(glob, names, n=4, cutoff=0.4) or list(names[:4])
+    return ConfigError(field, glob, f"a glob matching a compressible layer; close layer names: {', '.join(close)}")
+
+
+def match_layers(layers: Sequence[str], groups: Sequence[GroupSpec], exclude: Sequence[str]
+                 ) -> tuple[tuple[str, ...], dict[str, GroupSpec]]:
+    """Apply ``exclude`` then assign each remaining layer to at most one group.
+
+    Returns:
+        The kept layers (in model order) and, per grouped layer, its group.
+
+    Raises:
+        ConfigError: A glob that matches no layer (the message lists close
+            names), a group named like a layer, or a layer matched by two groups.
+    """
+    for glob in exclude:
+        if not any(fnmatch.fnmatchcase(name, glob) for name in layers):
+            raise no_match("space.exclude", glob, layers)
+    kept = tuple(name for name in layers if not any(fnmatch.fnmatchcase(name, g) for g in exclude))
+    owner: dict[str, GroupSpec] = {}
+    for group in groups:
+        field = f"space.groups[{group.name}]"
+        if group.name in layers:  # a tied group's <name>.bits would clash with the layer's own
+            raise ConfigError(f"{field}.name", group.name, "a name that is not a layer name")
+        for glob in group.match:
+            matched = [name for name in kept if fnmatch.fnmatchcase(name, glob)]
+            if not matched:
+                raise no_match(f"{field}.match", glob, kept)
+            for name in matched:
+                other = owner.get(name)
+                if other is not None and other.name != group.name:
+                    raise ConfigError(f"{field}.match", glob, f"globs of layers in no other group; {name!r} is "
+                                      f"already in group {other.name!r}")
+                owner[name] = group
+    return kept, owner
+
+
+def layer_units(settings: SpaceSettings, layers: Sequence[str], owner: Mapping[str, GroupSpec],
+                model: nn.Module | None) -> tuple[Unit, ...]:
+    """One unit per layer, one per tied group (where its first layer is), in model order."""
+    resolved = {None: settings, **{g.name: settings.resolved(g) for g in settings.groups}}
+    members: list[tuple[str, tuple[str, ...], str | None]] = []
+    done: set[str] = set()
+    for layer in layers:
+        group = owner.get(layer)
+        if group is None:
+            members.append((layer, (layer,), None))
+        elif not group.tie:
+            members.append((layer, (layer,), group.name))
+        elif group.name not in done:
+            done.add(group.name)
+            members.append((group.name, tuple(n for n in layers if owner.get(n) is group), group.name))
+    wants_factorize = [layer for _, names, g in members if resolved[g].factorize for layer in names]
+    caps = rank_caps(model_for("factorize", list(settings.factorize), model), wants_factorize,
+                     {layer: resolved[g].factorize for _, names, g in members for layer in names}
+                     ) if wants_factorize else {}
+    wants_act = [layer for _, names, g in members if resolved[g].act_bits for layer in names]
+    act_model = model_for("act_bits", list(settings.act_bits), model) if wants_act else None
+    # ActivationQuantization's own validate() decides: Linear / Conv, not an Embedding or inside MultiheadAttention
+    act_ok = {layer for layer in wants_act
+              if ActivationQuantization.method in method_support(layer, *layer_of(act_model, layer))[0]}
+    units = []
+    for prefix, names, g in members:
+        r = resolved[g]
+        rank_ratio = DEFAULT_RANK_RATIO if r.rank_ratio is None else r.rank_ratio
+        factorize = []
+        for method in r.factorize:
+            cap = min((caps[layer].get(method, 0.0) for layer in names), default=0.0)
+            if cap > 0.0:  # applies to every layer of the unit
+                factorize.append((method, (min(rank_ratio[0], cap), min(rank_ratio[1], cap))))
+        act_layers = tuple(layer for layer in names if layer in act_ok)
+        units.append(Unit(prefix, names, r.sparsity, r.bits, r.methods, group=g, pruning=r.pruning,
+                          factorize=tuple(factorize), channels=r.channels, heads=r.heads,
+                          act_bits=r.act_bits if act_layers else (), act_layers=act_layers))
+    return tuple(units)
+
+
+def channel_units(units: Sequence[Unit], layers: Sequence[str], model: nn.Module | None, example_input: Any
+                  ) -> tuple[tuple[ChannelUnit, ...], dict[str, str]]:
+    """One sampled ratio per set of units whose output channels go together (tied, or coupled by DepGraph).
+
+    Returns:
+        The channel units, and per layer asked for that gets no ratio, why.
+    """
+    asked = [u for u in units if u.channels is not None and u.channels[1] > 0.0]
+    refused_layers: dict[str, str] = {}
+    if not asked:
+        return (), refused_layers
+    model = model_for("channels", list(asked[0].channels), model)
+    if example_input is None:
+        raise ConfigError("example_input", None, "one input batch of the model (e.g. the task's example_input): "
+                          "space.channels traces which layers' output channels can go")
+    coupled, refused = channel_support(model, {layer: u.channels[1] for u in asked for layer in u.layers},
+                                        example_input)
+    unit_of = {layer: u for u in units for layer in u.layers}
+    root = {u.prefix: u.prefix for u in units}
+
+    def find(prefix: str) -> str:
+        while root[prefix] != prefix:
+            prefix = root[prefix] = root[root[prefix]]
+        return prefix
+
+    asked_prefixes = {u.prefix for u in asked}
+    blocked: dict[str, str] = {}  # unit prefix -> why its channels are not searched
+    for u in asked:
+        for layer in u.layers:
+            if layer in refused:
+                blocked[u.prefix] = (refused[layer] if len(u.layers) == 1
+                                     else f"tied with {layer!r}: {refused[layer]}")
+                continue
+            for other in coupled[layer]:
+                if other not in unit_of:
+                    blocked[u.prefix] = f"its output channels go with those of {other!r}, which is not searched"
+                else:
+                    root[find(unit_of[other].prefix)] = find(u.prefix)
+    components: dict[str, list[Unit]] = {}
+    for u in units:  # model order, so each component's first unit comes first
+        components.setdefault(find(u.prefix), []).append(u)
+    out = []
+    for members in components.values():
+        if not any(u.prefix in asked_prefixes for u in members):
+            continue
+        silent = next((u for u in members if u.prefix not in asked_prefixes), None)
+        why = next((blocked[u.prefix] for u in members if u.prefix in blocked), None)
+        if why is None and silent is not None:
+            why = (f"its output channels go with those of {silent.layers[0]!r}, whose settings search no channel "
+                   "pruning")
+        if why is not None:
+            refused_layers.update({layer: why for u in members if u.prefix in asked_prefixes
+                                          for layer in u.layers})
+            continue
+        low, high = max(u.channels[0] for u in members), min(u.channels[1] for u in members)
+        if low > high:
+            u = members[-1]
+            raise ConfigError(f"space.groups[{u.group}].channels" if u.group else "space.channels",
+                              list(u.channels), f"a range overlapping {list(members[0].channels)} of "
+                              f"{members[0].prefix!r}, whose output channels go with those of {u.layers[0]!r}")
+        shared = tuple(layer for layer in layers if unit_of[layer] in members)
+        out.append(ChannelUnit(members[0].prefix, shared, (low, high)))
+    return tuple(out), refused_layers
+
+
+def head_units(units: Sequence[Unit], model: nn.Module | None, example_input: Any
+               ) -> tuple[tuple[HeadUnit, ...], dict[str, str]]:
+    """One sampled head ratio per unit holding ``query`` layers whose heads can go.
+
+    Returns:
+        The head units, and per ``query`` layer asked for that gets no ratio, why.
+    """
+    asked = [u for u in units if u.heads is not None and u.heads[1] > 0.0]
+    refused: dict[str, str] = {}
+    if not asked:
+        return (), refused
+    model = model_for("heads", list(asked[0].heads), model)
+    if example_input is None:
+        raise ConfigError("example_input", None, "one input batch of the model (e.g. the task's example_input): "
+                          "space.heads traces which attention heads can go")
+    out = []
+    for u in asked:
+        queries = []
+        for layer in u.layers:
+            module, parent = layer_of(model, layer)
+            if HeadPruning.method not in method_support(layer, module, parent)[0]:
+                continue  # not a query Linear: head pruning is no choice here, as Tucker-2 is none on a Linear
+            why = head_refusal(model, layer, parent, u.heads[1], example_input)
+            if why is None:
+                queries.append(layer)
+            else:
+                refused[layer] = why
+        if queries:
+            out.append(HeadUnit(u.prefix, tuple(queries), u.heads))
+    return tuple(out), refused
