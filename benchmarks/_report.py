@@ -23,8 +23,13 @@ def machine() -> dict[str, Any]:
     return {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-                     "optuna": optuna.__version__, "mlflow": mlflow.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "optuna": optuna.__version__,
+            "mlflow": mlflow.__version__,
+        },
     }
 
 
@@ -45,9 +50,13 @@ def write_result(name: str, report: dict[str, Any]) -> Path:
 def replace_section(name: str, body: str) -> None:
     """Replace (or append) the ``<!-- name:begin -->`` section of BENCHMARKS.md."""
     path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else (
-        "# Benchmarks\n\nEvery figure here is written by the command named in its section; "
-        "rerun the command to refresh it, never edit a figure by hand.\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else (
+            "# Benchmarks\n\nEvery figure here is written by the command named in its section; "
+            "rerun the command to refresh it, never edit a figure by hand.\n"
+        )
     )
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{body}\n{end}"

@@ -50,14 +50,29 @@ def main() -> None:
     for seed in args.seeds:
         runs = {}
         for scheduler in ("none", "asha"):
-            config = load_config(None, trials=args.trials, sampler="random", seed=seed, finetune_epochs=args.epochs,
-                                 scheduler=scheduler, warm_start="none",
-                                 asha={"grace_period": args.grace, "bucket_width": args.bucket_width,
-                                       "protect_front": not args.no_protect}, experiment=f"asha-{scheduler}-{seed}",
-                                 tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", storage_path=str(scratch / "ray"))
+            config = load_config(
+                None,
+                trials=args.trials,
+                sampler="random",
+                seed=seed,
+                finetune_epochs=args.epochs,
+                scheduler=scheduler,
+                warm_start="none",
+                asha={
+                    "grace_period": args.grace,
+                    "bucket_width": args.bucket_width,
+                    "protect_front": not args.no_protect,
+                },
+                experiment=f"asha-{scheduler}-{seed}",
+                tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
+                storage_path=str(scratch / "ray"),
+            )
             result = run_search(config, progress=lambda line: None)
-            epochs = sum(int(r.metrics.get("epoch", 0)) if r.status == STOPPED else args.epochs
-                         for r in result.trials if r.status in ("FINISHED", STOPPED))
+            epochs = sum(
+                int(r.metrics.get("epoch", 0)) if r.status == STOPPED else args.epochs
+                for r in result.trials
+                if r.status in ("FINISHED", STOPPED)
+            )
             runs[scheduler] = {
                 "hypervolume": result.hypervolume,
                 "front": sorted(r.number for r in result.pareto),
@@ -67,27 +82,45 @@ def main() -> None:
                 "fit_seconds": result.fit_seconds,
                 "params": {r.number: r.params for r in result.trials},
             }
-            print(f"seed {seed} {scheduler:>4}: HV {result.hypervolume:.4f}, front {len(result.pareto)}, "
-                  f"stopped {runs[scheduler]['stopped']}, epochs {epochs}, fit {result.fit_seconds:.1f} s", flush=True)
+            print(
+                f"seed {seed} {scheduler:>4}: HV {result.hypervolume:.4f}, front {len(result.pareto)}, "
+                f"stopped {runs[scheduler]['stopped']}, epochs {epochs}, fit {result.fit_seconds:.1f} s",
+                flush=True,
+            )
         full, asha = runs["none"], runs["asha"]
         same_plans = full["params"] == asha["params"]
         # A full-run Pareto point survives if ASHA let the same plan run to the end.
         kept = sum(n not in set(asha["stopped_numbers"]) for n in full["front"])
-        rows.append({
-            "seed": seed, "same_plans": same_plans,
-            "hv_full": full["hypervolume"], "hv_asha": asha["hypervolume"],
-            "front_full": len(full["front"]), "front_asha": len(asha["front"]),
-            "full_front_points_kept": kept, "stopped": asha["stopped"],
-            "epochs_full": full["finetune_epochs_run"], "epochs_asha": asha["finetune_epochs_run"],
-            "fit_full": full["fit_seconds"], "fit_asha": asha["fit_seconds"],
-            "asha_front_in_full_front": len(set(asha["front"]) & set(full["front"])),
-        })
+        rows.append(
+            {
+                "seed": seed,
+                "same_plans": same_plans,
+                "hv_full": full["hypervolume"],
+                "hv_asha": asha["hypervolume"],
+                "front_full": len(full["front"]),
+                "front_asha": len(asha["front"]),
+                "full_front_points_kept": kept,
+                "stopped": asha["stopped"],
+                "epochs_full": full["finetune_epochs_run"],
+                "epochs_asha": asha["finetune_epochs_run"],
+                "fit_full": full["fit_seconds"],
+                "fit_asha": asha["fit_seconds"],
+                "asha_front_in_full_front": len(set(asha["front"]) & set(full["front"])),
+            }
+        )
     ray.shutdown()
     shutil.rmtree(scratch, ignore_errors=True)
 
-    report = {**machine(), "trials": args.trials, "finetune_epochs": args.epochs, "seeds": args.seeds,
-              "grace_period": args.grace, "bucket_width": args.bucket_width, "protect_front": not args.no_protect,
-              "rows": rows}
+    report = {
+        **machine(),
+        "trials": args.trials,
+        "finetune_epochs": args.epochs,
+        "seeds": args.seeds,
+        "grace_period": args.grace,
+        "bucket_width": args.bucket_width,
+        "protect_front": not args.no_protect,
+        "rows": rows,
+    }
     # One result file per ASHA setting; the section shows every setting measured so far.
     write_result(f"asha_g{args.grace}_bw{args.bucket_width:g}{'_np' if args.no_protect else ''}", report)
     body = render(sorted(RESULTS.glob("asha_g*_bw*.json")))
@@ -126,14 +159,19 @@ def render(paths: list[Path]) -> str:
         ]
         for r in rows:
             saved = 1 - r["epochs_asha"] / r["epochs_full"]
-            lines.append(f"| {r['seed']} | {'yes' if r['same_plans'] else 'no'} | {r['stopped']} | {r['epochs_full']} / "
-                         f"{r['epochs_asha']} | {saved:.0%} | {r['fit_full']:.1f} / {r['fit_asha']:.1f} | "
-                         f"{r['hv_full']:.4f} | {r['hv_asha']:.4f} | {r['full_front_points_kept']} of {r['front_full']} |")
+            lines.append(
+                f"| {r['seed']} | {'yes' if r['same_plans'] else 'no'} | {r['stopped']} | {r['epochs_full']} / "
+                f"{r['epochs_asha']} | {saved:.0%} | {r['fit_full']:.1f} / {r['fit_asha']:.1f} | "
+                f"{r['hv_full']:.4f} | {r['hv_asha']:.4f} | {r['full_front_points_kept']} of {r['front_full']} |"
+            )
         saved = statistics.mean(1 - r["epochs_asha"] / r["epochs_full"] for r in rows)
         kept = sum(r["full_front_points_kept"] for r in rows)
         total = sum(r["front_full"] for r in rows)
-        lines += ["", f"Mean compute saved: {saved:.0%} of the fine-tune epochs; {kept} of {total} Pareto points of the "
-                  "full runs kept."]
+        lines += [
+            "",
+            f"Mean compute saved: {saved:.0%} of the fine-tune epochs; {kept} of {total} Pareto points of the "
+            "full runs kept.",
+        ]
     return "\n".join(lines)
 
 

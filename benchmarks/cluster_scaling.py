@@ -34,14 +34,27 @@ def _run(workers: int, trials: int, root: Path) -> dict:
     try:
         cluster.start_head()
         cluster.add_workers(*(f"w{i + 1}" for i in range(workers)))
-        config = load_config(None, trials=trials, sampler="random", experiment=f"scaling-{workers}",
-                             tracking_uri=f"sqlite:///{root / 'mlflow.db'}", address=cluster.address,
-                             storage_path=str(root / "ray"), resources_per_trial={"worker": 1})
+        config = load_config(
+            None,
+            trials=trials,
+            sampler="random",
+            experiment=f"scaling-{workers}",
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+            address=cluster.address,
+            storage_path=str(root / "ray"),
+            resources_per_trial={"worker": 1},
+        )
         result = run_search(config, progress=lambda line: None)
     finally:
         cluster.stop()
-    return {"workers": workers, "trials": trials, "concurrency": result.concurrency, "fit_s": result.fit_seconds,
-            "trials_per_min": 60 * trials / result.fit_seconds, **{f"logging_{k}": v for k, v in result.logging_seconds.items()}}
+    return {
+        "workers": workers,
+        "trials": trials,
+        "concurrency": result.concurrency,
+        "fit_s": result.fit_seconds,
+        "trials_per_min": 60 * trials / result.fit_seconds,
+        **{f"logging_{k}": v for k, v in result.logging_seconds.items()},
+    }
 
 
 def main() -> None:
@@ -66,11 +79,16 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['workers']} | {r['concurrency']} | {r['fit_s']:.1f} | {r['trials_per_min']:.1f} | {r['speedup']:.2f}x | "
-                     f"{r['efficiency']:.0%} | {1000 * r['logging_driver_per_result']:.3f} | {1000 * r['logging_writer_per_result']:.1f} |")
-    lines += ["", "Driver ms / result: time Tune's event loop spends in rayzor's callback per finished trial (it only queues). "
-              "Writer ms / result: the MLflow calls (sqlite here) the background writer makes per trial, which the driver "
-              "made inline before this change."]
+        lines.append(
+            f"| {r['workers']} | {r['concurrency']} | {r['fit_s']:.1f} | {r['trials_per_min']:.1f} | {r['speedup']:.2f}x | "
+            f"{r['efficiency']:.0%} | {1000 * r['logging_driver_per_result']:.3f} | {1000 * r['logging_writer_per_result']:.1f} |"
+        )
+    lines += [
+        "",
+        "Driver ms / result: time Tune's event loop spends in rayzor's callback per finished trial (it only queues). "
+        "Writer ms / result: the MLflow calls (sqlite here) the background writer makes per trial, which the driver "
+        "made inline before this change.",
+    ]
     replace_section("cluster_scaling", "\n".join(lines))
     print(json.dumps(rows, indent=2))
 

@@ -41,12 +41,18 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from rayzor.compression import load_packed
-    from rayzor.tasks import create_task
     from rayzor.search import load_config, run_search
+    from rayzor.tasks import create_task
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-bench-"))
-    config = load_config(None, trials=args.trials, seed=args.seed, experiment="bench-digits",
-                         tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", storage_path=str(scratch / "ray"))
+    config = load_config(
+        None,
+        trials=args.trials,
+        seed=args.seed,
+        experiment="bench-digits",
+        tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
+        storage_path=str(scratch / "ray"),
+    )
     started = time.perf_counter()
     result = run_search(config, progress=lambda line: print(line, flush=True))
     end_to_end = time.perf_counter() - started
@@ -62,8 +68,11 @@ def main() -> None:
         packed = client.download_artifacts(best.run_id, "packed/packed.safetensors", str(scratch))
         model, _ = load_packed(packed)
         best_row = {
-            "trial": best.number, "run_id": best.run_id, "plan": best.plan_summary,
-            "val_accuracy": best.metrics["accuracy"], "size_bytes": best.metrics["size_bytes"],
+            "trial": best.number,
+            "run_id": best.run_id,
+            "plan": best.plan_summary,
+            "val_accuracy": best.metrics["accuracy"],
+            "size_bytes": best.metrics["size_bytes"],
             "compression_ratio": best.metrics["compression_ratio"],
             "test_accuracy": task.score(model, "test")["accuracy"],
             "baseline_test_accuracy": task.baseline["test"]["accuracy"],
@@ -77,11 +86,19 @@ def main() -> None:
         "trials_finished": len(done),
         "trials_failed": len(result.trials) - len(done),
         "hypervolume": result.hypervolume,
-        "pareto": [{"trial": r.number, **{k: r.metrics[k] for k in ("accuracy", "size_bytes", "compression_ratio", "latency_ms")},
-                    "plan": r.plan_summary} for r in result.pareto],
+        "pareto": [
+            {
+                "trial": r.number,
+                **{k: r.metrics[k] for k in ("accuracy", "size_bytes", "compression_ratio", "latency_ms")},
+                "plan": r.plan_summary,
+            }
+            for r in result.pareto
+        ],
         "best_within_1pt": best_row,
         "timing": {
-            "end_to_end_s": end_to_end, "fit_s": result.fit_seconds, "sum_trial_compute_s": compute,
+            "end_to_end_s": end_to_end,
+            "fit_s": result.fit_seconds,
+            "sum_trial_compute_s": compute,
             "concurrency": config.concurrency,
             "overhead_ratio": result.fit_seconds / (compute / config.concurrency),
         },
@@ -113,8 +130,10 @@ def _write_section(report: dict) -> None:
         "|---:|---:|---:|---:|---|",
     ]
     for row in report["pareto"]:
-        lines.append(f"| {row['trial']} | {row['accuracy']:.4f} | {row['size_bytes']:.0f} | "
-                     f"{row['compression_ratio']:.1f}x | {row['plan'].replace(' | ', '; ')} |")
+        lines.append(
+            f"| {row['trial']} | {row['accuracy']:.4f} | {row['size_bytes']:.0f} | "
+            f"{row['compression_ratio']:.1f}x | {row['plan'].replace(' | ', '; ')} |"
+        )
     best = report["best_within_1pt"]
     lines.append("")
     if best:

@@ -53,9 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from _report import describe_machine, machine, replace_section, write_result
+from torch import nn
 
 #: Seeds of the ResNet-18 weights, its evaluation images and its calibration images.
 RESNET_SEED, EVAL_SEED, CALIB_SEED = 0, 1, 2
@@ -69,9 +68,13 @@ def resnet18(width_divisor: int = 1):
     from transformers import ResNetConfig, ResNetForImageClassification
 
     torch.manual_seed(RESNET_SEED)
-    config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
-                          hidden_sizes=[c // width_divisor for c in (64, 128, 256, 512)],
-                          embedding_size=64 // width_divisor, num_labels=1000)
+    config = ResNetConfig(
+        layer_type="basic",
+        depths=[2, 2, 2, 2],
+        hidden_sizes=[c // width_divisor for c in (64, 128, 256, 512)],
+        embedding_size=64 // width_divisor,
+        num_labels=1000,
+    )
     return ResNetForImageClassification(config).eval()
 
 
@@ -152,8 +155,10 @@ def _check_coverage(rows: list[Row]) -> None:
             own[row.methods[0].method] = own.get(row.methods[0].method, 0) + 1
     missing = [m for m in list_methods() if own.get(m, 0) < 2]
     if missing:
-        sys.exit(f"benchmarks/engine.py: registered method(s) {missing} lack two single-method rows "
-                 "(two strengths) in _rows(); add them so the engine table covers every method")
+        sys.exit(
+            f"benchmarks/engine.py: registered method(s) {missing} lack two single-method rows "
+            "(two strengths) in _rows(); add them so the engine table covers every method"
+        )
 
 
 @dataclass
@@ -188,13 +193,25 @@ def _digits(args) -> Setup:
     calibration = [x for i, (x, _) in enumerate(task.loader("train")) if i < 4]
 
     def quality(model):
-        return {"test_accuracy": task.score(model, "test")["accuracy"],
-                "val_accuracy": task.score(model, "val")["accuracy"]}
+        return {
+            "test_accuracy": task.score(model, "test")["accuracy"],
+            "val_accuracy": task.score(model, "val")["accuracy"],
+        }
 
-    return Setup("digits", task.model, task.arch, x_val[:1], calibration, {"1": x_val[:1], "256": x_val[:256]},
-                 quality, x_val, warmup=2 if args.quick else 5, repeats=3 if args.quick else 30, lzma=True,
-                 facts={"task": "digits",
-                        "quality": f"top-1 accuracy on the test split ({len(task.data['test'])} images)"})
+    return Setup(
+        "digits",
+        task.model,
+        task.arch,
+        x_val[:1],
+        calibration,
+        {"1": x_val[:1], "256": x_val[:256]},
+        quality,
+        x_val,
+        warmup=2 if args.quick else 5,
+        repeats=3 if args.quick else 30,
+        lzma=True,
+        facts={"task": "digits", "quality": f"top-1 accuracy on the test split ({len(task.data['test'])} images)"},
+    )
 
 
 def _resnet(args) -> Setup:
@@ -208,16 +225,33 @@ def _resnet(args) -> Setup:
 
     def quality(compressed):
         y = _logits(compressed, images)
-        return {"rel_l2_error": float((y - reference).norm() / reference.norm()),
-                "top1_agreement": float((y.argmax(1) == top1).float().mean())}
+        return {
+            "rel_l2_error": float((y - reference).norm() / reference.norm()),
+            "top1_agreement": float((y.argmax(1) == top1).float().mean()),
+        }
 
     # The reload check runs 2 of the 8 images: exactness needs no more, and each forward costs ~50 ms here.
     arch = {"factory": "engine:resnet18", "kwargs": {"width_divisor": width_divisor}}
-    return Setup("resnet18", model, arch, images[:1], list(calib), {"1": images[:1]}, quality, images[:2],
-                 warmup=1, repeats=2 if args.quick else 4, lzma=False,
-                 facts={"width_divisor": width_divisor, "input": [1, 3, size, size], "eval_batch": [8, 3, size, size],
-                        "fp32_top1_distinct_classes": len(set(top1.tolist())),
-                        "quality": "relative L2 error of the logits vs fp32, and top-1 agreement, on 8 random images"})
+    return Setup(
+        "resnet18",
+        model,
+        arch,
+        images[:1],
+        list(calib),
+        {"1": images[:1]},
+        quality,
+        images[:2],
+        warmup=1,
+        repeats=2 if args.quick else 4,
+        lzma=False,
+        facts={
+            "width_divisor": width_divisor,
+            "input": [1, 3, size, size],
+            "eval_batch": [8, 3, size, size],
+            "fp32_top1_distinct_classes": len(set(top1.tolist())),
+            "quality": "relative L2 error of the logits vs fp32, and top-1 agreement, on 8 random images",
+        },
+    )
 
 
 _LAYER_FIELD = re.compile(r"plan\.layers\[(['\"])(.+?)\1\]")
@@ -253,8 +287,12 @@ def _compress(setup: Setup, chosen: dict, skipped: dict):
 
     while True:
         try:
-            return compress(setup.model, CompressionPlan(chosen), example_input=setup.example_input,
-                            calibration_data=setup.calibration)
+            return compress(
+                setup.model,
+                CompressionPlan(chosen),
+                example_input=setup.example_input,
+                calibration_data=setup.calibration,
+            )
         except ConfigError as e:
             match = _LAYER_FIELD.match(e.field)
             if not match or match.group(2) not in chosen:
@@ -279,8 +317,10 @@ def _latency(setup: Setup, model, rounds: int) -> dict[str, dict[str, float]]:
 
     out = {}
     for batch, x in setup.timing.items():
+
         def timer(m, x=x):
             return lambda: measure_latency(m, x, warmup=setup.warmup, repeats=setup.repeats, threads=1)
+
         comp, base = _paired(timer(setup.model), timer(model), rounds)
         out[batch] = {"ms": comp, "fp32_ms": base, "vs_fp32": comp / base}
     return out
@@ -304,9 +344,16 @@ def _run_rows(setup: Setup, rows: list[Row], args, scratch: Path) -> dict:
             continue
         path = scratch / f"{setup.name}.rzp"
         size = save_packed(out, path, arch=setup.arch)
-        result = {"method": row.label, "key": row.key, "applicable": True,
-                  "plan": out.plan.to_dict()["layers"], "layers": f"{len(chosen)}/{total_layers}",
-                  "skipped": skipped, "size_bytes": size, "ratio": dense_bytes / size}
+        result = {
+            "method": row.label,
+            "key": row.key,
+            "applicable": True,
+            "plan": out.plan.to_dict()["layers"],
+            "layers": f"{len(chosen)}/{total_layers}",
+            "skipped": skipped,
+            "size_bytes": size,
+            "ratio": dense_bytes / size,
+        }
         if setup.lzma:
             size_lzma = save_packed(out, scratch / f"{setup.name}_lzma.rzp", arch=setup.arch, entropy="lzma")
             result.update(size_bytes_lzma=size_lzma, ratio_lzma=dense_bytes / size_lzma)
@@ -321,14 +368,26 @@ def _run_rows(setup: Setup, rows: list[Row], args, scratch: Path) -> dict:
         results.append(result)
         quality = " ".join(f"{k} {v:.4f}" for k, v in quality.items())
         lat = " ".join(f"b{b} {v['vs_fp32']:.2f}x" for b, v in result["latency"].items())
-        print(f"[{setup.name}] {row.label:42s} {size:9d} B {dense_bytes / size:5.1f}x  {quality}  latency {lat}"
-              f"  ({time.perf_counter() - start:.1f} s)", flush=True)
-    fp32 = {b: statistics.median(r["latency"][b]["fp32_ms"] for r in results if r["applicable"])
-            for b in setup.timing}
-    return {**setup.facts, "fp32_state_dict_bytes": dense_bytes, "compressible_layers": total_layers,
-            "fp32_latency_ms": fp32, "latency": {"threads": 1, "warmup": setup.warmup, "repeats": setup.repeats,
-                                                 "rounds": args.rounds, "statistic": "median"},
-            "rows": results}
+        print(
+            f"[{setup.name}] {row.label:42s} {size:9d} B {dense_bytes / size:5.1f}x  {quality}  latency {lat}"
+            f"  ({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
+    fp32 = {b: statistics.median(r["latency"][b]["fp32_ms"] for r in results if r["applicable"]) for b in setup.timing}
+    return {
+        **setup.facts,
+        "fp32_state_dict_bytes": dense_bytes,
+        "compressible_layers": total_layers,
+        "fp32_latency_ms": fp32,
+        "latency": {
+            "threads": 1,
+            "warmup": setup.warmup,
+            "repeats": setup.repeats,
+            "rounds": args.rounds,
+            "statistic": "median",
+        },
+        "rows": results,
+    }
 
 
 class _LogitsOnly(nn.Module):
@@ -350,38 +409,59 @@ def _onnx_rows(setup: Setup, args, scratch: Path, dense_bytes: int) -> list[dict
     variants = [
         ("ONNX fp32 (onnxruntime)", fp32_onnx),
         ("ONNX int8 dynamic (ConvInteger)", quantize_onnx_int8(fp32_onnx, scratch / "resnet18_dyn.onnx")),
-        ("ONNX int8 static QDQ (calibrated)", quantize_onnx_int8(fp32_onnx, scratch / "resnet18_qdq.onnx",
-                                                                 calibration_data=setup.calibration)),
+        (
+            "ONNX int8 static QDQ (calibrated)",
+            quantize_onnx_int8(fp32_onnx, scratch / "resnet18_qdq.onnx", calibration_data=setup.calibration),
+        ),
     ]
     rows = []
     for label, path in variants:
         start = time.perf_counter()
         size = path.stat().st_size
-        row = {"method": label, "key": "onnx", "applicable": True, "size_bytes": size, "ratio": dense_bytes / size,
-               **setup.quality(OrtModule(path, threads=1)), "latency": {}}
+        row = {
+            "method": label,
+            "key": "onnx",
+            "applicable": True,
+            "size_bytes": size,
+            "ratio": dense_bytes / size,
+            **setup.quality(OrtModule(path, threads=1)),
+            "latency": {},
+        }
         for batch, x in setup.timing.items():
             comp, base = _paired(
                 lambda x=x: measure_latency(setup.model, x, warmup=setup.warmup, repeats=setup.repeats, threads=1),
-                lambda x=x, path=path: measure_onnx_latency(path, x, threads=1, warmup=setup.warmup,
-                                                            repeats=setup.repeats),
-                args.rounds)
+                lambda x=x, path=path: measure_onnx_latency(
+                    path, x, threads=1, warmup=setup.warmup, repeats=setup.repeats
+                ),
+                args.rounds,
+            )
             row["latency"][batch] = {"ms": comp, "fp32_ms": base, "vs_fp32": comp / base}
         rows.append(row)
-        print(f"[{setup.name}] {label:42s} {size:9d} B {dense_bytes / size:5.1f}x  "
-              f"rel_l2_error {row['rel_l2_error']:.4f}  latency b1 {row['latency']['1']['vs_fp32']:.2f}x  "
-              f"({time.perf_counter() - start:.1f} s)", flush=True)
+        print(
+            f"[{setup.name}] {label:42s} {size:9d} B {dense_bytes / size:5.1f}x  "
+            f"rel_l2_error {row['rel_l2_error']:.4f}  latency b1 {row['latency']['1']['vs_fp32']:.2f}x  "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: ResNet-18 at 1/4 width and 64x64, few repeats, one round; "
-                             "writes engine_quick.json only")
-    parser.add_argument("--resnet-size", type=int, default=None,
-                        help="ResNet-18 input height/width (default 224; 64 with --quick)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="alternating fp32/compressed latency rounds per row (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: ResNet-18 at 1/4 width and 64x64, few repeats, one round; writes engine_quick.json only",
+    )
+    parser.add_argument(
+        "--resnet-size", type=int, default=None, help="ResNet-18 input height/width (default 224; 64 with --quick)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating fp32/compressed latency rounds per row (default 3; 1 with --quick)",
+    )
     args = parser.parse_args()
     args.resnet_size = args.resnet_size or (64 if args.quick else 224)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -396,11 +476,14 @@ def main() -> None:
         setup = build(args)
         models[setup.name] = _run_rows(setup, rows, args, scratch)
         if setup.name == "resnet18":
-            models[setup.name]["onnx_rows"] = _onnx_rows(setup, args, scratch,
-                                                         models[setup.name]["fp32_state_dict_bytes"])
+            models[setup.name]["onnx_rows"] = _onnx_rows(
+                setup, args, scratch, models[setup.name]["fp32_state_dict_bytes"]
+            )
     report = {
         "command": "python benchmarks/engine.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        **machine(), "quick": args.quick, "torch_threads": 1,
+        **machine(),
+        "quick": args.quick,
+        "torch_threads": 1,
         "wall_seconds": time.perf_counter() - started,
         "models": models,
     }
@@ -455,7 +538,8 @@ def _section(report: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['layers']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['ratio_lzma']:.1f}x | "
             f"{r['test_accuracy']:.4f} | {r['params']:.0f} | {r['macs']:.0f} | {r['bitops'] / 1e9:.3f} | "
-            f"{r['latency']['1']['vs_fp32']:.2f} | {r['latency']['256']['vs_fp32']:.2f} |")
+            f"{r['latency']['1']['vs_fp32']:.2f} | {r['latency']['256']['vs_fp32']:.2f} |"
+        )
     lines += [
         "",
         f"### ResNet-18 (transformers, random init seed {RESNET_SEED}; input 1x3x{size}x{size}; fp32 state dict "
@@ -479,7 +563,8 @@ def _section(report: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['layers']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['rel_l2_error']:.4f} | "
             f"{r['top1_agreement']:.3f} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.3f} | "
-            f"{r['latency']['1']['vs_fp32']:.2f} |")
+            f"{r['latency']['1']['vs_fp32']:.2f} |"
+        )
     lines += [
         "",
         "ResNet-18 exported to ONNX (`export_onnx`) and run by onnxruntime (1 thread); int8 by "
@@ -493,8 +578,10 @@ def _section(report: dict) -> str:
     ]
     for r in resnet["onnx_rows"]:
         lat = r["latency"]["1"]
-        lines.append(f"| {r['method']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['rel_l2_error']:.4f} | "
-                     f"{r['top1_agreement']:.3f} | {lat['ms']:.1f} | {lat['vs_fp32']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['rel_l2_error']:.4f} | "
+            f"{r['top1_agreement']:.3f} | {lat['ms']:.1f} | {lat['vs_fp32']:.2f} |"
+        )
     return "\n".join(lines)
 
 

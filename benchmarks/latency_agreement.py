@@ -49,8 +49,14 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-latency-"))
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
-    config = load_config(None, trials=args.trials, objectives=["accuracy", "size_bytes", "latency_ms"],
-                         tracking_uri=uri, storage_path=str(scratch / "ray"), experiment="latency")
+    config = load_config(
+        None,
+        trials=args.trials,
+        objectives=["accuracy", "size_bytes", "latency_ms"],
+        tracking_uri=uri,
+        storage_path=str(scratch / "ray"),
+        experiment="latency",
+    )
     result = run_search(config, progress=lambda line: None)
     client = MlflowClient(uri)
     rows = []
@@ -59,10 +65,19 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-c", _FRESH, path], capture_output=True, text=True, check=True)
         fresh = json.loads(out.stdout.strip().splitlines()[-1])
         logged = record.metrics["latency_ms"]
-        rows.append({"trial": record.number, "logged_ms": logged, "fresh_ms": fresh, "ratio": logged / fresh,
-                     "plan": record.plan_summary})
-        print(f"trial {record.number}: logged {logged:.4f} ms, fresh {fresh:.4f} ms, ratio {logged / fresh:.2f}",
-              flush=True)
+        rows.append(
+            {
+                "trial": record.number,
+                "logged_ms": logged,
+                "fresh_ms": fresh,
+                "ratio": logged / fresh,
+                "plan": record.plan_summary,
+            }
+        )
+        print(
+            f"trial {record.number}: logged {logged:.4f} ms, fresh {fresh:.4f} ms, ratio {logged / fresh:.2f}",
+            flush=True,
+        )
     shutil.rmtree(scratch, ignore_errors=True)
 
     report = {**machine(), "trials": args.trials, "concurrency": result.concurrency, "rows": rows}

@@ -84,9 +84,18 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-minilm-"))
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
-    config = load_config(None, task="minilm", task_options=TASK_OPTIONS, trials=args.trials, seed=args.seed,
-                         experiment="bench-minilm", tracking_uri=uri, storage_path=str(scratch / "ray"),
-                         finetune_epochs=0, space=SPACE)
+    config = load_config(
+        None,
+        task="minilm",
+        task_options=TASK_OPTIONS,
+        trials=args.trials,
+        seed=args.seed,
+        experiment="bench-minilm",
+        tracking_uri=uri,
+        storage_path=str(scratch / "ray"),
+        finetune_epochs=0,
+        space=SPACE,
+    )
     result = run_search(config, progress=lambda line: print(line, flush=True))
     config, _, _, _, task, space, baseline = prepare(config)
 
@@ -95,16 +104,27 @@ def main() -> None:
     for label, bits in (("fp32", 32), ("uniform int8", 8), ("uniform 4-bit", 4)):
         # A space of exactly this one setting: the references lie outside the searched bits.
         uniform = CompressionSpace.from_model(task.model, sparsity=(0.0, 0.0), bits=(bits,), finetune=space.finetune)
-        params = uniform.encode(CompressionPlan.from_settings(
-            {layer: {"sparsity": 0.0, "bits": bits} for layer in uniform.layers}, finetune=space.finetune))
+        params = uniform.encode(
+            CompressionPlan.from_settings(
+                {layer: {"sparsity": 0.0, "bits": bits} for layer in uniform.layers}, finetune=space.finetune
+            )
+        )
         out = scratch / label.replace(" ", "-")
         out.mkdir()
         m = evaluate_plan(task, uniform, params, out)
-        references[label] = {k: m[k] for k in ("cosine", "recall_at_10", "size_bytes", "compression_ratio", "latency_ms")}
+        references[label] = {
+            k: m[k] for k in ("cosine", "recall_at_10", "size_bytes", "compression_ratio", "latency_ms")
+        }
         print(label, references[label], flush=True)
 
-    front = [{"trial": r.number, "run_id": r.run_id, **{k: r.metrics[k] for k in
-              ("cosine", "recall_at_10", "size_bytes", "compression_ratio", "latency_ms")}} for r in result.pareto]
+    front = [
+        {
+            "trial": r.number,
+            "run_id": r.run_id,
+            **{k: r.metrics[k] for k in ("cosine", "recall_at_10", "size_bytes", "compression_ratio", "latency_ms")},
+        }
+        for r in result.pareto
+    ]
     spec = f"size_bytes<={baseline['size_bytes'] / 4:.0f},max:cosine"
     chosen = front[pick(front, parse_pick(spec, list(front[0])))]
     client = MlflowClient(result.tracking_uri)
@@ -112,20 +132,32 @@ def main() -> None:
     int8 = export_model(client, chosen["run_id"], "onnx-int8", scratch / "chosen-int8.onnx")
     fp32_onnx = export_onnx(task.model, task.example_input, scratch / "fp32.onnx")
     files = {"fp32 onnx": str(fp32_onnx), "chosen onnx": onnx.path, "chosen onnx-int8": int8.path}
-    measured = subprocess.run([sys.executable, "-c", _LATENCY, json.dumps(TASK_OPTIONS), json.dumps(files)],
-                              check=True, capture_output=True, text=True).stdout
+    measured = subprocess.run(
+        [sys.executable, "-c", _LATENCY, json.dumps(TASK_OPTIONS), json.dumps(files)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     latency = json.loads(measured.strip().splitlines()[-1])
 
     report = {
         "command": "python benchmarks/minilm.py" + "".join(f" {a}" for a in sys.argv[1:]),
         **machine(),
-        "task_options": TASK_OPTIONS, "trials": args.trials, "space": space.describe() | {"layers": len(space.layers)},
-        "search_seconds": result.wall_seconds, "hypervolume": result.hypervolume,
+        "task_options": TASK_OPTIONS,
+        "trials": args.trials,
+        "space": space.describe() | {"layers": len(space.layers)},
+        "search_seconds": result.wall_seconds,
+        "hypervolume": result.hypervolume,
         "warm_start_points": len(warm_start_points(space, config)),
-        "baseline": baseline, "front": front, "references": references,
-        "chosen": {**chosen, "pick": spec,
-                   "onnx": {"size_bytes": onnx.size_bytes, "max_abs_diff": onnx.max_abs_diff, "test": onnx.test_metrics},
-                   "onnx_int8": {"size_bytes": int8.size_bytes, "max_abs_diff": int8.max_abs_diff, "test": int8.test_metrics}},
+        "baseline": baseline,
+        "front": front,
+        "references": references,
+        "chosen": {
+            **chosen,
+            "pick": spec,
+            "onnx": {"size_bytes": onnx.size_bytes, "max_abs_diff": onnx.max_abs_diff, "test": onnx.test_metrics},
+            "onnx_int8": {"size_bytes": int8.size_bytes, "max_abs_diff": int8.max_abs_diff, "test": int8.test_metrics},
+        },
         "latency_fresh_process_ms": latency,
         "speedup_int8_vs_fp32_onnx": {b: latency["fp32 onnx"][b] / latency["chosen onnx-int8"][b] for b in ("1", "32")},
     }
@@ -159,12 +191,16 @@ def _write_section(r: dict) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     for label, p in r["references"].items():
-        lines.append(f"| {label} (uniform, every layer) | {p['cosine']:.4f} | {p['recall_at_10']:.3f} | "
-                     f"{_mb(p['size_bytes'])} | {p['compression_ratio']:.1f}x |")
+        lines.append(
+            f"| {label} (uniform, every layer) | {p['cosine']:.4f} | {p['recall_at_10']:.3f} | "
+            f"{_mb(p['size_bytes'])} | {p['compression_ratio']:.1f}x |"
+        )
     for p in r["front"]:
         mark = " **(chosen)**" if p["run_id"] == c["run_id"] else ""
-        lines.append(f"| searched trial {p['trial']}{mark} | {p['cosine']:.4f} | {p['recall_at_10']:.3f} | "
-                     f"{_mb(p['size_bytes'])} | {p['compression_ratio']:.1f}x |")
+        lines.append(
+            f"| searched trial {p['trial']}{mark} | {p['cosine']:.4f} | {p['recall_at_10']:.3f} | "
+            f"{_mb(p['size_bytes'])} | {p['compression_ratio']:.1f}x |"
+        )
     lines += [
         "",
         f"Chosen point (`--pick '{c['pick']}'`), exported: ONNX {_mb(c['onnx']['size_bytes'])} MB (max |diff| to torch "
@@ -180,8 +216,11 @@ def _write_section(r: dict) -> None:
     for name, v in lat.items():
         lines.append(f"| {name} | {v['1']:.2f} | {v['32']:.1f} |")
     s = r["speedup_int8_vs_fp32_onnx"]
-    lines += ["", f"Speed-up of the chosen int8 export over fp32 ONNX: **{s['1']:.2f}x** at batch 1, **{s['32']:.2f}x** at batch 32. "
-              "Reference points (third-party exports of this model): int8 ONNX 23 MB at cosine 0.966, int4 14 MB at cosine 0.94."]
+    lines += [
+        "",
+        f"Speed-up of the chosen int8 export over fp32 ONNX: **{s['1']:.2f}x** at batch 1, **{s['32']:.2f}x** at batch 32. "
+        "Reference points (third-party exports of this model): int8 ONNX 23 MB at cosine 0.966, int4 14 MB at cosine 0.94.",
+    ]
     lines += ["", "![MiniLM front](benchmarks/results/minilm_pareto.png)"]
     replace_section("minilm", "\n".join(lines))
 

@@ -42,13 +42,14 @@ def synthetic_objectives(params: dict[str, Any], layers: list[str], sizes: np.nd
     bits = np.array([params[f"{n}.bits"] for n in layers], dtype=float)
     weight = sizes / sizes.sum()
     # pruning hurts quadratically, few bits hurt exponentially; big layers matter more
-    error = float((weight * (sparsity ** 2 + 4.0 * 2.0 ** -bits)).sum())
+    error = float((weight * (sparsity**2 + 4.0 * 2.0**-bits)).sum())
     size = float((sizes * (1.0 - sparsity) * bits / 8.0).sum())
     return 1.0 - error, size
 
 
-def run_sampler(name: str, trials: int, max_seconds: float, layers: list[str], sizes: np.ndarray,
-                seed: int = 0) -> dict[str, Any]:
+def run_sampler(
+    name: str, trials: int, max_seconds: float, layers: list[str], sizes: np.ndarray, seed: int = 0
+) -> dict[str, Any]:
     """One study: per-trial suggestion and tell times."""
     import optuna
 
@@ -93,7 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--layers", type=int, default=150, help="2 dimensions per layer (sparsity, bits)")
-    parser.add_argument("--gp-trials", type=int, default=14, help="GP refits per suggestion (10 random startup trials): capped")
+    parser.add_argument(
+        "--gp-trials", type=int, default=14, help="GP refits per suggestion (10 random startup trials): capped"
+    )
     parser.add_argument("--max-seconds", type=float, default=240.0, help="per sampler; the run stops there")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--note", default="", help="appended to the section, e.g. what else loaded the machine")
@@ -112,13 +115,23 @@ def main() -> None:
         trials = min(args.trials, args.gp_trials) if name == "gp" else args.trials
         row = run_sampler(name, trials, args.max_seconds, layers, sizes)
         rows.append(row)
-        print(f"{name:>6}: {row['trials_run']} trials, mean {row['mean_suggest_ms']:.2f} ms, median "
-              f"{row['median_suggest_ms']:.2f} ms, last 10% {row['last_10pct_mean_suggest_ms']:.2f} ms, "
-              f"total {row['total_s']:.1f} s", flush=True)
+        print(
+            f"{name:>6}: {row['trials_run']} trials, mean {row['mean_suggest_ms']:.2f} ms, median "
+            f"{row['median_suggest_ms']:.2f} ms, last 10% {row['last_10pct_mean_suggest_ms']:.2f} ms, "
+            f"total {row['total_s']:.1f} s",
+            flush=True,
+        )
 
-    report = {**machine(), "layers": args.layers, "dimensions": rows[0]["dimensions"], "trials": args.trials,
-              "gp_trials": args.gp_trials, "max_seconds_per_sampler": args.max_seconds, "note": args.note,
-              "samplers": rows}
+    report = {
+        **machine(),
+        "layers": args.layers,
+        "dimensions": rows[0]["dimensions"],
+        "trials": args.trials,
+        "gp_trials": args.gp_trials,
+        "max_seconds_per_sampler": args.max_seconds,
+        "note": args.note,
+        "samplers": rows,
+    }
     write_result("sampler_scaling", report)
     lines = [
         "## Sampler scaling: suggestion time at 300 dimensions",
@@ -133,13 +146,18 @@ def main() -> None:
     ]
     for r in rows:
         capped = " (time cap)" if r["capped_by_time"] else (" (capped)" if r["trials_asked"] < args.trials else "")
-        lines.append(f"| {r['sampler']} | {r['trials_run']}{capped} | {r['mean_suggest_ms']:.1f} ms | "
-                     f"{r['median_suggest_ms']:.1f} ms | {r['first_10pct_mean_suggest_ms']:.1f} ms | "
-                     f"{r['last_10pct_mean_suggest_ms']:.1f} ms | {r['mean_tell_ms']:.2f} ms | {r['total_s']:.1f} s |")
-    lines += ["", f"GP is capped at {args.gp_trials} trials (its first 10 are random startup trials; each later one "
-              "refits the GP and optimises the acquisition over all 300 dimensions); every sampler "
-              f"stops at {args.max_seconds:.0f} s. A Ray search pays the suggestion time once per trial on the "
-              "driver, next to trials that take seconds."]
+        lines.append(
+            f"| {r['sampler']} | {r['trials_run']}{capped} | {r['mean_suggest_ms']:.1f} ms | "
+            f"{r['median_suggest_ms']:.1f} ms | {r['first_10pct_mean_suggest_ms']:.1f} ms | "
+            f"{r['last_10pct_mean_suggest_ms']:.1f} ms | {r['mean_tell_ms']:.2f} ms | {r['total_s']:.1f} s |"
+        )
+    lines += [
+        "",
+        f"GP is capped at {args.gp_trials} trials (its first 10 are random startup trials; each later one "
+        "refits the GP and optimises the acquisition over all 300 dimensions); every sampler "
+        f"stops at {args.max_seconds:.0f} s. A Ray search pays the suggestion time once per trial on the "
+        "driver, next to trials that take seconds.",
+    ]
     if args.note:
         lines += ["", args.note]
     replace_section("sampler_scaling", "\n".join(lines))

@@ -23,8 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import RESULTS, describe_machine, machine, replace_section, write_result  # noqa: E402
 
@@ -33,8 +31,11 @@ BITS = (8, 4, 2)
 
 
 def _dominates(a: dict, b: dict) -> bool:
-    return (a["accuracy"] >= b["accuracy"] and a["size_bytes"] <= b["size_bytes"]
-            and (a["accuracy"] > b["accuracy"] or a["size_bytes"] < b["size_bytes"]))
+    return (
+        a["accuracy"] >= b["accuracy"]
+        and a["size_bytes"] <= b["size_bytes"]
+        and (a["accuracy"] > b["accuracy"] or a["size_bytes"] < b["size_bytes"])
+    )
 
 
 def main() -> None:
@@ -59,14 +60,31 @@ def main() -> None:
     runs: dict[str, list[dict]] = {s: [] for s in args.samplers}
     for sampler in args.samplers:
         for seed in args.seeds:
-            config = load_config(None, trials=args.trials, sampler=sampler, seed=seed, experiment=f"quality-{sampler}",
-                                 tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", storage_path=str(scratch / "ray"))
+            config = load_config(
+                None,
+                trials=args.trials,
+                sampler=sampler,
+                seed=seed,
+                experiment=f"quality-{sampler}",
+                tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
+                storage_path=str(scratch / "ray"),
+            )
             result = run_search(config, progress=lambda line: None)
-            front = [{"trial": r.number, "accuracy": r.metrics["accuracy"], "size_bytes": r.metrics["size_bytes"]}
-                     for r in result.pareto]
-            runs[sampler].append({"seed": seed, "hypervolume": result.hypervolume, "front": front,
-                                  "finished": sum(r.status == "FINISHED" for r in result.trials)})
-            print(f"{sampler:>6} seed {seed}: hypervolume {result.hypervolume:.4f}, front {len(front)} points", flush=True)
+            front = [
+                {"trial": r.number, "accuracy": r.metrics["accuracy"], "size_bytes": r.metrics["size_bytes"]}
+                for r in result.pareto
+            ]
+            runs[sampler].append(
+                {
+                    "seed": seed,
+                    "hypervolume": result.hypervolume,
+                    "front": front,
+                    "finished": sum(r.status == "FINISHED" for r in result.trials),
+                }
+            )
+            print(
+                f"{sampler:>6} seed {seed}: hypervolume {result.hypervolume:.4f}, front {len(front)} points", flush=True
+            )
     ray.shutdown()
 
     # Uniform baselines through the very code path a trial runs.
@@ -82,23 +100,39 @@ def main() -> None:
             out = scratch / f"uniform-{sparsity}-{bits}"
             out.mkdir()
             m = evaluate_plan(task, space, params, out)
-            point = {"sparsity": sparsity, "bits": bits, "accuracy": m["accuracy"], "size_bytes": m["size_bytes"],
-                     "compression_ratio": m["compression_ratio"]}
-            point["dominated_by"] = {s: sum(any(_dominates(p, point) for p in run["front"]) for run in runs[s])
-                                     for s in runs}
+            point = {
+                "sparsity": sparsity,
+                "bits": bits,
+                "accuracy": m["accuracy"],
+                "size_bytes": m["size_bytes"],
+                "compression_ratio": m["compression_ratio"],
+            }
+            point["dominated_by"] = {
+                s: sum(any(_dominates(p, point) for p in run["front"]) for run in runs[s]) for s in runs
+            }
             uniform.append(point)
-            print(f"uniform s={sparsity} b={bits}: accuracy {m['accuracy']:.4f}, {m['size_bytes']:.0f} bytes", flush=True)
+            print(
+                f"uniform s={sparsity} b={bits}: accuracy {m['accuracy']:.4f}, {m['size_bytes']:.0f} bytes", flush=True
+            )
     uniform_hv = search_hypervolume(uniform, ("accuracy", "size_bytes"), baseline)
 
     report = {
         "command": "python benchmarks/search_quality.py" + "".join(f" {a}" for a in sys.argv[1:]),
         **machine(),
-        "trials": args.trials, "seeds": args.seeds, "baseline": baseline,
-        "samplers": {s: {"hypervolume_mean": statistics.mean(r["hypervolume"] for r in rs),
-                         "hypervolume_min": min(r["hypervolume"] for r in rs),
-                         "hypervolume_max": max(r["hypervolume"] for r in rs), "runs": rs}
-                     for s, rs in runs.items()},
-        "uniform": uniform, "uniform_grid_hypervolume": uniform_hv,
+        "trials": args.trials,
+        "seeds": args.seeds,
+        "baseline": baseline,
+        "samplers": {
+            s: {
+                "hypervolume_mean": statistics.mean(r["hypervolume"] for r in rs),
+                "hypervolume_min": min(r["hypervolume"] for r in rs),
+                "hypervolume_max": max(r["hypervolume"] for r in rs),
+                "runs": rs,
+            }
+            for s, rs in runs.items()
+        },
+        "uniform": uniform,
+        "uniform_grid_hypervolume": uniform_hv,
     }
     write_result("search_quality", report)
     _plot(report, RESULTS / "search_quality.png")
@@ -117,14 +151,33 @@ def _plot(report: dict, path: Path) -> None:
     for sampler, data in report["samplers"].items():
         for i, run in enumerate(data["runs"]):
             pts = sorted((p["size_bytes"] / 1024, p["accuracy"]) for p in run["front"])
-            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=colors.get(sampler, "k"),
-                    alpha=0.8, lw=1.2, label=f"{sampler} front" if i == 0 else None)
+            ax.step(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                where="post",
+                color=colors.get(sampler, "k"),
+                alpha=0.8,
+                lw=1.2,
+                label=f"{sampler} front" if i == 0 else None,
+            )
     u = report["uniform"]
-    ax.scatter([p["size_bytes"] / 1024 for p in u], [p["accuracy"] for p in u], marker="x", c="k", s=40,
-               label="uniform (s, bits)", zorder=3)
+    ax.scatter(
+        [p["size_bytes"] / 1024 for p in u],
+        [p["accuracy"] for p in u],
+        marker="x",
+        c="k",
+        s=40,
+        label="uniform (s, bits)",
+        zorder=3,
+    )
     for p in u:
-        ax.annotate(f"{p['sparsity']:.1f}/{p['bits']}b", (p["size_bytes"] / 1024, p["accuracy"]), fontsize=7,
-                    xytext=(3, -9), textcoords="offset points")
+        ax.annotate(
+            f"{p['sparsity']:.1f}/{p['bits']}b",
+            (p["size_bytes"] / 1024, p["accuracy"]),
+            fontsize=7,
+            xytext=(3, -9),
+            textcoords="offset points",
+        )
     ax.axhline(report["baseline"]["accuracy"], color="#868e96", ls="--", lw=1, label="fp32 accuracy")
     ax.set_xscale("log")
     ax.set_ylim(max(0.0, min(p["accuracy"] for p in u) - 0.05), 1.0)
@@ -152,20 +205,28 @@ def _write_section(report: dict) -> None:
         "|---|---:|---:|---:|",
     ]
     for sampler, data in report["samplers"].items():
-        lines.append(f"| {sampler} | {data['hypervolume_mean']:.4f} | {data['hypervolume_min']:.4f} | "
-                     f"{data['hypervolume_max']:.4f} |")
+        lines.append(
+            f"| {sampler} | {data['hypervolume_mean']:.4f} | {data['hypervolume_min']:.4f} | "
+            f"{data['hypervolume_max']:.4f} |"
+        )
     lines.append(f"| uniform grid (9 points) | {report['uniform_grid_hypervolume']:.4f} | | |")
     lines += [
         "",
         f"Uniform baselines (one setting for all layers) and how many of the {n} searched fronts of each "
         "sampler dominate them:",
         "",
-        "| sparsity | bits | val accuracy | size (bytes) | ratio | " + " | ".join(f"dominated by {s}" for s in report["samplers"]) + " |",
+        "| sparsity | bits | val accuracy | size (bytes) | ratio | "
+        + " | ".join(f"dominated by {s}" for s in report["samplers"])
+        + " |",
         "|---:|---:|---:|---:|---:|" + "---:|" * len(report["samplers"]),
     ]
     for p in report["uniform"]:
-        lines.append(f"| {p['sparsity']} | {p['bits']} | {p['accuracy']:.4f} | {p['size_bytes']:.0f} | "
-                     f"{p['compression_ratio']:.1f}x | " + " | ".join(f"{p['dominated_by'][s]}/{n}" for s in report["samplers"]) + " |")
+        lines.append(
+            f"| {p['sparsity']} | {p['bits']} | {p['accuracy']:.4f} | {p['size_bytes']:.0f} | "
+            f"{p['compression_ratio']:.1f}x | "
+            + " | ".join(f"{p['dominated_by'][s]}/{n}" for s in report["samplers"])
+            + " |"
+        )
     lines += ["", "![fronts vs uniform](benchmarks/results/search_quality.png)"]
     replace_section("search_quality", "\n".join(lines))
 

@@ -42,8 +42,12 @@ def _tasks(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The search settings per task (everything but warm_start and seed)."""
     return {
         "digits": {"trials": args.digits_trials},
-        "resnet18": {"trials": args.resnet_trials, "task": "resnet18", "finetune_epochs": 0,
-                     "space": {"groups": RESNET_GROUPS}},
+        "resnet18": {
+            "trials": args.resnet_trials,
+            "task": "resnet18",
+            "finetune_epochs": 0,
+            "space": {"groups": RESNET_GROUPS},
+        },
     }
 
 
@@ -52,9 +56,16 @@ def _run(settings: dict[str, Any], mode: str, seed: int, scratch: Path) -> dict[
 
     from rayzor.search import load_config, run_search, search_hypervolume
 
-    config = load_config(None, sampler="tpe", seed=seed, warm_start=mode, experiment="warmstart",
-                         tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", storage_path=str(scratch / "ray"),
-                         **settings)
+    config = load_config(
+        None,
+        sampler="tpe",
+        seed=seed,
+        warm_start=mode,
+        experiment="warmstart",
+        tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
+        storage_path=str(scratch / "ray"),
+        **settings,
+    )
     started = time.perf_counter()
     result = run_search(config, progress=lambda line: None)
     wall = time.perf_counter() - started
@@ -67,8 +78,10 @@ def _run(settings: dict[str, Any], mode: str, seed: int, scratch: Path) -> dict[
         "hypervolume": result.hypervolume,
         "hypervolume_half_budget": search_hypervolume(half, result.objectives, result.baseline),
         "front_size": len(result.pareto),
-        "front": [{"trial": r.number, quality: r.metrics[quality], "size_bytes": r.metrics["size_bytes"]}
-                  for r in result.pareto],
+        "front": [
+            {"trial": r.number, quality: r.metrics[quality], "size_bytes": r.metrics["size_bytes"]}
+            for r in result.pareto
+        ],
         "finished": len(done),
         "warm_start_trials": _warm_count(result),
         "sensitivity_seconds": parent.data.metrics.get("sensitivity_seconds"),
@@ -86,13 +99,18 @@ def _warm_count(result: Any) -> int:
     from rayzor.search._tags import TAG_WARM_START
 
     client = MlflowClient(result.tracking_uri)
-    return sum(TAG_WARM_START in run.data.tags for run in trial_runs(client, result.experiment_id, result.parent_run_id))
+    return sum(
+        TAG_WARM_START in run.data.tags for run in trial_runs(client, result.experiment_id, result.parent_run_id)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one seed, 8 digits and 6 resnet18 trials; prints, writes nothing (a timing run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, 8 digits and 6 resnet18 trials; prints, writes nothing (a timing run)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--digits-trials", type=int, default=None)
     parser.add_argument("--resnet-trials", type=int, default=None)
@@ -120,16 +138,21 @@ def main() -> None:
                     run = _run(settings, mode, seed, scratch)
                     by_mode[mode].append(run)
                     sens = f", sensitivity {run['sensitivity_seconds']:.1f} s" if run["sensitivity_seconds"] else ""
-                    print(f"{name:>8} {mode:>11} seed {seed}: hypervolume {run['hypervolume']:.4f} "
-                          f"(half budget {run['hypervolume_half_budget']:.4f}), front {run['front_size']}, "
-                          f"{run['search_seconds']:.0f} s{sens}", flush=True)
+                    print(
+                        f"{name:>8} {mode:>11} seed {seed}: hypervolume {run['hypervolume']:.4f} "
+                        f"(half budget {run['hypervolume_half_budget']:.4f}), front {run['front_size']}, "
+                        f"{run['search_seconds']:.0f} s{sens}",
+                        flush=True,
+                    )
             modes: dict[str, Any] = {}
             for mode, runs in by_mode.items():
-                modes[mode] = {"hypervolume_mean": statistics.mean(r["hypervolume"] for r in runs),
-                               "hypervolume_half_budget_mean": statistics.mean(r["hypervolume_half_budget"] for r in runs),
-                               "front_size_mean": statistics.mean(r["front_size"] for r in runs),
-                               "search_seconds_mean": statistics.mean(r["search_seconds"] for r in runs),
-                               "runs": runs}
+                modes[mode] = {
+                    "hypervolume_mean": statistics.mean(r["hypervolume"] for r in runs),
+                    "hypervolume_half_budget_mean": statistics.mean(r["hypervolume_half_budget"] for r in runs),
+                    "front_size_mean": statistics.mean(r["front_size"] for r in runs),
+                    "search_seconds_mean": statistics.mean(r["search_seconds"] for r in runs),
+                    "runs": runs,
+                }
             report_tasks[name] = {"settings": settings, "trials": settings["trials"], "modes": modes}
     finally:
         ray.shutdown()
@@ -137,7 +160,10 @@ def main() -> None:
     report = {
         "command": "python benchmarks/sensitivity_warmstart.py" + "".join(f" {a}" for a in sys.argv[1:]),
         **machine(),
-        "seeds": args.seeds, "sampler": "tpe", "quick": args.quick, "wall_seconds": time.perf_counter() - started,
+        "seeds": args.seeds,
+        "sampler": "tpe",
+        "quick": args.quick,
+        "wall_seconds": time.perf_counter() - started,
         "tasks": report_tasks,
     }
     if args.quick:  # a timing run: nothing is written
@@ -167,8 +193,8 @@ def _write_section(report: dict[str, Any]) -> None:
     descriptions = {
         "digits": "digits CNN, default space and 1 fine-tune epoch, objectives accuracy + size_bytes",
         "resnet18": "ResNet-18 (random init, seed 0, BatchNorm and logits calibrated on 64 N(0,1) 64x64 images; "
-                    "task `resnet18`), one tied group per stage (4 units, 8 dimensions), no fine-tune, objectives "
-                    "fidelity (mean cosine of the logits to fp32's on 32 validation images) + size_bytes",
+        "task `resnet18`), one tied group per stage (4 units, 8 dimensions), no fine-tune, objectives "
+        "fidelity (mean cosine of the logits to fp32's on 32 validation images) + size_bytes",
     }
     for name, data in report["tasks"].items():
         lines += [
@@ -187,12 +213,21 @@ def _write_section(report: dict[str, Any]) -> None:
             lines.append(
                 f"| {mode} | {per_seed} | {m['hypervolume_mean']:.4f} | "
                 f"{m['hypervolume_half_budget_mean']:.4f} | {', '.join(str(r['front_size']) for r in runs)} | "
-                f"{', '.join(str(r['warm_start_trials']) for r in runs)} | {m['search_seconds_mean']:.0f} | {sens} |")
+                f"{', '.join(str(r['warm_start_trials']) for r in runs)} | {m['search_seconds_mean']:.0f} | {sens} |"
+            )
         best = max(data["modes"], key=lambda k: data["modes"][k]["hypervolume_mean"])
-        wins = {mode: sum(r["hypervolume"] > u["hypervolume"] for r, u in zip(m["runs"], data["modes"]["uniform"]["runs"]))
-                for mode, m in data["modes"].items() if mode != "uniform"}
-        lines += ["", f"Highest mean: `{best}`. Seeds where each beats `uniform`: "
-                  + ", ".join(f"`{k}` {v}/{len(seeds)}" for k, v in wins.items()) + ".", ""]
+        wins = {
+            mode: sum(r["hypervolume"] > u["hypervolume"] for r, u in zip(m["runs"], data["modes"]["uniform"]["runs"]))
+            for mode, m in data["modes"].items()
+            if mode != "uniform"
+        }
+        lines += [
+            "",
+            f"Highest mean: `{best}`. Seeds where each beats `uniform`: "
+            + ", ".join(f"`{k}` {v}/{len(seeds)}" for k, v in wins.items())
+            + ".",
+            "",
+        ]
     replace_section("sensitivity_warmstart", "\n".join(lines).rstrip("\n"))
 
 

@@ -33,8 +33,10 @@ from _report import describe_machine, machine, replace_section, write_result  # 
 SETUPS = {
     "compress": {},
     "+ recovery KD": {"recovery": {"distill_alpha": 0.5, "qat": True}},
-    "+ students": {"recovery": {"distill_alpha": 0.5, "qat": True},
-                   "students": {"families": ["cnn"], "distill_epochs": 15}},
+    "+ students": {
+        "recovery": {"distill_alpha": 0.5, "qat": True},
+        "students": {"families": ["cnn"], "distill_epochs": 15},
+    },
 }
 
 
@@ -57,22 +59,46 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for setup, extra in SETUPS.items():
-            config = validate_config({
-                "trials": args.trials, "seed": seed, "finetune_epochs": args.epochs,
-                "experiment": f"students-{seed}-{setup}", "tracking_uri": f"sqlite:///{scratch / 'mlflow.db'}",
-                "storage_path": str(scratch / "ray"), **extra,
-            })
+            config = validate_config(
+                {
+                    "trials": args.trials,
+                    "seed": seed,
+                    "finetune_epochs": args.epochs,
+                    "experiment": f"students-{seed}-{setup}",
+                    "tracking_uri": f"sqlite:///{scratch / 'mlflow.db'}",
+                    "storage_path": str(scratch / "ray"),
+                    **extra,
+                }
+            )
             result = run_search(config, progress=lambda line: None)
-            front = [{"trial": r.number, "accuracy": r.metrics["accuracy"], "size_bytes": r.metrics["size_bytes"],
-                      "plan": r.plan_summary} for r in result.pareto]
+            front = [
+                {
+                    "trial": r.number,
+                    "accuracy": r.metrics["accuracy"],
+                    "size_bytes": r.metrics["size_bytes"],
+                    "plan": r.plan_summary,
+                }
+                for r in result.pareto
+            ]
             models = [r.params.get("student.family", "teacher") for r in result.trials]
             front_models = [r.params.get("student.family", "teacher") for r in result.pareto]
-            rows.append({"seed": seed, "setup": setup, "hypervolume": result.hypervolume, "front": front,
-                         "student_trials": sum(m != "teacher" for m in models),
-                         "student_front_points": sum(m != "teacher" for m in front_models),
-                         "fit_seconds": result.fit_seconds, "baseline": result.baseline})
-            print(f"seed {seed} {setup:>14}: HV {result.hypervolume:.4f}, front {len(front)} "
-                  f"({rows[-1]['student_front_points']} students), fit {result.fit_seconds:.0f} s", flush=True)
+            rows.append(
+                {
+                    "seed": seed,
+                    "setup": setup,
+                    "hypervolume": result.hypervolume,
+                    "front": front,
+                    "student_trials": sum(m != "teacher" for m in models),
+                    "student_front_points": sum(m != "teacher" for m in front_models),
+                    "fit_seconds": result.fit_seconds,
+                    "baseline": result.baseline,
+                }
+            )
+            print(
+                f"seed {seed} {setup:>14}: HV {result.hypervolume:.4f}, front {len(front)} "
+                f"({rows[-1]['student_front_points']} students), fit {result.fit_seconds:.0f} s",
+                flush=True,
+            )
     ray.shutdown()
     shutil.rmtree(scratch, ignore_errors=True)
 
@@ -98,10 +124,13 @@ def main() -> None:
         mine = [r for r in rows if r["setup"] == setup]
         hvs = [r["hypervolume"] for r in mine]
         points = ", ".join(f"{len(r['front'])} ({r['student_front_points']})" for r in mine)
-        small = [min((p["size_bytes"] for p in r["front"] if p["accuracy"] >= 0.95), default=float("nan"))
-                 for r in mine]
-        lines.append(f"| {setup} | " + " | ".join(f"{h:.4f}" for h in hvs) + f" | {statistics.mean(hvs):.4f} | "
-                     f"{points} | " + ", ".join(f"{s:,.0f} B" for s in small) + " |")
+        small = [
+            min((p["size_bytes"] for p in r["front"] if p["accuracy"] >= 0.95), default=float("nan")) for r in mine
+        ]
+        lines.append(
+            f"| {setup} | " + " | ".join(f"{h:.4f}" for h in hvs) + f" | {statistics.mean(hvs):.4f} | "
+            f"{points} | " + ", ".join(f"{s:,.0f} B" for s in small) + " |"
+        )
     replace_section("students", "\n".join(lines))
     print("\n".join(lines))
 

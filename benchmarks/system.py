@@ -41,19 +41,35 @@ def main() -> None:
     rows = []
     # A warm-up search first, so both measured runs find imports and caches warm.
     for concurrency in (2, 1, 2):
-        config = load_config(None, trials=args.trials, concurrency=concurrency, experiment="system",
-                             tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", storage_path=str(scratch / "ray"))
+        config = load_config(
+            None,
+            trials=args.trials,
+            concurrency=concurrency,
+            experiment="system",
+            tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
+            storage_path=str(scratch / "ray"),
+        )
         result = run_search(config, progress=lambda line: None)
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
-        rows.append({"concurrency": concurrency, "fit_s": result.fit_seconds, "sum_trial_compute_s": compute,
-                     "overhead_ratio": result.fit_seconds / (compute / concurrency),
-                     "trials_per_minute": 60 * args.trials / result.fit_seconds})
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "fit_s": result.fit_seconds,
+                "sum_trial_compute_s": compute,
+                "overhead_ratio": result.fit_seconds / (compute / concurrency),
+                "trials_per_minute": 60 * args.trials / result.fit_seconds,
+            }
+        )
         print(rows[-1], flush=True)
     ray.shutdown()
     rows = rows[1:]
-    report = {"command": "python benchmarks/system.py" + "".join(f" {a}" for a in sys.argv[1:]), **machine(),
-              "trials": args.trials, "runs": rows,
-              "speedup_2_over_1": rows[1]["trials_per_minute"] / rows[0]["trials_per_minute"]}
+    report = {
+        "command": "python benchmarks/system.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        **machine(),
+        "trials": args.trials,
+        "runs": rows,
+        "speedup_2_over_1": rows[1]["trials_per_minute"] / rows[0]["trials_per_minute"],
+    }
     write_result("system", report)
     lines = [
         "## system: overhead and throughput",
@@ -66,8 +82,10 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['concurrency']} | {r['fit_s']:.1f} | {r['sum_trial_compute_s']:.1f} | "
-                     f"{r['overhead_ratio']:.2f} | {r['trials_per_minute']:.0f} |")
+        lines.append(
+            f"| {r['concurrency']} | {r['fit_s']:.1f} | {r['sum_trial_compute_s']:.1f} | "
+            f"{r['overhead_ratio']:.2f} | {r['trials_per_minute']:.0f} |"
+        )
     lines += ["", f"Throughput speed-up of concurrency 2 over 1: **{report['speedup_2_over_1']:.2f}x** on 2 cores."]
     replace_section("system", "\n".join(lines))
     shutil.rmtree(scratch, ignore_errors=True)

@@ -8,13 +8,12 @@ from typing import Any
 
 import yaml
 
-from rayzor.errors import ClusterConfigError, RayzorError
+from rayzor.errors import ClusterConfigError
 
 __all__ = ["CONFIG_DIR", "launcher_schema", "validate_launcher_config"]
 
 #: Ray cluster launcher YAML, KubeRay manifests and the MLflow server recipe.
 CONFIG_DIR = Path(__file__).parent / "configs"
-
 
 
 def launcher_schema() -> dict[str, Any]:

@@ -49,7 +49,9 @@ def check_address(address: str, flag: str = "--address") -> None:
         with socket.create_connection(target, timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise ConfigError(flag, address, f"{_VALID_ADDRESS} (connect to {target[0]}:{target[1]} failed: {exc})") from None
+        raise ConfigError(
+            flag, address, f"{_VALID_ADDRESS} (connect to {target[0]}:{target[1]} failed: {exc})"
+        ) from None
 
 
 def check_dashboard(address: str, flag: str = "--address") -> str:
@@ -68,5 +70,7 @@ def check_dashboard(address: str, flag: str = "--address") -> str:
         with urllib.request.urlopen(f"{address}/api/version", timeout=CONNECT_TIMEOUT_S) as response:
             response.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ConfigError(flag, address, f"{_VALID_DASHBOARD} (GET /api/version failed: {getattr(exc, 'reason', exc)})") from None
+        raise ConfigError(
+            flag, address, f"{_VALID_DASHBOARD} (GET /api/version failed: {getattr(exc, 'reason', exc)})"
+        ) from None
     return address

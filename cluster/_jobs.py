@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from rayzor.cluster._connect import check_dashboard
-from rayzor.errors import ConfigError, JobFailedError, RayzorError
+from rayzor.errors import ConfigError, JobFailedError
 
 __all__ = ["JobFailedError", "job_status", "stop_job", "submit_search"]
 
 #: Runtime-env excludes: results and stores of local runs must not be uploaded.
 _EXCLUDES = ["rayzor-results/", "mlruns/", "mlflow.db", ".git/", "__pycache__/", "*.onnx", "*.safetensors"]
-
 
 
 def _client(address: str) -> Any:
@@ -24,9 +23,16 @@ def _client(address: str) -> Any:
     return JobSubmissionClient(check_dashboard(address))
 
 
-def submit_search(config: str | Path, address: str, *, working_dir: str | Path | None = None,
-                  search_args: list[str] | None = None, env: dict[str, str] | None = None,
-                  wait: bool = True, out: Callable[[str], None] = print) -> tuple[str, str]:
+def submit_search(
+    config: str | Path,
+    address: str,
+    *,
+    working_dir: str | Path | None = None,
+    search_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    out: Callable[[str], None] = print,
+) -> tuple[str, str]:
     """Submit ``rayzor search CONFIG`` as a Ray Job and (by default) stream its logs.
 
     The runtime env's ``working_dir`` (default: the config's folder) carries
@@ -57,7 +63,13 @@ def submit_search(config: str | Path, address: str, *, working_dir: str | Path |
     if not config.is_relative_to(root):
         raise ConfigError("--working-dir", str(root), f"a folder that contains {config}")
     client = _client(address)
-    search = " ".join(["python -m rayzor.search.cli search", shlex.quote(str(config.relative_to(root))), *map(shlex.quote, search_args or [])])
+    search = " ".join(
+        [
+            "python -m rayzor.search.cli search",
+            shlex.quote(str(config.relative_to(root))),
+            *map(shlex.quote, search_args or []),
+        ]
+    )
     # The driver runs from a private copy of the working dir: Ray may unpack the
     # same package again for trials on the driver's node, which replaces the
     # folder under a running driver (getcwd() then fails at the end of fit).

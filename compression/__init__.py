@@ -55,6 +55,7 @@ from rayzor.compression._registry import (
     unregister_method,
 )
 from rayzor.compression._structured import IMPORTANCES, ChannelPruning, HeadPruning, Importance, prune_structure
+from rayzor.compression._weights import CompressedWeight
 from rayzor.compression.students import (
     Choice,
     IntRange,
@@ -66,7 +67,6 @@ from rayzor.compression.students import (
     list_students,
     register_student,
 )
-from rayzor.compression._weights import CompressedWeight
 from rayzor.errors import ConfigError, RayzorError
 
 __all__ = [

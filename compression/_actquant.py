@@ -90,8 +90,9 @@ class ActivationQuantization(MethodConfig):
 
     def __post_init__(self) -> None:
         symmetric = _check_bool(f"{self.method}.symmetric", self.symmetric)
-        lo, hint = ((2, " for symmetric=True (1 bit needs symmetric=False)") if symmetric
-                    else (1, " for symmetric=False"))
+        lo, hint = (
+            (2, " for symmetric=True (1 bit needs symmetric=False)") if symmetric else (1, " for symmetric=False")
+        )
         object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, lo, 16, hint))
         _check_choice(f"{self.method}.calibration", self.calibration, CALIBRATIONS)
         value = check_real(f"{self.method}.percentile", self.percentile, 50.0, 100.0, lo_open=True)
@@ -100,8 +101,9 @@ class ActivationQuantization(MethodConfig):
     def validate(self, layer: str, module: nn.Module) -> None:
         where = f"plan.layers[{layer!r}].{self.method}"
         if isinstance(module, nn.Embedding):
-            raise ConfigError(where, "Embedding",
-                              "Linear, Conv1d or Conv2d: an Embedding's inputs are token indices, not activations")
+            raise ConfigError(
+                where, "Embedding", "Linear, Conv1d or Conv2d: an Embedding's inputs are token indices, not activations"
+            )
         if not isinstance(module, _SUPPORTED):
             raise ConfigError(where, type(module).__name__, "Linear, Conv1d or Conv2d")
         if not layer:
@@ -145,8 +147,9 @@ class QuantizedInput(nn.Module):
         zero_point: Integer code of the value 0 (0 when symmetric).
     """
 
-    def __init__(self, layer: nn.Module, bits: int, symmetric: bool, scale: float = 1.0,
-                 zero_point: float = 0.0) -> None:
+    def __init__(
+        self, layer: nn.Module, bits: int, symmetric: bool, scale: float = 1.0, zero_point: float = 0.0
+    ) -> None:
         super().__init__()
         self.layer = layer
         self.bits = bits
@@ -255,8 +258,9 @@ def _mse_range(stats: ActivationStats, bits: int, symmetric: bool) -> tuple[floa
 
 
 @register_method(ActivationQuantization)
-def _quantize_input(module: nn.Module, config: ActivationQuantization,
-                    stats: ActivationStats) -> tuple[QuantizedInput, dict[str, Any]]:
+def _quantize_input(
+    module: nn.Module, config: ActivationQuantization, stats: ActivationStats
+) -> tuple[QuantizedInput, dict[str, Any]]:
     lo, hi = stats.lo, stats.hi
     if stats.hist is not None and config.calibration == "percentile":
         p = config.percentile / 100
@@ -268,8 +272,10 @@ def _quantize_input(module: nn.Module, config: ActivationQuantization,
     elif stats.hist is not None and config.calibration == "mse":
         lo, hi = _mse_range(stats, config.bits, config.symmetric)
     scale, zero_point = _qparams(lo, hi, config.bits, config.symmetric)
-    return (QuantizedInput(module, config.bits, config.symmetric, scale, zero_point),
-            {"bits": config.bits, "symmetric": config.symmetric})
+    return (
+        QuantizedInput(module, config.bits, config.symmetric, scale, zero_point),
+        {"bits": config.bits, "symmetric": config.symmetric},
+    )
 
 
 # -- engine and loader ---------------------------------------------------------------
@@ -297,16 +303,21 @@ def calibration_inputs(calibration_data: Iterable[Any]) -> list[Tensor]:
     for batch in calibration_data:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not isinstance(x, Tensor):
-            raise ConfigError("calibration_data", type(x).__name__,
-                              "an iterable of input tensors or (input, target) batches")
+            raise ConfigError(
+                "calibration_data", type(x).__name__, "an iterable of input tensors or (input, target) batches"
+            )
         inputs.append(x)
     if not inputs:
         raise ConfigError("calibration_data", "no batches", "at least one input or (input, target) batch")
     return inputs
 
 
-def calibrate_activations(model: nn.Module, targets: Mapping[str, ActivationQuantization],
-                          calibration_data: Iterable[Any], device: torch.device) -> dict[str, dict]:
+def calibrate_activations(
+    model: nn.Module,
+    targets: Mapping[str, ActivationQuantization],
+    calibration_data: Iterable[Any],
+    device: torch.device,
+) -> dict[str, dict]:
     """Calibrate and wrap each ``targets`` layer of ``model`` in place.
 
     Every target is observed at once on the unquantized model (one pass for
@@ -342,8 +353,11 @@ def calibrate_activations(model: nn.Module, targets: Mapping[str, ActivationQuan
     out = {}
     for name, o in observers.items():
         if o.lo > o.hi:
-            raise ConfigError("calibration_data", f"no input reached layer {name!r}",
-                              "batches whose forward pass runs every activation-quantized layer")
+            raise ConfigError(
+                "calibration_data",
+                f"no input reached layer {name!r}",
+                "batches whose forward pass runs every activation-quantized layer",
+            )
         new, spec = get_handler(o.config)(o.layer, o.config, o.stats())
         model.set_submodule(name, new)
         out[name] = {"method": o.config.method, **spec}

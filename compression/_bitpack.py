@@ -43,7 +43,7 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     out = []
     for start in range(0, codes.size, _CHUNK):
         # (n, 2) little-endian bytes -> (n, 16) bits, LSB first; keep the low `bits` columns.
-        as_bytes = codes[start:start + _CHUNK].astype("<u2").view(np.uint8).reshape(-1, 2)
+        as_bytes = codes[start : start + _CHUNK].astype("<u2").view(np.uint8).reshape(-1, 2)
         bitmat = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :bits]
         out.append(np.packbits(bitmat.ravel(), bitorder="little"))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.uint8)
@@ -62,12 +62,12 @@ def unpack_bits(buf: np.ndarray, bits: int, count: int) -> np.ndarray:
     if bits == 8:
         return buf[:count].astype(np.uint16)
     if bits == 16:
-        return buf[:2 * count].view("<u2").astype(np.uint16)
+        return buf[: 2 * count].view("<u2").astype(np.uint16)
     out = []
     step = _CHUNK * bits // 8  # bytes per chunk of codes
     for i, start in enumerate(range(0, count, _CHUNK)):
         n = min(_CHUNK, count - start)
-        bitmat = np.unpackbits(buf[i * step:i * step + step], count=n * bits, bitorder="little").reshape(n, bits)
+        bitmat = np.unpackbits(buf[i * step : i * step + step], count=n * bits, bitorder="little").reshape(n, bits)
         padded = np.zeros((n, 16), dtype=np.uint8)
         padded[:, :bits] = bitmat
         out.append(np.packbits(padded, axis=1, bitorder="little").view("<u2").ravel())

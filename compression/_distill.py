@@ -62,8 +62,9 @@ def mixed_loss(
     return loss
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor | None,
-            temperature: float, alpha: float) -> Tensor:
+def kd_loss(
+    student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor | None, temperature: float, alpha: float
+) -> Tensor:
     """Knowledge-distillation loss of Hinton et al. 2015, https://arxiv.org/abs/1503.02531.
 
     ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)``,
@@ -86,8 +87,11 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tens
     """
     temperature, alpha = _check_temperature_alpha(temperature, alpha)
     if alpha > 0 and (teacher_logits is None or teacher_logits.shape != student_logits.shape):
-        raise ConfigError("teacher_logits", None if teacher_logits is None else tuple(teacher_logits.shape),
-                          f"a tensor of the student's shape {tuple(student_logits.shape)} when alpha > 0")
+        raise ConfigError(
+            "teacher_logits",
+            None if teacher_logits is None else tuple(teacher_logits.shape),
+            f"a tensor of the student's shape {tuple(student_logits.shape)} when alpha > 0",
+        )
     return mixed_loss(student_logits, teacher_logits, targets, F.cross_entropy, temperature, alpha)
 
 
@@ -126,13 +130,20 @@ class DistillConfig:
             raise ConfigError("distill.features", self.features, valid)
         pairs = []
         for i, pair in enumerate(self.features):
-            if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2 \
-                    or not all(isinstance(n, str) for n in pair):
+            if (
+                isinstance(pair, (str, bytes))
+                or not isinstance(pair, Sequence)
+                or len(pair) != 2
+                or not all(isinstance(n, str) for n in pair)
+            ):
                 raise ConfigError(f"distill.features[{i}]", pair, valid)
             pairs.append((pair[0], pair[1]))
         object.__setattr__(self, "features", tuple(pairs))
-        object.__setattr__(self, "feature_weight", check_real("distill.feature_weight", self.feature_weight,
-                                                              0.0, math.inf, hi_open=True))
+        object.__setattr__(
+            self,
+            "feature_weight",
+            check_real("distill.feature_weight", self.feature_weight, 0.0, math.inf, hi_open=True),
+        )
 
     def validate(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Check that every feature pair names a module of the student and of the teacher.
@@ -151,8 +162,11 @@ class DistillConfig:
                 name = pair[0] if side == "student" else pair[1]
                 if name not in names:
                     close = difflib.get_close_matches(name, names, n=4, cutoff=0.4) or names[1:5]
-                    raise ConfigError(f"distill.features[{i}].{side}", name,
-                                      f"a module of the {side}; close names: {', '.join(close)}")
+                    raise ConfigError(
+                        f"distill.features[{i}].{side}",
+                        name,
+                        f"a module of the {side}; close names: {', '.join(close)}",
+                    )
 
 
 # -- data: batches that carry their dataset indices -------------------------------
@@ -191,17 +205,32 @@ def indexed_loader(loader: DataLoader) -> DataLoader:
     Raises:
         ConfigError: ``loader`` is not a batched DataLoader over a map-style dataset.
     """
-    if not isinstance(loader, DataLoader) or loader.batch_sampler is None \
-            or not hasattr(loader.dataset, "__getitem__") or not hasattr(loader.dataset, "__len__"):
-        raise ConfigError("train_loader", type(loader).__name__,
-                          "a batched torch DataLoader over a map-style dataset (teacher logits follow its indices)")
+    if (
+        not isinstance(loader, DataLoader)
+        or loader.batch_sampler is None
+        or not hasattr(loader.dataset, "__getitem__")
+        or not hasattr(loader.dataset, "__len__")
+    ):
+        raise ConfigError(
+            "train_loader",
+            type(loader).__name__,
+            "a batched torch DataLoader over a map-style dataset (teacher logits follow its indices)",
+        )
     extra: dict[str, Any] = {}
     if loader.num_workers > 0:
         extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
-    return DataLoader(_Indexed(loader.dataset), batch_sampler=loader.batch_sampler,
-                      collate_fn=_IndexCollate(loader.collate_fn), num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      multiprocessing_context=loader.multiprocessing_context, generator=loader.generator, **extra)
+    return DataLoader(
+        _Indexed(loader.dataset),
+        batch_sampler=loader.batch_sampler,
+        collate_fn=_IndexCollate(loader.collate_fn),
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        **extra,
+    )
 
 
 def check_teacher_logits(teacher_logits: Any, n: int) -> Tensor:
@@ -219,8 +248,9 @@ def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return out
 
 
-def check_training_args(lr: Any, batch_size: Any, seed: Any, device: Any, train_data: Any
-                        ) -> tuple[float, int, int, torch.device, int]:
+def check_training_args(
+    lr: Any, batch_size: Any, seed: Any, device: Any, train_data: Any
+) -> tuple[float, int, int, torch.device, int]:
     """Checked ``lr``, ``batch_size``, ``seed``, ``device`` and the length of ``train_data``.
 
     Raises:
@@ -246,8 +276,9 @@ def parse_device(device: Any) -> torch.device:
         raise ConfigError("device", device, "a torch device such as 'cpu' or 'cuda:0'") from None
 
 
-def teacher_outputs(teacher: nn.Module, dataset: Dataset, batch_size: int = 256,
-                    device: str | torch.device = "cpu") -> Tensor:
+def teacher_outputs(
+    teacher: nn.Module, dataset: Dataset, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> Tensor:
     """The teacher's outputs for every item of ``dataset``, in dataset order.
 
     Computed once (eval mode, no gradients) so that a search can put them in
@@ -315,8 +346,11 @@ def _projection(i: int, s: torch.Size, t: torch.Size) -> nn.Module:
         return nn.Identity()
     differ = [d for d in range(1, len(s)) if s[d] != t[d]] if len(s) == len(t) and s[0] == t[0] else []
     if len(differ) != 1:
-        raise ConfigError(f"distill.features[{i}]", (tuple(s[1:]), tuple(t[1:])),
-                          "student and teacher outputs of the same shape up to one (width) dimension")
+        raise ConfigError(
+            f"distill.features[{i}]",
+            (tuple(s[1:]), tuple(t[1:])),
+            "student and teacher outputs of the same shape up to one (width) dimension",
+        )
     return _Projection(differ[0], s[differ[0]], t[differ[0]])
 
 

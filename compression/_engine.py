@@ -11,16 +11,22 @@ import torch
 from torch import Tensor, nn
 
 from rayzor.compression._actquant import calibrate_activations, calibration_inputs, input_layer
-from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._distill import check_teacher_logits, frozen_copy, indexed_loader, mixed_loss
+from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._plan import CompressionPlan, FinetuneConfig
 from rayzor.compression._registry import MethodConfig, get_handler, get_method
 from rayzor.compression._structured import prune_structure
 from rayzor.compression._weights import CompressedWeight
 from rayzor.errors import ConfigError
 
-__all__ = ["COMPRESSIBLE_TYPES", "compressible_layers", "CompressedModel", "compress", "replace_module",
-           "apply_structure"]
+__all__ = [
+    "COMPRESSIBLE_TYPES",
+    "compressible_layers",
+    "CompressedModel",
+    "compress",
+    "replace_module",
+    "apply_structure",
+]
 
 
 @dataclass
@@ -154,13 +160,19 @@ def compress(
     _check_finetune_inputs(ft, train_loader, teacher_logits, on_epoch)
     if plan.by_stage("activation"):
         if calibration_data is None:
-            raise ConfigError("calibration_data", None,
-                              "an iterable of input or (input, target) batches when the plan quantizes activations")
+            raise ConfigError(
+                "calibration_data",
+                None,
+                "an iterable of input or (input, target) batches when the plan quantizes activations",
+            )
         calibration_data = calibration_inputs(calibration_data)  # checked now, and re-readable by every calibration
     structured = plan.by_stage("structure")
     if structured and example_input is None:
-        raise ConfigError("example_input", None, "one input batch for the dependency graph of the structured "
-                                                 f"pruning of {list(structured)}")
+        raise ConfigError(
+            "example_input",
+            None,
+            f"one input batch for the dependency graph of the structured pruning of {list(structured)}",
+        )
 
     work = copy.deepcopy(model).cpu()
     # 0) structure: whole channels / heads go and dependent layers shrink with them; later stages see the result
@@ -201,20 +213,35 @@ def compress(
 
     # 3) fine-tune with masks held fixed (optionally from the original model as teacher, through the quantizers)
     if ft.epochs > 0:
+
         def snapshot(epoch: int, trained: nn.Module) -> None:
             # What this call would return after this epoch: stages 4-6 on a copy; training goes on untouched.
             snap = copy.deepcopy(trained).cpu()
             snap_layers = compressible_layers(snap)
-            _quantize_stage(snap_layers, {n: CompressedWeight.from_dense(snap_layers[n].weight, cw.mask)
-                                          for n, cw in weights.items()}, quantize)
+            _quantize_stage(
+                snap_layers,
+                {n: CompressedWeight.from_dense(snap_layers[n].weight, cw.mask) for n, cw in weights.items()},
+                quantize,
+            )
             snap_act = {input_layer(snap, name): cfg for name, cfg in plan.by_stage("activation").items()}
             if snap_act:
                 calibrate_activations(snap, snap_act, calibration_data, device)
             on_epoch(epoch, snap.eval())
 
         teacher = frozen_copy(model, device) if ft.distill_alpha > 0 and teacher_logits is None else None
-        _finetune(work, layers, weights, quantize, train_loader, loss_fn, device, ft,
-                  teacher=teacher, teacher_logits=teacher_logits, on_epoch=None if on_epoch is None else snapshot)
+        _finetune(
+            work,
+            layers,
+            weights,
+            quantize,
+            train_loader,
+            loss_fn,
+            device,
+            ft,
+            teacher=teacher,
+            teacher_logits=teacher_logits,
+            on_epoch=None if on_epoch is None else snapshot,
+        )
         weights = {n: CompressedWeight.from_dense(layers[n].weight, cw.mask) for n, cw in weights.items()}
 
     # 4) quantize the surviving weights, 5) materialise through dense()
@@ -237,8 +264,9 @@ def _check_finetune_inputs(ft: FinetuneConfig, train_loader: Any, teacher_logits
         check_teacher_logits(teacher_logits, len(indexed_loader(train_loader).dataset))
 
 
-def _quantize_stage(layers: dict[str, nn.Module], weights: dict[str, CompressedWeight],
-                    quantize: dict[str, MethodConfig]) -> dict[str, CompressedWeight]:
+def _quantize_stage(
+    layers: dict[str, nn.Module], weights: dict[str, CompressedWeight], quantize: dict[str, MethodConfig]
+) -> dict[str, CompressedWeight]:
     """Run each weight's quantize-stage method (``quantize``: weight name -> config) and write ``dense()`` into its layer.
 
     Returns:
@@ -309,8 +337,11 @@ def _finetune(
                     with torch.no_grad():
                         soft = teacher(inputs)
                 if soft.shape != out.shape:
-                    raise ConfigError("teacher_logits", tuple(soft.shape[1:]),
-                                      f"teacher outputs shaped like the model's, {tuple(out.shape[1:])}")
+                    raise ConfigError(
+                        "teacher_logits",
+                        tuple(soft.shape[1:]),
+                        f"teacher outputs shaped like the model's, {tuple(out.shape[1:])}",
+                    )
                 loss = mixed_loss(out, soft, labels, loss_fn, ft.temperature, ft.distill_alpha)
             else:
                 loss = loss_fn(out, labels)

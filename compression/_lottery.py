@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from rayzor.compression._distill import check_training_args, cycle_batches
 from rayzor.compression._layers import compressible_layers
-from rayzor.compression._pruning import MagnitudePruning
 from rayzor.compression._plan import CompressionPlan, FinetuneConfig
+from rayzor.compression._pruning import MagnitudePruning
 from rayzor.compression._registry import MethodConfig, check_int, check_real, get_handler
 from rayzor.compression._weights import CompressedWeight
 from rayzor.errors import ConfigError
@@ -55,8 +55,9 @@ class LotteryTicket:
         """Layer name -> fraction of its weights pruned."""
         return {name: 1.0 - float(mask.sum()) / mask.numel() for name, mask in self.masks.items()}
 
-    def plan(self, quantize: MethodConfig | None = None,
-             finetune: FinetuneConfig = FinetuneConfig()) -> CompressionPlan:
+    def plan(
+        self, quantize: MethodConfig | None = None, finetune: FinetuneConfig = FinetuneConfig()
+    ) -> CompressionPlan:
         """A plan that keeps exactly this ticket's masks when it compresses :attr:`model`.
 
         Each layer gets :class:`MagnitudePruning` at its ticket sparsity: the
@@ -196,8 +197,9 @@ def lottery_ticket(
 
     def loader() -> DataLoader:
         # A fresh loader per run with the same seed: every round sees the same data order.
-        return DataLoader(train_data, batch_size=batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(seed))
+        return DataLoader(
+            train_data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
 
     train = dict(lr=lr, loss_fn=loss_fn, device=device, seed=seed)
     net = copy.deepcopy(model)

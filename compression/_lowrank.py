@@ -24,8 +24,9 @@ def _check_rank_spec(cfg: LowRank | Tucker2) -> None:
             value = check_real(f"{cfg.method}.{name}", getattr(cfg, name), 0.0, 1.0, lo_open=True)
             object.__setattr__(cfg, name, value)
     if (cfg.rank_ratio is None) == (cfg.energy is None):
-        raise ConfigError(f"{cfg.method}.rank_ratio", cfg.rank_ratio,
-                          f"exactly one of rank_ratio or energy (energy={cfg.energy!r})")
+        raise ConfigError(
+            f"{cfg.method}.rank_ratio", cfg.rank_ratio, f"exactly one of rank_ratio or energy (energy={cfg.energy!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ class LowRank(MethodConfig):
 
     def validate(self, layer: str, module: nn.Module) -> None:
         if not isinstance(module, _SUPPORTED) or getattr(module, "groups", 1) != 1:
-            raise ConfigError(f"plan.layers[{layer!r}].{self.method}", type(module).__name__,
-                              "Linear, Conv1d or Conv2d with groups=1")
+            raise ConfigError(
+                f"plan.layers[{layer!r}].{self.method}", type(module).__name__, "Linear, Conv1d or Conv2d with groups=1"
+            )
         if not layer:
             raise ConfigError(f"plan.layers[{layer!r}].{self.method}", layer, "a layer inside the model, not the root")
         rank = factor_rank(module.weight, self)
@@ -76,9 +78,11 @@ class LowRank(MethodConfig):
             out_, in_ = module.weight.shape[0], module.weight[0].numel()
             best = (full - 1) // (out_ + in_)
             raise ConfigError(
-                f"plan.layers[{layer!r}].{self.method}.{field}", getattr(self, field),
+                f"plan.layers[{layer!r}].{self.method}.{field}",
+                getattr(self, field),
                 f"a value giving rank <= {best} (rank {rank} of a {out_}x{in_} weight stores "
-                f"{low_rank_params(module.weight.shape, rank)} >= {full} parameters)")
+                f"{low_rank_params(module.weight.shape, rank)} >= {full} parameters)",
+            )
 
     @staticmethod
     def rebuild(module: nn.Module, spec: Mapping[str, Any]) -> nn.Sequential:
@@ -110,10 +114,20 @@ def factor_rank(weight: torch.Tensor, config: LowRank) -> int:
 def _skeleton(module: nn.Module, rank: int) -> nn.Sequential:
     bias = module.bias is not None
     if isinstance(module, nn.Linear):
-        return nn.Sequential(nn.Linear(module.in_features, rank, bias=False), nn.Linear(rank, module.out_features, bias=bias))
+        return nn.Sequential(
+            nn.Linear(module.in_features, rank, bias=False), nn.Linear(rank, module.out_features, bias=bias)
+        )
     conv = type(module)
-    first = conv(module.in_channels, rank, module.kernel_size, stride=module.stride, padding=module.padding,
-                 dilation=module.dilation, bias=False, padding_mode=module.padding_mode)
+    first = conv(
+        module.in_channels,
+        rank,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        bias=False,
+        padding_mode=module.padding_mode,
+    )
     return nn.Sequential(first, conv(rank, module.out_channels, 1, bias=bias))
 
 
@@ -182,11 +196,13 @@ class Tucker2(MethodConfig):
     def validate(self, layer: str, module: nn.Module) -> None:
         where = f"plan.layers[{layer!r}].{self.method}"
         if not isinstance(module, _TUCKER_SUPPORTED):
-            raise ConfigError(where, type(module).__name__,
-                              "Conv1d or Conv2d with groups=1 (low_rank factorises Linear layers)")
+            raise ConfigError(
+                where, type(module).__name__, "Conv1d or Conv2d with groups=1 (low_rank factorises Linear layers)"
+            )
         if module.groups != 1:
-            raise ConfigError(f"{where}.groups", module.groups,
-                              "1: Tucker-2 needs a full out x in kernel, a grouped conv has none")
+            raise ConfigError(
+                f"{where}.groups", module.groups, "1: Tucker-2 needs a full out x in kernel, a grouped conv has none"
+            )
         if not layer:
             raise ConfigError(where, layer, "a layer inside the model, not the root")
         shape = module.weight.shape
@@ -195,13 +211,18 @@ class Tucker2(MethodConfig):
         if tucker2_params(shape, r_out, r_in) >= full:
             field = "rank_ratio" if self.rank_ratio is not None else "energy"
             best = _largest_useful_ratio(shape)
-            hint = ("no ranks save parameters for this layer" if best is None else
-                    f"ranks storing fewer than {full} parameters, at most rank_ratio={best[0]:.2f} "
-                    f"(ranks out={best[1]}, in={best[2]})")
+            hint = (
+                "no ranks save parameters for this layer"
+                if best is None
+                else f"ranks storing fewer than {full} parameters, at most rank_ratio={best[0]:.2f} "
+                f"(ranks out={best[1]}, in={best[2]})"
+            )
             raise ConfigError(
-                f"{where}.{field}", getattr(self, field),
+                f"{where}.{field}",
+                getattr(self, field),
                 f"{hint}; ranks out={r_out}, in={r_in} of a {tuple(shape)} kernel store "
-                f"{tucker2_params(shape, r_out, r_in)} >= {full} parameters")
+                f"{tucker2_params(shape, r_out, r_in)} >= {full} parameters",
+            )
 
     @staticmethod
     def rebuild(module: nn.Module, spec: Mapping[str, Any]) -> nn.Sequential:
@@ -252,12 +273,15 @@ def tucker2_ranks(weight: torch.Tensor, config: Tucker2) -> tuple[int, int]:
         return _ratio_ranks(weight.shape, config.rank_ratio)
     w = weight.detach().to(torch.float64)
     full_out, full_in = _full_ranks(w.shape)
-    return (max(1, min(full_out, _energy_rank(_unfold(w, 0), config.energy))),
-            max(1, min(full_in, _energy_rank(_unfold(w, 1), config.energy))))
+    return (
+        max(1, min(full_out, _energy_rank(_unfold(w, 0), config.energy))),
+        max(1, min(full_in, _energy_rank(_unfold(w, 1), config.energy))),
+    )
 
 
-def tucker2_factors(weight: torch.Tensor, rank_out: int,
-                    rank_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tucker2_factors(
+    weight: torch.Tensor, rank_out: int, rank_in: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Truncated HOSVD of a conv kernel on its channel modes, in float64.
 
     Returns:
@@ -273,11 +297,22 @@ def tucker2_factors(weight: torch.Tensor, rank_out: int,
 
 def _tucker_skeleton(module: nn.Module, rank_out: int, rank_in: int) -> nn.Sequential:
     conv = type(module)
-    core = conv(rank_in, rank_out, module.kernel_size, stride=module.stride, padding=module.padding,
-                dilation=module.dilation, bias=False, padding_mode=module.padding_mode)
+    core = conv(
+        rank_in,
+        rank_out,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        bias=False,
+        padding_mode=module.padding_mode,
+    )
     # 1x1 projections commute with zero / reflect / replicate / circular padding, so the core pads as the original.
-    return nn.Sequential(conv(module.in_channels, rank_in, 1, bias=False), core,
-                         conv(rank_out, module.out_channels, 1, bias=module.bias is not None))
+    return nn.Sequential(
+        conv(module.in_channels, rank_in, 1, bias=False),
+        core,
+        conv(rank_out, module.out_channels, 1, bias=module.bias is not None),
+    )
 
 
 @register_method(Tucker2)

@@ -22,8 +22,9 @@ __all__ = ["state_dict_bytes", "measure_latency", "model_stats"]
 ACTIVATION_BITS = 32
 
 
-def model_stats(model: nn.Module, example_input: Tensor,
-                weights: Mapping[str, CompressedWeight] | None = None) -> dict[str, float]:
+def model_stats(
+    model: nn.Module, example_input: Tensor, weights: Mapping[str, CompressedWeight] | None = None
+) -> dict[str, float]:
     """Parameters, non-zeros, FLOPs, MACs and BitOps of one forward of ``example_input``.
 
     FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
@@ -55,7 +56,7 @@ def model_stats(model: nn.Module, example_input: Tensor,
     layer_flops = 0
     bitops = 0.0
     modules = dict(model.named_modules())
-    for name, module in compressible_layers(model).items():
+    for name in compressible_layers(model):
         f = sum(counts.get(f"{prefix}.{name}" if name else prefix, {}).values())
         layer_flops += f
         cw = weights.get(name)
@@ -66,8 +67,13 @@ def model_stats(model: nn.Module, example_input: Tensor,
         act_bits = parent.bits if isinstance(parent, QuantizedInput) else ACTIVATION_BITS
         bitops += f / 2 * density * bits * act_bits
     bitops += (flops - layer_flops) / 2 * 32 * ACTIVATION_BITS  # matmuls outside Conv/Linear layers
-    return {"params": float(params), "nonzero_params": float(nonzero), "flops": float(flops),
-            "macs": float(flops) / 2, "bitops": bitops}
+    return {
+        "params": float(params),
+        "nonzero_params": float(nonzero),
+        "flops": float(flops),
+        "macs": float(flops) / 2,
+        "bitops": bitops,
+    }
 
 
 def state_dict_bytes(model: nn.Module) -> int:
@@ -81,8 +87,9 @@ def state_dict_bytes(model: nn.Module) -> int:
     return len(safetensors.torch.save(tensors))
 
 
-def measure_latency(model: nn.Module, example_input: Tensor, *, warmup: int = 3, repeats: int = 20,
-                    threads: int | None = None) -> float:
+def measure_latency(
+    model: nn.Module, example_input: Tensor, *, warmup: int = 3, repeats: int = 20, threads: int | None = None
+) -> float:
     """Median wall-clock milliseconds of one forward pass under ``torch.inference_mode()``.
 
     The median resists the outliers (scheduler hiccups, first-call

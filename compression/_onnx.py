@@ -43,15 +43,21 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     # dynamo=False: the TorchScript exporter needs no onnxscript and traces
     # transformers' encoders as well as small CNNs.
     torch.onnx.export(
-        model.eval(), (example_input,), str(path), dynamo=False, opset_version=opset,
-        input_names=["input"], output_names=["output"],
+        model.eval(),
+        (example_input,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["output"],
         dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
     )
     return path
 
 
-def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True,
-                       calibration_data: Iterable[Any] | None = None) -> Path:
+def quantize_onnx_int8(
+    src: str | Path, dst: str | Path, *, per_channel: bool = True, calibration_data: Iterable[Any] | None = None
+) -> Path:
     """int8 quantization of an ONNX model exported by :func:`export_onnx`.
 
     Without ``calibration_data``: dynamic quantization, int8 weights with
@@ -82,9 +88,15 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = 
         if calibration_data is None:
             quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
         else:
-            quantize_static(str(prepared), str(dst), _calibration_reader(calibration_data),
-                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(prepared),
+                str(dst),
+                _calibration_reader(calibration_data),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     return Path(dst)
 
 
@@ -124,8 +136,9 @@ class OrtModule(nn.Module):
         return torch.from_numpy(self.session.run(None, {"input": x.detach().cpu().numpy()})[0])
 
 
-def measure_onnx_latency(path: str | Path, example_input: torch.Tensor, *, threads: int = 1, warmup: int = 3,
-                         repeats: int = 20) -> float:
+def measure_onnx_latency(
+    path: str | Path, example_input: torch.Tensor, *, threads: int = 1, warmup: int = 3, repeats: int = 20
+) -> float:
     """Median wall milliseconds of one onnxruntime run of ``example_input``."""
     session = _session(path, threads)
     feed = {"input": example_input.detach().cpu().numpy()}

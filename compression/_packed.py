@@ -37,16 +37,24 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from rayzor._resolve import resolve
 from rayzor.compression._actquant import apply_activation_quantization
 from rayzor.compression._bitpack import pack_bits, unpack_bits
 from rayzor.compression._engine import CompressedModel, apply_structure
 from rayzor.compression._plan import CompressionPlan
 from rayzor.compression._weights import SCHEMES, CompressedWeight
-from rayzor._resolve import resolve
-from rayzor.errors import ConfigError, PackedFormatError, RayzorError
+from rayzor.errors import ConfigError, PackedFormatError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ENTROPY_CODECS", "PackedFormatError", "PackedInfo", "save_packed",
-           "load_packed", "read_packed_info"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ENTROPY_CODECS",
+    "PackedFormatError",
+    "PackedInfo",
+    "save_packed",
+    "load_packed",
+    "read_packed_info",
+]
 
 FORMAT = "rayzor.packed"
 FORMAT_VERSION = 2
@@ -59,9 +67,11 @@ _FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 # Candidate index dtypes, smallest first; signed ones are fallbacks where
 # torch/safetensors lack the unsigned type.
-_INDEX_DTYPES = [dt for dt in (torch.uint8, getattr(torch, "uint16", None), getattr(torch, "uint32", None),
-                               torch.int32, torch.int64) if dt is not None]
-
+_INDEX_DTYPES = [
+    dt
+    for dt in (torch.uint8, getattr(torch, "uint16", None), getattr(torch, "uint32", None), torch.int32, torch.int64)
+    if dt is not None
+]
 
 
 @dataclass
@@ -157,8 +167,9 @@ def _relative_cost(positions: np.ndarray) -> tuple[int, int]:
     return min(costs)
 
 
-def _encode_mask(key: str, mask: torch.Tensor, info: dict[str, Any], out: dict[str, torch.Tensor],
-                 byte_aligned: bool) -> None:
+def _encode_mask(
+    key: str, mask: torch.Tensor, info: dict[str, Any], out: dict[str, torch.Tensor], byte_aligned: bool
+) -> None:
     flat = mask.flatten().numpy()
     positions = np.flatnonzero(flat)
     dtype = _index_dtype(flat.size)
@@ -175,7 +186,9 @@ def _encode_mask(key: str, mask: torch.Tensor, info: dict[str, Any], out: dict[s
         out[f"{key}@relative"] = _pack(symbols, index_bits, byte_aligned)
 
 
-def _decode_mask(key: str, info: Mapping[str, Any], numel: int, tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+def _decode_mask(
+    key: str, info: Mapping[str, Any], numel: int, tensors: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
     kind = info["mask"]
     if kind == "dense":
         return None
@@ -209,8 +222,13 @@ def _encode(key: str, cw: CompressedWeight, out: dict[str, torch.Tensor], byte_a
     entropy stage) instead of bit-packed.
     """
     scheme = cw.scheme
-    info: dict[str, Any] = {"shape": list(cw.shape), "bits": cw.bits, "kept": cw.kept, "mask": "dense",
-                            "scheme": scheme}
+    info: dict[str, Any] = {
+        "shape": list(cw.shape),
+        "bits": cw.bits,
+        "kept": cw.kept,
+        "mask": "dense",
+        "scheme": scheme,
+    }
     if byte_aligned:
         info["layout"] = "bytes"
     if cw.mask is not None:
@@ -261,8 +279,11 @@ def _decode(key: str, info: Mapping[str, Any], tensors: dict[str, torch.Tensor])
     scale = tensors.pop(f"{key}@scale")
     groups = int(info.get("groups", shape[0]))
     zero_point = tensors.pop(f"{key}@zero_point") if scheme == "affine" else None
-    if scale.numel() != groups or (numel and numel % max(groups, 1)) or (
-            zero_point is not None and zero_point.numel() != groups):
+    if (
+        scale.numel() != groups
+        or (numel and numel % max(groups, 1))
+        or (zero_point is not None and zero_point.numel() != groups)
+    ):
         raise ValueError(f"{key}: {scale.numel()} scales for {groups} groups of a {list(shape)} weight")
     return CompressedWeight(shape, mask, bits, codes=codes, scale=scale, zero_point=zero_point)
 
@@ -374,8 +395,14 @@ def _serialise(compressed: CompressedModel, arch_json: str, metadata: Mapping[st
     return safetensors.torch.save(tensors, metadata=header)
 
 
-def save_packed(compressed: CompressedModel, path: str | os.PathLike, *, arch: Mapping[str, Any],
-                metadata: Mapping[str, str] | None = None, entropy: str | None = None) -> int:
+def save_packed(
+    compressed: CompressedModel,
+    path: str | os.PathLike,
+    *,
+    arch: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+    entropy: str | None = None,
+) -> int:
     """Write ``compressed`` as one safetensors file (never pickle).
 
     Args:
@@ -428,17 +455,22 @@ def _read(path: str | os.PathLike) -> tuple[PackedInfo, dict[str, torch.Tensor]]
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise PackedFormatError(f"{path}: not a rayzor packed file, or a truncated or corrupt one "
-                                f"(safetensors: {e})") from None
+        raise PackedFormatError(
+            f"{path}: not a rayzor packed file, or a truncated or corrupt one (safetensors: {e})"
+        ) from None
     if header.get("format") != FORMAT:
         raise PackedFormatError(f"{path}: not a rayzor packed file (no format={FORMAT!r} in its metadata)")
     version = header.get("format_version")
     if version not in _READABLE_VERSIONS:
-        raise PackedFormatError(f"{path}: packed format version {version!r} is not supported; this rayzor "
-                                f"reads versions {', '.join(_READABLE_VERSIONS)}")
+        raise PackedFormatError(
+            f"{path}: packed format version {version!r} is not supported; this rayzor "
+            f"reads versions {', '.join(_READABLE_VERSIONS)}"
+        )
     if version != "1" and header.get("checksum") != _checksum(header, tensors):
-        raise PackedFormatError(f"{path}: corrupt rayzor packed file (checksum mismatch: the file was damaged "
-                                "or modified after it was written)")
+        raise PackedFormatError(
+            f"{path}: corrupt rayzor packed file (checksum mismatch: the file was damaged "
+            "or modified after it was written)"
+        )
     try:
         entropy = json.loads(header["entropy"]) if "entropy" in header else None
         if entropy is not None:
@@ -447,8 +479,15 @@ def _read(path: str | os.PathLike) -> tuple[PackedInfo, dict[str, torch.Tensor]]
         layers = json.loads(header["layers"])
         weights = {name: _decode(_weight_key(name), info, tensors) for name, info in layers.items()}
         structure = json.loads(header.get("structure", "{}"))
-        info = PackedInfo(plan, json.loads(header["arch"]), json.loads(header["metadata"]), weights, structure,
-                          None if entropy is None else entropy["codec"], json.loads(header.get("activations", "{}")))
+        info = PackedInfo(
+            plan,
+            json.loads(header["arch"]),
+            json.loads(header["metadata"]),
+            weights,
+            structure,
+            None if entropy is None else entropy["codec"],
+            json.loads(header.get("activations", "{}")),
+        )
     except (KeyError, ValueError, TypeError, lzma.LZMAError, RuntimeError) as e:  # ConfigError is a ValueError
         raise PackedFormatError(f"{path}: corrupt rayzor packed file ({type(e).__name__}: {e})") from None
     return info, tensors
@@ -496,8 +535,9 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> tupl
     try:
         apply_activation_quantization(model, info.activations)
     except (AttributeError, KeyError, ValueError, TypeError) as e:
-        raise PackedFormatError(f"{path}: cannot rebuild the activation-quantized layers {list(info.activations)}: "
-                                f"{e}") from None
+        raise PackedFormatError(
+            f"{path}: cannot rebuild the activation-quantized layers {list(info.activations)}: {e}"
+        ) from None
     for name, cw in info.weights.items():
         tensors[_weight_key(name)] = cw.dense()
     try:

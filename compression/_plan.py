@@ -14,7 +14,15 @@ from torch import nn
 from rayzor.compression._layers import compressible_layers
 from rayzor.compression._pruning import MagnitudePruning
 from rayzor.compression._quantization import UniformQuantization
-from rayzor.compression._registry import STAGES, MethodConfig, build_dataclass, check_int, check_real, get_method, list_methods
+from rayzor.compression._registry import (
+    STAGES,
+    MethodConfig,
+    build_dataclass,
+    check_int,
+    check_real,
+    get_method,
+    list_methods,
+)
 from rayzor.errors import ConfigError
 
 __all__ = ["FinetuneConfig", "CompressionPlan", "global_magnitude_plan"]
@@ -43,8 +51,9 @@ def _flat(m: MethodConfig) -> dict[str, Any]:
     if cls in _SETTING_OF:  # the stage default: its key setting plus fields off their defaults
         key = _SETTING_OF[cls]
         out = {key: getattr(m, key)}
-        out.update({f.name: getattr(m, f.name) for f in _fields(cls)
-                    if f.name != key and getattr(m, f.name) != f.default})
+        out.update(
+            {f.name: getattr(m, f.name) for f in _fields(cls) if f.name != key and getattr(m, f.name) != f.default}
+        )
         return out
     out = {_KIND_KEYS[m.stage]: m.method}
     prefix = _FIELD_PREFIX.get(m.stage, "")
@@ -99,8 +108,11 @@ class FinetuneConfig:
         object.__setattr__(self, "batch_size", check_int("finetune.batch_size", self.batch_size, 1))
         object.__setattr__(self, "seed", check_int("finetune.seed", self.seed, 0))
         object.__setattr__(self, "distill_alpha", check_real("finetune.distill_alpha", self.distill_alpha, 0.0, 1.0))
-        object.__setattr__(self, "temperature", check_real("finetune.temperature", self.temperature, 0.0,
-                                                           float("inf"), lo_open=True, hi_open=True))
+        object.__setattr__(
+            self,
+            "temperature",
+            check_real("finetune.temperature", self.temperature, 0.0, float("inf"), lo_open=True, hi_open=True),
+        )
         if not isinstance(self.qat, bool):
             raise ConfigError("finetune.qat", self.qat, "true or false")
 
@@ -244,8 +256,9 @@ class CompressionPlan:
                 invalid values; the message names the layer.
         """
         known = set(_DEFAULT_SETTINGS) | set(_KIND_KEYS.values())
-        known |= {_FIELD_PREFIX.get(get_method(m).stage, "") + f.name
-                  for m in list_methods() for f in _fields(get_method(m))}
+        known |= {
+            _FIELD_PREFIX.get(get_method(m).stage, "") + f.name for m in list_methods() for f in _fields(get_method(m))
+        }
         layers = {}
         for name, flat in settings.items():
             for key in flat:
@@ -304,8 +317,10 @@ class CompressionPlan:
         """Short human text, e.g. ``"conv1 s=0.50 b=4 | fc1 s=0.90 b=32"``."""
         parts = []
         for name, flat in self.settings().items():
-            items = [f"{_ABBREV.get(k, k)}={v:.2f}" if isinstance(v, float) else f"{_ABBREV.get(k, k)}={v}"
-                     for k, v in flat.items()]
+            items = [
+                f"{_ABBREV.get(k, k)}={v:.2f}" if isinstance(v, float) else f"{_ABBREV.get(k, k)}={v}"
+                for k, v in flat.items()
+            ]
             parts.append(" ".join([name or "<root>", *items]))
         if self.finetune.epochs:
             parts.append(f"finetune {self.finetune.epochs}ep lr={self.finetune.lr:g}")
@@ -354,7 +369,10 @@ def global_magnitude_plan(model: nn.Module, sparsity: float, layers: Iterable[st
     for name, part, size in zip(names, pruned.split(sizes), sizes, strict=True):
         count = int(part.sum())
         if count == size:
-            raise ConfigError("sparsity", sparsity, f"a value whose global threshold keeps some of {name!r} "
-                                                    f"(or leave {name!r} out of layers)")
+            raise ConfigError(
+                "sparsity",
+                sparsity,
+                f"a value whose global threshold keeps some of {name!r} (or leave {name!r} out of layers)",
+            )
         plan[name] = (MagnitudePruning(count / size),)
     return CompressionPlan(plan)

@@ -92,9 +92,16 @@ class UniformQuantization(MethodConfig):
 
     def __post_init__(self) -> None:
         symmetric = _check_bool(f"{self.method}.symmetric", self.symmetric)
-        lo, hint = (2, " for symmetric=True (1 bit needs symmetric=False)") if symmetric else (1, " for symmetric=False")
-        bits = check_int(f"{self.method}.bits", self.bits, lo, self.max_bits,
-                         hint + "; leave the layer unquantized for 32-bit floats")
+        lo, hint = (
+            (2, " for symmetric=True (1 bit needs symmetric=False)") if symmetric else (1, " for symmetric=False")
+        )
+        bits = check_int(
+            f"{self.method}.bits",
+            self.bits,
+            lo,
+            self.max_bits,
+            hint + "; leave the layer unquantized for 32-bit floats",
+        )
         object.__setattr__(self, "bits", bits)
         _check_choice(f"{self.method}.granularity", self.granularity, GRANULARITIES)
         _check_choice(f"{self.method}.clipping", self.clipping, CLIPPINGS)
@@ -176,8 +183,9 @@ class TernaryQuantization(MethodConfig):
     granularity: str = "per_channel"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "threshold", check_real(f"{self.method}.threshold", self.threshold, 0.0, 2.0,
-                                                         lo_open=True))
+        object.__setattr__(
+            self, "threshold", check_real(f"{self.method}.threshold", self.threshold, 0.0, 2.0, lo_open=True)
+        )
         _check_choice(f"{self.method}.granularity", self.granularity, GRANULARITIES)
 
 
@@ -286,8 +294,16 @@ def _uniform_quantize(module: nn.Module, weight: CompressedWeight, config: Unifo
             lo, hi = _row_quantile(w, keep, 1 - p), _row_quantile(w, keep, p)
         else:
             has = keep.any(dim=1)
-            lo = torch.where(has, w.masked_fill(~keep, float("inf")).amin(dim=1), 0.0) if w.numel() else torch.zeros(w.shape[0])
-            hi = torch.where(has, w.masked_fill(~keep, -float("inf")).amax(dim=1), 0.0) if w.numel() else torch.zeros(w.shape[0])
+            lo = (
+                torch.where(has, w.masked_fill(~keep, float("inf")).amin(dim=1), 0.0)
+                if w.numel()
+                else torch.zeros(w.shape[0])
+            )
+            hi = (
+                torch.where(has, w.masked_fill(~keep, -float("inf")).amax(dim=1), 0.0)
+                if w.numel()
+                else torch.zeros(w.shape[0])
+            )
         if config.clipping == "mse":
             # Shrink the range towards its midpoint, keeping the ratio with the least error per row.
             mid, half = (lo + hi) / 2, (hi - lo) / 2
@@ -301,8 +317,9 @@ def _uniform_quantize(module: nn.Module, weight: CompressedWeight, config: Unifo
         codes, scale, zero_point = _affine_fake(w, lo, hi, levels)
         zero_point = zero_point.contiguous()
     codes = _kept(weight, codes.to(torch.int32))
-    return CompressedWeight(weight.shape, weight.mask, config.bits, codes=codes, scale=scale.contiguous(),
-                            zero_point=zero_point)
+    return CompressedWeight(
+        weight.shape, weight.mask, config.bits, codes=codes, scale=scale.contiguous(), zero_point=zero_point
+    )
 
 
 @register_method(KMeansQuantization)
@@ -310,8 +327,9 @@ def _kmeans_quantize(module: nn.Module, weight: CompressedWeight, config: KMeans
     x = _kept(weight, weight.dense()).to(torch.float64)  # float64: sums of many weights stay exact enough
     k = 2**config.bits
     if x.numel() == 0:
-        return CompressedWeight(weight.shape, weight.mask, config.bits, codes=torch.zeros(0, dtype=torch.int32),
-                                codebook=torch.zeros(k))
+        return CompressedWeight(
+            weight.shape, weight.mask, config.bits, codes=torch.zeros(0, dtype=torch.int32), codebook=torch.zeros(k)
+        )
     centroids = torch.linspace(float(x.min()), float(x.max()), k, dtype=torch.float64)
 
     def assign(c: Tensor) -> Tensor:
@@ -338,8 +356,9 @@ def _kmeans_quantize(module: nn.Module, weight: CompressedWeight, config: KMeans
         centroids = update(centroids.sort().values, assign(centroids.sort().values))[0].sort().values
     idx = assign(centroids)
     centroids = update(centroids, idx)[0]  # the stored value of a code is its cluster's mean
-    return CompressedWeight(weight.shape, weight.mask, config.bits, codes=idx.to(torch.int32),
-                            codebook=centroids.to(torch.float32))
+    return CompressedWeight(
+        weight.shape, weight.mask, config.bits, codes=idx.to(torch.int32), codebook=centroids.to(torch.float32)
+    )
 
 
 @register_method(BinaryQuantization)
@@ -349,8 +368,14 @@ def _binary_quantize(module: nn.Module, weight: CompressedWeight, config: Binary
     alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
     codes = _kept(weight, (w >= 0).to(torch.int32))
     # 1-bit affine: (code - 0.5) * (2 * alpha) is exactly -alpha or +alpha (multiplying by 2 and 0.5 is exact).
-    return CompressedWeight(weight.shape, weight.mask, 1, codes=codes, scale=(2 * alpha).contiguous(),
-                            zero_point=torch.full_like(alpha, 0.5))
+    return CompressedWeight(
+        weight.shape,
+        weight.mask,
+        1,
+        codes=codes,
+        scale=(2 * alpha).contiguous(),
+        zero_point=torch.full_like(alpha, 0.5),
+    )
 
 
 @register_method(TernaryQuantization)

@@ -17,9 +17,9 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from rayzor.compression._weights import CompressedWeight
 from torch import nn
 
+from rayzor.compression._weights import CompressedWeight
 from rayzor.errors import ConfigError
 
 __all__ = [
@@ -195,7 +195,9 @@ def register_method(config_cls: type[MethodConfig]) -> Callable[[Handler], Handl
         raise ConfigError(f"{config_cls.__name__}.stage", getattr(config_cls, "stage", None), STAGES)
     name = getattr(config_cls, "method", None)
     if not isinstance(name, str) or not name or name in _REGISTRY:
-        raise ConfigError(f"{config_cls.__name__}.method", name, f"a new method name (taken: {', '.join(list_methods())})")
+        raise ConfigError(
+            f"{config_cls.__name__}.method", name, f"a new method name (taken: {', '.join(list_methods())})"
+        )
 
     def decorator(handler: Handler) -> Handler:
         _check_handler(config_cls, handler)
@@ -228,8 +230,9 @@ def list_methods(stage: str | None = None) -> list[str]:
     """
     if stage is not None and stage not in STAGES:
         raise ConfigError("stage", stage, STAGES)
-    entries = [(STAGES.index(cls.stage), name) for name, (cls, _) in _REGISTRY.items()
-               if stage is None or cls.stage == stage]
+    entries = [
+        (STAGES.index(cls.stage), name) for name, (cls, _) in _REGISTRY.items() if stage is None or cls.stage == stage
+    ]
     return [name for _, name in sorted(entries)]
 
 
@@ -263,8 +266,11 @@ def build_dataclass(cls: C, fields: Mapping[str, Any], prefix: str) -> Any:
     for key in fields:
         if key not in known:
             raise ConfigError(f"{prefix}.{key}", fields[key], f"fields {', '.join(known)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     for key in required:
         if key not in fields:
             raise ConfigError(f"{prefix}.{key}", None, "a value (the field is required)")

@@ -159,8 +159,11 @@ class ChannelPruning(MethodConfig):
     def validate(self, layer: str, module: nn.Module) -> None:
         where = f"plan.layers[{layer!r}].{self.method}"
         if not isinstance(module, _CHANNEL_TYPES) or getattr(module, "groups", 1) != 1:
-            raise ConfigError(where, type(module).__name__,
-                              "a Linear, Conv1d or Conv2d with groups=1 (Embedding rows are not channels)")
+            raise ConfigError(
+                where,
+                type(module).__name__,
+                "a Linear, Conv1d or Conv2d with groups=1 (Embedding rows are not channels)",
+            )
         if not layer:
             raise ConfigError(where, layer, "a layer inside the model, not the root")
 
@@ -202,9 +205,11 @@ class HeadPruning(MethodConfig):
 
     def validate(self, layer: str, module: nn.Module) -> None:
         if not isinstance(module, nn.Linear) or layer.rpartition(".")[2] != "query":
-            raise ConfigError(f"plan.layers[{layer!r}].{self.method}", layer,
-                              "the 'query' Linear of a BERT-style self-attention "
-                              "(e.g. 'encoder.layer.0.attention.self.query')")
+            raise ConfigError(
+                f"plan.layers[{layer!r}].{self.method}",
+                layer,
+                "the 'query' Linear of a BERT-style self-attention (e.g. 'encoder.layer.0.attention.self.query')",
+            )
 
     @staticmethod
     def replay(model: nn.Module, spec: Mapping[str, Any]) -> None:
@@ -252,8 +257,11 @@ def _check_example_input(example_input: Any) -> Any:
     valid = "a tensor, a tuple of tensors or a dict of tensors (one batch, as the model takes it)"
     if isinstance(example_input, Tensor):
         return example_input.cpu()
-    if isinstance(example_input, Mapping) and example_input and all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in example_input.items()):
+    if (
+        isinstance(example_input, Mapping)
+        and example_input
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in example_input.items())
+    ):
         return {k: v.cpu() for k, v in example_input.items()}
     if isinstance(example_input, (tuple, list)) and example_input and all(isinstance(v, Tensor) for v in example_input):
         return tuple(v.cpu() for v in example_input)
@@ -262,9 +270,11 @@ def _check_example_input(example_input: Any) -> Any:
 
 def _attention_unit(module: nn.Module) -> bool:
     """A BERT-style self-attention: head counts plus query / key / value Linears."""
-    return (isinstance(getattr(module, "num_attention_heads", None), int)
-            and isinstance(getattr(module, "attention_head_size", None), int)
-            and all(isinstance(getattr(module, p, None), nn.Linear) for p in ("query", "key", "value")))
+    return (
+        isinstance(getattr(module, "num_attention_heads", None), int)
+        and isinstance(getattr(module, "attention_head_size", None), int)
+        and all(isinstance(getattr(module, p, None), nn.Linear) for p in ("query", "key", "value"))
+    )
 
 
 def _is_out(ctx: StructureContext, dep: Any) -> bool:
@@ -285,20 +295,37 @@ def _check_group(ctx: StructureContext, layer: str, config: MethodConfig, group:
         target = dep.target.module
         # DepGraph adds an output node only after an op; a Linear / LayerNorm producing the output shows by its grad_fn.
         if dep.target.type == tp.ops.OPTYPE.OUTPUT or (_is_out(ctx, dep) and dep.target.grad_fn in ctx.outputs):
-            raise ConfigError(where, layer, "a layer whose output channels do not reach the model's output "
-                                            "(removing them would change the output's shape)")
+            raise ConfigError(
+                where,
+                layer,
+                "a layer whose output channels do not reach the model's output "
+                "(removing them would change the output's shape)",
+            )
         if isinstance(target, nn.MultiheadAttention):
-            raise ConfigError(where, layer, f"a layer not coupled to nn.MultiheadAttention "
-                                            f"{ctx.names.get(target)!r} (its heads fix the embedding width)")
-        if isinstance(target, nn.modules.conv._ConvNd) and 1 < target.groups and not (
-                target.groups == target.in_channels == target.out_channels):
-            raise ConfigError(where, layer, f"a layer not coupled to grouped convolution {ctx.names.get(target)!r} "
-                                            f"(groups={target.groups})")
+            raise ConfigError(
+                where,
+                layer,
+                f"a layer not coupled to nn.MultiheadAttention "
+                f"{ctx.names.get(target)!r} (its heads fix the embedding width)",
+            )
+        if (
+            isinstance(target, nn.modules.conv._ConvNd)
+            and 1 < target.groups
+            and not (target.groups == target.in_channels == target.out_channels)
+        ):
+            raise ConfigError(
+                where,
+                layer,
+                f"a layer not coupled to grouped convolution {ctx.names.get(target)!r} (groups={target.groups})",
+            )
         if isinstance(target, nn.Module) and _is_out(ctx, dep):
             members.add(target)
             if isinstance(config, ChannelPruning) and target in qkv:
-                raise ConfigError(where, layer, f"a layer whose outputs are not attention heads (use "
-                                                f"HeadPruning on {qkv[target] + '.query'!r})")
+                raise ConfigError(
+                    where,
+                    layer,
+                    f"a layer whose outputs are not attention heads (use HeadPruning on {qkv[target] + '.query'!r})",
+                )
     return members
 
 
@@ -306,13 +333,19 @@ def _head_unit(ctx: StructureContext, layer: str, config: HeadPruning) -> tuple[
     name = layer.rpartition(".")[0]
     unit = ctx.model.get_submodule(name)
     if not _attention_unit(unit) or unit.query is not ctx.model.get_submodule(layer):
-        raise ConfigError(f"plan.layers[{layer!r}].{config.method}", type(unit).__name__,
-                          "the query of a self-attention with num_attention_heads, attention_head_size and "
-                          "query / key / value Linears (transformers' BertSelfAttention)")
+        raise ConfigError(
+            f"plan.layers[{layer!r}].{config.method}",
+            type(unit).__name__,
+            "the query of a self-attention with num_attention_heads, attention_head_size and "
+            "query / key / value Linears (transformers' BertSelfAttention)",
+        )
     if unit.query.out_features != unit.num_attention_heads * unit.attention_head_size:
-        raise ConfigError(f"plan.layers[{layer!r}].{config.method}", unit.query.out_features,
-                          f"num_attention_heads * attention_head_size = "
-                          f"{unit.num_attention_heads * unit.attention_head_size} query outputs")
+        raise ConfigError(
+            f"plan.layers[{layer!r}].{config.method}",
+            unit.query.out_features,
+            f"num_attention_heads * attention_head_size = "
+            f"{unit.num_attention_heads * unit.attention_head_size} query outputs",
+        )
     return name, unit
 
 
@@ -354,8 +387,9 @@ def prune_structure(
         return traced[-1]
 
     with torch.enable_grad():  # DepGraph traces autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, forward_fn=forward,
-                                                      verbose=False)
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input, forward_fn=forward, verbose=False
+        )
     outputs = {t.grad_fn for t in _tensors(traced[-1])}
     shapes = [tuple(t.shape) for t in _tensors(traced[-1])]
     traced.clear()
@@ -373,13 +407,19 @@ def prune_structure(
         if isinstance(cfg, HeadPruning):
             unit = model.get_submodule(layer.rpartition(".")[0])
             if not {unit.key, unit.value} <= members:
-                raise ConfigError(f"plan.layers[{layer!r}].{cfg.method}", layer,
-                                  "a query whose key and value outputs are traced as coupled to it")
+                raise ConfigError(
+                    f"plan.layers[{layer!r}].{cfg.method}",
+                    layer,
+                    "a query whose key and value outputs are traced as coupled to it",
+                )
         if module in owner:
             first, first_cfg = owner[module]
             if first_cfg != cfg:
-                raise ConfigError(f"plan.layers[{layer!r}]", cfg, f"{first_cfg!r}, the method of {first!r}, "
-                                                                  "which shares its output channels")
+                raise ConfigError(
+                    f"plan.layers[{layer!r}]",
+                    cfg,
+                    f"{first_cfg!r}, the method of {first!r}, which shares its output channels",
+                )
             continue  # the group is pruned once, by the first layer that names it
         owner.update({m: (layer, cfg) for m in members})
         steps.append((layer, cfg))
@@ -402,8 +442,9 @@ def _tensors(output: Any) -> list[Tensor]:
     return [t for t in tp.utils.flatten_as_list(output) if isinstance(t, Tensor)]
 
 
-def _check_still_runs(model: nn.Module, layer: str, config: MethodConfig, example_input: Any,
-                      shapes: list[tuple[int, ...]]) -> None:
+def _check_still_runs(
+    model: nn.Module, layer: str, config: MethodConfig, example_input: Any, shapes: list[tuple[int, ...]]
+) -> None:
     """Refuse a layer whose group DepGraph mis-traced: the pruned model must run and keep its output shapes.
 
     Tracing is heuristic (e.g. torch-pruning 1.6 maps a conv's channels
@@ -417,16 +458,20 @@ def _check_still_runs(model: nn.Module, layer: str, config: MethodConfig, exampl
         got = f"the pruned model fails: {str(e).splitlines()[0]}"
     if got != shapes:
         detail = got if isinstance(got, str) else f"output shapes {got} instead of {shapes}"
-        raise ConfigError(f"plan.layers[{layer!r}].{config.method}", layer,
-                          f"a layer whose dependencies torch-pruning traces correctly ({detail})")
+        raise ConfigError(
+            f"plan.layers[{layer!r}].{config.method}",
+            layer,
+            f"a layer whose dependencies torch-pruning traces correctly ({detail})",
+        )
 
 
 def _needs_gradients(config: MethodConfig) -> bool:
     return IMPORTANCES[config.importance]().needs_gradients  # type: ignore[attr-defined]
 
 
-def _accumulate_gradients(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]],
-                          loss_fn: Callable[[Any, Tensor], Tensor]) -> None:
+def _accumulate_gradients(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], loss_fn: Callable[[Any, Tensor], Tensor]
+) -> None:
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for i, (inputs, targets) in enumerate(loader):

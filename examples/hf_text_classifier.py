@@ -66,14 +66,27 @@ class TextClassifier(nn.Module):
         return self.hf(input_ids=ids, attention_mask=(ids != PAD).long()).logits
 
 
-def build_model(vocab_size: int, num_labels: int = len(LABELS), max_length: int = 32, hidden: int = 64,
-                layers: int = 2, heads: int = 2) -> TextClassifier:
+def build_model(
+    vocab_size: int,
+    num_labels: int = len(LABELS),
+    max_length: int = 32,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+) -> TextClassifier:
     """The arch factory: the untrained model (random init), so a packed file loads anywhere."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=max_length, num_labels=num_labels,
-                        pad_token_id=PAD)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_length,
+        num_labels=num_labels,
+        pad_token_id=PAD,
+    )
     config._attn_implementation = "eager"  # one attention path for torch, ONNX and packed reloads
     return TextClassifier(BertForSequenceClassification(config)).eval()
 
@@ -104,8 +117,11 @@ def docstring_sentences(modules: Sequence[str] = LABELS) -> list[tuple[str, int]
                 docs.append(inspect.getdoc(obj) or "")
                 if inspect.isclass(obj):
                     # only methods defined with the class: other packages patch some in (transformers: Logger.warning_advice)
-                    docs += [inspect.getdoc(m) or "" for _, m in sorted(vars(obj).items())
-                             if inspect.isfunction(m) and m.__module__ == obj.__module__]
+                    docs += [
+                        inspect.getdoc(m) or ""
+                        for _, m in sorted(vars(obj).items())
+                        if inspect.isfunction(m) and m.__module__ == obj.__module__
+                    ]
         found[label] = {s for doc in docs for s in _sentences(doc)}
     seen = collections.Counter(s for sentences in found.values() for s in sentences)
     return sorted((s, label) for label, sentences in found.items() for s in sentences if seen[s] == 1)
@@ -146,7 +162,9 @@ def _train(model: nn.Module, train: TensorDataset, *, epochs: int, lr: float, se
     threads = torch.get_num_threads()
     # 64-wide matrices: intra-op threads cost more than they give (and fight other processes).
     torch.set_num_threads(1)
-    loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model.train()
     try:
@@ -160,8 +178,9 @@ def _train(model: nn.Module, train: TensorDataset, *, epochs: int, lr: float, se
     model.eval()
 
 
-def make_task(seed: int = 0, epochs: int = 8, lr: float = 2e-3, max_length: int = 32, hidden: int = 64,
-              cache: bool = True) -> Task:
+def make_task(
+    seed: int = 0, epochs: int = 8, lr: float = 2e-3, max_length: int = 32, hidden: int = 64, cache: bool = True
+) -> Task:
     """Docstring-sentence classification with a tiny BERT: a seeded 60/20/20 split.
 
     Args:
@@ -175,7 +194,9 @@ def make_task(seed: int = 0, epochs: int = 8, lr: float = 2e-3, max_length: int 
     if epochs < 1:
         raise ConfigError("task_options.epochs", epochs, "an integer >= 1")
     if max_length < 8 or hidden < 2 or hidden % 2:
-        raise ConfigError("task_options.max_length/hidden", (max_length, hidden), "max_length >= 8 and an even hidden >= 2")
+        raise ConfigError(
+            "task_options.max_length/hidden", (max_length, hidden), "max_length >= 8 and an even hidden >= 2"
+        )
     from safetensors.torch import load_file, save_file
 
     from rayzor.tasks._digits import cache_dir  # the folder (and env var) of the embedded tasks' cache
@@ -185,14 +206,22 @@ def make_task(seed: int = 0, epochs: int = 8, lr: float = 2e-3, max_length: int 
     n_train, n_val = int(0.6 * len(items)), int(0.2 * len(items))
     splits = {"train": items[:n_train], "val": items[n_train : n_train + n_val], "test": items[n_train + n_val :]}
     tokenizer = WordTokenizer([text for text, _ in splits["train"]])
-    data = {name: TensorDataset(tokenizer.encode([t for t, _ in rows], max_length), torch.tensor([y for _, y in rows]))
-            for name, rows in splits.items()}
+    data = {
+        name: TensorDataset(tokenizer.encode([t for t, _ in rows], max_length), torch.tensor([y for _, y in rows]))
+        for name, rows in splits.items()
+    }
     kwargs = {"vocab_size": tokenizer.vocab_size, "num_labels": len(LABELS), "max_length": max_length, "hidden": hidden}
 
     # The key covers the data too: docstrings change between Python versions.
-    settings = {"seed": seed, "epochs": epochs, "lr": lr, **kwargs, "recipe": _RECIPE_VERSION,
-                "python": list(sys.version_info[:2]),
-                "data": hashlib.sha256(json.dumps(items).encode()).hexdigest()}
+    settings = {
+        "seed": seed,
+        "epochs": epochs,
+        "lr": lr,
+        **kwargs,
+        "recipe": _RECIPE_VERSION,
+        "python": list(sys.version_info[:2]),
+        "data": hashlib.sha256(json.dumps(items).encode()).hexdigest(),
+    }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     weights = cache_dir() / f"hf-text-{key}.safetensors"
     torch.manual_seed(seed)

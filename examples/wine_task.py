@@ -56,7 +56,7 @@ def make_task(hidden: int = 32, epochs: int = 150, seed: int = 0) -> Task:
     y = torch.tensor(bunch.target, dtype=torch.long)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_train, n_val = int(0.6 * len(y)), int(0.2 * len(y))
-    idx = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    idx = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
     mean, std = x[idx["train"]].mean(0), x[idx["train"]].std(0) + 1e-6  # train statistics only
     x = (x - mean) / std
     data = {split: TensorDataset(x[i], y[i]) for split, i in idx.items()}

@@ -22,8 +22,9 @@ _MOVED = {
 }
 
 
-def resolve(spec: Any, field: str, *, error: type[RayzorError] = RayzorError,
-            valid: str = "a 'package.module:function' string") -> Any:
+def resolve(
+    spec: Any, field: str, *, error: type[RayzorError] = RayzorError, valid: str = "a 'package.module:function' string"
+) -> Any:
     """Import ``package.module:attr`` (``attr`` may be dotted) and return the attribute.
 
     Args:

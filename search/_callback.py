@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
+
 from rayzor.search._tracker import TRACKERS
 
 __all__ = ["TrackingCallback"]

@@ -14,8 +14,20 @@ from rayzor.errors import ConfigError
 from rayzor.spaces import SpaceConfig
 from rayzor.tasks import Task
 
-__all__ = ["OBJECTIVES", "SAMPLERS", "AshaConfig", "RecoveryConfig", "SearchConfig", "SpaceConfig", "StudentsConfig",
-           "load_config", "objective_direction", "quality_metric", "resolve_objectives", "validate_config"]
+__all__ = [
+    "OBJECTIVES",
+    "SAMPLERS",
+    "AshaConfig",
+    "RecoveryConfig",
+    "SearchConfig",
+    "SpaceConfig",
+    "StudentsConfig",
+    "load_config",
+    "objective_direction",
+    "quality_metric",
+    "resolve_objectives",
+    "validate_config",
+]
 
 #: The cost objectives and their direction. A search has exactly one other
 #: objective: the task's quality metric (``accuracy`` for digits, ``cosine``
@@ -31,6 +43,8 @@ def objective_direction(name: str) -> str:
 def quality_metric(objectives: tuple[str, ...]) -> str:
     """The one objective that is the task's quality metric."""
     return next(o for o in objectives if o not in OBJECTIVES)
+
+
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 
 
@@ -44,15 +58,19 @@ class AshaConfig(_Strict):
     grace_period: int = Field(1, ge=1, description="fine-tune epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA's eta: the top 1/eta of each rung goes on")
     bucket_width: float = Field(0.5, gt=0, description="width of a size bucket, in octaves of compression ratio")
-    protect_front: bool = Field(True, description="never stop a trial whose (quality, size) is on the partial front "
-                                "of the results at its epoch")
+    protect_front: bool = Field(
+        True, description="never stop a trial whose (quality, size) is on the partial front of the results at its epoch"
+    )
 
 
 class StudentsConfig(_Strict):
     """Student architectures searched jointly with compression (knowledge distillation)."""
 
-    families: tuple[str, ...] = Field((), description="student families to choose among (see compression.list_students); "
-                                      "empty: compress the task's model only")
+    families: tuple[str, ...] = Field(
+        (),
+        description="student families to choose among (see compression.list_students); "
+        "empty: compress the task's model only",
+    )
     include_teacher: bool = Field(True, description="compressing the task's own model is a choice too")
     distill_epochs: int = Field(10, ge=1, description="knowledge-distillation epochs that train a sampled student")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate of the distillation")
@@ -64,11 +82,15 @@ class RecoveryConfig(_Strict):
     """How the recovery fine-tune after pruning trains (its length is finetune_epochs)."""
 
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    distill_alpha: float = Field(0.0, ge=0, le=1, description="weight of the uncompressed teacher's soft targets "
-                                 "(0: plain task loss)")
+    distill_alpha: float = Field(
+        0.0, ge=0, le=1, description="weight of the uncompressed teacher's soft targets (0: plain task loss)"
+    )
     temperature: float = Field(4.0, gt=0, description="softmax temperature of the teacher term")
-    qat: bool = Field(False, description="fine-tune through the quantizers (straight-through estimator), so the "
-                      "final quantization grid is the one trained")
+    qat: bool = Field(
+        False,
+        description="fine-tune through the quantizers (straight-through estimator), so the "
+        "final quantization grid is the one trained",
+    )
 
 
 class SearchConfig(_Strict):
@@ -85,34 +107,41 @@ class SearchConfig(_Strict):
     experiment: str = Field("rayzor", min_length=1, description="MLflow experiment name")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: MLflow's own rules")
     objectives: tuple[str, ...] | None = Field(
-        None, description="the task's metric (maximised) plus size_bytes and/or latency_ms; default: [<task metric>, size_bytes]"
+        None,
+        description="the task's metric (maximised) plus size_bytes and/or latency_ms; default: [<task metric>, size_bytes]",
     )
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     finetune_epochs: int = Field(1, ge=0, description="recovery fine-tune epochs after pruning (masks kept)")
     warm_start: Literal["uniform", "sensitivity", "none"] = Field(
-        "uniform", description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines); "
+        "uniform",
+        description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines); "
         "sensitivity: per-layer probes (Ray tasks; table and heatmap under sensitivity/ in the search's MLflow run) pick "
         "each layer's most aggressive level within 0.5/1/2 points of drop; used only as warm start: those plans are the "
-        "first trials (tag rayzor.warm_start), the search ranges are not narrowed"
+        "first trials (tag rayzor.warm_start), the search ranges are not narrowed",
     )
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     students: StudentsConfig = Field(default_factory=StudentsConfig)
     scheduler: Literal["none", "asha"] = Field(
-        "none", description="asha: stop trials early between fine-tune epochs, comparing each trial's quality only with trials "
-        "in the same compression-ratio bucket (see search/_scheduler.py); needs finetune_epochs >= 2"
+        "none",
+        description="asha: stop trials early between fine-tune epochs, comparing each trial's quality only with trials "
+        "in the same compression-ratio bucket (see search/_scheduler.py); needs finetune_epochs >= 2",
     )
     asha: AshaConfig = Field(default_factory=AshaConfig)
     entropy: Literal["lzma", "zstd"] | None = Field(
-        None, description="lossless entropy stage of the packed files (Deep Compression's third step); size_bytes includes it"
+        None,
+        description="lossless entropy stage of the packed files (Deep Compression's third step); size_bytes includes it",
     )
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions such as 0.25 share a GPU")
     resources_per_trial: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per trial, e.g. {worker: 1} or {'accelerator_type:A100': 0.01}"
+        default_factory=dict,
+        description="custom Ray resources per trial, e.g. {worker: 1} or {'accelerator_type:A100': 0.01}",
     )
     max_failures: int = Field(2, ge=0, description="retries of a trial whose worker or node fails (Tune FailureConfig)")
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS, else a local Ray")
-    storage_path: str | None = Field(None, description="Ray Tune storage path (folder or pyarrow URI such as s3://...); default ./rayzor-results")
+    storage_path: str | None = Field(
+        None, description="Ray Tune storage path (folder or pyarrow URI such as s3://...); default ./rayzor-results"
+    )
     name: str | None = Field(None, description="search name; default search-<timestamp>")
 
     @field_validator("resources_per_trial")
@@ -137,8 +166,14 @@ class SearchConfig(_Strict):
     def finetune(self) -> FinetuneConfig:
         """The recovery fine-tune every trial's plan carries."""
         r = self.recovery
-        return FinetuneConfig(epochs=self.finetune_epochs, lr=r.lr, seed=self.seed, distill_alpha=r.distill_alpha,
-                              temperature=r.temperature, qat=r.qat)
+        return FinetuneConfig(
+            epochs=self.finetune_epochs,
+            lr=r.lr,
+            seed=self.seed,
+            distill_alpha=r.distill_alpha,
+            temperature=r.temperature,
+            qat=r.qat,
+        )
 
     @property
     def directions(self) -> list[str]:
@@ -204,8 +239,11 @@ def resolve_objectives(config: SearchConfig, task: Task) -> SearchConfig:
     if config.objectives is None:
         return config.model_copy(update={"objectives": (task.metric, "size_bytes")})
     if quality_metric(config.objectives) != task.metric:
-        raise ConfigError("objectives", list(config.objectives),
-                          f"task {task.name!r}'s metric {task.metric!r} plus size_bytes and/or latency_ms")
+        raise ConfigError(
+            "objectives",
+            list(config.objectives),
+            f"task {task.name!r}'s metric {task.metric!r} plus size_bytes and/or latency_ms",
+        )
     return config
 
 
@@ -218,15 +256,24 @@ def _check_combinations(config: SearchConfig) -> None:
     """
     # Off their defaults, not merely given: a dumped config (resume state) repeats every default.
     defaults = StudentsConfig()
-    student_fields = sorted(k for k in StudentsConfig.model_fields
-                            if k != "families" and getattr(config.students, k) != getattr(defaults, k))
+    student_fields = sorted(
+        k
+        for k in StudentsConfig.model_fields
+        if k != "families" and getattr(config.students, k) != getattr(defaults, k)
+    )
     if student_fields and not config.students.families:
-        raise ConfigError("students.families", [], f"at least one student family (see compression.list_students()) "
-                          f"when students.{student_fields[0]} is set")
+        raise ConfigError(
+            "students.families",
+            [],
+            f"at least one student family (see compression.list_students()) when students.{student_fields[0]} is set",
+        )
     if config.scheduler == "asha" and config.finetune_epochs < config.asha.grace_period + 1:
-        raise ConfigError("finetune_epochs", config.finetune_epochs,
-                          f"an integer >= {config.asha.grace_period + 1} with scheduler: asha (ASHA stops trials "
-                          "between fine-tune epochs, after asha.grace_period of them)")
+        raise ConfigError(
+            "finetune_epochs",
+            config.finetune_epochs,
+            f"an integer >= {config.asha.grace_period + 1} with scheduler: asha (ASHA stops trials "
+            "between fine-tune epochs, after asha.grace_period of them)",
+        )
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> SearchConfig:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from rayzor.compression import (
     OrtModule,
     export_onnx,
@@ -19,6 +20,7 @@ from rayzor.compression import (
     measure_onnx_latency,
     quantize_onnx_int8,
 )
+from rayzor.errors import ConfigError, RayzorError
 from rayzor.search._config import SearchConfig
 from rayzor.search._pareto import parse_pick, pick
 from rayzor.search._records import FINISHED, TrialRecord, front_of, record_of
@@ -32,8 +34,6 @@ from rayzor.search._tags import (
     TAG_ROLE,
 )
 from rayzor.search._tracking import connect, latest_search_run, trial_runs
-
-from rayzor.errors import ConfigError, RayzorError
 from rayzor.tasks import Task, create_task
 
 __all__ = ["EXPORT_FORMATS", "ONNX_TOLERANCE", "ExportReport", "SearchView", "export_model", "load_search", "pick_run"]
@@ -77,8 +77,10 @@ def load_search(tracking_uri: str | None, experiment: str) -> SearchView:
     client, _, experiment_id = connect(tracking_uri, experiment, create=False)
     parent = latest_search_run(client, experiment_id, experiment)
     objectives = tuple(parent.data.tags.get(TAG_OBJECTIVES, "accuracy,size_bytes").split(","))
-    pairs = sorted(((record_of(r), r) for r in trial_runs(client, experiment_id, parent.info.run_id)),
-                   key=lambda pair: pair[0].number)
+    pairs = sorted(
+        ((record_of(r), r) for r in trial_runs(client, experiment_id, parent.info.run_id)),
+        key=lambda pair: pair[0].number,
+    )
     trials = [t for t, _ in pairs]
     # Tags are the search's word once every finished trial carries one (the search reached its end).
     tagged = bool(pairs) and all(TAG_PARETO in r.data.tags for t, r in pairs if t.status == FINISHED)
@@ -127,8 +129,9 @@ def _reference_batch(task: Task) -> torch.Tensor:
     return torch.cat([task.example_input, inputs])
 
 
-def _write(model: torch.nn.Module, packed: Path, fmt: str, out: Path, batch: torch.Tensor,
-           example: torch.Tensor) -> tuple[torch.nn.Module, float]:
+def _write(
+    model: torch.nn.Module, packed: Path, fmt: str, out: Path, batch: torch.Tensor, example: torch.Tensor
+) -> tuple[torch.nn.Module, float]:
     """Write ``out`` in ``fmt``; return the shipped model (as run from the file) and its max |diff| to ``model``."""
     if fmt == "packed":
         shutil.copyfile(packed, out)
@@ -181,7 +184,9 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
         val = task.score(model, "val")
         logged = float(run.data.metrics[task.metric])
         if abs(val[task.metric] - logged) > 1e-6:
-            raise RayzorError(f"packed model of run {run_id} scores {task.metric}={val[task.metric]} on val, but the trial logged {logged}")
+            raise RayzorError(
+                f"packed model of run {run_id} scores {task.metric}={val[task.metric]} on val, but the trial logged {logged}"
+            )
         batch = _reference_batch(task)
         try:
             shipped, diff = _write(model, packed, fmt, out, batch, task.example_input)

@@ -28,7 +28,7 @@ from typing import Literal, get_args
 import numpy as np
 from numpy.typing import ArrayLike
 
-from rayzor.errors import ConfigError, NoMatchError, RayzorError
+from rayzor.errors import ConfigError, NoMatchError
 
 __all__ = [
     "Constraint",
@@ -58,9 +58,7 @@ _DOMINANCE_BLOCK = 1 << 24
 def _check_directions(directions: Sequence[str]) -> tuple[str, ...]:
     # A bare string is a Sequence[str] too; iterating it would report 'm'.
     if isinstance(directions, str):
-        raise ConfigError(
-            "directions", directions, "a sequence of 'minimize'/'maximize', one per objective"
-        )
+        raise ConfigError("directions", directions, "a sequence of 'minimize'/'maximize', one per objective")
     directions = tuple(directions)
     if not directions:
         raise ConfigError("directions", directions, "at least one of 'minimize', 'maximize'")
@@ -290,7 +288,6 @@ def _fmt(value: float) -> str:
     if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return repr(value)
-
 
 
 @dataclass(frozen=True)

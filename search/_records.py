@@ -8,12 +8,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from rayzor.search._config import objective_direction
 from rayzor.search._pareto import hypervolume, pareto_mask
 from rayzor.search._tags import TAG_ERROR, TAG_PLAN, TAG_TRIAL, TAG_TRIAL_ID
 
-__all__ = ["FINISHED", "LATENCY_REFERENCE", "STOPPED", "Front", "TrialRecord", "front_of", "objective_scale",
-           "record_of", "search_hypervolume"]
+__all__ = [
+    "FINISHED",
+    "LATENCY_REFERENCE",
+    "STOPPED",
+    "Front",
+    "TrialRecord",
+    "front_of",
+    "objective_scale",
+    "record_of",
+    "search_hypervolume",
+]
 
 #: Status of a trial that ran to the end (its MLflow run ends FINISHED).
 FINISHED = "FINISHED"
@@ -66,8 +76,9 @@ def objective_scale(objective: str, value: float, baseline: Mapping[str, float])
     return 1.0 - value
 
 
-def search_hypervolume(rows: Sequence[Mapping[str, float]], objectives: Sequence[str],
-                       baseline: Mapping[str, float]) -> float:
+def search_hypervolume(
+    rows: Sequence[Mapping[str, float]], objectives: Sequence[str], baseline: Mapping[str, float]
+) -> float:
     """Hypervolume of trial metrics in the unit box of :func:`objective_scale`."""
     if not rows:
         return 0.0

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from rayzor.search._config import quality_metric
 from rayzor.search._records import FINISHED, STOPPED, TrialRecord
 from rayzor.search._tags import TAG_PARETO
@@ -22,8 +23,12 @@ def front_rows(front: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row.get("size_bytes", 0.0))
 
 
-def pareto_plot(records: Sequence[TrialRecord], front: Sequence[TrialRecord], objectives: Sequence[str],
-                baseline: Mapping[str, float]) -> bytes:
+def pareto_plot(
+    records: Sequence[TrialRecord],
+    front: Sequence[TrialRecord],
+    objectives: Sequence[str],
+    baseline: Mapping[str, float],
+) -> bytes:
     """PNG of quality against packed size: every finished trial, the front as a staircase, the fp32 line."""
     import matplotlib
 
@@ -33,8 +38,13 @@ def pareto_plot(records: Sequence[TrialRecord], front: Sequence[TrialRecord], ob
     done = [r for r in records if r.status == FINISHED]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     quality = quality_metric(tuple(objectives))
-    ax.scatter([r.metrics["size_bytes"] / 1024 for r in done], [r.metrics[quality] for r in done],
-               s=18, c="#9aa5b1", label="trials")
+    ax.scatter(
+        [r.metrics["size_bytes"] / 1024 for r in done],
+        [r.metrics[quality] for r in done],
+        s=18,
+        c="#9aa5b1",
+        label="trials",
+    )
     pts = sorted((r.metrics["size_bytes"] / 1024, r.metrics[quality]) for r in front)
     ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="#d9480f", lw=1.5)
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=36, c="#d9480f", label="Pareto front", zorder=3)
@@ -58,8 +68,14 @@ def _png_array(png: bytes) -> np.ndarray:
     return (matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3] * 255).astype(np.uint8)
 
 
-def log_report(client: Any, parent: str, records: Sequence[TrialRecord], front: Sequence[TrialRecord],
-               objectives: Sequence[str], baseline: Mapping[str, float]) -> None:
+def log_report(
+    client: Any,
+    parent: str,
+    records: Sequence[TrialRecord],
+    front: Sequence[TrialRecord],
+    objectives: Sequence[str],
+    baseline: Mapping[str, float],
+) -> None:
     """Tag every trial ``rayzor.pareto`` true/false and log the front and the counts on the parent run.
 
     Artifacts: ``pareto.json``, ``pareto.csv`` (rows of :func:`front_rows`)

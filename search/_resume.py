@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rayzor.search._config import SearchConfig, validate_config
-
 from rayzor.errors import ConfigError
+from rayzor.search._config import SearchConfig, validate_config
 
 __all__ = ["RESUME_FILE", "load_resume_state", "resumed_config", "write_resume_state"]
 
 #: Written next to the Tune experiment: what ``--resume`` needs to continue.
 RESUME_FILE = "rayzor-search.json"
-_VALID_RESUME = "the folder of a search's Tune experiment (STORAGE_PATH/NAME, or a pyarrow URI), or NAME under storage_path"
+_VALID_RESUME = (
+    "the folder of a search's Tune experiment (STORAGE_PATH/NAME, or a pyarrow URI), or NAME under storage_path"
+)
 
 
 def _experiment_fs(path: str) -> tuple[Any, str]:
@@ -50,7 +51,9 @@ def load_resume_state(resume: str, storage_path: str | None) -> tuple[str, dict[
     for candidate in candidates:
         fs, path = _experiment_fs(candidate)
         info = fs.get_file_info(f"{path}/{RESUME_FILE}")
-        if info.type == pyarrow.fs.FileType.File and tune.Tuner.can_restore(path if "://" not in candidate else candidate):
+        if info.type == pyarrow.fs.FileType.File and tune.Tuner.can_restore(
+            path if "://" not in candidate else candidate
+        ):
             with fs.open_input_stream(f"{path}/{RESUME_FILE}") as f:
                 return (candidate if "://" in candidate else path), json.loads(f.read())
     raise ConfigError("--resume", resume, f"{_VALID_RESUME}; nothing restorable at {', '.join(candidates)}")

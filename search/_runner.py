@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rayzor.compression import measure_latency, state_dict_bytes
+from rayzor.errors import ConfigError
 from rayzor.search._config import SearchConfig, resolve_objectives
 from rayzor.search._ray import check_ray_address, start_ray, trial_request
 from rayzor.search._records import TrialRecord
@@ -23,8 +24,6 @@ from rayzor.search._tracker import TRACKERS, Tracker
 from rayzor.search._tracking import connect, log_params
 from rayzor.search._tuner import make_trainable, make_tuner, warm_start_points
 from rayzor.spaces import CompressionSpace, StudentSpace
-
-from rayzor.errors import ConfigError
 from rayzor.tasks import Task, create_task
 
 __all__ = ["Prepared", "SearchResult", "prepare", "run_search", "warm_start_points"]
@@ -107,26 +106,34 @@ def _open_parent(client: Any, experiment_id: str, name: str, config: SearchConfi
     try:
         client.update_run(state["parent_run_id"], status="RUNNING")
     except MlflowException:
-        raise ConfigError("--resume", name, f"a search whose parent run {state['parent_run_id']} is in {config.tracking_uri}") from None
+        raise ConfigError(
+            "--resume", name, f"a search whose parent run {state['parent_run_id']} is in {config.tracking_uri}"
+        ) from None
     return str(state["parent_run_id"])
 
 
-def _log_parent(p: Prepared, parent_id: str, name: str, storage: str, request: dict[str, float], concurrency: int) -> None:
+def _log_parent(
+    p: Prepared, parent_id: str, name: str, storage: str, request: dict[str, float], concurrency: int
+) -> None:
     """The parent run's params (config, space, baseline, resources) and its config and space artifacts."""
     config, space = p.config, p.space
-    log_params(p.client, parent_id, {
-        **config.model_dump(exclude={"space", "task_options", "concurrency"}),
-        "concurrency": concurrency,
-        "task_options": config.task_options,
-        "space.sparsity": list(config.space.sparsity),
-        "space.bits": list(config.space.bits),
-        "dimensions": space.dimensions,
-        "layers": len(space.layers),
-        "search_name": name,
-        "storage_path": storage,
-        "trial_resources": request,
-        **{f"baseline.{k}": v for k, v in p.baseline.items()},
-    })
+    log_params(
+        p.client,
+        parent_id,
+        {
+            **config.model_dump(exclude={"space", "task_options", "concurrency"}),
+            "concurrency": concurrency,
+            "task_options": config.task_options,
+            "space.sparsity": list(config.space.sparsity),
+            "space.bits": list(config.space.bits),
+            "dimensions": space.dimensions,
+            "layers": len(space.layers),
+            "search_name": name,
+            "storage_path": storage,
+            "trial_resources": request,
+            **{f"baseline.{k}": v for k, v in p.baseline.items()},
+        },
+    )
     p.client.log_text(parent_id, config.model_dump_json(indent=2), "search_config.json")
     p.client.log_text(parent_id, json.dumps(space.describe(), indent=2), "space.json")
 
@@ -136,8 +143,9 @@ def _storage(config: SearchConfig) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _warm_start(p: Prepared, parent_id: str, state: dict[str, Any] | None,
-                progress: Callable[[str], None]) -> list[dict[str, Any]]:
+def _warm_start(
+    p: Prepared, parent_id: str, state: dict[str, Any] | None, progress: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """Set ``space.warm_start`` (probed on Ray, or read back on resume) and return the enqueued points."""
     if state is not None:
         p.space.warm_start = state.get("warm_start_points", [])  # not probed again: Tune restores the searcher
@@ -148,7 +156,9 @@ def _warm_start(p: Prepared, parent_id: str, state: dict[str, Any] | None,
     return warm_start_points(p.space, p.config)
 
 
-def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print, resume: str | None = None) -> SearchResult:
+def run_search(
+    config: SearchConfig, *, progress: Callable[[str], None] = print, resume: str | None = None
+) -> SearchResult:
     """Run one search end to end and return its Pareto front.
 
     Bad input raises :class:`~rayzor.errors.ConfigError` before Ray
@@ -185,18 +195,27 @@ def run_search(config: SearchConfig, *, progress: Callable[[str], None] = print,
             _log_parent(p, parent_id, name, storage, request, concurrency)
         warm_points = _warm_start(p, parent_id, state, progress)
         if state is None:
-            write_resume_state(f"{storage.rstrip('/')}/{name}", {
-                "name": name, "storage_path": storage, "parent_run_id": parent_id, "experiment_id": p.experiment_id,
-                "warm_start_points": p.space.warm_start,  # the tracker tags them again after a resume
-                "config": config.model_copy(update={"tracking_uri": p.tracking_uri}).model_dump(mode="json"),
-                "concurrency_given": "concurrency" in config.model_fields_set,
-            })
+            write_resume_state(
+                f"{storage.rstrip('/')}/{name}",
+                {
+                    "name": name,
+                    "storage_path": storage,
+                    "parent_run_id": parent_id,
+                    "experiment_id": p.experiment_id,
+                    "warm_start_points": p.space.warm_start,  # the tracker tags them again after a resume
+                    "config": config.model_copy(update={"tracking_uri": p.tracking_uri}).model_dump(mode="json"),
+                    "concurrency_given": "concurrency" in config.model_fields_set,
+                },
+            )
         task, baseline = p.task, p.baseline
-        progress(f"search {name}: {config.trials} trials x {p.space.dimensions} dims on task {task.name!r} "
-                 f"(fp32 {task.metric} {baseline[task.metric]:.4f}, {baseline['size_bytes'] / 1024:.1f} KiB), sampler {config.sampler}, "
-                 f"{concurrency} at a time, {request} per trial" + (" (resumed)" if state else ""))
-        tracker = TRACKERS[parent_id] = Tracker(p.tracking_uri, p.experiment_id, parent_id, config, warm_points,
-                                                baseline, progress)
+        progress(
+            f"search {name}: {config.trials} trials x {p.space.dimensions} dims on task {task.name!r} "
+            f"(fp32 {task.metric} {baseline[task.metric]:.4f}, {baseline['size_bytes'] / 1024:.1f} KiB), sampler {config.sampler}, "
+            f"{concurrency} at a time, {request} per trial" + (" (resumed)" if state else "")
+        )
+        tracker = TRACKERS[parent_id] = Tracker(
+            p.tracking_uri, p.experiment_id, parent_id, config, warm_points, baseline, progress
+        )
         trainable = make_trainable(config, task, p.space, baseline, request)
         tuner = make_tuner(config, trainable, p.space, warm_points, name, storage, concurrency, parent_id, restore_path)
         # A failed trial is reported as one line and logged (with its traceback)

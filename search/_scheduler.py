@@ -54,8 +54,15 @@ class SizeBucketASHA(FIFOScheduler):
             the same epoch dominates its (quality, ``size_bytes``) point.
     """
 
-    def __init__(self, metric: str, mode: str, max_t: int, grace_period: int = 1, reduction_factor: float = 2,
-                 protect_front: bool = True) -> None:
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: float = 2,
+        protect_front: bool = True,
+    ) -> None:
         super().__init__()
         self._metric, self._mode = metric, mode
         self._protect = protect_front
@@ -115,8 +122,14 @@ class SizeBucketASHA(FIFOScheduler):
             key = int(result[BUCKET_KEY])
             if key not in self._buckets:
                 self._buckets[key] = AsyncHyperBandScheduler(
-                    time_attr="training_iteration", metric=self._metric, mode=self._mode, max_t=self._max_t,
-                    grace_period=self._grace_period, reduction_factor=self._reduction_factor, brackets=1)
+                    time_attr="training_iteration",
+                    metric=self._metric,
+                    mode=self._mode,
+                    max_t=self._max_t,
+                    grace_period=self._grace_period,
+                    reduction_factor=self._reduction_factor,
+                    brackets=1,
+                )
             self._buckets[key].on_trial_add(tune_controller, trial)
             self._bucket_of[trial.trial_id] = key
         return self._buckets[key]

@@ -22,11 +22,19 @@ from rayzor.spaces import (
     sensitivity,
     sensitivity_points,
 )
-
 from rayzor.tasks import Task, create_task
 
-__all__ = ["ROLE_SENSITIVITY", "SENSITIVITY_DIR", "SensitivityResult", "drop_matrix", "level_label", "log_sensitivity",
-           "probe", "run_sensitivity", "search_phase"]
+__all__ = [
+    "ROLE_SENSITIVITY",
+    "SENSITIVITY_DIR",
+    "SensitivityResult",
+    "drop_matrix",
+    "level_label",
+    "log_sensitivity",
+    "probe",
+    "run_sensitivity",
+    "search_phase",
+]
 
 #: Artifact folder of the sensitivity phase inside a search's parent run.
 SENSITIVITY_DIR = "sensitivity"
@@ -56,14 +64,17 @@ def level_label(dimension: str, value: float) -> str:
 def drop_matrix(rows: Sequence[SensitivityRow]) -> tuple[list[str], list[tuple[str, float]], list[list[float | None]]]:
     """Units (probe order) x levels (sparsity rising, then bits falling: milder to harsher), metric drop or None."""
     units = list(dict.fromkeys(r.unit for r in rows))
-    levels = sorted({(r.dimension, r.value) for r in rows},
-                    key=lambda lv: (lv[0] != "sparsity", lv[1] if lv[0] == "sparsity" else -lv[1]))
+    levels = sorted(
+        {(r.dimension, r.value) for r in rows},
+        key=lambda lv: (lv[0] != "sparsity", lv[1] if lv[0] == "sparsity" else -lv[1]),
+    )
     drops = {(r.unit, r.dimension, r.value): r.drop for r in rows}
     return units, levels, [[drops.get((u, *lv)) for lv in levels] for u in units]
 
 
-def probe(task: Task, space: CompressionSpace, progress: Callable[[str], None] = lambda line: None
-          ) -> tuple[list[SensitivityRow], list[dict[str, Any]], float]:
+def probe(
+    task: Task, space: CompressionSpace, progress: Callable[[str], None] = lambda line: None
+) -> tuple[list[SensitivityRow], list[dict[str, Any]], float]:
     """Run the probes as Ray tasks (Ray must be running) and derive the warm-start plans.
 
     Returns ``(rows, points, seconds)``.
@@ -72,8 +83,10 @@ def probe(task: Task, space: CompressionSpace, progress: Callable[[str], None] =
     rows = sensitivity(task, space, parallel=True)
     points = sensitivity_points(space, rows)
     seconds = time.perf_counter() - started
-    progress(f"sensitivity: {len(rows)} probes of {len({r.unit for r in rows})} units on Ray in {seconds:.1f} s, "
-             f"{len(points)} warm-start plans")
+    progress(
+        f"sensitivity: {len(rows)} probes of {len({r.unit for r in rows})} units on Ray in {seconds:.1f} s, "
+        f"{len(points)} warm-start plans"
+    )
     return rows, points, seconds
 
 
@@ -94,8 +107,15 @@ def _heatmap(rows: Sequence[SensitivityRow], metric: str, title: str) -> Any:
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
                 if v is not None:
-                    ax.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=7,
-                            color="white" if v > 0.6 * top else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:+.3f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v > 0.6 * top else "black",
+                    )
     ax.set_xticks(range(len(levels)), [level_label(*lv) for lv in levels])
     ax.set_yticks(range(len(units)), units, fontsize=8)
     ax.set_xlabel("level (only this unit compressed, no fine-tune)")
@@ -116,8 +136,17 @@ def log_sensitivity(client: Any, run_id: str, result: SensitivityResult, artifac
 
     path = (lambda name: f"{artifact_dir.rstrip('/')}/{name}") if artifact_dir else (lambda name: name)
     columns = ["unit", "layers", "dimension", "value", "metric", "drop"]
-    records = [{"unit": r.unit, "layers": ",".join(result.units.get(r.unit, [r.unit])), "dimension": r.dimension,
-                "value": r.value, "metric": r.metric, "drop": r.drop} for r in result.rows]
+    records = [
+        {
+            "unit": r.unit,
+            "layers": ",".join(result.units.get(r.unit, [r.unit])),
+            "dimension": r.dimension,
+            "value": r.value,
+            "metric": r.metric,
+            "drop": r.drop,
+        }
+        for r in result.rows
+    ]
     client.log_table(run_id, {c: [rec[c] for rec in records] for c in columns}, path("sensitivity.json"))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
@@ -126,23 +155,29 @@ def log_sensitivity(client: Any, run_id: str, result: SensitivityResult, artifac
     client.log_text(run_id, out.getvalue(), path("sensitivity.csv"))
     client.log_text(run_id, json.dumps(result.points, indent=2), path("warm_start.json"))
     if result.rows:
-        fig = _heatmap(result.rows, result.metric, f"{result.metric} drop per unit, task {result.task!r} "
-                       f"(fp32 {result.baseline:.4f})")
+        fig = _heatmap(
+            result.rows,
+            result.metric,
+            f"{result.metric} drop per unit, task {result.task!r} (fp32 {result.baseline:.4f})",
+        )
         try:
             client.log_figure(run_id, fig, path("heatmap.png"))
         finally:
             plt.close(fig)
 
 
-def _result(task: Task, space: CompressionSpace, rows: list[SensitivityRow], points: list[dict[str, Any]],
-            seconds: float) -> SensitivityResult:
+def _result(
+    task: Task, space: CompressionSpace, rows: list[SensitivityRow], points: list[dict[str, Any]], seconds: float
+) -> SensitivityResult:
     base = task.baseline["val"][task.metric]
-    return SensitivityResult(task.name, task.metric, base, rows, points, seconds,
-                             units={u.prefix: list(u.layers) for u in space.units})
+    return SensitivityResult(
+        task.name, task.metric, base, rows, points, seconds, units={u.prefix: list(u.layers) for u in space.units}
+    )
 
 
-def search_phase(client: Any, parent_id: str, task: Task, space: CompressionSpace,
-                 progress: Callable[[str], None]) -> SensitivityResult:
+def search_phase(
+    client: Any, parent_id: str, task: Task, space: CompressionSpace, progress: Callable[[str], None]
+) -> SensitivityResult:
     """The sensitivity phase of a search with ``warm_start: sensitivity``, logged in its parent run."""
     result = _result(task, space, *probe(task, space, progress))
     log_sensitivity(client, parent_id, result, SENSITIVITY_DIR)
@@ -161,18 +196,32 @@ def run_sensitivity(config: SearchConfig, *, progress: Callable[[str], None] = p
     check_ray_address(config)
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     task = create_task(config.task, **config.task_options)
-    space = config.space.build(task.model, FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed),
-                               example_input=task.example_input)
+    space = config.space.build(
+        task.model, FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed), example_input=task.example_input
+    )
     started_ray = start_ray(config)
     run_id, status = None, "FAILED"
     try:
-        run_id = client.create_run(experiment_id, run_name=datetime.now().strftime("sensitivity-%Y%m%d-%H%M%S"),
-                                   tags={TAG_ROLE: ROLE_SENSITIVITY, TAG_TASK: task.name}).info.run_id
+        run_id = client.create_run(
+            experiment_id,
+            run_name=datetime.now().strftime("sensitivity-%Y%m%d-%H%M%S"),
+            tags={TAG_ROLE: ROLE_SENSITIVITY, TAG_TASK: task.name},
+        ).info.run_id
         result = _result(task, space, *probe(task, space, progress))
-        log_params(client, run_id, {"task": config.task, "task_options": config.task_options, "metric": task.metric,
-                                    f"baseline.{task.metric}": result.baseline, "units": len(space.units),
-                                    "probes": len(result.rows), "space.sparsity": list(config.space.sparsity),
-                                    "space.bits": list(config.space.bits)})
+        log_params(
+            client,
+            run_id,
+            {
+                "task": config.task,
+                "task_options": config.task_options,
+                "metric": task.metric,
+                f"baseline.{task.metric}": result.baseline,
+                "units": len(space.units),
+                "probes": len(result.rows),
+                "space.sparsity": list(config.space.sparsity),
+                "space.bits": list(config.space.bits),
+            },
+        )
         client.log_text(run_id, json.dumps(space.describe(), indent=2), "space.json")
         log_sensitivity(client, run_id, result)
         client.log_metric(run_id, "sensitivity_seconds", result.seconds)

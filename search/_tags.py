@@ -7,9 +7,27 @@ own queries read these names.
 from __future__ import annotations
 
 __all__ = [
-    "PACKED_ARTIFACT_DIR", "PACKED_NAME", "PLAN_ARTIFACT", "ROLE_SEARCH", "ROLE_SENSITIVITY", "ROLE_TRIAL",
-    "TAG_DEVICE", "TAG_EARLY_STOPPED", "TAG_ERROR", "TAG_MODEL", "TAG_NODE_ID", "TAG_OBJECTIVES", "TAG_ORPHAN",
-    "TAG_PARENT", "TAG_PARETO", "TAG_PLAN", "TAG_ROLE", "TAG_TASK", "TAG_TRIAL", "TAG_TRIAL_ID", "TAG_WARM_START",
+    "PACKED_ARTIFACT_DIR",
+    "PACKED_NAME",
+    "PLAN_ARTIFACT",
+    "ROLE_SEARCH",
+    "ROLE_SENSITIVITY",
+    "ROLE_TRIAL",
+    "TAG_DEVICE",
+    "TAG_EARLY_STOPPED",
+    "TAG_ERROR",
+    "TAG_MODEL",
+    "TAG_NODE_ID",
+    "TAG_OBJECTIVES",
+    "TAG_ORPHAN",
+    "TAG_PARENT",
+    "TAG_PARETO",
+    "TAG_PLAN",
+    "TAG_ROLE",
+    "TAG_TASK",
+    "TAG_TRIAL",
+    "TAG_TRIAL_ID",
+    "TAG_WARM_START",
 ]
 
 #: MLflow's own tag nesting a child run under its parent.

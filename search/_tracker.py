@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from rayzor.errors import TrackingError
 from rayzor.search._config import SearchConfig, quality_metric
 from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, record_of
 from rayzor.search._tags import (
@@ -35,13 +37,22 @@ from rayzor.search._tags import (
 from rayzor.search._tracking import log_params, trial_runs
 from rayzor.spaces import FAMILY_KEY, TEACHER
 
-from rayzor.errors import TrackingError
-
 __all__ = ["ENGINE_METRICS", "TRACKERS", "Tracker"]
 
 #: What the engine measures in every trial, beside the task's own metrics.
-ENGINE_METRICS = ("size_bytes", "compression_ratio", "latency_ms", "weight_sparsity", "quality_drop", "params",
-                  "nonzero_params", "flops", "macs", "bitops", "trial_seconds")
+ENGINE_METRICS = (
+    "size_bytes",
+    "compression_ratio",
+    "latency_ms",
+    "weight_sparsity",
+    "quality_drop",
+    "params",
+    "nonzero_params",
+    "flops",
+    "macs",
+    "bitops",
+    "trial_seconds",
+)
 #: Trial result keys logged as tags of the child run (where the trial ran).
 _RESULT_TAGS = {"node_id": TAG_NODE_ID, "device": TAG_DEVICE}
 #: Longest plan summary kept as a tag (MLflow caps tag values).
@@ -93,9 +104,16 @@ class Tracker:
         progress: Receives one line per logged trial.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, config: SearchConfig,
-                 warm_points: Sequence[Mapping[str, Any]], baseline: Mapping[str, float],
-                 progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        config: SearchConfig,
+        warm_points: Sequence[Mapping[str, Any]],
+        baseline: Mapping[str, float],
+        progress: Callable[[str], None],
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)  # the writer thread's own
@@ -128,25 +146,31 @@ class Tracker:
 
     def logging_seconds(self) -> dict[str, float]:
         """Mean seconds per result: on the driver's event loop, and in the writer."""
+
         def mean(xs: list[float]) -> float:
             return float(np.mean(xs)) if xs else 0.0
 
-        return {"driver_per_result": mean(self.submit_seconds), "writer_per_result": mean(self.write_seconds),
-                "results": float(len(self.write_seconds))}
+        return {
+            "driver_per_result": mean(self.submit_seconds),
+            "writer_per_result": mean(self.write_seconds),
+            "results": float(len(self.write_seconds)),
+        }
 
     def submit(self, trial: Any, status: str) -> None:
         """Queue one ended trial for logging (called on Tune's event loop)."""
         started = time.perf_counter()
         self._queued.add(trial.trial_id)
-        self._queue.put(_Outcome(
-            trial_id=trial.trial_id,
-            number=_trial_number(trial, len(self._queued)),
-            status=status,
-            params={k: v for k, v in trial.config.items() if "." in k},
-            result=dict(trial.last_result or {}),
-            checkpoint=trial.checkpoint,
-            error_file=trial.error_file,
-        ))
+        self._queue.put(
+            _Outcome(
+                trial_id=trial.trial_id,
+                number=_trial_number(trial, len(self._queued)),
+                status=status,
+                params={k: v for k, v in trial.config.items() if "." in k},
+                result=dict(trial.last_result or {}),
+                checkpoint=trial.checkpoint,
+                error_file=trial.error_file,
+            )
+        )
         self.submit_seconds.append(time.perf_counter() - started)
 
     def reconcile(self, trials: Sequence[Any]) -> None:
@@ -225,8 +249,13 @@ class Tracker:
         result = outcome.result
         summary = str(result.get("plan_summary", ""))  # none for a trial that failed before reporting
         model = str(result.get("model", outcome.params.get(FAMILY_KEY, TEACHER)))
-        tags = {TAG_PARENT: self.parent, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: outcome.trial_id,
-                TAG_TRIAL: str(outcome.number), TAG_MODEL: model}
+        tags = {
+            TAG_PARENT: self.parent,
+            TAG_ROLE: ROLE_TRIAL,
+            TAG_TRIAL_ID: outcome.trial_id,
+            TAG_TRIAL: str(outcome.number),
+            TAG_MODEL: model,
+        }
         if summary:
             tags[TAG_PLAN] = summary[:_PLAN_TAG_CHARS]
         tags.update({tag: str(result[key]) for key, tag in _RESULT_TAGS.items() if key in result})
@@ -239,12 +268,15 @@ class Tracker:
             for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)
         else:
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{outcome.number:04d}", tags=tags).info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{outcome.number:04d}", tags=tags
+            ).info.run_id
         log_params(self.client, run_id, outcome.params)
         if "plan_json" in result:
             self.client.log_text(run_id, str(result["plan_json"]), PLAN_ARTIFACT)
-        record = TrialRecord(outcome.number, run_id, outcome.status, outcome.params, plan_summary=summary,
-                             trial_id=outcome.trial_id)
+        record = TrialRecord(
+            outcome.number, run_id, outcome.status, outcome.params, plan_summary=summary, trial_id=outcome.trial_id
+        )
         return run_id, record
 
     def _log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
@@ -276,15 +308,20 @@ class Tracker:
     def _stopped(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
         """A trial the scheduler stopped early: its partial metrics, no artifact, off the front."""
         record.status = STOPPED
-        record.metrics = {k: float(v) for k, v in outcome.result.items()
-                          if k in (*self.baseline_metrics, "size_bytes", "epoch") and isinstance(v, (int, float))}
+        record.metrics = {
+            k: float(v)
+            for k, v in outcome.result.items()
+            if k in (*self.baseline_metrics, "size_bytes", "epoch") and isinstance(v, (int, float))
+        }
         self._log_metrics(run_id, record.metrics)
         epoch = int(record.metrics.get("epoch", 0))
         self.client.set_tag(run_id, TAG_EARLY_STOPPED, f"after epoch {epoch}")
         self.client.set_terminated(run_id, "KILLED")
         self._keep(record)
-        self.progress(f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  stopped early at epoch "
-                      f"{epoch}  {self.quality}={record.metrics.get(self.quality, float('nan')):.4f}")
+        self.progress(
+            f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  stopped early at epoch "
+            f"{epoch}  {self.quality}={record.metrics.get(self.quality, float('nan')):.4f}"
+        )
 
     def _fail(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
         text = ""

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from rayzor.search._tags import ROLE_SEARCH, ROLE_TRIAL, TAG_PARENT, TAG_ROLE
-
 from rayzor.errors import ConfigError, RayzorError
+from rayzor.search._tags import ROLE_SEARCH, ROLE_TRIAL, TAG_PARENT, TAG_ROLE
 
 __all__ = ["connect", "latest_search_run", "log_params", "resolve_tracking_uri", "trial_runs"]
 _VALID_URIS = "http(s)://HOST:PORT of a running MLflow server, sqlite:///PATH, or another MLflow store URI"
@@ -52,7 +51,9 @@ def _check_reachable(uri: str) -> None:
         if not folder.is_dir():
             raise ConfigError("tracking_uri", uri, f"{_VALID_URIS} (folder {folder} does not exist)")
     elif parsed.scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
-        raise ConfigError("tracking_uri", uri, f"{_VALID_URIS}; MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true")
+        raise ConfigError(
+            "tracking_uri", uri, f"{_VALID_URIS}; MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true"
+        )
 
 
 def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[Any, str, str]:
@@ -71,14 +72,20 @@ def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[A
     uri = resolve_tracking_uri(uri)
     _check_reachable(uri)
     if not create and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        raise ConfigError("tracking_uri", uri, "an existing MLflow store: run `rayzor search` first, or pass --tracking-uri")
+        raise ConfigError(
+            "tracking_uri", uri, "an existing MLflow store: run `rayzor search` first, or pass --tracking-uri"
+        )
     try:
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             if not create:
                 names = [e.name for e in client.search_experiments(max_results=50)]
-                raise ConfigError("--experiment", experiment, ", ".join(repr(n) for n in names) or "none yet: run `rayzor search` first")
+                raise ConfigError(
+                    "--experiment",
+                    experiment,
+                    ", ".join(repr(n) for n in names) or "none yet: run `rayzor search` first",
+                )
             experiment_id = client.create_experiment(experiment)
         else:
             experiment_id = found.experiment_id

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
 from rayzor.compression import (
     CompressionPlan,
     DistillConfig,
@@ -24,17 +27,24 @@ from rayzor.compression import (
     save_packed,
     state_dict_bytes,
 )
+from rayzor.errors import ConfigError
 from rayzor.search._tags import PACKED_NAME
 from rayzor.spaces import TEACHER, CompressionSpace, StudentSpace
-from torch import nn
-from torch.utils.data import DataLoader
-
-from rayzor.errors import ConfigError
 from rayzor.tasks import Task
 
-__all__ = ["CALIBRATION_BATCHES", "PACKED_NAME", "PLAN_KEYS", "TrialPlan", "compact_plan", "decode_trial", "evaluate",
-           "evaluate_plan", "planned_size",
-           "run_trial", "trial_device"]
+__all__ = [
+    "CALIBRATION_BATCHES",
+    "PACKED_NAME",
+    "PLAN_KEYS",
+    "TrialPlan",
+    "compact_plan",
+    "decode_trial",
+    "evaluate",
+    "evaluate_plan",
+    "planned_size",
+    "run_trial",
+    "trial_device",
+]
 
 #: Training batches (in order) an activation-quantizing plan calibrates on: post-training
 #: calibration needs only a few batches of the inputs the layers really see.
@@ -97,21 +107,40 @@ def trial_device() -> str:
     return "cpu"
 
 
-def evaluate_plan(task: Task, space: CompressionSpace | StudentSpace, params: dict[str, Any], out_dir: Path,
-                  device: str = "cpu", entropy: str | None = None,
-                  on_epoch: Callable[[int, nn.Module], None] | None = None,
-                  distillation: dict[str, Any] | None = None) -> dict[str, float]:
+def evaluate_plan(
+    task: Task,
+    space: CompressionSpace | StudentSpace,
+    params: dict[str, Any],
+    out_dir: Path,
+    device: str = "cpu",
+    entropy: str | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    distillation: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Compress the task's model (or a student) with the plan ``params`` decode to, and measure it.
 
     See :func:`evaluate` (this decodes ``params`` with :func:`decode_trial` first).
     """
-    return evaluate(task, decode_trial(space, params), out_dir, device=device, entropy=entropy, on_epoch=on_epoch,
-                    distillation=distillation)
+    return evaluate(
+        task,
+        decode_trial(space, params),
+        out_dir,
+        device=device,
+        entropy=entropy,
+        on_epoch=on_epoch,
+        distillation=distillation,
+    )
 
 
-def evaluate(task: Task, trial: TrialPlan, out_dir: Path, device: str = "cpu", entropy: str | None = None,
-             on_epoch: Callable[[int, nn.Module], None] | None = None,
-             distillation: dict[str, Any] | None = None) -> dict[str, float]:
+def evaluate(
+    task: Task,
+    trial: TrialPlan,
+    out_dir: Path,
+    device: str = "cpu",
+    entropy: str | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    distillation: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Compress the task's model (or a student) with a decoded plan, and measure it.
 
     The packed artifact is written to ``out_dir``; ``size_bytes`` is its length.
@@ -136,12 +165,25 @@ def evaluate(task: Task, trial: TrialPlan, out_dir: Path, device: str = "cpu", e
             generator=torch.Generator().manual_seed(plan.finetune.seed),
         )
     teacher_logits = distillation["teacher_logits"] if distillation and plan.finetune.distill_alpha > 0 else None
-    compressed = compress(model, plan, train_loader=loader, loss_fn=task.loss_fn, device=device,
-                          teacher_logits=teacher_logits, on_epoch=on_epoch, example_input=task.example_input,
-                          calibration_data=_calibration(task, plan))
+    compressed = compress(
+        model,
+        plan,
+        train_loader=loader,
+        loss_fn=task.loss_fn,
+        device=device,
+        teacher_logits=teacher_logits,
+        on_epoch=on_epoch,
+        example_input=task.example_input,
+        calibration_data=_calibration(task, plan),
+    )
     metrics = task.score(compressed.model, "val")
-    size = save_packed(compressed, out_dir / PACKED_NAME, arch=arch, metadata={"task": task.name, "model": trial.model},
-                       entropy=entropy)
+    size = save_packed(
+        compressed,
+        out_dir / PACKED_NAME,
+        arch=arch,
+        metadata={"task": task.name, "model": trial.model},
+        entropy=entropy,
+    )
     dense = state_dict_bytes(task.model)
     # The model already holds every dense() weight: count there, not by
     # materialising each weight again.
@@ -171,8 +213,9 @@ def _calibration(task: Task, plan: CompressionPlan) -> list[Any] | None:
     return list(itertools.islice(loader, CALIBRATION_BATCHES))
 
 
-def _candidate(task: Task, trial: TrialPlan, device: str, distillation: dict[str, Any] | None,
-               train: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def _candidate(
+    task: Task, trial: TrialPlan, device: str, distillation: dict[str, Any] | None, train: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model a trial compresses (the teacher, or a distilled student) and its arch.
 
     ``train=False`` skips the distillation (for what only depends on the architecture).
@@ -189,8 +232,18 @@ def _candidate(task: Task, trial: TrialPlan, device: str, distillation: dict[str
     if "teacher_logits" not in d:
         raise ConfigError("distillation", None, "the teacher's logits for a student trial (run_search computes them)")
     config = DistillConfig(temperature=d["temperature"], alpha=d["alpha"])
-    distill(student, None, task.data["train"], config, epochs=d["epochs"], lr=d["lr"], batch_size=task.batch_size,
-            seed=trial.plan.finetune.seed, device=device, teacher_logits=d["teacher_logits"])
+    distill(
+        student,
+        None,
+        task.data["train"],
+        config,
+        epochs=d["epochs"],
+        lr=d["lr"],
+        batch_size=task.batch_size,
+        seed=trial.plan.finetune.seed,
+        device=device,
+        teacher_logits=d["teacher_logits"],
+    )
     return student, arch
 
 
@@ -207,10 +260,12 @@ def planned_size(task: Task, trial: TrialPlan, out_dir: Path, entropy: str | Non
     return float(save_packed(compressed, out_dir / "planned.safetensors", arch=arch, entropy=entropy))
 
 
-def _epoch_reporter(task: Task, trial: TrialPlan, out_dir: Path, schedule: dict[str, Any],
-                    entropy: str | None) -> Callable[[int, nn.Module], None]:
+def _epoch_reporter(
+    task: Task, trial: TrialPlan, out_dir: Path, schedule: dict[str, Any], entropy: str | None
+) -> Callable[[int, nn.Module], None]:
     """``on_epoch`` that reports each fine-tune epoch but the last to Tune, for early stopping."""
     from ray import tune
+
     from rayzor.search._scheduler import (  # imports ray.tune: only on a worker
         BUCKET_KEY,
         size_bucket,
@@ -230,9 +285,15 @@ def _epoch_reporter(task: Task, trial: TrialPlan, out_dir: Path, schedule: dict[
     return report
 
 
-def run_trial(config: dict[str, Any], *, task: Task, space: CompressionSpace | StudentSpace,
-              entropy: str | None = None, schedule: dict[str, Any] | None = None,
-              distillation: dict[str, Any] | None = None) -> None:
+def run_trial(
+    config: dict[str, Any],
+    *,
+    task: Task,
+    space: CompressionSpace | StudentSpace,
+    entropy: str | None = None,
+    schedule: dict[str, Any] | None = None,
+    distillation: dict[str, Any] | None = None,
+) -> None:
     """Ray Tune function trainable: one plan, one report with its packed artifact.
 
     The params are decoded here, once: every report carries the plan
@@ -255,8 +316,9 @@ def run_trial(config: dict[str, Any], *, task: Task, space: CompressionSpace | S
     with tempfile.TemporaryDirectory(prefix="rayzor-trial-") as tmp:
         trial = decode_trial(space, config)
         on_epoch = _epoch_reporter(task, trial, Path(tmp), schedule, entropy) if schedule else None
-        metrics: dict[str, Any] = evaluate(task, trial, Path(tmp), device=device, entropy=entropy,
-                                           on_epoch=on_epoch, distillation=distillation)
+        metrics: dict[str, Any] = evaluate(
+            task, trial, Path(tmp), device=device, entropy=entropy, on_epoch=on_epoch, distillation=distillation
+        )
         (Path(tmp) / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels
         # Where it ran: logged as tags of the trial's MLflow run.
         metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device, **trial.report())

@@ -10,7 +10,6 @@ from rayzor.search._config import SearchConfig, objective_direction, quality_met
 from rayzor.search._ray import tune_resources
 from rayzor.search._trial import run_trial
 from rayzor.spaces import CompressionSpace, StudentSpace
-
 from rayzor.tasks import Task
 
 __all__ = ["make_sampler", "make_trainable", "make_tuner", "warm_start_points"]
@@ -65,8 +64,13 @@ def _distillation(config: SearchConfig, task: Task) -> dict[str, Any] | None:
     if not (config.students.families or config.recovery.distill_alpha > 0):
         return None
     s = config.students
-    return {"teacher_logits": teacher_outputs(task.model, task.data["train"], batch_size=256),
-            "epochs": s.distill_epochs, "lr": s.lr, "temperature": s.temperature, "alpha": s.alpha}
+    return {
+        "teacher_logits": teacher_outputs(task.model, task.data["train"], batch_size=256),
+        "epochs": s.distill_epochs,
+        "lr": s.lr,
+        "temperature": s.temperature,
+        "alpha": s.alpha,
+    }
 
 
 def _schedule(config: SearchConfig, baseline: dict[str, float]) -> dict[str, Any] | None:
@@ -76,14 +80,25 @@ def _schedule(config: SearchConfig, baseline: dict[str, float]) -> dict[str, Any
     return {"baseline_bytes": baseline["size_bytes"], "bucket_width": config.asha.bucket_width}
 
 
-def make_trainable(config: SearchConfig, task: Task, space: CompressionSpace | StudentSpace,
-                   baseline: dict[str, float], request: dict[str, float]) -> Any:
+def make_trainable(
+    config: SearchConfig,
+    task: Task,
+    space: CompressionSpace | StudentSpace,
+    baseline: dict[str, float],
+    request: dict[str, float],
+) -> Any:
     """:func:`~rayzor.search._trial.run_trial` with its inputs in the object store and its Ray resources."""
     from ray import tune
 
     return tune.with_resources(
-        tune.with_parameters(run_trial, task=task, space=space, entropy=config.entropy,
-                             schedule=_schedule(config, baseline), distillation=_distillation(config, task)),
+        tune.with_parameters(
+            run_trial,
+            task=task,
+            space=space,
+            entropy=config.entropy,
+            schedule=_schedule(config, baseline),
+            distillation=_distillation(config, task),
+        ),
         tune_resources(request),
     )
 
@@ -92,13 +107,22 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace | StudentSpace,
-               warm_points: list[dict[str, Any]], name: str, storage: str, concurrency: int, parent_id: str,
-               restore_path: str | None) -> Any:
+def make_tuner(
+    config: SearchConfig,
+    trainable: Any,
+    space: CompressionSpace | StudentSpace,
+    warm_points: list[dict[str, Any]],
+    name: str,
+    storage: str,
+    concurrency: int,
+    parent_id: str,
+    restore_path: str | None,
+) -> Any:
     """A new ``tune.Tuner`` (OptunaSearch over ``space.suggest``, the warm-start points first), or a restored one."""
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
+
     from rayzor.search._callback import (
         TrackingCallback,  # subclasses tune.Callback: loaded with Tune
     )
@@ -122,10 +146,14 @@ def make_tuner(config: SearchConfig, trainable: Any, space: CompressionSpace | S
         )
 
         # One result per fine-tune epoch: epochs - 1 intermediate ones, then the final one.
-        scheduler = SizeBucketASHA(quality_metric(objectives), "max", max_t=config.finetune_epochs,
-                                   grace_period=config.asha.grace_period,
-                                   reduction_factor=config.asha.reduction_factor,
-                                   protect_front=config.asha.protect_front)
+        scheduler = SizeBucketASHA(
+            quality_metric(objectives),
+            "max",
+            max_t=config.finetune_epochs,
+            grace_period=config.asha.grace_period,
+            reduction_factor=config.asha.reduction_factor,
+            protect_front=config.asha.protect_front,
+        )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

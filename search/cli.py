@@ -5,23 +5,24 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from rayzor.cluster import job_status, stop_job, submit_search
 from rayzor.compression import FinetuneConfig, list_methods
+from rayzor.errors import ConfigError, RayzorError
 from rayzor.search._config import load_config, quality_metric
 from rayzor.search._export import EXPORT_FORMATS, export_model, load_search, pick_run
 from rayzor.search._runner import run_search
 from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
 from rayzor.search._tracking import connect
 from rayzor.spaces import introspect, uncovered_params
-from rich import box
-from rich.console import Console
-from rich.table import Table
-
-from rayzor.errors import ConfigError, RayzorError
 from rayzor.tasks import create_task
 
 app = typer.Typer(
@@ -70,51 +71,90 @@ def _pareto_table(records: list[Any], title: str, objectives: tuple[str, ...]) -
         table.add_column(_HEADERS.get(metric, metric), justify="right")
     table.add_column("plan (layer sparsity/bits)")
     for r in records:
-        table.add_row(str(r.number), r.run_id, *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in metrics), r.plan_summary)
+        table.add_row(
+            str(r.number),
+            r.run_id,
+            *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in metrics),
+            r.plan_summary,
+        )
     return table
 
 
 @app.command()
 @_friendly
 def search(
-    config: Optional[Path] = typer.Argument(None, help="YAML config (same fields as the flags); default: the embedded digits task."),
-    trials: Optional[int] = typer.Option(None, help="Number of trials [default: 64]."),
-    concurrency: Optional[int] = typer.Option(None, help="Trials run at once [default: 2]."),
-    sampler: Optional[str] = typer.Option(None, help="tpe | nsga2 | random | gp [default: tpe]."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the sampler and fine-tuning [default: 0]."),
-    experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: rayzor]."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to run on, HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a local Ray]."),
-    gpus_per_trial: Optional[float] = typer.Option(None, help="GPUs per trial, fractions allowed (0.25) [default: 0]."),
-    storage_path: Optional[str] = typer.Option(None, help="Ray Tune experiment storage (folder or s3://...) [default: ./rayzor-results]."),
-    name: Optional[str] = typer.Option(None, help="Search name, the experiment folder under the storage path [default: search-<timestamp>]."),
-    resume: Optional[str] = typer.Option(None, help="Resume a search: its folder (STORAGE/NAME) or NAME; finishes its budget."),
+    config: Path | None = typer.Argument(
+        None, help="YAML config (same fields as the flags); default: the embedded digits task."
+    ),
+    trials: int | None = typer.Option(None, help="Number of trials [default: 64]."),
+    concurrency: int | None = typer.Option(None, help="Trials run at once [default: 2]."),
+    sampler: str | None = typer.Option(None, help="tpe | nsga2 | random | gp [default: tpe]."),
+    seed: int | None = typer.Option(None, help="Seed of the sampler and fine-tuning [default: 0]."),
+    experiment: str | None = typer.Option(None, help="MLflow experiment [default: rayzor]."),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."
+    ),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to run on, HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a local Ray]."
+    ),
+    gpus_per_trial: float | None = typer.Option(None, help="GPUs per trial, fractions allowed (0.25) [default: 0]."),
+    storage_path: str | None = typer.Option(
+        None, help="Ray Tune experiment storage (folder or s3://...) [default: ./rayzor-results]."
+    ),
+    name: str | None = typer.Option(
+        None, help="Search name, the experiment folder under the storage path [default: search-<timestamp>]."
+    ),
+    resume: str | None = typer.Option(
+        None, help="Resume a search: its folder (STORAGE/NAME) or NAME; finishes its budget."
+    ),
 ) -> None:
     """Run a compression search and print its Pareto front."""
-    cfg = load_config(config, trials=trials, concurrency=concurrency, sampler=sampler, seed=seed,
-                      experiment=experiment, tracking_uri=tracking_uri, address=address,
-                      gpus_per_trial=gpus_per_trial, storage_path=storage_path, name=name)
+    cfg = load_config(
+        config,
+        trials=trials,
+        concurrency=concurrency,
+        sampler=sampler,
+        seed=seed,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        address=address,
+        gpus_per_trial=gpus_per_trial,
+        storage_path=storage_path,
+        name=name,
+    )
     result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True), resume=resume)
     failed = sum(r.status == "FAILED" for r in result.trials)
     console.print()
-    console.print(_pareto_table(result.pareto, f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
-                                f"({failed} failed), hypervolume {result.hypervolume:.4f}, {result.wall_seconds:.0f} s", result.objectives))
+    console.print(
+        _pareto_table(
+            result.pareto,
+            f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
+            f"({failed} failed), hypervolume {result.hypervolume:.4f}, {result.wall_seconds:.0f} s",
+            result.objectives,
+        )
+    )
     quality = quality_metric(result.objectives)
-    console.print(f"fp32 baseline: {quality} {result.baseline[quality]:.4f}, {result.baseline['size_bytes'] / 1024:.1f} KiB")
+    console.print(
+        f"fp32 baseline: {quality} {result.baseline[quality]:.4f}, {result.baseline['size_bytes'] / 1024:.1f} KiB"
+    )
     if result.tracking_uri.startswith(("http://", "https://")):
         where = f"{result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
     else:
         where = f"mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})"
     console.print(f"browse:  {where}", markup=False, soft_wrap=True)
-    console.print(f"export:  rayzor export --experiment {cfg.experiment} --pick '{quality}>={result.baseline[quality] - 0.01:.3f},min:size_bytes' "
-                  f"--format onnx --out model.onnx", markup=False, soft_wrap=True)
+    console.print(
+        f"export:  rayzor export --experiment {cfg.experiment} --pick '{quality}>={result.baseline[quality] - 0.01:.3f},min:size_bytes' "
+        f"--format onnx --out model.onnx",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 @_friendly
 def pareto(
     experiment: str = typer.Option("rayzor", help="MLflow experiment."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: run_id, trial, every metric, plan."),
 ) -> None:
     """The Pareto-optimal trials of the latest search in an experiment."""
@@ -123,8 +163,14 @@ def pareto(
         rows = [{"run_id": r.run_id, "trial": r.number, **r.metrics, "plan": r.plan_summary} for r in view.pareto]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    console.print(_pareto_table(view.pareto, f"search {view.parent.info.run_name} ({view.parent.info.run_id}): "
-                                f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}", view.objectives))
+    console.print(
+        _pareto_table(
+            view.pareto,
+            f"search {view.parent.info.run_name} ({view.parent.info.run_id}): "
+            f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}",
+            view.objectives,
+        )
+    )
 
 
 @app.command()
@@ -132,10 +178,14 @@ def pareto(
 def export(
     out: Path = typer.Option(..., "--out", help="Output file."),
     fmt: str = typer.Option(..., "--format", help="packed | onnx | onnx-int8 (onnxruntime int8 kernels)."),
-    run: Optional[str] = typer.Option(None, "--run", help="Run id of a trial."),
-    pick: Optional[str] = typer.Option(None, "--pick", help="Constraints and one objective over the Pareto front, e.g. 'accuracy>=0.95,min:size_bytes'."),
+    run: str | None = typer.Option(None, "--run", help="Run id of a trial."),
+    pick: str | None = typer.Option(
+        None,
+        "--pick",
+        help="Constraints and one objective over the Pareto front, e.g. 'accuracy>=0.95,min:size_bytes'.",
+    ),
     experiment: str = typer.Option("rayzor", help="MLflow experiment (for --pick)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
 ) -> None:
     """Export one trial's compressed model (ONNX or packed) and check it."""
     if fmt not in EXPORT_FORMATS:
@@ -159,15 +209,15 @@ space_app = typer.Typer(no_args_is_help=True, help="Inspect the search space a c
 app.add_typer(space_app, name="space")
 
 
-def space_rows(config: Optional[Path]) -> dict[str, Any]:
+def space_rows(config: Path | None) -> dict[str, Any]:
     """The resolved space of a config: every compressible layer, what applies to it, its group and searched dims."""
     import fnmatch
 
-
     cfg = load_config(config)
     task = create_task(cfg.task, **cfg.task_options)
-    space = cfg.space.build(task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed),
-                            example_input=task.example_input)
+    space = cfg.space.build(
+        task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed), example_input=task.example_input
+    )
     dims = space.layer_dimensions()
     tied = {g.name for g in space.groups if g.tie}
     layers = []
@@ -178,20 +228,38 @@ def space_rows(config: Optional[Path]) -> dict[str, Any]:
             why = space.default_excluded[r.name]
         else:
             why = "space.exclude " + repr(next(g for g in space.exclude if fnmatch.fnmatchcase(r.name, g)))
-        layers.append({
-            "layer": r.name, "kind": r.kind, "type": r.module_type, "flags": list(r.flags),
-            "shape": list(r.weight_shape), "params": r.params, "share": r.share,
-            "methods": list(r.methods), "refused": dict(r.refused),
-            "group": space.group_of.get(r.name), "tied": space.group_of.get(r.name) in tied,
-            "excluded": r.name not in dims, "why": why, "default_exclusion": r.default_exclusion,
-            "dims": dims.get(r.name, 0),
-        })
+        layers.append(
+            {
+                "layer": r.name,
+                "kind": r.kind,
+                "type": r.module_type,
+                "flags": list(r.flags),
+                "shape": list(r.weight_shape),
+                "params": r.params,
+                "share": r.share,
+                "methods": list(r.methods),
+                "refused": dict(r.refused),
+                "group": space.group_of.get(r.name),
+                "tied": space.group_of.get(r.name) in tied,
+                "excluded": r.name not in dims,
+                "why": why,
+                "default_exclusion": r.default_exclusion,
+                "dims": dims.get(r.name, 0),
+            }
+        )
     model_params = sum(p.numel() for p in task.model.parameters())
-    return {"task": task.name, "layers": layers, "groups": space.describe().get("groups", []),
-            "searched_layers": len(space.layers), "dimensions": space.dimensions,
-            "default_exclusions": cfg.space.default_exclusions, "include": list(cfg.space.include),
-            "methods": list_methods(), "model_params": model_params,
-            "compressible_params": model_params - sum(uncovered_params(task.model).values())}
+    return {
+        "task": task.name,
+        "layers": layers,
+        "groups": space.describe().get("groups", []),
+        "searched_layers": len(space.layers),
+        "dimensions": space.dimensions,
+        "default_exclusions": cfg.space.default_exclusions,
+        "include": list(cfg.space.include),
+        "methods": list_methods(),
+        "model_params": model_params,
+        "compressible_params": model_params - sum(uncovered_params(task.model).values()),
+    }
 
 
 def _note_cell(row: dict[str, Any]) -> str:
@@ -220,9 +288,13 @@ def _refusal_lines(view: dict[str, Any]) -> list[str]:
 @space_app.command("show")
 @_friendly
 def space_show(
-    config: Optional[Path] = typer.Argument(None, help="YAML config; default: the embedded digits task's space."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: layers (kind, flags, shape, params, share, "
-                                 "methods that apply, group, exclusion and why, dims), groups, dimensions."),
+    config: Path | None = typer.Argument(None, help="YAML config; default: the embedded digits task's space."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON: layers (kind, flags, shape, params, share, "
+        "methods that apply, group, exclusion and why, dims), groups, dimensions.",
+    ),
 ) -> None:
     """Resolve a config's space on its task's model: layers, methods that apply, exclusions, groups, dimension count."""
     view = space_rows(config)
@@ -231,39 +303,75 @@ def space_show(
         return
     # A light box: nine columns stay readable in 80; which methods a layer
     # refuses, and why, is listed below the table (one line per reason).
-    table = Table(title=f"space of task {view['task']!r}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
+    table = Table(
+        title=f"space of task {view['task']!r}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
-        ("layer", "left"), ("kind", "left"), ("shape", "left"), ("params", "right"), ("share", "right"),
-        ("methods", "right"), ("group", "left"), ("dims", "right"), ("why excluded", "left"))
+        ("layer", "left"),
+        ("kind", "left"),
+        ("shape", "left"),
+        ("params", "right"),
+        ("share", "right"),
+        ("methods", "right"),
+        ("group", "left"),
+        ("dims", "right"),
+        ("why excluded", "left"),
+    )
     for column, justify in columns:
-        table.add_column(column, justify=justify, no_wrap=column in ("kind", "group", "shape", "params", "share"),
-                         overflow="fold")
+        table.add_column(
+            column, justify=justify, no_wrap=column in ("kind", "group", "shape", "params", "share"), overflow="fold"
+        )
     for row in view["layers"]:
         group = "(excluded)" if row["excluded"] else (row["group"] or "-") + (" (tied)" if row["tied"] else "")
         kind = "\n".join([row["kind"], *row["flags"]])
         methods = f"{len(row['methods'])}/{len(view['methods'])}"
-        table.add_row(row["layer"], kind, "x".join(map(str, row["shape"])), f"{row['params']:,}", f"{row['share']:.1%}",
-                      methods, group, str(row["dims"]), _note_cell(row))
+        table.add_row(
+            row["layer"],
+            kind,
+            "x".join(map(str, row["shape"])),
+            f"{row['params']:,}",
+            f"{row['share']:.1%}",
+            methods,
+            group,
+            str(row["dims"]),
+            _note_cell(row),
+        )
     console.print(table)
     for line in _refusal_lines(view):
         console.print(line, markup=False, soft_wrap=True)
     state = "on" if view["default_exclusions"] else "off (space.default_exclusions: false)"
-    console.print(f"default exclusions {state}; compressible layers hold {view['compressible_params']:,} of the model's "
-                  f"{view['model_params']:,} parameters ({view['compressible_params'] / max(view['model_params'], 1):.1%})",
-                  markup=False, soft_wrap=True)
-    console.print(f"{view['searched_layers']} of {len(view['layers'])} layers searched, {len(view['groups'])} groups, "
-                  f"{view['dimensions']} dimensions", markup=False, soft_wrap=True)
+    console.print(
+        f"default exclusions {state}; compressible layers hold {view['compressible_params']:,} of the model's "
+        f"{view['model_params']:,} parameters ({view['compressible_params'] / max(view['model_params'], 1):.1%})",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"{view['searched_layers']} of {len(view['layers'])} layers searched, {len(view['groups'])} groups, "
+        f"{view['dimensions']} dimensions",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("sensitivity")
 @_friendly
 def sensitivity_cmd(
-    config: Optional[Path] = typer.Argument(None, help="YAML config; default: the embedded digits task."),
-    experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: the config's, else rayzor]."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to probe on, HOST:PORT [default: RAY_ADDRESS, else a local Ray]."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: the probes, the warm-start points and the MLflow run."),
+    config: Path | None = typer.Argument(None, help="YAML config; default: the embedded digits task."),
+    experiment: str | None = typer.Option(None, help="MLflow experiment [default: the config's, else rayzor]."),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."
+    ),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to probe on, HOST:PORT [default: RAY_ADDRESS, else a local Ray]."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON: the probes, the warm-start points and the MLflow run."
+    ),
 ) -> None:
     """Per-layer metric drop with only that layer (or tied group) compressed, and the warm-start plans it gives.
 
@@ -274,26 +382,44 @@ def sensitivity_cmd(
     cfg = load_config(config, experiment=experiment, tracking_uri=tracking_uri, address=address)
     result = run_sensitivity(cfg, progress=lambda line: None if as_json else console.print(line, markup=False))
     if as_json:
-        sys.stdout.write(json.dumps({"task": result.task, "metric": result.metric, "baseline": result.baseline,
-                                     "probes": [r.to_dict() for r in result.rows], "warm_start": result.points,
-                                     "run_id": result.run_id, "experiment_id": result.experiment_id}, indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "task": result.task,
+                    "metric": result.metric,
+                    "baseline": result.baseline,
+                    "probes": [r.to_dict() for r in result.rows],
+                    "warm_start": result.points,
+                    "run_id": result.run_id,
+                    "experiment_id": result.experiment_id,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return
     units, levels, matrix = drop_matrix(result.rows)
-    table = Table(title=f"{result.metric} drop, one unit compressed (no fine-tune), task {result.task!r}", title_justify="left")
+    table = Table(
+        title=f"{result.metric} drop, one unit compressed (no fine-tune), task {result.task!r}", title_justify="left"
+    )
     table.add_column("layer / tied group")
     for level in levels:
         table.add_column(level_label(*level), justify="right")
     for unit, drops in zip(units, matrix):
         table.add_row(unit, *("" if d is None else f"{d:+.3f}" for d in drops))
     console.print(table)
-    console.print(f"{len(result.points)} warm-start plans (warm_start: sensitivity enqueues them); "
-                  f"MLflow run {result.run_id} in {result.tracking_uri}", markup=False, soft_wrap=True)
+    console.print(
+        f"{len(result.points)} warm-start plans (warm_start: sensitivity enqueues them); "
+        f"MLflow run {result.run_id} in {result.tracking_uri}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 _DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265 [default: RAY_ADDRESS]."
 
 
-def _dashboard(address: Optional[str]) -> str:
+def _dashboard(address: str | None) -> str:
     import os
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -306,23 +432,37 @@ def _dashboard(address: Optional[str]) -> str:
 @_friendly
 def submit(
     config: Path = typer.Argument(..., help="YAML config of the search, inside the working dir."),
-    address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP),
-    working_dir: Optional[Path] = typer.Option(None, help="Folder shipped with the job (config + task code) [default: the config's folder]."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow server every node reaches, e.g. http://mlflow:5000 [default: the config's]."),
+    address: str | None = typer.Option(None, help=_DASHBOARD_HELP),
+    working_dir: Path | None = typer.Option(
+        None, help="Folder shipped with the job (config + task code) [default: the config's folder]."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow server every node reaches, e.g. http://mlflow:5000 [default: the config's]."
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's logs until it ends."),
 ) -> None:
     """Submit a search to a Ray cluster as a Ray Job, then stream its logs."""
 
     args = ["--tracking-uri", tracking_uri] if tracking_uri else []
-    job_id, status = submit_search(config, _dashboard(address), working_dir=working_dir, search_args=args, wait=wait,
-                                   out=lambda line: console.print(line, markup=False, soft_wrap=True))
-    console.print(f"job {job_id}: {status}   (rayzor status {job_id} / rayzor stop {job_id})", markup=False, soft_wrap=True)
+    job_id, status = submit_search(
+        config,
+        _dashboard(address),
+        working_dir=working_dir,
+        search_args=args,
+        wait=wait,
+        out=lambda line: console.print(line, markup=False, soft_wrap=True),
+    )
+    console.print(
+        f"job {job_id}: {status}   (rayzor status {job_id} / rayzor stop {job_id})", markup=False, soft_wrap=True
+    )
 
 
 @app.command()
 @_friendly
-def status(job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
-           address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP)) -> None:
+def status(
+    job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
+    address: str | None = typer.Option(None, help=_DASHBOARD_HELP),
+) -> None:
     """Status of a submitted search."""
 
     console.print(json.dumps(job_status(job, _dashboard(address)), indent=2), markup=False, soft_wrap=True)
@@ -330,8 +470,10 @@ def status(job: str = typer.Argument(..., help="Job id printed by `rayzor submit
 
 @app.command()
 @_friendly
-def stop(job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
-         address: Optional[str] = typer.Option(None, help=_DASHBOARD_HELP)) -> None:
+def stop(
+    job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
+    address: str | None = typer.Option(None, help=_DASHBOARD_HELP),
+) -> None:
     """Stop a submitted search (its finished trials stay in MLflow)."""
 
     console.print(f"job {job}: {stop_job(job, _dashboard(address))}", markup=False, soft_wrap=True)

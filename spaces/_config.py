@@ -16,8 +16,9 @@ __all__ = ["SpaceConfig"]
 class SpaceConfig(SpaceSettings):
     """Ranges of the per-layer dimensions (YAML ``space:``); validated by :class:`SpaceSettings`."""
 
-    def build(self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig(),
-              example_input: Any = None) -> CompressionSpace:
+    def build(
+        self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig(), example_input: Any = None
+    ) -> CompressionSpace:
         """The :class:`CompressionSpace` this config describes for ``model``.
 
         With ``default_exclusions`` (the default) the layers
@@ -30,5 +31,6 @@ class SpaceConfig(SpaceSettings):
             ConfigError: a glob that matches no layer, a layer in two groups,
                 channels or heads without ``example_input``.
         """
-        return CompressionSpace.from_model(model, self, finetune=finetune, default_exclusions=self.default_exclusions,
-                                           example_input=example_input)
+        return CompressionSpace.from_model(
+            model, self, finetune=finetune, default_exclusions=self.default_exclusions, example_input=example_input
+        )

@@ -11,20 +11,54 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeAlias, cast
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalChoiceType,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from rayzor.errors import ConfigError
 
-__all__ = ["NEAREST_BITS", "Dimension", "check", "count", "emit", "from_settings", "read", "sample", "suggest",
-           "to_settings", "uniform"]
+__all__ = [
+    "NEAREST_BITS",
+    "Dimension",
+    "Distribution",
+    "SuggestsParams",
+    "check",
+    "count",
+    "emit",
+    "from_settings",
+    "read",
+    "sample",
+    "suggest",
+    "to_settings",
+    "uniform",
+]
 
 #: ``Dimension.prefer`` of a bit-width: the choice nearest the bit-width a uniform plan asks for.
 NEAREST_BITS = object()
 
+#: The distributions a dimension takes: Optuna's Categorical, Int and Float.
+Distribution: TypeAlias = CategoricalDistribution | IntDistribution | FloatDistribution
 
-def suggest(trial: Any, name: str, distribution: BaseDistribution) -> Any:
+
+class SuggestsParams(Protocol):
+    """What sampling asks of a trial: Optuna's public ``suggest_*`` API (an ``optuna.Trial``, or a wrapper)."""
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+
+    def suggest_categorical(self, name: str, choices: Sequence[CategoricalChoiceType]) -> CategoricalChoiceType: ...
+
+
+def suggest(trial: SuggestsParams, name: str, distribution: BaseDistribution) -> Any:
     """Sample ``name`` from ``distribution`` through the trial's public ``suggest_*`` API.
 
     Raises:
@@ -60,7 +94,7 @@ class Dimension:
     """
 
     name: str
-    distribution: BaseDistribution
+    distribution: Distribution
     when: tuple[str, tuple[Any, ...]] | None = None
     prefer: Any = None
     note: str = ""
@@ -105,13 +139,15 @@ class Dimension:
     def uniform_value(self, bits: int) -> Any:
         d = self.distribution
         if self.prefer is NEAREST_BITS and isinstance(d, CategoricalDistribution):
-            return min(d.choices, key=lambda b: (abs(b - bits), b))
+            # NEAREST_BITS is the preference of a bits dimension only, whose choices are bit-widths
+            choices = cast("Sequence[int]", d.choices)
+            return min(choices, key=lambda b: (abs(b - bits), b))
         if self.prefer is not None and self.contains(self.prefer):
             return self.prefer
         return self.first
 
 
-def sample(trial: Any, prefix: str, dims: Sequence[Dimension]) -> dict[str, Any]:
+def sample(trial: SuggestsParams, prefix: str, dims: Sequence[Dimension]) -> dict[str, Any]:
     """Define-by-run: each active dimension's value, sampled unless fixed."""
     values: dict[str, Any] = {}
     for d in dims:
@@ -146,8 +182,7 @@ def check(values: Mapping[str, Any], dims: Sequence[Dimension], field: Mapping[s
 
 def emit(prefix: str, dims: Sequence[Dimension], values: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters of ``values``: those of active, sampled (not fixed) dimensions."""
-    return {f"{prefix}.{d.name}": values[d.name] for d in dims
-            if not d.fixed and d.name in values and d.active(values)}
+    return {f"{prefix}.{d.name}": values[d.name] for d in dims if not d.fixed and d.name in values and d.active(values)}
 
 
 def uniform(prefix: str, dims: Sequence[Dimension], bits: int) -> dict[str, Any]:
@@ -161,8 +196,11 @@ def uniform(prefix: str, dims: Sequence[Dimension], bits: int) -> dict[str, Any]
 
 def to_settings(dims: Sequence[Dimension], values: Mapping[str, Any]) -> dict[str, Any]:
     """The flat plan settings of the values of dimensions that declare a ``setting`` (implied ones left out)."""
-    return {d.setting: d.plain(values[d.name]) for d in dims
-            if d.setting is not None and d.name in values and values[d.name] != d.implied}
+    return {
+        d.setting: d.plain(values[d.name])
+        for d in dims
+        if d.setting is not None and d.name in values and values[d.name] != d.implied
+    }
 
 
 def from_settings(dims: Sequence[Dimension], flat: Mapping[str, Any]) -> dict[str, Any]:

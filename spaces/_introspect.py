@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from torch import nn
 
@@ -28,8 +28,17 @@ from rayzor.compression import compressible_layers, get_method, list_methods
 from rayzor.compression._layers import COMPRESSIBLE_TYPES
 from rayzor.errors import ConfigError
 
-__all__ = ["TINY_PARAMS", "TINY_SHARE", "LayerInfo", "LayerReport", "default_exclusions", "inspect_layers",
-           "introspect", "method_support", "uncovered_params"]
+__all__ = [
+    "TINY_PARAMS",
+    "TINY_SHARE",
+    "LayerInfo",
+    "LayerReport",
+    "default_exclusions",
+    "inspect_layers",
+    "introspect",
+    "method_support",
+    "uncovered_params",
+]
 
 #: A layer is "tiny" (left out by default) below this many weights ...
 TINY_PARAMS = 4096
@@ -62,6 +71,15 @@ _IN_PLACE_STAGES = ("sparsify", "quantize")
 # reads "some setting of this method is valid for the layer".
 _PROBE_VALUES: dict[str, Any] = {"sparsity": 0.5, "bits": 8, "rank_ratio": 1e-9, "amount": 0.5, "ratio": 0.5}
 
+#: A compressible layer: an instance of one of :data:`COMPRESSIBLE_TYPES`, whose ``weight`` is a tensor.
+Layer: TypeAlias = nn.Conv1d | nn.Conv2d | nn.Linear | nn.Embedding
+
+
+def layers_of(model: nn.Module) -> dict[str, Layer]:
+    """:func:`compressible_layers` of ``model``, typed as the layers it keeps."""
+    # compressible_layers keeps only instances of COMPRESSIBLE_TYPES (the classes of Layer) but is annotated nn.Module
+    return cast("dict[str, Layer]", compressible_layers(model))
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -82,7 +100,7 @@ def inspect_layers(model: nn.Module) -> list[LayerInfo]:
             weight_shape=tuple(module.weight.shape),
             params=module.weight.numel(),
         )
-        for name, module in compressible_layers(model).items()
+        for name, module in layers_of(model).items()
     ]
 
 
@@ -139,8 +157,9 @@ def _flags(name: str, module: nn.Module, modules: Mapping[str, nn.Module]) -> li
     parts = name.split(".")
     # parent first, root last; a model that is itself one layer has none
     ancestors = [modules[".".join(parts[:i])] for i in range(len(parts) - 1, -1, -1)] if name else []
-    in_attention = (any("attention" in p.lower() or "attn" in p.lower() for p in parts[:-1])
-                    or any("Attention" in type(a).__name__ for a in ancestors))
+    in_attention = any("attention" in p.lower() or "attn" in p.lower() for p in parts[:-1]) or any(
+        "Attention" in type(a).__name__ for a in ancestors
+    )
     if isinstance(module, nn.Linear) and in_attention:
         role = _ROLE_BY_LEAF.get(parts[-1].lower())
         flags.append(f"attention.{role}" if role else "attention")
@@ -153,8 +172,10 @@ def _probe_config(cls: type) -> Any | None:
     """A representative config of method class ``cls``: its defaults, else probe values for its fields."""
     fields = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    attempts = [{n: _PROBE_VALUES[n] for n in required if n in _PROBE_VALUES},
-                {f.name: _PROBE_VALUES[f.name] for f in fields if f.name in _PROBE_VALUES}]
+    attempts = [
+        {n: _PROBE_VALUES[n] for n in required if n in _PROBE_VALUES},
+        {f.name: _PROBE_VALUES[f.name] for f in fields if f.name in _PROBE_VALUES},
+    ]
     for kwargs in attempts:
         try:
             return cls(**kwargs)
@@ -163,7 +184,9 @@ def _probe_config(cls: type) -> Any | None:
     return None
 
 
-def method_support(layer: str, module: nn.Module, parent: nn.Module | None = None) -> tuple[tuple[str, ...], dict[str, str]]:
+def method_support(
+    layer: str, module: nn.Module, parent: nn.Module | None = None
+) -> tuple[tuple[str, ...], dict[str, str]]:
     """Which registered methods apply to ``module``, asking each method's own ``validate()``.
 
     Every method in :func:`compression.list_methods` is built with
@@ -194,8 +217,10 @@ def method_support(layer: str, module: nn.Module, parent: nn.Module | None = Non
             refused[name] = "not checked: no representative setting of its config"
             continue
         if cls.stage not in _IN_PLACE_STAGES and isinstance(parent, nn.MultiheadAttention):
-            refused[name] = (f"nn.MultiheadAttention reads out_proj.weight itself; a {cls.stage}-stage method "
-                             "replaces or reshapes the module and breaks its forward")
+            refused[name] = (
+                f"nn.MultiheadAttention reads out_proj.weight itself; a {cls.stage}-stage method "
+                "replaces or reshapes the module and breaks its forward"
+            )
             continue
         try:
             config.validate(layer, module)
@@ -239,7 +264,7 @@ def default_exclusions(model: nn.Module) -> dict[str, str]:
     Returns:
         ``{layer: reason}`` in model order.
     """
-    layers = compressible_layers(model)
+    layers = layers_of(model)
     shared = _unique_weights(layers)
     total = sum(m.weight.numel() for n, m in layers.items() if n not in shared)
     names = list(layers)
@@ -280,7 +305,7 @@ def introspect(model: nn.Module) -> list[LayerReport]:
         One :class:`LayerReport` per layer, in module order.
     """
     modules = dict(model.named_modules())
-    layers = compressible_layers(model)
+    layers = layers_of(model)
     shared = _unique_weights(layers)
     total = sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
     defaults = default_exclusions(model)
@@ -289,9 +314,18 @@ def introspect(model: nn.Module) -> list[LayerReport]:
         parent = modules[name.rpartition(".")[0]] if name else None
         applies, refused = method_support(name, module, parent)
         flags = _flags(name, module, modules) + ([f"shared:{shared[name]}"] if name in shared else [])
-        reports.append(LayerReport(
-            name=name, kind=_kind(module), weight_shape=tuple(module.weight.shape), params=module.weight.numel(),
-            module_type=type(module).__name__, share=module.weight.numel() / total if total else 0.0,
-            flags=tuple(flags), methods=applies, refused=refused, default_exclusion=defaults.get(name),
-        ))
+        reports.append(
+            LayerReport(
+                name=name,
+                kind=_kind(module),
+                weight_shape=tuple(module.weight.shape),
+                params=module.weight.numel(),
+                module_type=type(module).__name__,
+                share=module.weight.numel() / total if total else 0.0,
+                flags=tuple(flags),
+                methods=applies,
+                refused=refused,
+                default_exclusion=defaults.get(name),
+            )
+        )
     return reports

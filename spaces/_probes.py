@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from rayzor.compression import ChannelPruning, HeadPruning, compressible_layers, get_method
+from rayzor.compression import ChannelPruning, HeadPruning, MethodConfig, compressible_layers, get_method
 from rayzor.compression._structured import prune_structure
 from rayzor.errors import ConfigError
-from rayzor.spaces._introspect import method_support
+from rayzor.spaces._introspect import Layer, layers_of, method_support
 
 __all__ = ["channel_support", "head_refusal", "layer_of", "model_for", "rank_caps"]
 
@@ -23,14 +23,17 @@ _RANK_STEPS = 1000
 def model_for(option: str, value: Any, model: nn.Module | None) -> nn.Module:
     """``model``, which the setting ``space.<option>`` needs to be probed."""
     if model is None:
-        raise ConfigError(f"space.{option}", value, "a space built from its model: "
-                          "CompressionSpace.from_model(model, ...) or SpaceConfig.build(model, ...)")
+        raise ConfigError(
+            f"space.{option}",
+            value,
+            "a space built from its model: CompressionSpace.from_model(model, ...) or SpaceConfig.build(model, ...)",
+        )
     return model
 
 
-def layer_of(model: nn.Module, name: str) -> tuple[nn.Module, nn.Module | None]:
+def layer_of(model: nn.Module, name: str) -> tuple[Layer, nn.Module | None]:
     """The compressible layer ``name`` of ``model`` and its parent module."""
-    layers = compressible_layers(model)
+    layers = layers_of(model)
     if name not in layers:
         raise ConfigError("layers", name, f"compressible layers of the model: {list(layers)}")
     return layers[name], (model.get_submodule(name.rpartition(".")[0]) if name else None)
@@ -43,7 +46,8 @@ def _rank_cap(method: str, layer: str, module: nn.Module) -> float:
     with rank_ratio, so the accepted ratios are an interval (0, cap]: a
     bisection on the method's own ``validate()`` finds ``cap``.
     """
-    cls = get_method(method)
+    # a factorization's config takes rank_ratio, which MethodConfig itself does not declare
+    cls: Callable[..., MethodConfig] = get_method(method)
 
     def saves(step: int) -> bool:
         try:
@@ -63,8 +67,9 @@ def _rank_cap(method: str, layer: str, module: nn.Module) -> float:
     return low / _RANK_STEPS
 
 
-def rank_caps(model: nn.Module, layers: Sequence[str], wanted: Mapping[str, tuple[str, ...]]
-               ) -> dict[str, dict[str, float]]:
+def rank_caps(
+    model: nn.Module, layers: Sequence[str], wanted: Mapping[str, tuple[str, ...]]
+) -> dict[str, dict[str, float]]:
     """Per layer, each wanted factorization that applies to it with its rank_ratio cap."""
     caps: dict[str, dict[str, float]] = {}
     for name in layers:
@@ -72,8 +77,13 @@ def rank_caps(model: nn.Module, layers: Sequence[str], wanted: Mapping[str, tupl
         applies, _ = method_support(name, module, parent)
         caps[name] = {}
         for method in wanted[name]:
-            # Tucker-2 of a 1x1 conv is a low-rank factorization with one factor more: never worth a choice.
-            if method not in applies or (method == "tucker2" and math.prod(module.kernel_size) == 1):
+            # Tucker-2 of a 1x1 conv is a low-rank factorization with one factor more: never worth a choice
+            # (it applies to convs only, the layers with a kernel_size).
+            if method not in applies or (
+                method == "tucker2"
+                and isinstance(module, (nn.Conv1d, nn.Conv2d))
+                and math.prod(module.kernel_size) == 1
+            ):
                 continue
             cap = _rank_cap(method, name, module)
             if cap > 0.0:
@@ -81,8 +91,9 @@ def rank_caps(model: nn.Module, layers: Sequence[str], wanted: Mapping[str, tupl
     return caps
 
 
-def channel_support(model: nn.Module, probe_ratio: Mapping[str, float], example_input: Any
-                     ) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+def channel_support(
+    model: nn.Module, probe_ratio: Mapping[str, float], example_input: Any
+) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
     """Which layers ChannelPruning can search, and the compressible layers losing the same channels as each.
 
     ``validate()`` judges a layer alone; what its channels are coupled to (a
@@ -129,8 +140,9 @@ def channel_support(model: nn.Module, probe_ratio: Mapping[str, float], example_
     return coupled, refused
 
 
-def head_refusal(model: nn.Module, layer: str, attention: nn.Module | None, high: float, example_input: Any
-                  ) -> str | None:
+def head_refusal(
+    model: nn.Module, layer: str, attention: nn.Module | None, high: float, example_input: Any
+) -> str | None:
     """Why HeadPruning cannot search the query ``layer`` (None: it can).
 
     As for channels, ``validate()`` sees the Linear alone: that its parent is

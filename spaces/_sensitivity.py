@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from rayzor.compression import CompressionPlan, FinetuneConfig, compress
 from rayzor.errors import RayzorError
@@ -37,17 +39,23 @@ class SensitivityRow:
 
 def _levels(space: CompressionSpace, sparsities: Sequence[float]) -> dict[str, list[tuple[str, float]]]:
     """Per unit, the levels probed: of its searched sparsity, and of its searched bits under uniform quantization."""
-    out = {}
+    out: dict[str, list[tuple[str, float]]] = {}
     for u in space.units:
         probes: list[tuple[str, float]] = []
         for d in u.dims:
             if d.fixed:
                 continue
-            if d.name == "sparsity":
-                low, high = d.distribution.low, d.distribution.high
+            dist = d.distribution
+            if d.name == "sparsity" and isinstance(dist, FloatDistribution):
+                low, high = dist.low, dist.high
                 probes += [("sparsity", s) for s in sparsities if low < s <= high]
-            elif d.name == "bits" and d.active({"quant": "uniform_quantization"}):
-                probes += [("bits", b) for b in sorted(d.distribution.choices, reverse=True) if b != 32]
+            elif (
+                d.name == "bits"
+                and isinstance(dist, CategoricalDistribution)
+                and d.active({"quant": "uniform_quantization"})
+            ):
+                bits = cast("Sequence[int]", dist.choices)  # a bits dimension chooses among bit-widths
+                probes += [("bits", b) for b in sorted(bits, reverse=True) if b != 32]
         out[u.prefix] = probes
     return out
 
@@ -59,8 +67,9 @@ def _probe(task: Task, layers: Sequence[str], dimension: str, value: float) -> f
     return task.score(compress(task.model, plan).model, "val")[task.metric]
 
 
-def sensitivity(task: Task, space: CompressionSpace, *, sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-                parallel: bool = False) -> list[SensitivityRow]:
+def sensitivity(
+    task: Task, space: CompressionSpace, *, sparsities: Sequence[float] = DEFAULT_SPARSITIES, parallel: bool = False
+) -> list[SensitivityRow]:
     """Validation-metric drop of each searched unit compressed alone, at each level.
 
     Every probe compresses one unit (a layer, or all layers of a tied group)
@@ -83,14 +92,19 @@ def sensitivity(task: Task, space: CompressionSpace, *, sparsities: Sequence[flo
     """
     base = task.baseline["val"][task.metric] if task.baseline else task.score(task.model, "val")[task.metric]
     units = {u.prefix: u for u in space.units}
-    probes = [(prefix, dimension, value) for prefix, levels in _levels(space, sparsities).items()
-              for dimension, value in levels]
+    probes = [
+        (prefix, dimension, value)
+        for prefix, levels in _levels(space, sparsities).items()
+        for dimension, value in levels
+    ]
     if parallel:
         import ray
 
         if not ray.is_initialized():
-            raise RayzorError("sensitivity(parallel=True) needs a running Ray: call ray.init() (or join a cluster) "
-                              "first, or pass parallel=False to probe in this process")
+            raise RayzorError(
+                "sensitivity(parallel=True) needs a running Ray: call ray.init() (or join a cluster) "
+                "first, or pass parallel=False to probe in this process"
+            )
         remote = ray.remote(num_cpus=1)(_probe)
         task_ref = ray.put(task)  # each probe gets it resolved from the object store
         metrics = ray.get([remote.remote(task_ref, units[p].layers, d, v) for p, d, v in probes])
@@ -99,8 +113,9 @@ def sensitivity(task: Task, space: CompressionSpace, *, sparsities: Sequence[flo
     return [SensitivityRow(p, d, v, float(m), base - float(m)) for (p, d, v), m in zip(probes, metrics)]
 
 
-def sensitivity_points(space: CompressionSpace, rows: Sequence[SensitivityRow],
-                       tolerances: Sequence[float] = DEFAULT_TOLERANCES) -> list[dict[str, Any]]:
+def sensitivity_points(
+    space: CompressionSpace, rows: Sequence[SensitivityRow], tolerances: Sequence[float] = DEFAULT_TOLERANCES
+) -> list[dict[str, Any]]:
     """Warm-start params: per tolerance, each unit at its most aggressive level within it.
 
     Per unit, the highest probed sparsity and the fewest probed bits whose
@@ -120,7 +135,10 @@ def sensitivity_points(space: CompressionSpace, rows: Sequence[SensitivityRow],
             ok_bits = [r.value for r in probes if r.dimension == "bits" and r.drop <= tol]
             if f"{u.prefix}.sparsity" in params:
                 params[f"{u.prefix}.sparsity"] = max(ok_sparsity, default=u.sparsity[0])
-            if f"{u.prefix}.bits" in params and params.get(f"{u.prefix}.quant", "uniform_quantization") == "uniform_quantization":
+            if (
+                f"{u.prefix}.bits" in params
+                and params.get(f"{u.prefix}.quant", "uniform_quantization") == "uniform_quantization"
+            ):
                 # fewest bits within tolerance; else the widest (fp32 when the unit may keep it)
                 params[f"{u.prefix}.bits"] = int(min(ok_bits, default=max(u.bits)))
         if params not in points:

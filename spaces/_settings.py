@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -12,9 +13,24 @@ from rayzor.compression import get_method, list_methods
 from rayzor.errors import ConfigError
 from rayzor.spaces._introspect import TINY_PARAMS, TINY_SHARE
 
-__all__ = ["ACT_BITS", "ALLOWED_BITS", "CHANNEL_IMPORTANCES", "DEFAULT_METHODS", "DEFAULT_PRUNING",
-           "DEFAULT_RANK_RATIO", "FACTORIZATIONS", "MAX_SPARSITY", "NO_FACTORIZATION", "PRUNINGS", "QUANT_METHODS",
-           "GroupSpec", "SpaceSettings", "max_bits", "takes_bits", "validated"]
+__all__ = [
+    "ACT_BITS",
+    "ALLOWED_BITS",
+    "CHANNEL_IMPORTANCES",
+    "DEFAULT_METHODS",
+    "DEFAULT_PRUNING",
+    "DEFAULT_RANK_RATIO",
+    "FACTORIZATIONS",
+    "MAX_SPARSITY",
+    "NO_FACTORIZATION",
+    "PRUNINGS",
+    "QUANT_METHODS",
+    "GroupSpec",
+    "SpaceSettings",
+    "max_bits",
+    "takes_bits",
+    "validated",
+]
 
 #: Bit-widths the engine can pack; 32 leaves the layer's weights untouched (fp32).
 ALLOWED_BITS: tuple[int, ...] = (*range(2, 17), 32)
@@ -44,7 +60,9 @@ NO_FACTORIZATION = "none"
 
 def takes_bits(method: str) -> bool:
     """Whether the quantization ``method`` has a ``bits`` field (uniform, k-means; not binary, ternary, fp16)."""
-    return "bits" in get_method(method).__dataclass_fields__
+    cls = get_method(method)
+    assert dataclasses.is_dataclass(cls)  # register_method takes MethodConfig dataclasses only
+    return "bits" in cls.__dataclass_fields__
 
 
 def max_bits(method: str) -> int:
@@ -63,6 +81,15 @@ def canonical_names(values: Sequence[str], table: dict[str, str]) -> tuple[str, 
     if bad:
         raise ValueError(f"names from {', '.join(table)} (or {', '.join(table.values())}); unknown: {bad}")
     return tuple(dict.fromkeys(known[v] for v in values))
+
+
+def as_range(v: tuple[float, float] | float | None) -> tuple[float, float] | None:
+    """A validated range setting (``channels``, ``heads``, ``rank_ratio``), typed as validation leaves it.
+
+    Its field's validator turns one number into ``(v, v)``: a validated model holds a pair or None there, the
+    field's annotation keeps ``float`` only as an input it accepts.
+    """
+    return cast("tuple[float, float] | None", v)
 
 
 def _fraction_range(v: Sequence[float] | float, what: str) -> tuple[float, float]:
@@ -220,13 +247,15 @@ class GroupSpec(_Fields):
     sparsity: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed value")
     bits: tuple[int, ...] | int | None = Field(None, description="candidate bit-widths or a fixed one")
     methods: tuple[str, ...] | None = Field(None, description="quantization methods chosen among")
-    channels: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed fraction of "
-                                                        "output channels removed")
+    channels: tuple[float, float] | float | None = Field(
+        None, description="[low, high] or a fixed fraction of output channels removed"
+    )
     factorize: tuple[str, ...] | None = Field(None, description="factorizations chosen among with 'none'")
     rank_ratio: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed rank_ratio")
     pruning: tuple[str, ...] | None = Field(None, description="pruning criteria chosen among")
-    heads: tuple[float, float] | float | None = Field(None, description="[low, high] or a fixed fraction of "
-                                                     "attention heads removed")
+    heads: tuple[float, float] | float | None = Field(
+        None, description="[low, high] or a fixed fraction of attention heads removed"
+    )
     act_bits: tuple[int, ...] | int | None = Field(None, description="candidate activation bit-widths or a fixed one")
 
     _one: ClassVar[str] = "or one of them"
@@ -237,34 +266,55 @@ class SpaceSettings(_Fields):
 
     sparsity: tuple[float, float] = Field((0.0, MAX_SPARSITY), description="[low, high] per-layer sparsity")
     bits: tuple[int, ...] = Field((2, 3, 4, 5, 6, 8, 16, 32), description="candidate weight bit-widths; 32 = fp32")
-    methods: tuple[str, ...] = Field(DEFAULT_METHODS, description="quantization methods chosen among per layer "
-                                     f"(<layer>.quant); from {', '.join(QUANT_METHODS)}")
-    groups: tuple[GroupSpec, ...] = Field((), description="layer groups (fnmatch globs on module names) with their own "
-                                          "settings; tie: true shares one sampled value per dimension")
+    methods: tuple[str, ...] = Field(
+        DEFAULT_METHODS,
+        description=f"quantization methods chosen among per layer (<layer>.quant); from {', '.join(QUANT_METHODS)}",
+    )
+    groups: tuple[GroupSpec, ...] = Field(
+        (),
+        description="layer groups (fnmatch globs on module names) with their own "
+        "settings; tie: true shares one sampled value per dimension",
+    )
     exclude: tuple[str, ...] = Field((), description="globs of layers left out of the search (never compressed)")
     default_exclusions: bool = Field(
-        True, description="also leave out the first and last layer (unless an Embedding) and tiny layers "
-        f"(< {TINY_PARAMS} weights and < {TINY_SHARE:.0%} of the compressible ones); a group's glob or include keeps one")
+        True,
+        description="also leave out the first and last layer (unless an Embedding) and tiny layers "
+        f"(< {TINY_PARAMS} weights and < {TINY_SHARE:.0%} of the compressible ones); a group's glob or include keeps one",
+    )
     include: tuple[str, ...] = Field((), description="globs of layers searched even where a default exclusion applies")
     channels: tuple[float, float] | float | None = Field(
-        None, description="[low, high] (or a fixed) fraction of output channels removed per layer (<layer>.channels, "
-        "ChannelPruning), only on layers whose channels can go without changing the model's output; off by default")
+        None,
+        description="[low, high] (or a fixed) fraction of output channels removed per layer (<layer>.channels, "
+        "ChannelPruning), only on layers whose channels can go without changing the model's output; off by default",
+    )
     channel_importance: Literal[CHANNEL_IMPORTANCES] = Field(  # type: ignore[valid-type]
-        "l1", description="how channel and head pruning rank channels / heads: l1, l2 (group weight norms) or random")
+        "l1", description="how channel and head pruning rank channels / heads: l1, l2 (group weight norms) or random"
+    )
     factorize: tuple[str, ...] = Field(
-        (), description="factorizations chosen among with 'none' per layer (<layer>.factorize), where they apply: "
-        f"{', '.join(FACTORIZATIONS)}; off by default")
+        (),
+        description="factorizations chosen among with 'none' per layer (<layer>.factorize), where they apply: "
+        f"{', '.join(FACTORIZATIONS)}; off by default",
+    )
     rank_ratio: tuple[float, float] | float | None = Field(
-        None, description="[low, high] (or a fixed) rank_ratio of a chosen factorization (<layer>.rank_ratio, sampled "
-        f"only then), capped per layer where the rank stops saving parameters; default {list(DEFAULT_RANK_RATIO)}")
-    pruning: tuple[str, ...] = Field(DEFAULT_PRUNING, description="pruning criteria chosen among per layer "
-                                     f"(<layer>.prune when more than one): {', '.join(PRUNINGS)}")
+        None,
+        description="[low, high] (or a fixed) rank_ratio of a chosen factorization (<layer>.rank_ratio, sampled "
+        f"only then), capped per layer where the rank stops saving parameters; default {list(DEFAULT_RANK_RATIO)}",
+    )
+    pruning: tuple[str, ...] = Field(
+        DEFAULT_PRUNING,
+        description="pruning criteria chosen among per layer "
+        f"(<layer>.prune when more than one): {', '.join(PRUNINGS)}",
+    )
     heads: tuple[float, float] | float | None = Field(
-        None, description="[low, high] (or a fixed) fraction of attention heads removed (<layer>.heads, HeadPruning) "
-        "on the query Linear of each BERT-style self-attention where a probe prune succeeds; off by default")
+        None,
+        description="[low, high] (or a fixed) fraction of attention heads removed (<layer>.heads, HeadPruning) "
+        "on the query Linear of each BERT-style self-attention where a probe prune succeeds; off by default",
+    )
     act_bits: tuple[int, ...] = Field(
-        (), description="candidate activation bit-widths per Linear / Conv layer (<layer>.act_bits, "
-        "ActivationQuantization calibrated on a few training batches; 32 = fp32 inputs); off by default")
+        (),
+        description="candidate activation bit-widths per Linear / Conv layer (<layer>.act_bits, "
+        "ActivationQuantization calibrated on a few training batches; 32 = fp32 inputs); off by default",
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> SpaceSettings:
@@ -272,19 +322,39 @@ class SpaceSettings(_Fields):
         without factorize."""
         errors = []
         names = [g.name for g in self.groups]
-        errors += [_error(("groups", i, "name"), name, "a name no other group has")
-                   for i, name in enumerate(names) if name in names[:i]]
-        if self.rank_ratio is not None and not self.factorize and not any(g.factorize for g in self.groups):
-            errors.append(_error(("rank_ratio",), list(self.rank_ratio), "a range only with space.factorize (or a "
-                                 "group's factorize): it is sampled only for layers that choose a factorization"))
-        scopes = [((), self.bits, self.methods)]
-        scopes += [(("groups", i), g.bits or self.bits, g.methods or self.methods) for i, g in enumerate(self.groups)]
+        errors += [
+            _error(("groups", i, "name"), name, "a name no other group has")
+            for i, name in enumerate(names)
+            if name in names[:i]
+        ]
+        rank_ratio = as_range(self.rank_ratio)
+        if rank_ratio is not None and not self.factorize and not any(g.factorize for g in self.groups):
+            errors.append(
+                _error(
+                    ("rank_ratio",),
+                    list(rank_ratio),
+                    "a range only with space.factorize (or a "
+                    "group's factorize): it is sampled only for layers that choose a factorization",
+                )
+            )
+        # a group's one bit-width is validated into a tuple as well (see _bits_tuple)
+        scopes: list[tuple[tuple[str | int, ...], tuple[int, ...], tuple[str, ...]]] = [((), self.bits, self.methods)]
+        scopes += [
+            (("groups", i), cast("tuple[int, ...]", g.bits or self.bits), g.methods or self.methods)
+            for i, g in enumerate(self.groups)
+        ]
         for loc, bits, methods in scopes:
             for m in methods:
                 too_wide = [b for b in bits if b != 32 and b > max_bits(m)]
                 if takes_bits(m) and too_wide:
-                    errors.append(_error((*loc, "bits"), list(bits), f"bit-widths up to {max_bits(m)} (and 32) with "
-                                         f"{m} among the methods; {too_wide} are too wide"))
+                    errors.append(
+                        _error(
+                            (*loc, "bits"),
+                            list(bits),
+                            f"bit-widths up to {max_bits(m)} (and 32) with "
+                            f"{m} among the methods; {too_wide} are too wide",
+                        )
+                    )
                     break
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors[:1])
@@ -294,14 +364,18 @@ class SpaceSettings(_Fields):
         """The settings of ``group`` (None: the space's), each one it leaves out inherited from the space."""
         if group is None:
             return self
-        own = {f: v for f in GroupSpec.model_fields if f in type(self).model_fields
-               and (v := getattr(group, f)) is not None}
+        own = {
+            f: v
+            for f in GroupSpec.model_fields
+            if f in type(self).model_fields and (v := getattr(group, f)) is not None
+        }
         return self.model_copy(update=own)
 
 
 def _error(loc: tuple[Any, ...], value: Any, valid: str) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError("space_combination", "{valid}", {"valid": valid}), loc=loc,
-                            input=value)
+    return InitErrorDetails(
+        type=PydanticCustomError("space_combination", "{valid}", {"valid": valid}), loc=loc, input=value
+    )
 
 
 def validated(data: Mapping[str, Any], prefix: str = "space") -> SpaceSettings:
@@ -321,8 +395,11 @@ def validated(data: Mapping[str, Any], prefix: str = "space") -> SpaceSettings:
         if isinstance(part, int):
             if prev == "groups":  # name the group, as the model-dependent errors do
                 group = list(data["groups"])[part]
-                name = group.name if isinstance(group, GroupSpec) else (
-                    group.get("name") if isinstance(group, Mapping) else None)
+                name = (
+                    group.name
+                    if isinstance(group, GroupSpec)
+                    else (group.get("name") if isinstance(group, Mapping) else None)
+                )
                 parts[-1] += f"[{name if isinstance(name, str) and name else part}]"
             continue
         parts.append(str(part))

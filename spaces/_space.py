@@ -7,7 +7,6 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import optuna
 from torch import nn
 
 from rayzor.compression import ActivationQuantization, ChannelPruning, CompressionPlan, FinetuneConfig, HeadPruning
@@ -15,17 +14,39 @@ from rayzor.errors import ConfigError
 from rayzor.spaces import _dimensions as dims
 from rayzor.spaces._introspect import default_exclusions as _default_exclusions
 from rayzor.spaces._introspect import inspect_layers
-from rayzor.spaces._settings import (DEFAULT_METHODS, DEFAULT_PRUNING, DEFAULT_RANK_RATIO, NO_FACTORIZATION,
-                                     SpaceSettings, takes_bits, validated)
-from rayzor.spaces._units import ChannelUnit, HeadUnit, Unit, channel_units, head_units, layer_units, match_layers, no_match
+from rayzor.spaces._settings import (
+    DEFAULT_METHODS,
+    DEFAULT_PRUNING,
+    DEFAULT_RANK_RATIO,
+    SpaceSettings,
+    as_range,
+    takes_bits,
+    validated,
+)
+from rayzor.spaces._units import (
+    ChannelUnit,
+    HeadUnit,
+    Unit,
+    channel_units,
+    head_units,
+    layer_units,
+    match_layers,
+    no_match,
+)
 
 __all__ = ["CompressionSpace"]
 
 #: Flat-settings keys a tied unit's layers may differ in: a structure method only some of them take (HeadPruning
 #: on the queries, ChannelPruning kept per channel unit) and activation quantization (not on an Embedding).
-_PER_LAYER_KEYS = frozenset({"structure", "act_quant", *(f.name for f in dataclasses.fields(ChannelPruning)),
-                             *(f.name for f in dataclasses.fields(HeadPruning)),
-                             *(f"act_{f.name}" for f in dataclasses.fields(ActivationQuantization))})
+_PER_LAYER_KEYS = frozenset(
+    {
+        "structure",
+        "act_quant",
+        *(f.name for f in dataclasses.fields(ChannelPruning)),
+        *(f.name for f in dataclasses.fields(HeadPruning)),
+        *(f"act_{f.name}" for f in dataclasses.fields(ActivationQuantization)),
+    }
+)
 
 
 class CompressionSpace:
@@ -73,9 +94,17 @@ class CompressionSpace:
             a structural setting without the model or ``example_input``).
     """
 
-    def __init__(self, layers: Sequence[str], settings: SpaceSettings | None = None, *,
-                 finetune: FinetuneConfig = FinetuneConfig(), default_excluded: Mapping[str, str] | None = None,
-                 model: nn.Module | None = None, example_input: Any = None, **options: Any) -> None:
+    def __init__(
+        self,
+        layers: Sequence[str],
+        settings: SpaceSettings | None = None,
+        *,
+        finetune: FinetuneConfig = FinetuneConfig(),
+        default_excluded: Mapping[str, str] | None = None,
+        model: nn.Module | None = None,
+        example_input: Any = None,
+        **options: Any,
+    ) -> None:
         if not layers:
             raise ConfigError("layers", list(layers), "at least one Conv/Linear layer")
         if settings is None:
@@ -84,9 +113,10 @@ class CompressionSpace:
             raise TypeError(f"CompressionSpace takes settings or {sorted(options)}, not both")
         self.settings = settings
         self.sparsity, self.bits, self.methods = settings.sparsity, settings.bits, settings.methods
-        self.pruning, self.channels, self.factorize = settings.pruning, settings.channels, settings.factorize
-        self.rank_ratio = DEFAULT_RANK_RATIO if settings.rank_ratio is None else settings.rank_ratio
-        self.heads, self.act_bits = settings.heads, settings.act_bits
+        self.pruning, self.channels, self.factorize = settings.pruning, as_range(settings.channels), settings.factorize
+        rank_ratio = as_range(settings.rank_ratio)
+        self.rank_ratio = DEFAULT_RANK_RATIO if rank_ratio is None else rank_ratio
+        self.heads, self.act_bits = as_range(settings.heads), settings.act_bits
         self.channel_importance, self.groups = settings.channel_importance, settings.groups
         self.exclude, self.include = settings.exclude, settings.include
         for glob in self.include:
@@ -95,14 +125,19 @@ class CompressionSpace:
         kept, owner = match_layers(tuple(layers), self.groups, self.exclude)
         # Explicit beats default: a layer a group's glob or `include` names is searched.
         self.default_excluded = {
-            name: why for name, why in (default_excluded or {}).items()
+            name: why
+            for name, why in (default_excluded or {}).items()
             if name in kept and name not in owner and not any(fnmatch.fnmatchcase(name, g) for g in self.include)
         }
         kept = tuple(name for name in kept if name not in self.default_excluded)
         if not kept:
             left_out = ", ".join(f"{n} ({why})" for n, why in self.default_excluded.items())
-            raise ConfigError("space.exclude", list(self.exclude), f"globs that leave at least one of {list(layers)}"
-                              + (f" beside the default exclusions {left_out}; name one in space.include" if left_out else ""))
+            raise ConfigError(
+                "space.exclude",
+                list(self.exclude),
+                f"globs that leave at least one of {list(layers)}"
+                + (f" beside the default exclusions {left_out}; name one in space.include" if left_out else ""),
+            )
         self.layers = kept
         self.finetune = finetune
         self.group_of = {name: g.name for name, g in owner.items()}
@@ -114,8 +149,15 @@ class CompressionSpace:
         self.warm_start: list[dict[str, Any]] = []
 
     @classmethod
-    def from_model(cls, model: nn.Module, settings: SpaceSettings | None = None, *, default_exclusions: bool = False,
-                   example_input: Any = None, **kwargs: Any) -> CompressionSpace:
+    def from_model(
+        cls,
+        model: nn.Module,
+        settings: SpaceSettings | None = None,
+        *,
+        default_exclusions: bool = False,
+        example_input: Any = None,
+        **kwargs: Any,
+    ) -> CompressionSpace:
         """Search every Conv/Linear/Embedding of ``model`` (less ``exclude``, grouped by ``groups``).
 
         Args:
@@ -130,12 +172,13 @@ class CompressionSpace:
         """
         if default_exclusions:
             kwargs["default_excluded"] = _default_exclusions(model)
-        return cls([info.name for info in inspect_layers(model)], settings, model=model, example_input=example_input,
-                   **kwargs)
+        return cls(
+            [info.name for info in inspect_layers(model)], settings, model=model, example_input=example_input, **kwargs
+        )
 
     def _owners(self) -> list[Unit | ChannelUnit | HeadUnit]:
         """Every unit in sampling order: a unit's channel and head ratios before its own dimensions."""
-        extra = {c.prefix: [c] for c in self.channel_units}
+        extra: dict[str, list[ChannelUnit | HeadUnit]] = {c.prefix: [c] for c in self.channel_units}
         for h in self.head_units:
             extra.setdefault(h.prefix, []).append(h)
         return [owner for u in self.units for owner in (*extra.get(u.prefix, ()), u)]
@@ -153,7 +196,7 @@ class CompressionSpace:
                 out[layer] += dims.count(owner.dims)
         return out
 
-    def suggest(self, trial: optuna.Trial) -> None:
+    def suggest(self, trial: dims.SuggestsParams) -> None:
         """Define-by-run sampling of one plan; usable as OptunaSearch's ``space``."""
         for owner in self._owners():
             dims.sample(trial, owner.prefix, owner.dims)
@@ -171,8 +214,11 @@ class CompressionSpace:
             if act != 32:  # 32: the inputs stay fp32, no method
                 for layer in u.act_layers:
                     settings[layer].update(act_quant=ActivationQuantization.method, act_bits=int(act))
-        for owner, method in [*((c, ChannelPruning.method) for c in self.channel_units),
-                              *((h, HeadPruning.method) for h in self.head_units)]:
+        ratios: list[tuple[ChannelUnit | HeadUnit, str]] = [
+            *((c, ChannelPruning.method) for c in self.channel_units),
+            *((h, HeadPruning.method) for h in self.head_units),
+        ]
+        for owner, method in ratios:
             (ratio,) = dims.read(params, owner.prefix, owner.dims).values()
             if ratio > 0.0:  # 0 removes nothing: no method, as sparsity 0 is no pruning
                 for layer in owner.layers:
@@ -202,18 +248,29 @@ class CompressionSpace:
         for layer in self.layers:
             structure = settings[layer].get("structure")
             if structure is not None and structure != structured.get(layer):
-                raise ConfigError(f"plan.layers[{layer!r}].structure", structure, [structured[layer]]
-                                  if layer in structured else "no structure method: the space searches no channel "
-                                  "or head pruning on this layer")
+                raise ConfigError(
+                    f"plan.layers[{layer!r}].structure",
+                    structure,
+                    [structured[layer]]
+                    if layer in structured
+                    else "no structure method: the space searches no channel or head pruning on this layer",
+                )
         params: dict[str, Any] = {}
         for owner in self._owners():
             if isinstance(owner, Unit):
                 values, field = _unit_values(owner, settings)
             else:
                 name = owner.dims[0].name
-                ratio = _shared(owner.layers, {layer: settings[layer].get("ratio", 0.0) if "structure" in
-                                               settings[layer] else 0.0 for layer in owner.layers},
-                                "ratio", f"{name[:-1]} ratio", f"{owner.prefix}.{name}")
+                ratio = _shared(
+                    owner.layers,
+                    {
+                        layer: settings[layer].get("ratio", 0.0) if "structure" in settings[layer] else 0.0
+                        for layer in owner.layers
+                    },
+                    "ratio",
+                    f"{name[:-1]} ratio",
+                    f"{owner.prefix}.{name}",
+                )
                 values, field = {name: ratio}, {name: f"plan.layers[{owner.layers[0]!r}].ratio"}
             dims.check(values, owner.dims, field)
             params.update(dims.emit(owner.prefix, owner.dims, values))
@@ -223,8 +280,12 @@ class CompressionSpace:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary, logged with each search."""
-        out: dict[str, Any] = {"layers": list(self.layers), "sparsity": list(self.sparsity), "bits": list(self.bits),
-                               "dimensions": self.dimensions}
+        out: dict[str, Any] = {
+            "layers": list(self.layers),
+            "sparsity": list(self.sparsity),
+            "bits": list(self.bits),
+            "dimensions": self.dimensions,
+        }
         if self.methods != DEFAULT_METHODS:
             out["methods"] = list(self.methods)
         if self.pruning != DEFAULT_PRUNING:
@@ -232,14 +293,16 @@ class CompressionSpace:
         if any(u.channels is not None for u in self.units):
             out["channels"] = None if self.channels is None else list(self.channels)
             out["channel_importance"] = self.channel_importance
-            out["channel_units"] = [{"name": c.prefix, "layers": list(c.layers), "channels": list(c.channels)}
-                                    for c in self.channel_units]
+            out["channel_units"] = [
+                {"name": c.prefix, "layers": list(c.layers), "channels": list(c.channels)} for c in self.channel_units
+            ]
             if self.channels_refused:
                 out["channels_refused"] = dict(self.channels_refused)
         if any(u.heads is not None for u in self.units):
             out["heads"] = None if self.heads is None else list(self.heads)
-            out["head_units"] = [{"name": h.prefix, "layers": list(h.layers), "heads": list(h.heads)}
-                                 for h in self.head_units]
+            out["head_units"] = [
+                {"name": h.prefix, "layers": list(h.layers), "heads": list(h.heads)} for h in self.head_units
+            ]
             if self.heads_refused:
                 out["heads_refused"] = dict(self.heads_refused)
         if any(u.act_bits for u in self.units):
@@ -255,16 +318,24 @@ class CompressionSpace:
                 out[key] = (dict if key == "default_excluded" else list)(getattr(self, key))
         if self.groups:
             out["groups"] = [
-                {"name": g.name, "tie": g.tie, "layers": [n for n in self.layers if self.group_of.get(n) == g.name],
-                 "sparsity": list(u.sparsity), "bits": list(u.bits), "methods": list(u.methods),
-                 **{f: list(v) for f in ("channels", "factorize", "rank_ratio", "pruning", "heads", "act_bits")
-                    if (v := getattr(g, f)) is not None},
-                 "dimensions": sum(dims.count(v.dims) for v in self.units if v.group == g.name)}
+                {
+                    "name": g.name,
+                    "tie": g.tie,
+                    "layers": [n for n in self.layers if self.group_of.get(n) == g.name],
+                    "sparsity": list(u.sparsity),
+                    "bits": list(u.bits),
+                    "methods": list(u.methods),
+                    **{
+                        f: list(v)
+                        for f in ("channels", "factorize", "rank_ratio", "pruning", "heads", "act_bits")
+                        if (v := getattr(g, f)) is not None
+                    },
+                    "dimensions": sum(dims.count(v.dims) for v in self.units if v.group == g.name),
+                }
                 for g in self.groups
                 for u in [next(v for v in self.units if v.group == g.name)]
             ]
         return out
-
 
 
 def _shared(layers: Sequence[str], values: Mapping[str, Any], key: str, what: str, param: str) -> Any:
@@ -272,8 +343,11 @@ def _shared(layers: Sequence[str], values: Mapping[str, Any], key: str, what: st
     first = values[layers[0]]
     for layer in layers:
         if values[layer] != first:
-            raise ConfigError(f"plan.layers[{layer!r}].{key}", values[layer], f"{first}, the {what} of "
-                              f"{layers[0]!r}: they share one ({param})")
+            raise ConfigError(
+                f"plan.layers[{layer!r}].{key}",
+                values[layer],
+                f"{first}, the {what} of {layers[0]!r}: they share one ({param})",
+            )
     return first
 
 
@@ -284,12 +358,18 @@ def _unit_values(u: Unit, settings: Mapping[str, Mapping[str, Any]]) -> tuple[di
     core = {k: v for k, v in s.items() if k not in _PER_LAYER_KEYS}  # checked per layer here and in encode
     for layer in u.layers[1:]:
         if {k: v for k, v in settings[layer].items() if k not in _PER_LAYER_KEYS} != core:
-            raise ConfigError(f"plan.layers[{layer!r}]", settings[layer],
-                              f"the settings of {first!r} ({s}): group {u.group!r} is tied")
+            raise ConfigError(
+                f"plan.layers[{layer!r}]",
+                settings[layer],
+                f"the settings of {first!r} ({s}): group {u.group!r} is tied",
+            )
     for layer in u.layers:
         if layer not in u.act_layers and "act_quant" in settings[layer]:
-            raise ConfigError(f"plan.layers[{layer!r}].act_quant", settings[layer]["act_quant"],
-                              "no activation method: the space searches no act_bits on this layer")
+            raise ConfigError(
+                f"plan.layers[{layer!r}].act_quant",
+                settings[layer]["act_quant"],
+                "no activation method: the space searches no act_bits on this layer",
+            )
     method = s.get("quant", "uniform_quantization")
     if method == "uniform_quantization" and method not in u.methods and s["bits"] == 32:
         method = next((m for m in u.methods if takes_bits(m)), method)  # fp32 under another bit method

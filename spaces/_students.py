@@ -7,12 +7,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalChoiceType
 from torch import nn
 
-from rayzor.compression import (Choice, CompressionPlan, FinetuneConfig, IntRange, StudentFamily, get_student_family,
-                                list_students)
+from rayzor.compression import (
+    Choice,
+    CompressionPlan,
+    FinetuneConfig,
+    IntRange,
+    StudentFamily,
+    get_student_family,
+    list_students,
+)
 from rayzor.errors import ConfigError
-from rayzor.spaces._dimensions import suggest
+from rayzor.spaces._dimensions import SuggestsParams, suggest
 from rayzor.spaces._space import CompressionSpace
 
 __all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace", "student_distributions", "suggest_student_params"]
@@ -34,38 +42,44 @@ def _distribution(field: str, param: Any) -> optuna.distributions.BaseDistributi
     raise ConfigError(field, param, "a Choice or IntRange (rayzor.compression)")
 
 
-def student_distributions(family: str | StudentFamily, teacher: nn.Module, prefix: str = "student."
-                          ) -> dict[str, optuna.distributions.BaseDistribution]:
+def student_distributions(
+    family: str | StudentFamily, teacher: nn.Module, prefix: str = "student."
+) -> dict[str, optuna.distributions.BaseDistribution]:
     """The Optuna distribution of each searchable parameter of ``family`` for ``teacher``, by parameter name."""
     fam = get_student_family(family) if isinstance(family, str) else family
     return {name: _distribution(prefix + name, p) for name, p in fam.params(teacher).items()}
 
 
-def suggest_student_params(trial: optuna.Trial, family: str | StudentFamily, teacher: nn.Module,
-                           prefix: str = "student.") -> dict[str, Any]:
+def suggest_student_params(
+    trial: optuna.Trial, family: str | StudentFamily, teacher: nn.Module, prefix: str = "student."
+) -> dict[str, Any]:
     """Sample a family's parameters in an Optuna trial (define-by-run), each as ``prefix + name``.
 
     Returns:
         The sampled values by parameter name (without ``prefix``), ready for
         ``build(teacher, **params)`` / ``arch(teacher, **params)``.
     """
-    return {name: suggest(trial, prefix + name, dist)
-            for name, dist in student_distributions(family, teacher, prefix).items()}
+    return {
+        name: suggest(trial, prefix + name, dist)
+        for name, dist in student_distributions(family, teacher, prefix).items()
+    }
 
 
 class _Prefixed:
     """An Optuna trial whose parameter names get a prefix (the per-layer dims of one family)."""
 
-    def __init__(self, trial: optuna.Trial, prefix: str) -> None:
+    def __init__(self, trial: SuggestsParams, prefix: str) -> None:
         self._trial, self._prefix = trial, prefix
 
-    def suggest_float(self, name: str, *args: Any, **kwargs: Any) -> float:
-        return self._trial.suggest_float(self._prefix + name, *args, **kwargs)
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._trial.suggest_float(self._prefix + name, low, high, step=step, log=log)
 
-    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> int:
-        return self._trial.suggest_int(self._prefix + name, *args, **kwargs)
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return self._trial.suggest_int(self._prefix + name, low, high, step=step, log=log)
 
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+    def suggest_categorical(self, name: str, choices: Sequence[CategoricalChoiceType]) -> CategoricalChoiceType:
         return self._trial.suggest_categorical(self._prefix + name, choices)
 
 
@@ -102,8 +116,9 @@ class StudentSpace:
         include_teacher: Whether compressing the teacher itself is a choice.
     """
 
-    def __init__(self, teacher_space: CompressionSpace, teacher: nn.Module, families: Sequence[str],
-                 include_teacher: bool = True) -> None:
+    def __init__(
+        self, teacher_space: CompressionSpace, teacher: nn.Module, families: Sequence[str], include_teacher: bool = True
+    ) -> None:
         families = tuple(families)
         if not families:
             raise ConfigError("students.families", list(families), f"at least one of {list_students()}")
@@ -171,7 +186,8 @@ class StudentSpace:
             student = get_student_family(family).build(self.teacher, **params)
             base = self.teacher_space
             self._spaces[key] = CompressionSpace.from_model(
-                student, sparsity=base.sparsity, bits=base.bits, methods=base.methods, finetune=base.finetune)
+                student, sparsity=base.sparsity, bits=base.bits, methods=base.methods, finetune=base.finetune
+            )
         return self._spaces[key]
 
     def resolve(self, params: Mapping[str, Any]) -> StudentChoice:
@@ -181,8 +197,11 @@ class StudentSpace:
             raise ConfigError(FAMILY_KEY, family, list(self.choices))
         if family == TEACHER:
             return StudentChoice(TEACHER, {}, self.teacher_space.decode(params), self.teacher_space)
-        student_params = {k.removeprefix(_STUDENT_PREFIX): v for k, v in params.items()
-                          if k.startswith(_STUDENT_PREFIX) and k != FAMILY_KEY}
+        student_params = {
+            k.removeprefix(_STUDENT_PREFIX): v
+            for k, v in params.items()
+            if k.startswith(_STUDENT_PREFIX) and k != FAMILY_KEY
+        }
         space = self.space_for(family, student_params)
         layer_params = {k.removeprefix(f"{family}:"): v for k, v in params.items() if k.startswith(f"{family}:")}
         return StudentChoice(family, student_params, space.decode(layer_params), space)
@@ -197,8 +216,9 @@ class StudentSpace:
             **self.teacher_space.describe(),
             "students": {
                 "choices": list(self.choices),
-                "families": {f: {k: repr(d) for k, d in student_distributions(f, self.teacher).items()}
-                             for f in self.families},
+                "families": {
+                    f: {k: repr(d) for k, d in student_distributions(f, self.teacher).items()} for f in self.families
+                },
             },
         }
 

@@ -16,7 +16,14 @@ from rayzor.errors import ConfigError
 from rayzor.spaces._dimensions import NEAREST_BITS, Dimension
 from rayzor.spaces._introspect import method_support
 from rayzor.spaces._probes import channel_support, head_refusal, layer_of, model_for, rank_caps
-from rayzor.spaces._settings import DEFAULT_RANK_RATIO, NO_FACTORIZATION, GroupSpec, SpaceSettings, takes_bits
+from rayzor.spaces._settings import (
+    DEFAULT_RANK_RATIO,
+    NO_FACTORIZATION,
+    GroupSpec,
+    SpaceSettings,
+    as_range,
+    takes_bits,
+)
 
 __all__ = ["ChannelUnit", "HeadUnit", "Unit", "channel_units", "head_units", "layer_units", "match_layers", "no_match"]
 
@@ -64,21 +71,48 @@ class Unit:
         """The unit's dimensions, in sampling order: each per-layer choice is declared here only."""
         dims = []
         if self.factorize:
-            dims.append(Dimension("factorize", CategoricalDistribution((NO_FACTORIZATION, *dict(self.factorize))),
-                                  setting="factorize", implied=NO_FACTORIZATION))
-            dims += [Dimension("rank_ratio", FloatDistribution(*r), when=("factorize", (m,)), note=f" for {m}",
-                               setting="rank_ratio") for m, r in self.factorize]
+            dims.append(
+                Dimension(
+                    "factorize",
+                    CategoricalDistribution((NO_FACTORIZATION, *dict(self.factorize))),
+                    setting="factorize",
+                    implied=NO_FACTORIZATION,
+                )
+            )
+            dims += [
+                Dimension(
+                    "rank_ratio",
+                    FloatDistribution(*r),
+                    when=("factorize", (m,)),
+                    note=f" for {m}",
+                    setting="rank_ratio",
+                )
+                for m, r in self.factorize
+            ]
         dims.append(Dimension("sparsity", FloatDistribution(*self.sparsity), setting="sparsity"))
         # the criterion of a unit that prunes nothing is no choice; magnitude is what a bare sparsity means
-        dims.append(Dimension("prune", CategoricalDistribution(self.pruning if self.sparsity[1] > 0.0 else
-                                                               self.pruning[:1]),
-                              prefer="magnitude_pruning", setting="prune", implied="magnitude_pruning"))
+        dims.append(
+            Dimension(
+                "prune",
+                CategoricalDistribution(self.pruning if self.sparsity[1] > 0.0 else self.pruning[:1]),
+                prefer="magnitude_pruning",
+                setting="prune",
+                implied="magnitude_pruning",
+            )
+        )
         # the plan names the method only where bits alone do not say it (see CompressionSpace.decode)
         dims.append(Dimension("quant", CategoricalDistribution(self.methods), prefer="uniform_quantization"))
         with_bits = tuple(m for m in self.methods if takes_bits(m))
         if with_bits:
-            dims.append(Dimension("bits", CategoricalDistribution(self.bits), when=("quant", with_bits),
-                                  prefer=NEAREST_BITS, setting="bits"))
+            dims.append(
+                Dimension(
+                    "bits",
+                    CategoricalDistribution(self.bits),
+                    when=("quant", with_bits),
+                    prefer=NEAREST_BITS,
+                    setting="bits",
+                )
+            )
         if self.act_bits:  # on act_layers only, as ActivationQuantization (see CompressionSpace.decode)
             dims.append(Dimension("act_bits", CategoricalDistribution(self.act_bits), prefer=max(self.act_bits)))
         return tuple(dims)
@@ -131,8 +165,9 @@ def no_match(field: str, glob: str, names: Sequence[str]) -> ConfigError:
     return ConfigError(field, glob, f"a glob matching a compressible layer; close layer names: {', '.join(close)}")
 
 
-def match_layers(layers: Sequence[str], groups: Sequence[GroupSpec], exclude: Sequence[str]
-                 ) -> tuple[tuple[str, ...], dict[str, GroupSpec]]:
+def match_layers(
+    layers: Sequence[str], groups: Sequence[GroupSpec], exclude: Sequence[str]
+) -> tuple[tuple[str, ...], dict[str, GroupSpec]]:
     """Apply ``exclude`` then assign each remaining layer to at most one group.
 
     Returns:
@@ -158,16 +193,23 @@ def match_layers(layers: Sequence[str], groups: Sequence[GroupSpec], exclude: Se
             for name in matched:
                 other = owner.get(name)
                 if other is not None and other.name != group.name:
-                    raise ConfigError(f"{field}.match", glob, f"globs of layers in no other group; {name!r} is "
-                                      f"already in group {other.name!r}")
+                    raise ConfigError(
+                        f"{field}.match",
+                        glob,
+                        f"globs of layers in no other group; {name!r} is already in group {other.name!r}",
+                    )
                 owner[name] = group
     return kept, owner
 
 
-def layer_units(settings: SpaceSettings, layers: Sequence[str], owner: Mapping[str, GroupSpec],
-                model: nn.Module | None) -> tuple[Unit, ...]:
+def layer_units(
+    settings: SpaceSettings, layers: Sequence[str], owner: Mapping[str, GroupSpec], model: nn.Module | None
+) -> tuple[Unit, ...]:
     """One unit per layer, one per tied group (where its first layer is), in model order."""
-    resolved = {None: settings, **{g.name: settings.resolved(g) for g in settings.groups}}
+    resolved: dict[str | None, SpaceSettings] = {
+        None: settings,
+        **{g.name: settings.resolved(g) for g in settings.groups},
+    }
     members: list[tuple[str, tuple[str, ...], str | None]] = []
     done: set[str] = set()
     for layer in layers:
@@ -180,47 +222,80 @@ def layer_units(settings: SpaceSettings, layers: Sequence[str], owner: Mapping[s
             done.add(group.name)
             members.append((group.name, tuple(n for n in layers if owner.get(n) is group), group.name))
     wants_factorize = [layer for _, names, g in members if resolved[g].factorize for layer in names]
-    caps = rank_caps(model_for("factorize", list(settings.factorize), model), wants_factorize,
-                     {layer: resolved[g].factorize for _, names, g in members for layer in names}
-                     ) if wants_factorize else {}
+    caps = (
+        rank_caps(
+            model_for("factorize", list(settings.factorize), model),
+            wants_factorize,
+            {layer: resolved[g].factorize for _, names, g in members for layer in names},
+        )
+        if wants_factorize
+        else {}
+    )
     wants_act = [layer for _, names, g in members if resolved[g].act_bits for layer in names]
-    act_model = model_for("act_bits", list(settings.act_bits), model) if wants_act else None
-    # ActivationQuantization's own validate() decides: Linear / Conv, not an Embedding or inside MultiheadAttention
-    act_ok = {layer for layer in wants_act
-              if ActivationQuantization.method in method_support(layer, *layer_of(act_model, layer))[0]}
+    act_ok: set[str] = set()
+    if wants_act:
+        act_model = model_for("act_bits", list(settings.act_bits), model)
+        # ActivationQuantization's own validate() decides: Linear / Conv, not an Embedding or inside MultiheadAttention
+        act_ok = {
+            layer
+            for layer in wants_act
+            if ActivationQuantization.method in method_support(layer, *layer_of(act_model, layer))[0]
+        }
     units = []
     for prefix, names, g in members:
         r = resolved[g]
-        rank_ratio = DEFAULT_RANK_RATIO if r.rank_ratio is None else r.rank_ratio
+        rank = as_range(r.rank_ratio)
+        rank_ratio = DEFAULT_RANK_RATIO if rank is None else rank
         factorize = []
         for method in r.factorize:
             cap = min((caps[layer].get(method, 0.0) for layer in names), default=0.0)
             if cap > 0.0:  # applies to every layer of the unit
                 factorize.append((method, (min(rank_ratio[0], cap), min(rank_ratio[1], cap))))
         act_layers = tuple(layer for layer in names if layer in act_ok)
-        units.append(Unit(prefix, names, r.sparsity, r.bits, r.methods, group=g, pruning=r.pruning,
-                          factorize=tuple(factorize), channels=r.channels, heads=r.heads,
-                          act_bits=r.act_bits if act_layers else (), act_layers=act_layers))
+        units.append(
+            Unit(
+                prefix,
+                names,
+                r.sparsity,
+                r.bits,
+                r.methods,
+                group=g,
+                pruning=r.pruning,
+                factorize=tuple(factorize),
+                channels=as_range(r.channels),
+                heads=as_range(r.heads),
+                act_bits=r.act_bits if act_layers else (),
+                act_layers=act_layers,
+            )
+        )
     return tuple(units)
 
 
-def channel_units(units: Sequence[Unit], layers: Sequence[str], model: nn.Module | None, example_input: Any
-                  ) -> tuple[tuple[ChannelUnit, ...], dict[str, str]]:
+def channel_units(
+    units: Sequence[Unit], layers: Sequence[str], model: nn.Module | None, example_input: Any
+) -> tuple[tuple[ChannelUnit, ...], dict[str, str]]:
     """One sampled ratio per set of units whose output channels go together (tied, or coupled by DepGraph).
 
     Returns:
         The channel units, and per layer asked for that gets no ratio, why.
     """
-    asked = [u for u in units if u.channels is not None and u.channels[1] > 0.0]
+    # the channel range of each unit that asks for one, in model order
+    ranges = {u.prefix: u.channels for u in units if u.channels is not None and u.channels[1] > 0.0}
+    asked = [u for u in units if u.prefix in ranges]
     refused_layers: dict[str, str] = {}
     if not asked:
         return (), refused_layers
-    model = model_for("channels", list(asked[0].channels), model)
+    model = model_for("channels", list(ranges[asked[0].prefix]), model)
     if example_input is None:
-        raise ConfigError("example_input", None, "one input batch of the model (e.g. the task's example_input): "
-                          "space.channels traces which layers' output channels can go")
-    coupled, refused = channel_support(model, {layer: u.channels[1] for u in asked for layer in u.layers},
-                                        example_input)
+        raise ConfigError(
+            "example_input",
+            None,
+            "one input batch of the model (e.g. the task's example_input): "
+            "space.channels traces which layers' output channels can go",
+        )
+    coupled, refused = channel_support(
+        model, {layer: ranges[u.prefix][1] for u in asked for layer in u.layers}, example_input
+    )
     unit_of = {layer: u for u in units for layer in u.layers}
     root = {u.prefix: u.prefix for u in units}
 
@@ -234,8 +309,7 @@ def channel_units(units: Sequence[Unit], layers: Sequence[str], model: nn.Module
     for u in asked:
         for layer in u.layers:
             if layer in refused:
-                blocked[u.prefix] = (refused[layer] if len(u.layers) == 1
-                                     else f"tied with {layer!r}: {refused[layer]}")
+                blocked[u.prefix] = refused[layer] if len(u.layers) == 1 else f"tied with {layer!r}: {refused[layer]}"
                 continue
             for other in coupled[layer]:
                 if other not in unit_of:
@@ -252,50 +326,57 @@ def channel_units(units: Sequence[Unit], layers: Sequence[str], model: nn.Module
         silent = next((u for u in members if u.prefix not in asked_prefixes), None)
         why = next((blocked[u.prefix] for u in members if u.prefix in blocked), None)
         if why is None and silent is not None:
-            why = (f"its output channels go with those of {silent.layers[0]!r}, whose settings search no channel "
-                   "pruning")
+            why = f"its output channels go with those of {silent.layers[0]!r}, whose settings search no channel pruning"
         if why is not None:
-            refused_layers.update({layer: why for u in members if u.prefix in asked_prefixes
-                                          for layer in u.layers})
+            refused_layers.update({layer: why for u in members if u.prefix in asked_prefixes for layer in u.layers})
             continue
-        low, high = max(u.channels[0] for u in members), min(u.channels[1] for u in members)
+        # every member asks for channels here (a silent one refused the component above)
+        low, high = max(ranges[u.prefix][0] for u in members), min(ranges[u.prefix][1] for u in members)
         if low > high:
             u = members[-1]
-            raise ConfigError(f"space.groups[{u.group}].channels" if u.group else "space.channels",
-                              list(u.channels), f"a range overlapping {list(members[0].channels)} of "
-                              f"{members[0].prefix!r}, whose output channels go with those of {u.layers[0]!r}")
+            raise ConfigError(
+                f"space.groups[{u.group}].channels" if u.group else "space.channels",
+                list(ranges[u.prefix]),
+                f"a range overlapping {list(ranges[members[0].prefix])} of "
+                f"{members[0].prefix!r}, whose output channels go with those of {u.layers[0]!r}",
+            )
         shared = tuple(layer for layer in layers if unit_of[layer] in members)
         out.append(ChannelUnit(members[0].prefix, shared, (low, high)))
     return tuple(out), refused_layers
 
 
-def head_units(units: Sequence[Unit], model: nn.Module | None, example_input: Any
-               ) -> tuple[tuple[HeadUnit, ...], dict[str, str]]:
+def head_units(
+    units: Sequence[Unit], model: nn.Module | None, example_input: Any
+) -> tuple[tuple[HeadUnit, ...], dict[str, str]]:
     """One sampled head ratio per unit holding ``query`` layers whose heads can go.
 
     Returns:
         The head units, and per ``query`` layer asked for that gets no ratio, why.
     """
-    asked = [u for u in units if u.heads is not None and u.heads[1] > 0.0]
+    asked = [(u, u.heads) for u in units if u.heads is not None and u.heads[1] > 0.0]
     refused: dict[str, str] = {}
     if not asked:
         return (), refused
-    model = model_for("heads", list(asked[0].heads), model)
+    model = model_for("heads", list(asked[0][1]), model)
     if example_input is None:
-        raise ConfigError("example_input", None, "one input batch of the model (e.g. the task's example_input): "
-                          "space.heads traces which attention heads can go")
+        raise ConfigError(
+            "example_input",
+            None,
+            "one input batch of the model (e.g. the task's example_input): "
+            "space.heads traces which attention heads can go",
+        )
     out = []
-    for u in asked:
+    for u, heads in asked:
         queries = []
         for layer in u.layers:
             module, parent = layer_of(model, layer)
             if HeadPruning.method not in method_support(layer, module, parent)[0]:
                 continue  # not a query Linear: head pruning is no choice here, as Tucker-2 is none on a Linear
-            why = head_refusal(model, layer, parent, u.heads[1], example_input)
+            why = head_refusal(model, layer, parent, heads[1], example_input)
             if why is None:
                 queries.append(layer)
             else:
                 refused[layer] = why
         if queries:
-            out.append(HeadUnit(u.prefix, tuple(queries), u.heads))
+            out.append(HeadUnit(u.prefix, tuple(queries), heads))
     return tuple(out), refused

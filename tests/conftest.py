@@ -45,3 +45,10 @@ def ray_session():
 def tracking_uri(tmp_path) -> str:
     """A private MLflow store for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session's Ray, or a module that runs a search, is slow."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

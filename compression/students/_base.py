@@ -13,8 +13,17 @@ from torch import nn
 from rayzor._resolve import resolve
 from rayzor.errors import ConfigError, RayzorError
 
-__all__ = ["Choice", "IntRange", "Params", "StudentFamily", "check_student", "create_student", "get_student_family",
-           "list_students", "register_student"]
+__all__ = [
+    "Choice",
+    "IntRange",
+    "Params",
+    "StudentFamily",
+    "check_student",
+    "create_student",
+    "get_student_family",
+    "list_students",
+    "register_student",
+]
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,9 @@ class StudentFamily:
         kwargs = self.resolve(teacher, params)
         return _import(self.factory, "factory")(**kwargs).eval()
 
-    def arch(self, teacher: nn.Module, *, teacher_arch: Mapping[str, Any] | None = None,
-             **params: Any) -> dict[str, Any]:
+    def arch(
+        self, teacher: nn.Module, *, teacher_arch: Mapping[str, Any] | None = None, **params: Any
+    ) -> dict[str, Any]:
         """``{"factory", "kwargs"}`` that rebuilds the untrained student (for packed files).
 
         Args:
@@ -94,8 +104,9 @@ class StudentFamily:
         try:
             json.dumps(arch)
         except (TypeError, ValueError):
-            raise ConfigError("params", dict(params),
-                              "JSON-serialisable values (packed files store the arch as JSON)") from None
+            raise ConfigError(
+                "params", dict(params), "JSON-serialisable values (packed files store the arch as JSON)"
+            ) from None
         return arch
 
 
@@ -179,9 +190,12 @@ def check_student(student: nn.Module, teacher: nn.Module, example_input: torch.T
         try:
             got = _shape_signature(student(example_input))
         except Exception as exc:  # a student that cannot take the teacher's input is a config error
-            raise ConfigError("student", type(student).__name__,
-                              f"a model taking the teacher's input of shape {tuple(example_input.shape)} "
-                              f"({type(exc).__name__}: {exc})") from exc
+            raise ConfigError(
+                "student",
+                type(student).__name__,
+                f"a model taking the teacher's input of shape {tuple(example_input.shape)} "
+                f"({type(exc).__name__}: {exc})",
+            ) from exc
     if got != want:
         raise ConfigError("student output shape", got, f"the teacher's output shape {want}")
 

@@ -13,8 +13,15 @@ import torch
 from torch import nn
 
 from rayzor.compression._registry import check_int, check_real
-from rayzor.compression.students._base import (Choice, IntRange, Params, StudentFamily, _import, _qualified_name,
-                                               register_student)
+from rayzor.compression.students._base import (
+    Choice,
+    IntRange,
+    Params,
+    StudentFamily,
+    _import,
+    _qualified_name,
+    register_student,
+)
 from rayzor.errors import ConfigError
 
 __all__ = ["BertLayerDropStudents", "build_layer_drop_encoder"]
@@ -35,19 +42,27 @@ def _split_encoder(teacher: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     if is_encoder(getattr(teacher, "encoder", None)):
         wrapper = type(teacher)
         if "<locals>" in wrapper.__qualname__:
-            raise ConfigError("teacher", wrapper.__qualname__,
-                              "a wrapper class defined at module level (packed files import it)")
+            raise ConfigError(
+                "teacher", wrapper.__qualname__, "a wrapper class defined at module level (packed files import it)"
+            )
         return teacher.encoder, teacher
-    raise ConfigError("teacher", type(teacher).__name__,
-                      "a transformers encoder with .config and an .encoder.layer ModuleList (BertModel, ...), "
-                      "or a module holding one as .encoder whose constructor takes it alone (SentenceEncoder)")
+    raise ConfigError(
+        "teacher",
+        type(teacher).__name__,
+        "a transformers encoder with .config and an .encoder.layer ModuleList (BertModel, ...), "
+        "or a module holding one as .encoder whose constructor takes it alone (SentenceEncoder)",
+    )
 
 
 def _prunable_heads(layer: nn.Module) -> bool:
     att = getattr(getattr(layer, "attention", None), "self", None)
     out = getattr(getattr(layer, "attention", None), "output", None)
-    return (att is not None and all(isinstance(getattr(att, p, None), nn.Linear) for p in ("query", "key", "value"))
-            and isinstance(getattr(out, "dense", None), nn.Linear) and hasattr(att, "attention_head_size"))
+    return (
+        att is not None
+        and all(isinstance(getattr(att, p, None), nn.Linear) for p in ("query", "key", "value"))
+        and isinstance(getattr(out, "dense", None), nn.Linear)
+        and hasattr(att, "attention_head_size")
+    )
 
 
 def _keep_heads(layer: nn.Module, heads: int) -> None:
@@ -63,9 +78,14 @@ def _keep_heads(layer: nn.Module, heads: int) -> None:
     att.all_head_size = width
 
 
-def build_layer_drop_encoder(model_class: str, config: Mapping[str, Any], heads: int | None = None,
-                             init_kwargs: Mapping[str, Any] | None = None, attn_implementation: str | None = None,
-                             wrapper: str | None = None) -> nn.Module:
+def build_layer_drop_encoder(
+    model_class: str,
+    config: Mapping[str, Any],
+    heads: int | None = None,
+    init_kwargs: Mapping[str, Any] | None = None,
+    attn_implementation: str | None = None,
+    wrapper: str | None = None,
+) -> nn.Module:
     """Rebuild the untrained ``bert_layer_drop`` student (the family's ``arch`` factory).
 
     Args:
@@ -168,16 +188,22 @@ class BertLayerDropStudents(StudentFamily):
         hf, wrapper = _split_encoder(teacher)
         for key in params:
             if key not in ("layers", "keep", "intermediate_ratio", "heads"):
-                raise ConfigError(key, params[key], "parameters of student family 'bert_layer_drop': "
-                                                    "layers or keep, intermediate_ratio, heads")
+                raise ConfigError(
+                    key,
+                    params[key],
+                    "parameters of student family 'bert_layer_drop': layers or keep, intermediate_ratio, heads",
+                )
         keep = self.keep_list(teacher, params)
         config = hf.config.to_dict()
         config.pop("_name_or_path", None)  # a path on this machine, meaningless where the file is loaded
         config["num_hidden_layers"] = len(keep)
         if "intermediate_ratio" in params:
             if "intermediate_size" not in config:
-                raise ConfigError("intermediate_ratio", params["intermediate_ratio"],
-                                  f"not set: {type(hf.config).__name__} has no intermediate_size")
+                raise ConfigError(
+                    "intermediate_ratio",
+                    params["intermediate_ratio"],
+                    f"not set: {type(hf.config).__name__} has no intermediate_size",
+                )
             ratio = check_real("intermediate_ratio", params["intermediate_ratio"], 0.0, 1.0, lo_open=True)
             config["intermediate_size"] = max(1, round(ratio * config["intermediate_size"]))
         heads = None
@@ -185,8 +211,12 @@ class BertLayerDropStudents(StudentFamily):
             n_heads = getattr(hf.config, "num_attention_heads", 1)
             heads = check_int("heads", params["heads"], 1, n_heads)
             if not all(_prunable_heads(layer) for layer in hf.encoder.layer):
-                raise ConfigError("heads", heads, f"not set: {type(hf).__name__} layers lack BERT's "
-                                                  "attention.self.{query,key,value} / attention.output.dense")
+                raise ConfigError(
+                    "heads",
+                    heads,
+                    f"not set: {type(hf).__name__} layers lack BERT's "
+                    "attention.self.{query,key,value} / attention.output.dense",
+                )
             heads = None if heads == n_heads else heads
         init_kwargs = {}
         if "add_pooling_layer" in inspect.signature(type(hf).__init__).parameters:
@@ -207,8 +237,9 @@ class BertLayerDropStudents(StudentFamily):
         try:
             student = build_layer_drop_encoder(**kwargs)
         except TypeError as exc:  # a wrapper whose constructor wants more than the encoder
-            raise ConfigError("teacher", kwargs["wrapper"],
-                              f"a wrapper constructible from the encoder alone ({exc})") from exc
+            raise ConfigError(
+                "teacher", kwargs["wrapper"], f"a wrapper constructible from the encoder alone ({exc})"
+            ) from exc
         prefix = "encoder.encoder.layer." if kwargs["wrapper"] else "encoder.layer."
         pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.(.*)$")
         source = teacher.state_dict()

@@ -46,9 +46,16 @@ class StageCNN(nn.Module):
         kernel_size: Odd conv kernel size.
     """
 
-    def __init__(self, in_channels: int, stage_widths: Sequence[int], blocks_per_stage: Sequence[int],
-                 hidden: Sequence[int], num_classes: int, head_hw: Sequence[int] = (4, 4),
-                 kernel_size: int = 3) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        stage_widths: Sequence[int],
+        blocks_per_stage: Sequence[int],
+        hidden: Sequence[int],
+        num_classes: int,
+        head_hw: Sequence[int] = (4, 4),
+        kernel_size: int = 3,
+    ) -> None:
         super().__init__()
         check_int("in_channels", in_channels, 1)
         check_int("num_classes", num_classes, 1)
@@ -56,8 +63,11 @@ class StageCNN(nn.Module):
             raise ConfigError("kernel_size", kernel_size, "an odd integer >= 1 (same padding)")
         check_int("kernel_size", kernel_size, 1)
         if not stage_widths or len(blocks_per_stage) != len(stage_widths):
-            raise ConfigError("blocks_per_stage", list(blocks_per_stage),
-                              f"one block count per stage ({len(stage_widths)} stages, at least one)")
+            raise ConfigError(
+                "blocks_per_stage",
+                list(blocks_per_stage),
+                f"one block count per stage ({len(stage_widths)} stages, at least one)",
+            )
         if len(head_hw) != 2:
             raise ConfigError("head_hw", list(head_hw), "two positive integers (h, w)")
         stages = []
@@ -111,9 +121,12 @@ def _describe_cnn(teacher: nn.Module) -> dict[str, Any]:
     last = convs[-1][2].out_channels
     area, rest = divmod(linears[0][2].in_features, last)
     if rest:
-        raise ConfigError("teacher", type(teacher).__name__,
-                          f"{valid} (the first Linear's inputs, {linears[0][2].in_features}, "
-                          f"must be a multiple of the last conv's {last} channels)")
+        raise ConfigError(
+            "teacher",
+            type(teacher).__name__,
+            f"{valid} (the first Linear's inputs, {linears[0][2].in_features}, "
+            f"must be a multiple of the last conv's {last} channels)",
+        )
     side = math.isqrt(area)
     # The flattened grid is assumed square (h = w) when it can be; otherwise one column.
     head_hw = [side, side] if side * side == area else [area, 1]
@@ -160,8 +173,9 @@ class CNNStudents(StudentFamily):
         known += [f"blocks.{n}" for n, _ in desc["stages"]]
         for key in params:
             if key not in known:
-                raise ConfigError(key, params[key],
-                                  f"parameters of student family 'cnn' for this teacher: {', '.join(known)}")
+                raise ConfigError(
+                    key, params[key], f"parameters of student family 'cnn' for this teacher: {', '.join(known)}"
+                )
 
         def width(name: str, full: int) -> int:
             mult = check_real(f"width_mult.{name}", params.get(f"width_mult.{name}", 1.0), 0.0, 1.0, lo_open=True)
@@ -170,8 +184,9 @@ class CNNStudents(StudentFamily):
         return {
             "in_channels": desc["in_channels"],
             "stage_widths": [width(n, w) for n, w in desc["stages"]],
-            "blocks_per_stage": [check_int(f"blocks.{n}", params.get(f"blocks.{n}", 1), 1, _MAX_BLOCKS)
-                                 for n, _ in desc["stages"]],
+            "blocks_per_stage": [
+                check_int(f"blocks.{n}", params.get(f"blocks.{n}", 1), 1, _MAX_BLOCKS) for n, _ in desc["stages"]
+            ],
             "hidden": [width(n, w) for n, w in desc["hidden"]],
             "num_classes": desc["num_classes"],
             "head_hw": desc["head_hw"],

@@ -49,8 +49,9 @@ class FactoryStudents(StudentFamily):
         try:
             inspect.signature(fn).bind(None, **rest)
         except TypeError:
-            raise ConfigError("params", rest, f"keyword arguments of {spec}{inspect.signature(fn)} "
-                                              "after the teacher") from None
+            raise ConfigError(
+                "params", rest, f"keyword arguments of {spec}{inspect.signature(fn)} after the teacher"
+            ) from None
         except ValueError:  # no signature (builtins): let the call decide
             pass
         return fn, rest
@@ -67,22 +68,30 @@ class FactoryStudents(StudentFamily):
         except RayzorError:
             raise
         except Exception as exc:
-            raise ConfigError("factory", params["factory"],
-                              f"a function that builds the student ({type(exc).__name__}: {exc})") from exc
+            raise ConfigError(
+                "factory", params["factory"], f"a function that builds the student ({type(exc).__name__}: {exc})"
+            ) from exc
         if not isinstance(student, nn.Module):
-            raise ConfigError("factory", params["factory"],
-                              f"a function returning an nn.Module (got {type(student).__name__})")
+            raise ConfigError(
+                "factory", params["factory"], f"a function returning an nn.Module (got {type(student).__name__})"
+            )
         return student
 
-    def arch(self, teacher: nn.Module, *, teacher_arch: Mapping[str, Any] | None = None,
-             **params: Any) -> dict[str, Any]:
+    def arch(
+        self, teacher: nn.Module, *, teacher_arch: Mapping[str, Any] | None = None, **params: Any
+    ) -> dict[str, Any]:
         if not isinstance(teacher_arch, Mapping) or not isinstance(teacher_arch.get("factory"), str):
-            raise ConfigError("teacher_arch", teacher_arch,
-                              "the task's arch {'factory': 'pkg.mod:fn', 'kwargs': {...}} "
-                              "(a packed loader rebuilds the teacher to rebuild the student)")
+            raise ConfigError(
+                "teacher_arch",
+                teacher_arch,
+                "the task's arch {'factory': 'pkg.mod:fn', 'kwargs': {...}} "
+                "(a packed loader rebuilds the teacher to rebuild the student)",
+            )
         arch = super().arch(teacher, **params)
-        arch["kwargs"]["teacher_arch"] = {"factory": teacher_arch["factory"],
-                                          "kwargs": copy.deepcopy(dict(teacher_arch.get("kwargs", {})))}
+        arch["kwargs"]["teacher_arch"] = {
+            "factory": teacher_arch["factory"],
+            "kwargs": copy.deepcopy(dict(teacher_arch.get("kwargs", {}))),
+        }
         try:
             json.dumps(arch)
         except (TypeError, ValueError):

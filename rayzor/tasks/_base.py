@@ -26,7 +26,6 @@ __all__ = [
 SPLITS = ("train", "val", "test")
 
 
-
 @dataclass
 class Task:
     """Everything a compression search needs to know about one model.
@@ -69,9 +68,7 @@ class Task:
     def __post_init__(self) -> None:
         missing = [s for s in SPLITS if s not in self.data]
         if missing:
-            raise TaskLoadError(
-                f"task {self.name!r}: data has no split(s) {missing}; a task needs {list(SPLITS)}"
-            )
+            raise TaskLoadError(f"task {self.name!r}: data has no split(s) {missing}; a task needs {list(SPLITS)}")
         if "factory" not in self.arch:
             raise TaskLoadError(
                 f"task {self.name!r}: arch needs a 'factory' ('package.module:function'), got {dict(self.arch)!r}"
@@ -82,9 +79,7 @@ class Task:
         if split not in self.data:
             raise ConfigError("split", split, list(self.data))
         generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(
-            self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator
-        )
+        return DataLoader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator)
 
     def score(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         """Metrics of ``model`` on one split, checked to contain ``metric``."""
@@ -120,8 +115,12 @@ def list_tasks() -> list[str]:
 
 def resolve_callable(spec: str, *, field: str = "task") -> Callable[..., Any]:
     """Import ``package.module:function`` and return the function."""
-    obj = resolve(spec, field, error=TaskLoadError,
-                  valid=f"a registered name ({', '.join(list_tasks())}) or 'package.module:function'")
+    obj = resolve(
+        spec,
+        field,
+        error=TaskLoadError,
+        valid=f"a registered name ({', '.join(list_tasks())}) or 'package.module:function'",
+    )
     if not callable(obj):
         raise TaskLoadError(f"{field}: {spec!r} is not callable")
     return obj

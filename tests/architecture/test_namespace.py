@@ -35,7 +35,9 @@ def test_no_top_level_name_is_a_stdlib_module():
 
 def test_bare_package_names_are_not_importable_from_an_install(tmp_path):
     """Outside the repository, only ``rayzor.*`` imports: the old bare names are gone."""
-    code = ("import importlib.util, sys; import rayzor.compression, rayzor.search, rayzor.spaces, rayzor.cluster; "
-            "print([n for n in ('spaces', 'search', 'cluster') if importlib.util.find_spec(n)])")
+    code = (
+        "import importlib.util, sys; import rayzor.compression, rayzor.search, rayzor.spaces, rayzor.cluster; "
+        "print([n for n in ('spaces', 'search', 'cluster') if importlib.util.find_spec(n)])"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -28,8 +28,14 @@ NODE_MEMORY = str(2 * 1024**3)
 OBJECT_STORE = str(100 * 1024**2)
 
 
-_NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                    "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+_NODE_PORT_FLAGS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
 
 
 def free_port() -> int:
@@ -81,25 +87,69 @@ class LocalCluster:
         # test runs on this host would collide, so every node gets free ones.
         ports = [arg for flag in _NODE_PORT_FLAGS for arg in (flag, str(free_port()))]
         self.procs[name] = subprocess.Popen(
-            ["ray", "start", "--block", "--disable-usage-stats", "--memory", NODE_MEMORY,
-             "--object-store-memory", OBJECT_STORE, *ports, *args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "ray",
+                "start",
+                "--block",
+                "--disable-usage-stats",
+                "--memory",
+                NODE_MEMORY,
+                "--object-store-memory",
+                OBJECT_STORE,
+                *ports,
+                *args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def start_head(self) -> None:
-        self._start("head", ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port), "--num-cpus", "1",
-                             "--resources", json.dumps({"head": 1}),
-                             "--temp-dir", self.temp, "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                             "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port())])
+        self._start(
+            "head",
+            [
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--num-cpus",
+                "1",
+                "--resources",
+                json.dumps({"head": 1}),
+                "--temp-dir",
+                self.temp,
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--ray-client-server-port",
+                str(free_port()),
+            ],
+        )
         _wait(lambda: _listening(self.port) and self._nodes() is not None, "the Ray head and its dashboard", self.temp)
 
     def add_workers(self, *names: str) -> None:
         """Start workers (1 CPU, resources `worker` and the name), one at a time:
         nodes sharing a host and session folder race for socket names otherwise."""
         for name in names:
-            self._start(name, ["--address", self.address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                               "--resources", json.dumps({"worker": 1, name: 1})])
-            _wait(lambda: bool(self.node_ids(name)), f"worker {name} to join", self.temp)
+            self._start(
+                name,
+                [
+                    "--address",
+                    self.address,
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--num-cpus",
+                    "1",
+                    "--resources",
+                    json.dumps({"worker": 1, name: 1}),
+                ],
+            )
+            _wait(lambda name=name: bool(self.node_ids(name)), f"worker {name} to join", self.temp)
 
     def _nodes(self) -> list[dict] | None:
         try:
@@ -190,5 +240,11 @@ def _started_cluster(attempts: int = 2) -> LocalCluster:
 
 def rayzor(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     """A `rayzor` CLI process (a driver of its own, as a user would run it)."""
-    return subprocess.Popen([sys.executable, "-m", "rayzor.search.cli", *args], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayzor.search.cli", *args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )

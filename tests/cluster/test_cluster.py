@@ -9,7 +9,6 @@ killed again before it returns.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,14 +24,24 @@ from rayzor.search import trial_runs
 from rayzor.search.cli import app
 from tests.cluster.conftest import _killpg, free_port, rayzor
 
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
 runner = CliRunner()
 
 
 def _config(root: Path, name: str, trials: int, **extra) -> Path:
     """A small search on the workers only (resource `worker`), fine-tune off."""
-    data = {"trials": trials, "finetune_epochs": 0, "sampler": "random", "name": name, "experiment": name,
-            "storage_path": str(root / "ray"), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-            "resources_per_trial": {"worker": 1}, **extra}
+    data = {
+        "trials": trials,
+        "finetune_epochs": 0,
+        "sampler": "random",
+        "name": name,
+        "experiment": name,
+        "storage_path": str(root / "ray"),
+        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "resources_per_trial": {"worker": 1},
+        **extra,
+    }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -58,9 +67,25 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "-w", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-w",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=open(root / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -8,7 +8,13 @@ import copy
 import pytest
 import yaml
 
-from rayzor.cluster import CONFIG_DIR, check_cluster_resources, derive_concurrency, trial_resources, validate_launcher_config
+from rayzor.cluster import (
+    CONFIG_DIR,
+    check_cluster_resources,
+    derive_concurrency,
+    trial_resources,
+    validate_launcher_config,
+)
 from rayzor.cluster._configs import ClusterConfigError
 from rayzor.errors import ConfigError
 
@@ -66,5 +72,7 @@ def test_fractional_gpus_set_the_concurrency():
 
 
 def test_gpu_request_without_gpus_names_the_field():
-    with pytest.raises(ConfigError, match=r"^gpus_per_trial: got 0\.5; valid: at most 0: the cluster has 0 GPU in total$"):
+    with pytest.raises(
+        ConfigError, match=r"^gpus_per_trial: got 0\.5; valid: at most 0: the cluster has 0 GPU in total$"
+    ):
         check_cluster_resources(trial_resources(1, 0.5), {"CPU": 8.0})

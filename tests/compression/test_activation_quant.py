@@ -38,7 +38,8 @@ def test_minmax_scale_is_the_calibration_range(bits):
     # (input, target) pairs work the same as bare inputs
     out, qi = _calibrate(ActivationQuantization(bits), [(b, torch.zeros(len(b))) for b in batches])
     assert isinstance(qi, QuantizedInput) and out.activations == {
-        "0": {"method": "activation_quantization", "bits": bits, "symmetric": False}}
+        "0": {"method": "activation_quantization", "bits": bits, "symmetric": False}
+    }
     torch.testing.assert_close(qi.scale, torch.tensor((hi - lo) / (2**bits - 1)))
     assert float(qi.zero_point) == round(-lo / float(qi.scale))
     _, sym = _calibrate(ActivationQuantization(bits, symmetric=True), batches)
@@ -75,8 +76,9 @@ def test_percentile_clips_outliers_at_the_percentile(symmetric):
     batches = _batches(n=4, shape=(256, 10))
     batches[0][0, 0] = 40.0  # one outlier stretches min-max
     allx = torch.cat(batches).flatten()
-    _, qi = _calibrate(ActivationQuantization(8, symmetric=symmetric, calibration="percentile", percentile=99.0),
-                       batches)
+    _, qi = _calibrate(
+        ActivationQuantization(8, symmetric=symmetric, calibration="percentile", percentile=99.0), batches
+    )
     if symmetric:
         clip, bin_width = torch.quantile(allx.abs(), 0.99), 40.0 / 2048
         torch.testing.assert_close(qi.scale * 127, clip, rtol=0, atol=bin_width)
@@ -110,8 +112,13 @@ def test_training_mode_passes_gradients_straight_through():
     model = out.model.train()
     lo = float((qi.qmin - qi.zero_point) * qi.scale)
     hi = float((qi.qmax - qi.zero_point) * qi.scale)
-    x = torch.tensor([[lo * 0.5, hi * 0.5, hi * 0.9, lo * 0.1, 0.0, hi * 0.3, lo * 0.7, hi * 0.2, 0.1, -0.1],
-                      [hi * 2, lo * 2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    x = torch.tensor(
+        [
+            [lo * 0.5, hi * 0.5, hi * 0.9, lo * 0.1, 0.0, hi * 0.3, lo * 0.7, hi * 0.2, 0.1, -0.1],
+            [hi * 2, lo * 2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ],
+        requires_grad=True,
+    )
     model(x).sum().backward()
     w = qi.layer.weight.detach()
     expected = w.sum(0).expand(2, -1).clone()
@@ -132,8 +139,9 @@ def test_digits_8bit_activations_within_one_point(digits):
     fp32 = digits.score(digits.model, "val")["accuracy"]
     assert digits.score(out.model, "val")["accuracy"] >= fp32 - 0.01
     # and low-bit activations do cost accuracy: the quantizer is really in the path
-    low = compress(digits.model, CompressionPlan({n: (ActivationQuantization(1),) for n in layers}),
-                   calibration_data=calibration)
+    low = compress(
+        digits.model, CompressionPlan({n: (ActivationQuantization(1),) for n in layers}), calibration_data=calibration
+    )
     assert digits.score(low.model, "val")["accuracy"] < fp32 - 0.05
 
 
@@ -166,8 +174,9 @@ def test_no_calibration_data_refused_before_any_work():
 def test_layer_without_activations_refused():
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
     with pytest.raises(ConfigError, match=r"plan.layers\['0'\].activation_quantization.*token indices"):
-        compress(model, CompressionPlan({"0": (ActivationQuantization(),)}),
-                 calibration_data=[torch.zeros(2, 3).long()])
+        compress(
+            model, CompressionPlan({"0": (ActivationQuantization(),)}), calibration_data=[torch.zeros(2, 3).long()]
+        )
 
 
 def test_unreached_layer_is_named():
@@ -180,18 +189,22 @@ def test_unreached_layer_is_named():
             return self.used(x)
 
     with pytest.raises(ConfigError, match="no input reached layer 'unused'"):
-        compress(Branchy(), CompressionPlan({"unused": (ActivationQuantization(),)}),
-                 calibration_data=[torch.ones(2, 4)])
+        compress(
+            Branchy(), CompressionPlan({"unused": (ActivationQuantization(),)}), calibration_data=[torch.ones(2, 4)]
+        )
 
 
-@pytest.mark.parametrize(("kwargs", "field", "text"), [
-    ({"bits": 0}, "bits", "1..16"),
-    ({"bits": 1, "symmetric": True}, "bits", "symmetric=False"),
-    ({"bits": 17}, "bits", "1..16"),
-    ({"calibration": "kl"}, "calibration", "'mse'"),
-    ({"percentile": 50}, "percentile", "(50.0, 100.0]"),
-    ({"symmetric": "yes"}, "symmetric", "true or false"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field", "text"),
+    [
+        ({"bits": 0}, "bits", "1..16"),
+        ({"bits": 1, "symmetric": True}, "bits", "symmetric=False"),
+        ({"bits": 17}, "bits", "1..16"),
+        ({"calibration": "kl"}, "calibration", "'mse'"),
+        ({"percentile": 50}, "percentile", "(50.0, 100.0]"),
+        ({"symmetric": "yes"}, "symmetric", "true or false"),
+    ],
+)
 def test_bad_arguments(kwargs, field, text):
     with pytest.raises(ConfigError) as exc:
         ActivationQuantization(**kwargs)

@@ -17,8 +17,11 @@ def _round_trip(tmp_path, in_features: int, out_features: int, bits: int):
     # 1 bit has no symmetric grid (UniformQuantization refuses it); every other width runs the default scheme.
     out = compress(layer, CompressionPlan({"": (UniformQuantization(bits, symmetric=bits > 1),)}))
     path = tmp_path / f"b{bits}.rzp"
-    save_packed(out, path, arch={"factory": "torch.nn:Linear",
-                                 "kwargs": {"in_features": in_features, "out_features": out_features}})
+    save_packed(
+        out,
+        path,
+        arch={"factory": "torch.nn:Linear", "kwargs": {"in_features": in_features, "out_features": out_features}},
+    )
     with safe_open(path, "pt") as f:
         stored = f.get_tensor("weight@codes")
     _, info = load_packed(path)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 
 import pytest
 import torch
@@ -49,15 +48,18 @@ def test_kd_loss_matches_hand_computation():
     assert float(kd_loss(t, t, None, temperature, 1.0)) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"temperature": 0.0}, "distill.temperature"),
-    ({"temperature": -1.0}, "distill.temperature"),
-    ({"alpha": 1.5}, "distill.alpha"),
-    ({"alpha": -0.1}, "distill.alpha"),
-    ({"feature_weight": -1.0}, "distill.feature_weight"),
-    ({"features": ("conv1", "conv1")}, "distill.features[0]"),
-    ({"features": "conv1"}, "distill.features"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temperature": 0.0}, "distill.temperature"),
+        ({"temperature": -1.0}, "distill.temperature"),
+        ({"alpha": 1.5}, "distill.alpha"),
+        ({"alpha": -0.1}, "distill.alpha"),
+        ({"feature_weight": -1.0}, "distill.feature_weight"),
+        ({"features": ("conv1", "conv1")}, "distill.features[0]"),
+        ({"features": "conv1"}, "distill.features"),
+    ],
+)
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field.replace('[', '.').replace(']', '.')}: got"):
         DistillConfig(**kwargs)
@@ -81,8 +83,10 @@ def _nets(seed=0):
     return DigitsCNN(channels=(4, 8), hidden=16), DigitsCNN(channels=(8, 16), hidden=32).eval()
 
 
-@pytest.mark.parametrize(("budget", "field"), [({}, "steps"), ({"steps": 0}, "steps"), ({"epochs": 0}, "epochs"),
-                                               ({"steps": 3, "epochs": 1}, "epochs")])
+@pytest.mark.parametrize(
+    ("budget", "field"),
+    [({}, "steps"), ({"steps": 0}, "steps"), ({"epochs": 0}, "epochs"), ({"steps": 3, "epochs": 1}, "epochs")],
+)
 def test_budget_errors_before_training(budget, field):
     student, teacher = _nets()
     before = _state(student)
@@ -137,8 +141,15 @@ def test_feature_matching_pulls_student_features_to_the_teacher():
             return float(nn.functional.mse_loss(student.conv1(x), teacher.conv1(x)))
 
     before = gap()
-    distill(student, teacher, _data(), DistillConfig(alpha=0.0, features=(("conv1", "conv1"),), feature_weight=10.0),
-            epochs=20, lr=1e-2, batch_size=16)
+    distill(
+        student,
+        teacher,
+        _data(),
+        DistillConfig(alpha=0.0, features=(("conv1", "conv1"),), feature_weight=10.0),
+        epochs=20,
+        lr=1e-2,
+        batch_size=16,
+    )
     assert gap() < 0.2 * before
 
 
@@ -167,6 +178,7 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.statistical
 def test_distilled_student_beats_label_trained_student(digits):
     """Hinton et al.'s regularisation effect: with 60 labelled images, soft targets generalise better.
 
@@ -179,7 +191,16 @@ def test_distilled_student_beats_label_trained_student(digits):
         for alpha in (0.9, 0.0):
             torch.manual_seed(seed)
             student = DigitsCNN(channels=(8, 16), hidden=32)
-            distill(student, None, train, DistillConfig(alpha=alpha), steps=200, lr=3e-3, batch_size=32, seed=seed,
-                    teacher_logits=logits)
+            distill(
+                student,
+                None,
+                train,
+                DistillConfig(alpha=alpha),
+                steps=200,
+                lr=3e-3,
+                batch_size=32,
+                seed=seed,
+                teacher_logits=logits,
+            )
             acc[alpha] = digits.score(student)["accuracy"]
         assert acc[0.9] > acc[0.0] + 0.03, (seed, acc)

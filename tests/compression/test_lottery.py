@@ -55,15 +55,18 @@ def _data(n=40):
     return TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"sparsity": 1.0}, r"^sparsity: got 1\.0"),
-    ({"sparsity": {"conv9": 0.5}}, r"^sparsity\['conv9'\]: got 'conv9'; valid: 'conv1', 'conv2', 'fc1', 'fc2'"),
-    ({"sparsity": {"fc1": -0.5}}, r"^sparsity\['fc1'\]: got -0\.5"),
-    ({"rounds": 0}, r"^rounds: got 0"),
-    ({"epochs_per_round": 0}, r"^epochs_per_round: got 0"),
-    ({"rewind_step": 6}, r"^rewind_step: got 6; valid: an integer in 0\.\.5"),  # 2 epochs x 3 batches
-    ({"device": "gpu-ish"}, r"^device: got 'gpu-ish'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sparsity": 1.0}, r"^sparsity: got 1\.0"),
+        ({"sparsity": {"conv9": 0.5}}, r"^sparsity\['conv9'\]: got 'conv9'; valid: 'conv1', 'conv2', 'fc1', 'fc2'"),
+        ({"sparsity": {"fc1": -0.5}}, r"^sparsity\['fc1'\]: got -0\.5"),
+        ({"rounds": 0}, r"^rounds: got 0"),
+        ({"epochs_per_round": 0}, r"^epochs_per_round: got 0"),
+        ({"rewind_step": 6}, r"^rewind_step: got 6; valid: an integer in 0\.\.5"),  # 2 epochs x 3 batches
+        ({"device": "gpu-ish"}, r"^device: got 'gpu-ish'"),
+    ],
+)
 def test_bad_input_refused_before_training(kwargs, match):
     args = {"sparsity": 0.5, "rounds": 1, "epochs_per_round": 2, "batch_size": 16, **kwargs}
     with pytest.raises(ConfigError, match=match):
@@ -74,8 +77,16 @@ def test_masks_at_target_sparsity_and_plan_keeps_them():
     torch.manual_seed(0)
     init = DigitsCNN(channels=(4, 8), hidden=16)
     before = {k: v.clone() for k, v in init.state_dict().items()}
-    ticket = lottery_ticket(init, _data(), sparsity={"conv2": 0.9, "fc1": 0.75}, rounds=3, epochs_per_round=2,
-                            rewind_step=1, lr=1e-2, batch_size=16)
+    ticket = lottery_ticket(
+        init,
+        _data(),
+        sparsity={"conv2": 0.9, "fc1": 0.75},
+        rounds=3,
+        epochs_per_round=2,
+        rewind_step=1,
+        lr=1e-2,
+        batch_size=16,
+    )
     for k, v in init.state_dict().items():
         assert torch.equal(v, before[k])  # the initial model is left untouched
     assert set(ticket.masks) == {"conv2", "fc1"}
@@ -97,6 +108,7 @@ def test_masks_at_target_sparsity_and_plan_keeps_them():
         ticket.plan(quantize=4)
 
 
+@pytest.mark.statistical
 def test_ticket_beats_random_masks_at_the_same_sparsity(digits):
     """IMP masks rewound to step 10 vs random masks of the same per-layer size, same rewind weights and budget.
 
@@ -106,8 +118,9 @@ def test_ticket_beats_random_masks_at_the_same_sparsity(digits):
     train = digits.data["train"]
     for seed in (0, 1):
         torch.manual_seed(seed)
-        ticket = lottery_ticket(DigitsCNN(), train, sparsity=SPARSITY, rounds=3, epochs_per_round=5, rewind_step=10,
-                                lr=3e-3, seed=seed)
+        ticket = lottery_ticket(
+            DigitsCNN(), train, sparsity=SPARSITY, rounds=3, epochs_per_round=5, rewind_step=10, lr=3e-3, seed=seed
+        )
         g = torch.Generator().manual_seed(1000 + seed)
         random_masks = {}
         for name, mask in ticket.masks.items():

@@ -11,28 +11,28 @@ from torch import nn
 
 from rayzor.compression import (
     ActivationQuantization,
-    ChannelPruning,
-    HeadPruning,
-    OrtModule,
-    RandomPruning,
-    export_onnx,
-    max_abs_diff,
     BinaryQuantization,
+    ChannelPruning,
     CompressedWeight,
     CompressionPlan,
     ConfigError,
     HalfPrecision,
+    HeadPruning,
     KMeansQuantization,
     LowRank,
     MagnitudePruning,
+    OrtModule,
+    RandomPruning,
     TernaryQuantization,
     Tucker2,
     UniformQuantization,
     compress,
+    export_onnx,
     get_handler,
     get_method,
     list_methods,
     load_packed,
+    max_abs_diff,
     save_packed,
 )
 from tests.compression.tiny_models import CONTRACT_FACTORY, contract_net
@@ -86,8 +86,10 @@ LAYERS = {"Conv2d": "conv", "Linear": "fc"}
 
 
 def _id(methods):
-    return "+".join(f"{m.method}({','.join(str(v) for v in m.to_dict().values() if v is not None and v != m.method)})"
-                    for m in methods)
+    return "+".join(
+        f"{m.method}({','.join(str(v) for v in m.to_dict().values() if v is not None and v != m.method)})"
+        for m in methods
+    )
 
 
 def test_variants_cover_every_method():
@@ -132,8 +134,14 @@ def test_contract(net, x, tmp_path, layer, methods):
     needs = any(m.stage == "activation" for m in methods)
     # structure-stage methods trace one example input; Taylor importance takes gradients from labelled batches
     labelled = [(x, torch.arange(len(x)) % 5)]
-    out = compress(net, plan, calibration_data=calibration if needs else None, example_input=x[:1],
-                   train_loader=labelled, loss_fn=nn.functional.cross_entropy)
+    out = compress(
+        net,
+        plan,
+        calibration_data=calibration if needs else None,
+        example_input=x[:1],
+        train_loader=labelled,
+        loss_fn=nn.functional.cross_entropy,
+    )
     # the input model is untouched
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(net.state_dict()[k], v, rtol=0, atol=0)
@@ -272,8 +280,10 @@ def test_per_tensor_has_one_scale():
 def test_clipping_mse_beats_minmax_and_percentile_clips(symmetric):
     w = _weights((4, 4096))
     w[:, 0] = 12.0  # an outlier per channel stretches min-max
-    err = {c: float(((_quantize(UniformQuantization(3, symmetric=symmetric, clipping=c), w).dense() - w) ** 2).sum())
-           for c in ("minmax", "percentile", "mse")}
+    err = {
+        c: float(((_quantize(UniformQuantization(3, symmetric=symmetric, clipping=c), w).dense() - w) ** 2).sum())
+        for c in ("minmax", "percentile", "mse")
+    }
     assert err["mse"] <= err["minmax"] and err["mse"] < err["minmax"] * 0.9
     pct = _quantize(UniformQuantization(3, symmetric=symmetric, clipping="percentile", percentile=99.0), w).dense()
     assert pct.abs().max() < 12.0 * 0.95
@@ -362,5 +372,10 @@ def test_bad_method_arguments(make, field, text):
 def test_asymmetric_one_bit_is_valid_and_two_levels():
     assert UniformQuantization(1, symmetric=False).bits == 1
     assert get_method("uniform_quantization")(2).to_dict() == {
-        "method": "uniform_quantization", "bits": 2, "symmetric": True, "granularity": "per_channel",
-        "clipping": "minmax", "percentile": 99.9}
+        "method": "uniform_quantization",
+        "bits": 2,
+        "symmetric": True,
+        "granularity": "per_channel",
+        "clipping": "minmax",
+        "percentile": 99.9,
+    }

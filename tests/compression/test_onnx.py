@@ -21,7 +21,9 @@ from rayzor.compression import (
 
 @pytest.fixture(scope="module")
 def compressed(digits):
-    plan = CompressionPlan.from_settings({layer: {"sparsity": 0.5, "bits": 6} for layer in ("conv1", "conv2", "fc1", "fc2")})
+    plan = CompressionPlan.from_settings(
+        {layer: {"sparsity": 0.5, "bits": 6} for layer in ("conv1", "conv2", "fc1", "fc2")}
+    )
     return compress(digits.model, plan).model
 
 

@@ -113,8 +113,14 @@ def test_codes_stored_at_exact_bits(model, tmp_path):
     path = tmp_path / "m.rzp"
     _pack(model, CompressionPlan({"fc1": (UniformQuantization(3),)}), path)
     layers, header = _layer_info(path)
-    assert layers["fc1"] == {"bits": 3, "kept": 2048, "mask": "dense", "shape": [32, 64], "scheme": "symmetric",
-                             "groups": 32}
+    assert layers["fc1"] == {
+        "bits": 3,
+        "kept": 2048,
+        "mask": "dense",
+        "shape": [32, 64],
+        "scheme": "symmetric",
+        "groups": 32,
+    }
     assert header["fc1.weight@codes"]["dtype"] == "U8"
     assert header["fc1.weight@codes"]["shape"] == [2048 * 3 // 8]
 
@@ -207,8 +213,11 @@ def _pack_mask(tmp_path, keep: torch.Tensor):
     out = compress(layer, CompressionPlan({"": (MagnitudePruning(sparsity),)}))
     assert torch.equal(out.weights[""].mask, keep)
     path = tmp_path / "mask.rzp"
-    save_packed(out, path, arch={"factory": "torch.nn:Linear",
-                                 "kwargs": {"in_features": in_features, "out_features": out_features}})
+    save_packed(
+        out,
+        path,
+        arch={"factory": "torch.nn:Linear", "kwargs": {"in_features": in_features, "out_features": out_features}},
+    )
     with safe_open(path, "pt") as f:
         entry = json.loads(f.metadata()["layers"])[""]
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
@@ -226,7 +235,7 @@ def test_masks_round_trip_through_every_coding(tmp_path, density, layout):
     else:  # one contiguous run: long gaps around it, none inside
         n = int(density * keep.size)
         start = int(rng.integers(0, keep.size - n))
-        keep[start:start + n] = True
+        keep[start : start + n] = True
     keep[[0, -1]] = True
     entry, tensors, loaded = _pack_mask(tmp_path, torch.from_numpy(keep.reshape(64, 256)))
     assert torch.equal(loaded, torch.from_numpy(keep.reshape(64, 256)))
@@ -266,15 +275,20 @@ def _corrupt_cases(path):
     flips = [0, 3, 8, 8 + header_len // 3, 8 + header_len // 2, 8 + header_len - 20]
     flips += [8 + header_len + body * i // 7 for i in range(7)] + [len(data) - 1]
     for pos in flips:
-        yield f"flip@{pos}", data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:]
+        yield f"flip@{pos}", data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1 :]
     for cut in (len(data) - 1, len(data) - body // 2, 8 + header_len, 8 + header_len // 2, 5):
         yield f"truncate@{cut}", data[:cut]
 
 
 @pytest.mark.parametrize("entropy", [None, "lzma"])
 def test_corrupt_or_truncated_file_is_refused(model, tmp_path, entropy):
-    plan = CompressionPlan({"conv1": (UniformQuantization(4),), "conv2": (MagnitudePruning(0.9), UniformQuantization(3)),
-                            "fc1": (MagnitudePruning(0.5), KMeansQuantization(3))})
+    plan = CompressionPlan(
+        {
+            "conv1": (UniformQuantization(4),),
+            "conv2": (MagnitudePruning(0.9), UniformQuantization(3)),
+            "fc1": (MagnitudePruning(0.5), KMeansQuantization(3)),
+        }
+    )
     out = compress(model, plan)
     good = tmp_path / "good.rzp"
     save_packed(out, good, arch=ARCH, entropy=entropy)

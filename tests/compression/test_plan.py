@@ -11,16 +11,16 @@ from rayzor.compression import (
     ActivationQuantization,
     BinaryQuantization,
     ChannelPruning,
-    HeadPruning,
-    RandomPruning,
     CompressionPlan,
     ConfigError,
     FinetuneConfig,
     HalfPrecision,
+    HeadPruning,
     KMeansQuantization,
     LowRank,
     MagnitudePruning,
     MethodConfig,
+    RandomPruning,
     TernaryQuantization,
     Tucker2,
     UniformQuantization,
@@ -167,11 +167,14 @@ def test_registered_method_is_listed_until_unregistered(scale_method):
         unregister_method(scale_method)
 
 
-@pytest.mark.parametrize("handler", [
-    lambda module, config: None,  # a factorize handler's arguments
-    lambda module, weight, config, stats: None,  # one too many
-    lambda module, weight, *, config: None,  # config by keyword only
-])
+@pytest.mark.parametrize(
+    "handler",
+    [
+        lambda module, config: None,  # a factorize handler's arguments
+        lambda module, weight, config, stats: None,  # one too many
+        lambda module, weight, *, config: None,  # config by keyword only
+    ],
+)
 def test_handler_not_matching_its_stage_protocol_is_refused(scale_method, handler):
     with pytest.raises(ConfigError) as exc:
         register_method(scale_method)(handler)
@@ -183,6 +186,7 @@ def test_handler_not_matching_its_stage_protocol_is_refused(scale_method, handle
 
 def test_handler_with_defaults_or_varargs_matches():
     for handler in (lambda module, weight, config, extra=None: weight, lambda *args: args[1]):
+
         @dataclasses.dataclass(frozen=True)
         class _Tmp(MethodConfig):
             method = "test_tmp"

@@ -67,8 +67,10 @@ def test_resnet_every_conv_halved_and_residuals_stay_aligned(resnet, pruned_resn
     assert f"{stem}@channel_pruning" in structure
     assert "resnet.encoder.stages.0.layers.0.layer.1.convolution@channel_pruning" not in structure
     touched = {op[0] for op in structure[f"{stem}@channel_pruning"]["ops"] if op[1] == "out"}
-    assert {"resnet.encoder.stages.0.layers.0.layer.1.convolution",
-            "resnet.encoder.stages.0.layers.1.layer.1.convolution"} <= touched
+    assert {
+        "resnet.encoder.stages.0.layers.0.layer.1.convolution",
+        "resnet.encoder.stages.0.layers.1.layer.1.convolution",
+    } <= touched
     with torch.no_grad():
         logits = pruned_resnet.model(image).logits
     assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
@@ -119,8 +121,9 @@ def test_one_group_is_pruned_once_and_needs_one_config():
 
 def test_output_layer_refused():
     with pytest.raises(ConfigError, match=r"head'\].channel_pruning.*reach the model's output"):
-        compress(contract_net(), CompressionPlan({"head": (ChannelPruning(0.5),)}),
-                 example_input=torch.randn(1, 3, 8, 8))
+        compress(
+            contract_net(), CompressionPlan({"head": (ChannelPruning(0.5),)}), example_input=torch.randn(1, 3, 8, 8)
+        )
 
 
 # -- exactness on the contract net -------------------------------------------------------
@@ -156,18 +159,27 @@ def test_weak_channels_go_first(importance):
     x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     batches = [(x, torch.arange(8) % 5)]
     cfg = ChannelPruning(3 / 8, importance)
-    out = compress(net, CompressionPlan({"stem": (cfg,)}), example_input=x[:1], train_loader=batches,
-                   loss_fn=nn.functional.cross_entropy)
+    out = compress(
+        net,
+        CompressionPlan({"stem": (cfg,)}),
+        example_input=x[:1],
+        train_loader=batches,
+        loss_fn=nn.functional.cross_entropy,
+    )
     assert _dropped(out.structure["stem@channel_pruning"]) == weak
 
 
-@pytest.mark.parametrize(("ratio", "round_to", "kept"),
-                         [(0.5, 1, 4), (0.6, 4, 4), (0.1, 4, 8), (0.3, 4, 8), (0.9, 1, 1), (0.9, 4, 4)])
+@pytest.mark.parametrize(
+    ("ratio", "round_to", "kept"), [(0.5, 1, 4), (0.6, 4, 4), (0.1, 4, 8), (0.3, 4, 8), (0.9, 1, 1), (0.9, 4, 4)]
+)
 def test_kept_channels_rounding(ratio, round_to, kept):
     """8 stem channels: remove round(ratio * 8), round the kept count to the nearest multiple (ties: keep more)."""
     net = contract_net()
-    out = compress(net, CompressionPlan({"stem": (ChannelPruning(ratio, round_to=round_to),)}),
-                   example_input=torch.randn(1, 3, 8, 8))
+    out = compress(
+        net,
+        CompressionPlan({"stem": (ChannelPruning(ratio, round_to=round_to),)}),
+        example_input=torch.randn(1, 3, 8, 8),
+    )
     assert out.model.stem.out_channels == kept == out.model.conv.in_channels
 
 
@@ -182,8 +194,9 @@ def tokens():
 def test_bert_heads_pruned(tokens, tmp_path):
     bert = tiny_bert()
     queries = [f"encoder.layer.{i}.attention.self.query" for i in range(2)]
-    plan = CompressionPlan({**{q: (HeadPruning(0.5),) for q in queries},
-                            "encoder.layer.0.intermediate.dense": (ChannelPruning(0.5),)})
+    plan = CompressionPlan(
+        {**{q: (HeadPruning(0.5),) for q in queries}, "encoder.layer.0.intermediate.dense": (ChannelPruning(0.5),)}
+    )
     out = compress(bert, plan, example_input=tokens[:1])
     reference = copy.deepcopy(bert)
     for i, q in enumerate(queries):
@@ -219,8 +232,13 @@ def test_bert_taylor_heads_need_calibration(tokens):
         compress(bert, plan, example_input=tokens[:1])
     assert exc.value.field == "train_loader" and "taylor" in str(exc.value)
     batches = [(tokens, torch.zeros(3))]
-    out = compress(bert, plan, example_input=tokens[:1], train_loader=batches,
-                   loss_fn=lambda output, _: output.last_hidden_state.pow(2).mean())
+    out = compress(
+        bert,
+        plan,
+        example_input=tokens[:1],
+        train_loader=batches,
+        loss_fn=lambda output, _: output.last_hidden_state.pow(2).mean(),
+    )
     assert out.model.encoder.layer[0].attention.self.num_attention_heads == 3
     assert all(p.grad is None for p in out.model.parameters())
 
@@ -228,8 +246,11 @@ def test_bert_taylor_heads_need_calibration(tokens):
 @pytest.mark.parametrize(
     ("layer", "cfg", "match"),
     [
-        ("encoder.layer.0.attention.self.key", ChannelPruning(0.5),
-         "use HeadPruning on 'encoder.layer.0.attention.self.query'"),
+        (
+            "encoder.layer.0.attention.self.key",
+            ChannelPruning(0.5),
+            "use HeadPruning on 'encoder.layer.0.attention.self.query'",
+        ),
         ("encoder.layer.0.attention.output.dense", ChannelPruning(0.5), "reach the model's output"),
         ("embeddings.word_embeddings", ChannelPruning(0.5), "got 'Embedding'.*Linear, Conv1d or Conv2d"),
         ("encoder.layer.0.attention.self.value", HeadPruning(0.5), "head_pruning.*the 'query' Linear"),
@@ -294,8 +315,9 @@ def test_grouped_conv_refused():
 
 
 def test_settings_round_trip():
-    plan = CompressionPlan({"conv": (ChannelPruning(0.5, "l2", round_to=4), MagnitudePruning(0.3)),
-                            "fc": (RandomPruning(0.4, seed=3),)})
+    plan = CompressionPlan(
+        {"conv": (ChannelPruning(0.5, "l2", round_to=4), MagnitudePruning(0.3)), "fc": (RandomPruning(0.4, seed=3),)}
+    )
     flat = plan.settings()
     assert flat["conv"]["structure"] == "channel_pruning" and flat["fc"]["prune"] == "random_pruning"
     assert CompressionPlan.from_settings(flat) == plan

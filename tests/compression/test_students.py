@@ -70,8 +70,14 @@ def images():
 @pytest.fixture(scope="module")
 def bert():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=32)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=32,
+    )
     return BertModel(config).eval()
 
 
@@ -106,11 +112,14 @@ def test_cnn_params_for_digits(digits):
     assert params["blocks.conv2"] == IntRange(1, 2)
 
 
-@pytest.mark.parametrize("params", [
-    {},
-    {"width_mult.conv1": 0.25, "width_mult.conv2": 0.5, "width_mult.fc1": 0.75},
-    {"blocks.conv1": 2, "blocks.conv2": 2, "width_mult.conv2": 0.25},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"width_mult.conv1": 0.25, "width_mult.conv2": 0.5, "width_mult.fc1": 0.75},
+        {"blocks.conv1": 2, "blocks.conv2": 2, "width_mult.conv2": 0.25},
+    ],
+)
 def test_cnn_student_matches_teacher_output_and_rebuilds_from_arch(digits, images, params):
     family = get_student_family("cnn")
     student = create_student("cnn", digits, **params)
@@ -139,17 +148,21 @@ def test_cnn_width_and_depth_change_the_architecture(digits):
 def test_stage_cnn_at_full_width_computes_digits_cnn(digits, images):
     student = create_student("cnn", digits)
     rename = {"conv1": "stages.0.0", "conv2": "stages.1.0", "fc1": "hidden.0", "fc2": "classifier"}
-    student.load_state_dict({f"{rename[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v
-                             for k, v in digits.state_dict().items()})
+    student.load_state_dict(
+        {f"{rename[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in digits.state_dict().items()}
+    )
     torch.testing.assert_close(student(images), digits(images))
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"width_mult.conv1": 0.0}, "width_mult.conv1"),
-    ({"width_mult.fc1": 1.5}, "width_mult.fc1"),
-    ({"blocks.conv2": 3}, "blocks.conv2"),
-    ({"width_mult.fc2": 0.5}, "width_mult.fc2"),  # the classifier's width is the teacher's output
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"width_mult.conv1": 0.0}, "width_mult.conv1"),
+        ({"width_mult.fc1": 1.5}, "width_mult.fc1"),
+        ({"blocks.conv2": 3}, "blocks.conv2"),
+        ({"width_mult.fc2": 0.5}, "width_mult.fc2"),  # the classifier's width is the teacher's output
+    ],
+)
 def test_cnn_refuses_bad_params(digits, params, field):
     with pytest.raises(ConfigError) as info:
         get_student_family("cnn").validate(digits, **params)
@@ -204,22 +217,33 @@ def test_bert_keeping_every_layer_is_the_teacher(bert, tokens):
 
 def test_bert_layers_spread_like_distilbert():
     family = get_student_family("bert_layer_drop")
-    teacher = BertModel(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=12, num_attention_heads=2,
-                                   intermediate_size=8, max_position_embeddings=8))
+    teacher = BertModel(
+        BertConfig(
+            vocab_size=10,
+            hidden_size=8,
+            num_hidden_layers=12,
+            num_attention_heads=2,
+            intermediate_size=8,
+            max_position_embeddings=8,
+        )
+    )
     assert family.keep_list(teacher, {"layers": 6}) == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
     assert family.keep_list(teacher, {}) == [0, 2, 4, 7, 9, 11]
     assert family.keep_list(teacher, {"layers": 2}) == [0, 11]
     assert family.keep_list(teacher, {"layers": 1}) == [0]
 
 
-@pytest.mark.parametrize("params, hint", [
-    ({"keep": [0, 4]}, "4 is out of range"),
-    ({"keep": [-1]}, "-1 is out of range"),
-    ({"keep": [1, 1]}, "repeats"),
-    ({"keep": []}, "non-empty"),
-    ({"keep": [2, 0]}, "not increasing"),
-    ({"keep": [0], "layers": 1}, "not both"),
-])
+@pytest.mark.parametrize(
+    "params, hint",
+    [
+        ({"keep": [0, 4]}, "4 is out of range"),
+        ({"keep": [-1]}, "-1 is out of range"),
+        ({"keep": [1, 1]}, "repeats"),
+        ({"keep": []}, "non-empty"),
+        ({"keep": [2, 0]}, "not increasing"),
+        ({"keep": [0], "layers": 1}, "not both"),
+    ],
+)
 def test_bert_refuses_bad_keep_lists(bert, params, hint):
     with pytest.raises(ConfigError, match=hint) as info:
         create_student("bert_layer_drop", bert, **params)
@@ -227,12 +251,15 @@ def test_bert_refuses_bad_keep_lists(bert, params, hint):
     assert str(info.value).startswith(f"keep: got {params['keep']!r}; valid: ")
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"layers": 5}, "layers"),
-    ({"heads": 0}, "heads"),
-    ({"intermediate_ratio": 0.0}, "intermediate_ratio"),
-    ({"hidden": 32}, "hidden"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"layers": 5}, "layers"),
+        ({"heads": 0}, "heads"),
+        ({"intermediate_ratio": 0.0}, "intermediate_ratio"),
+        ({"hidden": 32}, "hidden"),
+    ],
+)
 def test_bert_refuses_bad_sizes(bert, params, field):
     with pytest.raises(ConfigError) as info:
         get_student_family("bert_layer_drop").validate(bert, **params)
@@ -262,8 +289,10 @@ def test_sentence_encoder_student_rebuilds_through_a_packed_file(bert, tokens, t
     student = create_student("bert_layer_drop", teacher, **params)
     assert isinstance(student, SentenceEncoder) and student.encoder.pooler is None
     check_student(student, teacher, tokens)
-    torch.testing.assert_close(student.encoder.encoder.layer[1].attention.output.LayerNorm.bias,
-                               teacher.encoder.encoder.layer[3].attention.output.LayerNorm.bias)
+    torch.testing.assert_close(
+        student.encoder.encoder.layer[1].attention.output.LayerNorm.bias,
+        teacher.encoder.encoder.layer[3].attention.output.LayerNorm.bias,
+    )
     arch = family.arch(teacher, **params)
     assert arch["kwargs"]["wrapper"] == "rayzor.tasks._minilm:SentenceEncoder"
     assert _shapes(_rebuild(arch)) == _shapes(student)
@@ -296,12 +325,15 @@ def test_factory_family_builds_and_rebuilds_a_user_student(digits, images):
     assert _shapes(_rebuild(arch)) == _shapes(student)
 
 
-@pytest.mark.parametrize("params, field", [
-    ({}, "factory"),
-    ({"factory": "no_colon"}, "factory"),
-    ({"factory": "tests.compression.test_students:tiny_student", "depth": 2}, "params"),
-    ({"factory": "tests.compression.test_students:not_a_module"}, "factory"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({}, "factory"),
+        ({"factory": "no_colon"}, "factory"),
+        ({"factory": "tests.compression.test_students:tiny_student", "depth": 2}, "params"),
+        ({"factory": "tests.compression.test_students:not_a_module"}, "factory"),
+    ],
+)
 def test_factory_family_refuses_bad_specs(digits, params, field):
     with pytest.raises(ConfigError) as info:
         create_student("factory", digits, **params)

@@ -17,7 +17,8 @@ def _hosvd_reconstruction(w: torch.Tensor, r_out: int, r_in: int) -> torch.Tenso
     core = torch.tensordot(torch.tensordot(w, u0, dims=([0], [0])), u1, dims=([0], [0]))  # (*k, r_out, r_in)
     core = core.permute(-2, -1, *range(w.dim() - 2))  # (r_out, r_in, *k)
     return torch.tensordot(torch.tensordot(core, u0, dims=([0], [1])), u1, dims=([0], [1])).permute(
-        -2, -1, *range(w.dim() - 2))
+        -2, -1, *range(w.dim() - 2)
+    )
 
 
 def _composed_kernel(seq: nn.Sequential) -> torch.Tensor:
@@ -25,11 +26,15 @@ def _composed_kernel(seq: nn.Sequential) -> torch.Tensor:
     return torch.einsum("oa,ab...,bi->oi...", last.flatten(1), core, first.flatten(1))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: nn.Conv2d(8, 12, 3, stride=2, padding=1),
-    lambda: nn.Conv2d(6, 10, (3, 5), padding=(1, 2), dilation=(2, 1), bias=False),
-    lambda: nn.Conv1d(8, 12, 5, padding=2),
-], ids=["conv2d", "conv2d-dilated", "conv1d"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(8, 12, 3, stride=2, padding=1),
+        lambda: nn.Conv2d(6, 10, (3, 5), padding=(1, 2), dilation=(2, 1), bias=False),
+        lambda: nn.Conv1d(8, 12, 5, padding=2),
+    ],
+    ids=["conv2d", "conv2d-dilated", "conv1d"],
+)
 def test_reconstruction_is_the_truncated_hosvd(make):
     torch.manual_seed(0)
     conv = make()
@@ -86,21 +91,27 @@ def test_rank_that_saves_nothing_names_the_largest_useful_one():
         compress(nn.Sequential(nn.Conv2d(2, 2, 1)), CompressionPlan({"0": (Tucker2(rank_ratio=0.5),)}))
 
 
-@pytest.mark.parametrize(("module", "match"), [
-    (nn.Conv2d(4, 8, 3, groups=2), r"tucker2.groups: got 2; valid: 1: Tucker-2 needs a full"),
-    (nn.Linear(16, 16), "got 'Linear'.*low_rank factorises Linear"),
-])
+@pytest.mark.parametrize(
+    ("module", "match"),
+    [
+        (nn.Conv2d(4, 8, 3, groups=2), r"tucker2.groups: got 2; valid: 1: Tucker-2 needs a full"),
+        (nn.Linear(16, 16), "got 'Linear'.*low_rank factorises Linear"),
+    ],
+)
 def test_unsupported_layers_refused(module, match):
     with pytest.raises(ConfigError, match=match):
         compress(nn.Sequential(module), CompressionPlan({"0": (Tucker2(rank_ratio=0.25),)}))
 
 
-@pytest.mark.parametrize(("kwargs", "text"), [
-    ({}, "exactly one"),
-    ({"rank_ratio": 0.5, "energy": 0.5}, "exactly one"),
-    ({"rank_ratio": 0.0}, "(0.0, 1.0]"),
-    ({"energy": 1.5}, "(0.0, 1.0]"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({}, "exactly one"),
+        ({"rank_ratio": 0.5, "energy": 0.5}, "exactly one"),
+        ({"rank_ratio": 0.0}, "(0.0, 1.0]"),
+        ({"energy": 1.5}, "(0.0, 1.0]"),
+    ],
+)
 def test_bad_arguments(kwargs, text):
     with pytest.raises(ConfigError, match="tucker2") as exc:
         Tucker2(**kwargs)

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from rayzor.compression import load_packed
-from rayzor.tasks import create_task
 from rayzor.search.cli import app
+from rayzor.tasks import create_task
 
 runner = CliRunner()
 
@@ -28,8 +28,9 @@ def searched(ray_session, tmp_path_factory):
     config.write_text(
         f"trials: 3\nfinetune_epochs: 0\nstorage_path: {root / 'ray'}\nspace:\n  sparsity: [0.0, 0.9]\n  bits: [4, 8, 32]\n"
     )
-    result = runner.invoke(app, ["search", str(config), "--trials", "5", "--seed", "1",
-                                 "--experiment", "cli", "--tracking-uri", uri])
+    result = runner.invoke(
+        app, ["search", str(config), "--trials", "5", "--seed", "1", "--experiment", "cli", "--tracking-uri", uri]
+    )
     assert result.exit_code == 0, result.output
     return uri, root, result.output
 
@@ -44,7 +45,8 @@ def test_search_prints_progress_front_and_where_to_browse(searched):
     assert "Pareto front:" in output
     assert f"mlflow ui --backend-store-uri {uri}" in output
     parent = MlflowClient(uri).search_runs(
-        [MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`rayzor.role` = 'search'")[0]
+        [MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`rayzor.role` = 'search'"
+    )[0]
     assert parent.data.params["trials"] == "5"  # the flag beat the file's 3
     assert json.loads(parent.data.params["space.bits"]) == [4, 8, 32]
 
@@ -71,7 +73,7 @@ def test_export_onnx_matches_torch(searched, tmp_path):
     out = tmp_path / "model.onnx"
     result = runner.invoke(app, _args(uri, "export", "--pick", "min:size_bytes", "--format", "onnx", "--out", str(out)))
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["max_abs_diff"] <= 1e-4
     assert 0.0 < report["test_metrics"]["accuracy"] <= 1.0
     # Independent parity check against the trial's own packed artifact.
@@ -87,9 +89,11 @@ def test_export_onnx_matches_torch(searched, tmp_path):
 def test_export_onnx_int8_reports_its_score_and_latency(searched, tmp_path):
     uri, _, _ = searched
     out = tmp_path / "model8.onnx"
-    result = runner.invoke(app, _args(uri, "export", "--pick", "max:accuracy", "--format", "onnx-int8", "--out", str(out)))
+    result = runner.invoke(
+        app, _args(uri, "export", "--pick", "max:accuracy", "--format", "onnx-int8", "--out", str(out))
+    )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["format"] == "onnx-int8" and out.stat().st_size == report["size_bytes"]
     assert abs(report["test_metrics"]["accuracy"] - report["val_metrics"]["accuracy"]) < 0.1
     assert report["latency"]["file_ms"] > 0 and report["latency"]["speedup"] > 0
@@ -176,14 +180,18 @@ def test_unreachable_tracking_uri_fails_before_ray(no_ray):
 
 def test_unknown_run_id(searched, tmp_path):
     uri, _, _ = searched
-    result = runner.invoke(app, _args(uri, "export", "--run", "0123456789abcdef", "--format", "onnx", "--out", str(tmp_path / "m.onnx")))
+    result = runner.invoke(
+        app, _args(uri, "export", "--run", "0123456789abcdef", "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    )
     _one_line_error(result, "--run", "0123456789abcdef", "rayzor pareto")
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_pick_matching_nothing_says_the_fronts_range(searched, tmp_path):
     uri, _, _ = searched
-    result = runner.invoke(app, _args(uri, "export", "--pick", "accuracy>=1.5", "--format", "packed", "--out", str(tmp_path / "m")))
+    result = runner.invoke(
+        app, _args(uri, "export", "--pick", "accuracy>=1.5", "--format", "packed", "--out", str(tmp_path / "m"))
+    )
     _one_line_error(result, "accuracy>=1.5", "accuracy ranges")
 
 

@@ -13,9 +13,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from rayzor.compression import load_packed
-from rayzor.tasks import Task, create_task
 from rayzor.search import RESUME_FILE, trial_runs
 from rayzor.search.cli import app
+from rayzor.tasks import Task, create_task
 
 pytest.importorskip("transformers")
 
@@ -52,15 +52,23 @@ def searched(ray_session, hf_task, tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     config = yaml.safe_load(HF_YAML.read_text())
-    config.update(trials=3, concurrency=1, finetune_epochs=0, storage_path=str(root / "ray"), name="hf",
-                  experiment="hf", tracking_uri=uri)
+    config.update(
+        trials=3,
+        concurrency=1,
+        finetune_epochs=0,
+        storage_path=str(root / "ray"),
+        name="hf",
+        experiment="hf",
+        tracking_uri=uri,
+    )
     path = root / "hf.yaml"
     path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["search", str(path)])
     assert result.exit_code == 0, result.output
     client = MlflowClient(uri)
-    parent = client.search_runs([client.get_experiment_by_name("hf").experiment_id],
-                                filter_string="tags.`rayzor.role` = 'search'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name("hf").experiment_id], filter_string="tags.`rayzor.role` = 'search'"
+    )[0]
     return client, parent, root, result.output
 
 
@@ -69,8 +77,12 @@ def test_search_logs_the_sensitivity_phase_in_its_parent_run(searched, tmp_path)
     assert parent.info.status == "FINISHED"
     assert "sensitivity: " in output and " probes of 4 units on Ray" in output
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sensitivity")}
-    assert artifacts == {"sensitivity/sensitivity.json", "sensitivity/sensitivity.csv", "sensitivity/heatmap.png",
-                         "sensitivity/warm_start.json"}
+    assert artifacts == {
+        "sensitivity/sensitivity.json",
+        "sensitivity/sensitivity.csv",
+        "sensitivity/heatmap.png",
+        "sensitivity/warm_start.json",
+    }
     with open(client.download_artifacts(parent.info.run_id, "sensitivity/sensitivity.json", str(tmp_path))) as f:
         table = json.load(f)
     units = {row[table["columns"].index("unit")] for row in table["data"]}

@@ -13,8 +13,8 @@ from rayzor.search import (
     Constraint,
     PickSpec,
     hypervolume,
-    parse_pick,
     pareto_mask,
+    parse_pick,
     pick,
     to_minimization,
 )
@@ -287,8 +287,7 @@ def test_parse_pick_constraint_and_objective():
 
 def test_parse_pick_tolerates_whitespace_and_all_ops():
     spec = parse_pick(
-        " accuracy >= 0.9 , latency_ms<5 ,size_bytes <= 1e6, accuracy>0.1,"
-        " latency_ms == 3 ,max : accuracy ",
+        " accuracy >= 0.9 , latency_ms<5 ,size_bytes <= 1e6, accuracy>0.1, latency_ms == 3 ,max : accuracy ",
         METRICS,
     )
     assert spec.constraints == (
@@ -303,9 +302,7 @@ def test_parse_pick_tolerates_whitespace_and_all_ops():
 
 def test_parse_pick_only_objective_or_only_constraints():
     assert parse_pick("max:accuracy", METRICS) == PickSpec((), ("max", "accuracy"))
-    assert parse_pick("size_bytes<1000", METRICS) == PickSpec(
-        (Constraint("size_bytes", "<", 1000.0),), None
-    )
+    assert parse_pick("size_bytes<1000", METRICS) == PickSpec((Constraint("size_bytes", "<", 1000.0),), None)
 
 
 def test_pickspec_str_round_trips():
@@ -394,8 +391,7 @@ def test_pick_no_match_reports_spec_and_ranges():
         pick(CANDIDATES, parse_pick("accuracy>=0.999", METRICS))
     assert isinstance(info.value, RayzorError)
     assert str(info.value) == (
-        "no Pareto-optimal trial satisfies 'accuracy>=0.999': "
-        "accuracy ranges 0.91..0.98 over 5 candidates"
+        "no Pareto-optimal trial satisfies 'accuracy>=0.999': accuracy ranges 0.91..0.98 over 5 candidates"
     )
 
 

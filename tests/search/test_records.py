@@ -15,8 +15,11 @@ BASELINE = {"accuracy": 0.9, "size_bytes": 1000.0, "latency_ms": 1.0}
 
 
 def _record(i: int, rng: random.Random, status: str = "FINISHED") -> TrialRecord:
-    metrics = {"accuracy": round(rng.random(), 2), "size_bytes": float(rng.randint(1, 10) * 100),
-               "latency_ms": float(rng.randint(1, 4)) / 2}
+    metrics = {
+        "accuracy": round(rng.random(), 2),
+        "size_bytes": float(rng.randint(1, 10) * 100),
+        "latency_ms": float(rng.randint(1, 4)) / 2,
+    }
     return TrialRecord(i, f"run{i}", status, {}, metrics)
 
 
@@ -26,7 +29,9 @@ def _expected(records: list[TrialRecord]) -> tuple[set[str], float]:
         return set(), 0.0
     values = [[r.metrics[o] for o in OBJECTIVES] for r in done]
     mask = pareto_mask(values, ["maximize", "minimize", "minimize"])
-    return {r.run_id for r, keep in zip(done, mask) if keep}, search_hypervolume([r.metrics for r in done], OBJECTIVES, BASELINE)
+    return {r.run_id for r, keep in zip(done, mask) if keep}, search_hypervolume(
+        [r.metrics for r in done], OBJECTIVES, BASELINE
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -66,11 +71,15 @@ def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("front")
-    parent = client.create_run(experiment_id, tags={"rayzor.role": "search", "rayzor.objectives": "accuracy,size_bytes"})
+    parent = client.create_run(
+        experiment_id, tags={"rayzor.role": "search", "rayzor.objectives": "accuracy,size_bytes"}
+    )
     runs = []
     for n, (accuracy, size) in enumerate([(0.9, 400.0), (0.8, 100.0), (0.7, 300.0)], start=1):
-        run = client.create_run(experiment_id, tags={"rayzor.role": "trial", "rayzor.trial": str(n),
-                                                     "mlflow.parentRunId": parent.info.run_id})
+        run = client.create_run(
+            experiment_id,
+            tags={"rayzor.role": "trial", "rayzor.trial": str(n), "mlflow.parentRunId": parent.info.run_id},
+        )
         client.log_metric(run.info.run_id, "accuracy", accuracy)
         client.log_metric(run.info.run_id, "size_bytes", size)
         client.set_terminated(run.info.run_id, "FINISHED")

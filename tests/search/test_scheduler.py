@@ -69,8 +69,16 @@ def asha_search(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("asha")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     config = SearchConfig(
-        trials=8, concurrency=1, sampler="random", seed=3, experiment="asha", tracking_uri=uri,
-        storage_path=str(root / "ray"), finetune_epochs=3, warm_start="none", scheduler="asha",
+        trials=8,
+        concurrency=1,
+        sampler="random",
+        seed=3,
+        experiment="asha",
+        tracking_uri=uri,
+        storage_path=str(root / "ray"),
+        finetune_epochs=3,
+        warm_start="none",
+        scheduler="asha",
         # One wide bucket, so that 8 trials are enough to meet each other at the rungs.
         asha={"grace_period": 1, "reduction_factor": 2, "bucket_width": 64},
         space={"sparsity": [0.0, 0.95], "bits": [2, 3, 4, 8]},

@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rayzor.compression import load_packed
-from rayzor.tasks import create_task
 from rayzor.search import SearchConfig, pareto_mask, run_search, trial_runs, warm_start_points
+from rayzor.tasks import create_task
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,9 @@ def test_uniform_warm_start_points(digits):
     space = CompressionSpace.from_model(digits.model, bits=(4, 8, 32), sparsity=(0.1, 0.9), finetune=FinetuneConfig())
     points = warm_start_points(space, load_config(trials=10))
     assert [space.decode(p).settings()["fc1"] for p in points] == [
-        {"sparsity": 0.1, "bits": 8}, {"sparsity": 0.1, "bits": 4}]  # highest first, no fp32, lowest sparsity
+        {"sparsity": 0.1, "bits": 8},
+        {"sparsity": 0.1, "bits": 4},
+    ]  # highest first, no fp32, lowest sparsity
     for p in points:
         assert len({(s["sparsity"], s["bits"]) for s in space.decode(p).settings().values()}) == 1  # uniform
     assert len(warm_start_points(space, load_config(trials=2))) == 1  # at most half the budget

@@ -16,8 +16,14 @@ def searched(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("structure-search")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     config = SearchConfig(
-        trials=3, concurrency=1, sampler="random", seed=0, experiment="structure", tracking_uri=uri,
-        storage_path=str(root / "ray"), finetune_epochs=0,
+        trials=3,
+        concurrency=1,
+        sampler="random",
+        seed=0,
+        experiment="structure",
+        tracking_uri=uri,
+        storage_path=str(root / "ray"),
+        finetune_epochs=0,
         space={"channels": [0.25, 0.5], "factorize": ["lowrank"], "rank_ratio": [0.1, 0.5]},
     )
     return run_search(config), MlflowClient(uri)

@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from rayzor.compression import StageCNN, load_packed
-from rayzor.search import SearchConfig, run_search, trial_runs, validate_config
 from rayzor.errors import ConfigError
+from rayzor.search import SearchConfig, run_search, trial_runs, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,15 @@ def student_search(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("students")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     config = SearchConfig(
-        trials=6, concurrency=2, sampler="random", seed=1, experiment="students", tracking_uri=uri,
-        storage_path=str(root / "ray"), finetune_epochs=1, warm_start="none",
+        trials=6,
+        concurrency=2,
+        sampler="random",
+        seed=1,
+        experiment="students",
+        tracking_uri=uri,
+        storage_path=str(root / "ray"),
+        finetune_epochs=1,
+        warm_start="none",
         students={"families": ["cnn"], "distill_epochs": 3},
         recovery={"distill_alpha": 0.5},
     )
@@ -60,6 +67,9 @@ def test_unknown_student_family_fails_before_ray(tmp_path):
 
 
 def test_student_settings_without_a_family_are_refused():
-    with pytest.raises(ConfigError, match=r"students.families: got \[\]; valid: at least one student family .* "
-                                          r"when students.distill_epochs is set"):
+    with pytest.raises(
+        ConfigError,
+        match=r"students.families: got \[\]; valid: at least one student family .* "
+        r"when students.distill_epochs is set",
+    ):
         validate_config({"students": {"distill_epochs": 5}})

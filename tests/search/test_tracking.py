@@ -50,7 +50,7 @@ def test_connect_creates_experiment_once(tracking_uri):
     _, uri, first = connect(tracking_uri, "exp")
     _, _, second = connect(tracking_uri, "exp", create=False)
     assert first == second
-    assert Path(uri[len("sqlite:///"):]).exists()
+    assert Path(uri[len("sqlite:///") :]).exists()
 
 
 def test_unknown_experiment_lists_known_ones(tracking_uri):

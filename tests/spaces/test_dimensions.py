@@ -16,14 +16,20 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 @pytest.fixture(scope="module")
 def space(digits):
     return CompressionSpace.from_model(
-        digits.model, bits=(2, 4, 8, 32), methods=("uniform_quantization", "binary_quantization"),
-        pruning=("magnitude", "random"), factorize=("lowrank",), act_bits=(8, 32),
-        groups=[{"name": "fcs", "match": ["fc*"], "tie": True, "sparsity": 0.5}])
+        digits.model,
+        bits=(2, 4, 8, 32),
+        methods=("uniform_quantization", "binary_quantization"),
+        pruning=("magnitude", "random"),
+        factorize=("lowrank",),
+        act_bits=(8, 32),
+        groups=[{"name": "fcs", "match": ["fc*"], "tie": True, "sparsity": 0.5}],
+    )
 
 
 def test_sampled_params_are_declared_dimensions(space):
-    declared = {(f"{owner.prefix}.{d.name}", d.distribution) for owner in space.units for d in owner.dims
-                if not d.fixed}
+    declared = {
+        (f"{owner.prefix}.{d.name}", d.distribution) for owner in space.units for d in owner.dims if not d.fixed
+    }
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(40):

@@ -68,8 +68,17 @@ def test_tied_group_shares_one_value_per_dimension(seed):
     space.suggest(replay)
     assert space.decode(replay.params) == plan
     described = space.describe()["groups"]
-    assert described == [{"name": "attn", "tie": True, "layers": ATTENTION, "sparsity": [0.0, MAX_SPARSITY],
-                          "bits": [4, 8, 32], "methods": ["uniform_quantization"], "dimensions": 2}]
+    assert described == [
+        {
+            "name": "attn",
+            "tie": True,
+            "layers": ATTENTION,
+            "sparsity": [0.0, MAX_SPARSITY],
+            "bits": [4, 8, 32],
+            "methods": ["uniform_quantization"],
+            "dimensions": 2,
+        }
+    ]
 
 
 def test_untied_group_overrides_ranges_per_layer():
@@ -86,8 +95,10 @@ def test_untied_group_overrides_ranges_per_layer():
 
 
 def test_fixed_values_and_exclusions_are_not_searched():
-    space = _space(exclude=["embed", "head"],
-                   groups=[{"name": "attn", "match": ["*.attention.*"], "sparsity": 0.5, "bits": 8, "tie": True}])
+    space = _space(
+        exclude=["embed", "head"],
+        groups=[{"name": "attn", "match": ["*.attention.*"], "sparsity": 0.5, "bits": 8, "tie": True}],
+    )
     assert "embed" not in space.layers and "head" not in space.layers
     assert space.dimensions == 2 * len(FFN)
     assert space.layer_dimensions()["encoder.layer.0.attention.key"] == 0
@@ -101,8 +112,17 @@ def test_fixed_values_and_exclusions_are_not_searched():
 
 
 def test_tied_group_with_methods_is_conditional():
-    space = _space(groups=[{"name": "attn", "match": ["*.attention.*"], "tie": True, "bits": [4, 8],
-                            "methods": ["uniform_quantization", "ternary_quantization"]}])
+    space = _space(
+        groups=[
+            {
+                "name": "attn",
+                "match": ["*.attention.*"],
+                "tie": True,
+                "bits": [4, 8],
+                "methods": ["uniform_quantization", "ternary_quantization"],
+            }
+        ]
+    )
     seen = set()
     for seed in range(12):
         trial = _study(seed).ask()
@@ -149,7 +169,10 @@ def test_layer_claimed_by_two_groups_names_both():
     ("group", "field"),
     [
         ({"name": "head", "match": ["*.ffn"]}, "space.groups[head].name"),  # clashes with a layer's params
-        ({"name": "k", "match": ["*.key"], "methods": ["kmeans_quantization"], "bits": [4, 16]}, "space.groups[k].bits"),
+        (
+            {"name": "k", "match": ["*.key"], "methods": ["kmeans_quantization"], "bits": [4, 16]},
+            "space.groups[k].bits",
+        ),
         ({"name": "k", "match": ["*.key"], "methods": ["nope"]}, "space.groups[k].methods"),
     ],
 )
@@ -191,7 +214,7 @@ def test_yaml_config_builds_the_grouped_space(tmp_path):
     cfg = load_config(path)
     space = cfg.space.build(Encoder())
     # head, the last layer, is left out by the config's default exclusions (no group names it)
-    assert space.layers == tuple(n for i in range(3) for n in ATTENTION[3 * i:3 * i + 3] + [FFN[i]])
+    assert space.layers == tuple(n for i in range(3) for n in ATTENTION[3 * i : 3 * i + 3] + [FFN[i]])
     assert space.default_excluded == {"head": "last layer"}
     assert space.dimensions == 2 + len(FFN)
     # The config survives a dump/validate round trip (as a resumed search reloads it).
@@ -201,10 +224,13 @@ def test_yaml_config_builds_the_grouped_space(tmp_path):
 def test_uniform_warm_start_stays_inside_group_ranges():
     from rayzor.search._runner import warm_start_points
 
-    space = _space(bits=(4, 8, 32), groups=[
-        {"name": "attn", "match": ["*.attention.*"], "tie": True, "sparsity": [0.2, 0.9]},
-        {"name": "ffn", "match": ["*.ffn"], "bits": [6, 16]},
-    ])
+    space = _space(
+        bits=(4, 8, 32),
+        groups=[
+            {"name": "attn", "match": ["*.attention.*"], "tie": True, "sparsity": [0.2, 0.9]},
+            {"name": "ffn", "match": ["*.ffn"], "bits": [6, 16]},
+        ],
+    )
     points = warm_start_points(space, load_config(trials=10))
     assert [p["attn.bits"] for p in points] == [8, 4] and all(p["attn.sparsity"] == 0.2 for p in points)
     assert [p["encoder.layer.0.ffn.bits"] for p in points] == [6, 6]  # nearest of the group's own candidates
@@ -212,5 +238,6 @@ def test_uniform_warm_start_stays_inside_group_ranges():
         assert space.encode(space.decode(p)) == p  # each is a point the space can sample
     # Without groups: exactly "b bits everywhere".
     plain = _space(bits=(4, 8, 32))
-    assert plain.uniform_params(8) == {k: v for layer in plain.layers for k, v in
-                                       ((f"{layer}.sparsity", 0.0), (f"{layer}.bits", 8))}
+    assert plain.uniform_params(8) == {
+        k: v for layer in plain.layers for k, v in ((f"{layer}.sparsity", 0.0), (f"{layer}.bits", 8))
+    }

@@ -50,8 +50,9 @@ def _check_records(model: nn.Module, reports: list[LayerReport]) -> None:
 
 @pytest.fixture(scope="module")
 def resnet18():
-    config = transformers.ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
-                                       embedding_size=64, num_labels=1000)
+    config = transformers.ResNetConfig(
+        layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64, num_labels=1000
+    )
     return transformers.ResNetForImageClassification(config)
 
 
@@ -82,7 +83,10 @@ def test_resnet18_default_exclusions_and_override(resnet18):
     assert default_exclusions(resnet18) == {stem: "first layer", head: "last layer"}
     space = load_config().space.build(resnet18)
     assert len(space.layers) == 19 and stem not in space.layers and head not in space.layers
-    assert space.dimensions == 2 * 19 and space.describe()["default_excluded"] == {stem: "first layer", head: "last layer"}
+    assert space.dimensions == 2 * 19 and space.describe()["default_excluded"] == {
+        stem: "first layer",
+        head: "last layer",
+    }
     kept = load_config(space={"include": ["classifier.*"]}).space.build(resnet18)
     assert kept.layers[-1] == head and len(kept.layers) == 20
     assert len(load_config(space={"default_exclusions": False}).space.build(resnet18).layers) == 21
@@ -95,9 +99,17 @@ def test_resnet18_default_exclusions_and_override(resnet18):
 
 def test_bert_hand_counts_and_attention_flags():
     V, P, T, H, I, L = 1000, 128, 2, 64, 128, 2  # noqa: E741 - the config's names
-    model = transformers.BertModel(transformers.BertConfig(
-        vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=4, intermediate_size=I,
-        max_position_embeddings=P, type_vocab_size=T))
+    model = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=V,
+            hidden_size=H,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            intermediate_size=I,
+            max_position_embeddings=P,
+            type_vocab_size=T,
+        )
+    )
     reports = introspect(model)
     _check_records(model, reports)
     # 3 embeddings (word, position, token type) + per layer query, key, value,
@@ -120,15 +132,25 @@ def test_bert_hand_counts_and_attention_flags():
     for name in ("embeddings.word_embeddings", "embeddings.position_embeddings"):
         assert "Linear" in by_name[name].refused["low_rank"]
     # Defaults: the word embeddings (first, but an Embedding) stay; the 2-row token-type table is tiny; the pooler is last.
-    assert default_exclusions(model) == {"embeddings.token_type_embeddings": f"tiny ({T * H} weights, 0.09%)",
-                                         "pooler.dense": "last layer"}
+    assert default_exclusions(model) == {
+        "embeddings.token_type_embeddings": f"tiny ({T * H} weights, 0.09%)",
+        "pooler.dense": "last layer",
+    }
 
 
 def test_vit_hand_counts():
     H, I, L, C, S, K = 64, 128, 2, 3, 32, 8  # noqa: E741 - hidden, intermediate, layers, channels, image, patch
-    model = transformers.ViTModel(transformers.ViTConfig(
-        hidden_size=H, num_hidden_layers=L, num_attention_heads=4, intermediate_size=I, num_channels=C,
-        image_size=S, patch_size=K))
+    model = transformers.ViTModel(
+        transformers.ViTConfig(
+            hidden_size=H,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            intermediate_size=I,
+            num_channels=C,
+            image_size=S,
+            patch_size=K,
+        )
+    )
     reports = introspect(model)
     _check_records(model, reports)
     # The patch embedding is one KxK stride-K Conv2d; per layer q, k, v, attention out, MLP in, MLP out; pooler.
@@ -140,8 +162,16 @@ def test_vit_hand_counts():
     patches = (S // K) ** 2
     uncovered = uncovered_params(model)
     assert uncovered["embeddings.cls_token"] == H and uncovered["embeddings.position_embeddings"] == (patches + 1) * H
-    assert _total(model) == (H * C * K * K + H + H + (patches + 1) * H
-                             + L * (4 * H * H + 2 * H * I + 4 * H + I + H + 4 * H) + 2 * H + H * H + H)
+    assert _total(model) == (
+        H * C * K * K
+        + H
+        + H
+        + (patches + 1) * H
+        + L * (4 * H * H + 2 * H * I + 4 * H + I + H + 4 * H)
+        + 2 * H
+        + H * H
+        + H
+    )
     assert set(default_exclusions(model).values()) == {"first layer", "last layer"}
     assert default_exclusions(model)[reports[0].name] == "first layer"
 
@@ -192,7 +222,9 @@ def test_multihead_attention_out_proj_and_depthwise_conv():
     assert "low_rank" in out_proj.refused and "low_rank" in by_name["linear1"].methods
     assert all(get_method(m).stage in ("sparsify", "quantize") for m in out_proj.methods)
     with pytest.raises(AttributeError, match="weight"):
-        compress(layer, CompressionPlan({"self_attn.out_proj": (LowRank(rank_ratio=0.25),)})).model(torch.randn(1, 3, 16))
+        compress(layer, CompressionPlan({"self_attn.out_proj": (LowRank(rank_ratio=0.25),)})).model(
+            torch.randn(1, 3, 16)
+        )
 
     convs = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 3, groups=2), nn.Conv1d(16, 16, 1))
     reports = introspect(convs)
@@ -220,9 +252,15 @@ def test_digits_default_exclusions_and_overrides(digits):
     assert space.layers == ("conv2", "fc1") and space.dimensions == 4
     assert load_config(space={"include": ["fc*"]}).space.build(digits.model).layers == ("conv2", "fc1", "fc2")
     assert load_config(space={"default_exclusions": False}).space.build(digits.model).layers == (
-        "conv1", "conv2", "fc1", "fc2")
+        "conv1",
+        "conv2",
+        "fc1",
+        "fc2",
+    )
     # A group's glob is an explicit choice: it keeps a layer the defaults would leave out.
-    grouped = load_config(space={"groups": [{"name": "convs", "match": ["conv*"], "tie": True}]}).space.build(digits.model)
+    grouped = load_config(space={"groups": [{"name": "convs", "match": ["conv*"], "tie": True}]}).space.build(
+        digits.model
+    )
     assert grouped.layers == ("conv1", "conv2", "fc1") and grouped.default_excluded == {"fc2": "last layer"}
     # exclude beats include.
     both = load_config(space={"include": ["fc2"], "exclude": ["fc2"]}).space.build(digits.model)

@@ -13,12 +13,12 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from rayzor.compression import CompressionPlan, FinetuneConfig, compress
-from rayzor.tasks import create_task
 from rayzor.search import load_config
 from rayzor.search._runner import warm_start_points
 from rayzor.search._sensitivity import drop_matrix, level_label
 from rayzor.search.cli import app
 from rayzor.spaces import CompressionSpace, SensitivityRow, sensitivity, sensitivity_points
+from rayzor.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[2]
 WINE = ROOT / "examples" / "wine.yaml"
@@ -30,26 +30,38 @@ def wine():
 
 
 def test_probes_compress_one_unit_alone(wine):
-    space = CompressionSpace.from_model(wine.model, bits=(4, 8, 32), sparsity=(0.0, 0.8),
-                                        groups=[{"name": "body", "match": ["body.*"], "tie": True}])
+    space = CompressionSpace.from_model(
+        wine.model, bits=(4, 8, 32), sparsity=(0.0, 0.8), groups=[{"name": "body", "match": ["body.*"], "tie": True}]
+    )
     rows = sensitivity(wine, space, sparsities=(0.5, 0.9))
     # 0.9 is outside the range; fp32 is no probe
     assert [(r.unit, r.dimension, r.value) for r in rows] == [
-        ("body", "sparsity", 0.5), ("body", "bits", 8), ("body", "bits", 4),
-        ("head", "sparsity", 0.5), ("head", "bits", 8), ("head", "bits", 4)]
+        ("body", "sparsity", 0.5),
+        ("body", "bits", 8),
+        ("body", "bits", 4),
+        ("head", "sparsity", 0.5),
+        ("head", "bits", 8),
+        ("head", "bits", 4),
+    ]
     base = wine.baseline["val"]["accuracy"]
     # A tied group's probe compresses all its layers, and nothing else.
-    plan = CompressionPlan.from_settings({"body.0": {"sparsity": 0.5}, "body.2": {"sparsity": 0.5}},
-                                         finetune=FinetuneConfig(epochs=0))
+    plan = CompressionPlan.from_settings(
+        {"body.0": {"sparsity": 0.5}, "body.2": {"sparsity": 0.5}}, finetune=FinetuneConfig(epochs=0)
+    )
     expected = wine.score(compress(wine.model, plan).model, "val")["accuracy"]
     assert rows[0].metric == pytest.approx(expected) and rows[0].drop == pytest.approx(base - expected)
 
 
 def test_points_take_the_most_aggressive_level_within_each_tolerance():
     space = CompressionSpace(["a", "b"], bits=(2, 4, 8, 32))
-    rows = [SensitivityRow("a", "sparsity", 0.5, 0, 0.001), SensitivityRow("a", "sparsity", 0.75, 0, 0.008),
-            SensitivityRow("a", "bits", 4, 0, 0.0), SensitivityRow("a", "bits", 2, 0, 0.3),
-            SensitivityRow("b", "sparsity", 0.5, 0, 0.5), SensitivityRow("b", "bits", 8, 0, 0.02)]
+    rows = [
+        SensitivityRow("a", "sparsity", 0.5, 0, 0.001),
+        SensitivityRow("a", "sparsity", 0.75, 0, 0.008),
+        SensitivityRow("a", "bits", 4, 0, 0.0),
+        SensitivityRow("a", "bits", 2, 0, 0.3),
+        SensitivityRow("b", "sparsity", 0.5, 0, 0.5),
+        SensitivityRow("b", "bits", 8, 0, 0.02),
+    ]
     points = sensitivity_points(space, rows, tolerances=(0.005, 0.01, 0.02))
     assert points == [
         {"a.sparsity": 0.5, "a.bits": 4, "b.sparsity": 0.0, "b.bits": 32},  # b: nothing within 0.005 -> mildest
@@ -63,8 +75,9 @@ def test_points_take_the_most_aggressive_level_within_each_tolerance():
 
 
 def test_parallel_probes_on_ray_equal_the_sequential_ones(wine, ray_session):
-    space = CompressionSpace.from_model(wine.model, bits=(2, 4, 8, 32), sparsity=(0.0, 0.9),
-                                        groups=[{"name": "body", "match": ["body.*"], "tie": True}])
+    space = CompressionSpace.from_model(
+        wine.model, bits=(2, 4, 8, 32), sparsity=(0.0, 0.9), groups=[{"name": "body", "match": ["body.*"], "tie": True}]
+    )
     sequential = sensitivity(wine, space)
     parallel = sensitivity(wine, space, parallel=True)
     assert [(r.unit, r.dimension, r.value) for r in parallel] == [(r.unit, r.dimension, r.value) for r in sequential]
@@ -76,13 +89,15 @@ def test_parallel_probes_on_ray_equal_the_sequential_ones(wine, ray_session):
 
 def test_parallel_without_ray_is_refused_not_run_in_process():
     # A fresh interpreter: this session's Ray may be running already.
-    code = ("from rayzor.tasks import create_task\n"
-            "from spaces import CompressionSpace, sensitivity\n"
-            "task = create_task('examples.wine_task:make_task', epochs=5)\n"
-            "try:\n"
-            "    sensitivity(task, CompressionSpace.from_model(task.model), parallel=True)\n"
-            "except Exception as exc:\n"
-            "    print(type(exc).__name__, exc)\n")
+    code = (
+        "from rayzor.tasks import create_task\n"
+        "from spaces import CompressionSpace, sensitivity\n"
+        "task = create_task('examples.wine_task:make_task', epochs=5)\n"
+        "try:\n"
+        "    sensitivity(task, CompressionSpace.from_model(task.model), parallel=True)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.stdout.startswith("RayzorError sensitivity(parallel=True) needs a running Ray"), out.stdout + out.stderr
 
@@ -90,7 +105,9 @@ def test_parallel_without_ray_is_refused_not_run_in_process():
 @pytest.fixture(scope="module")
 def cli_run(ray_session, tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('sensitivity') / 'mlflow.db'}"
-    result = CliRunner().invoke(app, ["sensitivity", str(WINE), "--json", "--tracking-uri", uri, "--experiment", "sens"])
+    result = CliRunner().invoke(
+        app, ["sensitivity", str(WINE), "--json", "--tracking-uri", uri, "--experiment", "sens"]
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout), MlflowClient(uri)
 
@@ -115,7 +132,8 @@ def test_sensitivity_cli_logs_a_run_with_table_and_heatmap(cli_run, tmp_path):
         table = json.load(f)  # MLflow's table format
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert [(r["unit"], r["dimension"], r["value"], r["drop"]) for r in rows] == [
-        (p["unit"], p["dimension"], p["value"], pytest.approx(p["drop"])) for p in view["probes"]]
+        (p["unit"], p["dimension"], p["value"], pytest.approx(p["drop"])) for p in view["probes"]
+    ]
     assert {r["layers"] for r in rows if r["unit"] == "body"} == {"body.0,body.2"}
     with open(client.download_artifacts(run.info.run_id, "warm_start.json", str(tmp_path))) as f:
         assert json.load(f) == view["warm_start"]
@@ -124,8 +142,12 @@ def test_sensitivity_cli_logs_a_run_with_table_and_heatmap(cli_run, tmp_path):
 
 
 def test_drop_matrix_orders_levels_mild_to_harsh():
-    rows = [SensitivityRow("a", "bits", 4, 0, 0.1), SensitivityRow("a", "sparsity", 0.9, 0, 0.3),
-            SensitivityRow("b", "bits", 8, 0, 0.0), SensitivityRow("a", "sparsity", 0.5, 0, 0.2)]
+    rows = [
+        SensitivityRow("a", "bits", 4, 0, 0.1),
+        SensitivityRow("a", "sparsity", 0.9, 0, 0.3),
+        SensitivityRow("b", "bits", 8, 0, 0.0),
+        SensitivityRow("a", "sparsity", 0.5, 0, 0.2),
+    ]
     units, levels, matrix = drop_matrix(rows)
     assert units == ["a", "b"]
     assert [level_label(*lv) for lv in levels] == ["s=0.5", "s=0.9", "8b", "4b"]

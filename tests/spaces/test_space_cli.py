@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rayzor.tasks import Task, create_task
 from rayzor.search.cli import app
+from rayzor.tasks import Task, create_task
 
 runner = CliRunner()
 WINE = Path(__file__).resolve().parents[2] / "examples" / "wine.yaml"
@@ -44,7 +44,11 @@ def test_space_show_json_resolves_the_wine_groups(wine_view):
     assert wine_view["dimensions"] == 3 == groups["body"]["dimensions"] + groups["classifier"]["dimensions"]
     # The default exclusions would leave out the first and last layer; the groups' globs keep them.
     assert wine_view["default_exclusions"] and rows["body.0"]["default_exclusion"] == "first layer"
-    assert rows["head"]["default_exclusion"] == "last layer" and not rows["head"]["excluded"] and rows["head"]["why"] is None
+    assert (
+        rows["head"]["default_exclusion"] == "last layer"
+        and not rows["head"]["excluded"]
+        and rows["head"]["why"] is None
+    )
     # The method table: every registered method applies or is refused with a reason.
     for row in rows.values():
         assert row["kind"] == "Linear" and 0 < row["share"] < 1
@@ -55,14 +59,19 @@ def test_space_show_json_resolves_the_wine_groups(wine_view):
 
 def test_space_show_table_and_exclusions(tmp_path):
     config = tmp_path / "wine.yaml"
-    config.write_text("task: examples.wine_task:make_task\nspace:\n  exclude: [head]\n"
-                      "  groups: [{name: body, match: ['body.*'], tie: true}]\n")
+    config.write_text(
+        "task: examples.wine_task:make_task\nspace:\n  exclude: [head]\n"
+        "  groups: [{name: body, match: ['body.*'], tie: true}]\n"
+    )
     result = runner.invoke(app, ["space", "show", str(config)])
     assert result.exit_code == 0, result.output
     assert "body (tied)" in result.output and "(excluded)" in result.output
     assert "2 of 3 layers searched, 1 groups, 2 dimensions" in result.output
     assert "methods for every layer: channel_pruning, low_rank, magnitude_pruning," in result.output  # stage order
-    rows = {row["layer"]: row for row in json.loads(runner.invoke(app, ["space", "show", str(config), "--json"]).stdout)["layers"]}
+    rows = {
+        row["layer"]: row
+        for row in json.loads(runner.invoke(app, ["space", "show", str(config), "--json"]).stdout)["layers"]
+    }
     assert rows["head"]["excluded"] and rows["head"]["why"] == "space.exclude 'head'" and rows["head"]["dims"] == 0
 
 

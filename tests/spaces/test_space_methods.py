@@ -21,8 +21,12 @@ from tests.compression.tiny_models import trained_tiny_net
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 METHODS = ("uniform_quantization", "kmeans_quantization", "binary_quantization", "half_precision")
-CLASSES = {"uniform_quantization": UniformQuantization, "kmeans_quantization": KMeansQuantization,
-           "binary_quantization": BinaryQuantization, "half_precision": HalfPrecision}
+CLASSES = {
+    "uniform_quantization": UniformQuantization,
+    "kmeans_quantization": KMeansQuantization,
+    "binary_quantization": BinaryQuantization,
+    "half_precision": HalfPrecision,
+}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

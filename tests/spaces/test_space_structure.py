@@ -30,8 +30,12 @@ from tests.compression.tiny_models import tiny_bert
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ALL = ("conv1", "conv2", "fc1", "fc2")
-STRUCTURE = {"channels": (0.25, 0.5), "factorize": ("lowrank", "tucker2"), "rank_ratio": (0.1, 0.9),
-             "pruning": ("magnitude", "random")}
+STRUCTURE = {
+    "channels": (0.25, 0.5),
+    "factorize": ("lowrank", "tucker2"),
+    "rank_ratio": (0.1, 0.9),
+    "pruning": ("magnitude", "random"),
+}
 FACTORIZATIONS = {"low_rank": LowRank, "tucker2": Tucker2}
 
 
@@ -83,8 +87,10 @@ def test_where_each_choice_applies(space, digits):
     # per unit: channels, factorize, rank_ratio, sparsity, prune, bits (fc2: no channels)
     assert space.layer_dimensions() == {"conv1": 6, "conv2": 6, "fc1": 6, "fc2": 5}
     described = space.describe()
-    assert described["factorize"] == ["low_rank", "tucker2"] and described["pruning"] == ["magnitude_pruning",
-                                                                                          "random_pruning"]
+    assert described["factorize"] == ["low_rank", "tucker2"] and described["pruning"] == [
+        "magnitude_pruning",
+        "random_pruning",
+    ]
     assert described["channel_units"][1] == {"name": "conv2", "layers": ["conv2"], "channels": [0.25, 0.5]}
 
 
@@ -140,8 +146,16 @@ def test_uniform_params_are_the_mildest_structure(space):
 
 
 def test_tied_group_shares_channels_and_factorization(digits):
-    groups = [{"name": "convs", "match": ["conv*"], "tie": True, "channels": [0.1, 0.3], "factorize": ["tucker2"],
-               "rank_ratio": 0.2}]
+    groups = [
+        {
+            "name": "convs",
+            "match": ["conv*"],
+            "tie": True,
+            "channels": [0.1, 0.3],
+            "factorize": ["tucker2"],
+            "rank_ratio": 0.2,
+        }
+    ]
     space = CompressionSpace.from_model(digits.model, example_input=digits.example_input, groups=groups)
     assert [(c.prefix, c.layers) for c in space.channel_units] == [("convs", ("conv1", "conv2"))]
     for t in _sample(space, 4):
@@ -191,8 +205,12 @@ def test_coupled_layers_share_one_ratio():
     assert "shortcut" in partial.channels_refused["b"] and "b" not in {c.prefix for c in partial.channel_units}
     # ranges that cannot both hold for coupled layers are refused
     with pytest.raises(ConfigError, match=r"space.groups\[sc\].channels: got \[0.6, 0.7\]; valid: a range overlapping"):
-        CompressionSpace.from_model(model, example_input=x, channels=(0.25, 0.5),
-                                    groups=[{"name": "sc", "match": ["shortcut"], "channels": [0.6, 0.7]}])
+        CompressionSpace.from_model(
+            model,
+            example_input=x,
+            channels=(0.25, 0.5),
+            groups=[{"name": "sc", "match": ["shortcut"], "channels": [0.6, 0.7]}],
+        )
 
 
 def test_pruning_choice():
@@ -234,8 +252,16 @@ def test_encode_refuses_plans_outside_the_space(space):
     with pytest.raises(ConfigError, match=r"plan.layers\['fc2'\].structure: got 'channel_pruning'"):
         space.encode(CompressionPlan({"conv1": (), "conv2": (), "fc1": (), "fc2": (ChannelPruning(0.3),)}))
     with pytest.raises(ConfigError, match=r"plan.layers\['fc1'\].rank_ratio: got 0.95; valid: within \[0.1, 0.8"):
-        space.encode(CompressionPlan({"conv1": (ChannelPruning(0.3),), "conv2": (ChannelPruning(0.3),),
-                                      "fc1": (ChannelPruning(0.3), LowRank(rank_ratio=0.95)), "fc2": ()}))
+        space.encode(
+            CompressionPlan(
+                {
+                    "conv1": (ChannelPruning(0.3),),
+                    "conv2": (ChannelPruning(0.3),),
+                    "fc1": (ChannelPruning(0.3), LowRank(rank_ratio=0.95)),
+                    "fc2": (),
+                }
+            )
+        )
     with pytest.raises(ConfigError, match=r"plan.layers\['conv1'\].ratio: got 0.0; valid: within \[0.25, 0.5\]"):
         space.encode(CompressionPlan({"conv1": (), "conv2": (), "fc1": (), "fc2": ()}))
 
@@ -257,8 +283,16 @@ def test_config_errors_are_one_line(space, message):
 
 
 def test_config_builds_the_space(digits):
-    config = validate_config({"space": {"channels": [0.25, 0.5], "factorize": ["lowrank"], "rank_ratio": [0.1, 0.5],
-                                        "pruning": ["random", "magnitude"]}}).space
+    config = validate_config(
+        {
+            "space": {
+                "channels": [0.25, 0.5],
+                "factorize": ["lowrank"],
+                "rank_ratio": [0.1, 0.5],
+                "pruning": ["random", "magnitude"],
+            }
+        }
+    ).space
     assert config.factorize == ("low_rank",) and config.pruning == ("random_pruning", "magnitude_pruning")
     space = config.build(digits.model, example_input=digits.example_input)
     assert space.layers == ("conv2", "fc1") and [c.prefix for c in space.channel_units] == ["conv2", "fc1"]
@@ -280,8 +314,9 @@ def bert():
 
 def test_heads_only_on_queries_and_compress_accepts_them(bert):
     model, tokens = bert
-    space = CompressionSpace.from_model(model, example_input=tokens[:1], heads=(0.25, 0.75), act_bits=(8, 32),
-                                        bits=(8, 32))
+    space = CompressionSpace.from_model(
+        model, example_input=tokens[:1], heads=(0.25, 0.75), act_bits=(8, 32), bits=(8, 32)
+    )
     assert [(h.prefix, h.layers, h.heads) for h in space.head_units] == [(q, (q,), (0.25, 0.75)) for q in QUERIES]
     assert not space.heads_refused
     dims = space.layer_dimensions()
@@ -297,7 +332,7 @@ def test_heads_only_on_queries_and_compress_accepts_them(bert):
         assert not any(k.startswith("embeddings.") and k.endswith(".act_bits") for k in p)
         plan = space.decode(p)
         assert space.encode(plan) == p
-        for i, q in enumerate(QUERIES):
+        for q in QUERIES:
             assert HeadPruning(p[f"{q}.heads"]) in plan.layers[q]
             assert (ActivationQuantization(8) in plan.layers[q]) == (p[f"{q}.act_bits"] == 8)
         out = compress(model, plan, example_input=tokens[:1], calibration_data=[tokens])
@@ -314,11 +349,23 @@ def test_heads_only_on_queries_and_compress_accepts_them(bert):
 
 def test_tied_group_shares_heads_and_act_bits(bert):
     model, tokens = bert
-    groups = [{"name": "attn", "match": ["encoder.layer.*.attention.self.*"], "tie": True, "heads": [0.25, 0.5],
-               "act_bits": [4, 8]},
-              {"name": "emb", "match": ["embeddings.*", "pooler.dense"], "tie": True, "bits": 8, "act_bits": 8}]
-    space = CompressionSpace.from_model(model, example_input=tokens[:1], groups=groups, sparsity=(0.0, 0.0),
-                                        exclude=["encoder.layer.*.output.dense", "encoder.layer.*.intermediate.*"])
+    groups = [
+        {
+            "name": "attn",
+            "match": ["encoder.layer.*.attention.self.*"],
+            "tie": True,
+            "heads": [0.25, 0.5],
+            "act_bits": [4, 8],
+        },
+        {"name": "emb", "match": ["embeddings.*", "pooler.dense"], "tie": True, "bits": 8, "act_bits": 8},
+    ]
+    space = CompressionSpace.from_model(
+        model,
+        example_input=tokens[:1],
+        groups=groups,
+        sparsity=(0.0, 0.0),
+        exclude=["encoder.layer.*.output.dense", "encoder.layer.*.intermediate.*"],
+    )
     assert [(h.prefix, h.layers) for h in space.head_units] == [("attn", QUERIES)]
     units = {u.prefix: u for u in space.units}
     assert units["emb"].act_layers == ("pooler.dense",) and len(units["attn"].act_layers) == 6
@@ -378,13 +425,17 @@ def test_act_bits_on_digits_through_a_trial(digits, tmp_path):
 
 def test_encode_refuses_activations_outside_the_space(bert):
     model, tokens = bert
-    space = CompressionSpace.from_model(model, example_input=tokens[:1], act_bits=(8, 32),
-                                        groups=[{"name": "keys", "match": ["*.key"], "act_bits": []}])
+    space = CompressionSpace.from_model(
+        model, example_input=tokens[:1], act_bits=(8, 32), groups=[{"name": "keys", "match": ["*.key"], "act_bits": []}]
+    )
     plan = space.decode(space.uniform_params(8))
     layers = dict(plan.layers)
     layers["encoder.layer.0.attention.self.key"] += (ActivationQuantization(8),)
-    with pytest.raises(ConfigError, match=r"plan.layers\['encoder.layer.0.attention.self.key'\].act_quant: got "
-                                          r"'activation_quantization'; valid: no activation method"):
+    with pytest.raises(
+        ConfigError,
+        match=r"plan.layers\['encoder.layer.0.attention.self.key'\].act_quant: got "
+        r"'activation_quantization'; valid: no activation method",
+    ):
         space.encode(CompressionPlan(layers))
     layers = dict(plan.layers)
     layers["pooler.dense"] += (ActivationQuantization(4),)

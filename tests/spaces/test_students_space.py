@@ -7,8 +7,14 @@ import pytest
 
 from rayzor.compression import CompressionPlan, check_student, create_student, get_student_family
 from rayzor.errors import ConfigError
-from rayzor.spaces import (FAMILY_KEY, TEACHER, CompressionSpace, StudentSpace, student_distributions,
-                           suggest_student_params)
+from rayzor.spaces import (
+    FAMILY_KEY,
+    TEACHER,
+    CompressionSpace,
+    StudentSpace,
+    student_distributions,
+    suggest_student_params,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +47,10 @@ def test_student_dims_follow_the_sampled_student(joint, digits):
         for name, dist in own.items():
             assert d[f"student.{name}"] == dist
         # then the per-layer dims of the student that those parameters build
-        student = get_student_family("cnn").build(digits.model, **{k.removeprefix("student."): v for k, v in p.items()
-                                                                 if k.startswith("student.") and k != FAMILY_KEY})
+        student = get_student_family("cnn").build(
+            digits.model,
+            **{k.removeprefix("student."): v for k, v in p.items() if k.startswith("student.") and k != FAMILY_KEY},
+        )
         layers = CompressionSpace.from_model(student).layers
         assert {k.removeprefix("cnn:").rsplit(".", 1)[0] for k in p if k.startswith("cnn:")} == set(layers)
         assert "conv1.sparsity" not in p  # the teacher's dims are not sampled for a student

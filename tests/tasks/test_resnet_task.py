@@ -14,6 +14,8 @@ from rayzor.compression import CompressionPlan, FinetuneConfig, compress, load_p
 from rayzor.errors import ConfigError, MissingExtraError
 from rayzor.tasks import ReferencedImages, build_resnet18, create_task, list_tasks, logit_fidelity
 
+pytestmark = pytest.mark.slow
+
 transformers = pytest.importorskip("transformers", reason='resnet18 needs transformers: pip install -e ".[minilm]"')
 
 
@@ -97,8 +99,12 @@ def test_distilling_recovery_fine_tune_raises_fidelity(resnet):
     before = resnet.score(compress(resnet.model, CompressionPlan.from_settings(settings)).model, "val")
     # Soft targets (distill_alpha=1) match the fidelity metric; plain cross-entropy on top-1 over-sharpens.
     finetune = FinetuneConfig(epochs=2, lr=1e-4, batch_size=32, distill_alpha=1.0, temperature=1.0, qat=True)
-    tuned = compress(resnet.model, CompressionPlan.from_settings(settings, finetune=finetune),
-                     train_loader=resnet.loader("train", shuffle=True), loss_fn=resnet.loss_fn)
+    tuned = compress(
+        resnet.model,
+        CompressionPlan.from_settings(settings, finetune=finetune),
+        train_loader=resnet.loader("train", shuffle=True),
+        loss_fn=resnet.loss_fn,
+    )
     after = resnet.score(tuned.model, "val")
     assert after["fidelity"] > before["fidelity"] + 0.03
 

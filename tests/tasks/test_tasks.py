@@ -228,7 +228,11 @@ def test_unknown_task_option():
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"epochs": 0}, "task_options.epochs"), ({"lr": 0.0}, "task_options.lr"), ({"hidden": 0}, "task_options.channels")],
+    [
+        ({"epochs": 0}, "task_options.epochs"),
+        ({"lr": 0.0}, "task_options.lr"),
+        ({"hidden": 0}, "task_options.channels"),
+    ],
 )
 def test_invalid_digits_options(options, field):
     with pytest.raises(ConfigError, match=field) as info:
@@ -273,8 +277,14 @@ def test_task_missing_a_split():
 def test_task_missing_arch_factory():
     task = make_tiny_task()
     with pytest.raises(TaskLoadError, match="factory"):
-        Task(name="tiny", model=task.model, arch={"kwargs": {}}, data=task.data, evaluate=top1,
-             example_input=task.example_input)
+        Task(
+            name="tiny",
+            model=task.model,
+            arch={"kwargs": {}},
+            data=task.data,
+            evaluate=top1,
+            example_input=task.example_input,
+        )
 
 
 def test_evaluate_without_primary_metric():
