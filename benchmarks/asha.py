@@ -41,8 +41,7 @@ def main() -> None:
 
     import ray
 
-    from rayzor.search import load_config, run_search
-    from rayzor.search._runner import STOPPED
+    from rayzor.search import STOPPED, load_config, run_search
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-asha-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -75,11 +75,8 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from rayzor.compression import CompressionPlan, export_onnx
-    from rayzor.search import load_config, run_search
-    from rayzor.search._export import export_model
-    from rayzor.search._pareto import parse_pick, pick
-    from rayzor.search._runner import prepare, warm_start_points
-    from rayzor.search._trial import evaluate_plan
+    from rayzor.search import evaluate_plan, export_model, load_config, parse_pick, pick, run_search, warm_start_points
+    from rayzor.search._runner import prepare
     from rayzor.spaces import CompressionSpace
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-minilm-"))

@@ -51,9 +51,8 @@ def main() -> None:
     import torch
 
     from rayzor.compression import CompressionPlan
-    from rayzor.search import load_config, run_search, search_hypervolume
+    from rayzor.search import evaluate_plan, load_config, run_search, search_hypervolume
     from rayzor.search._runner import prepare
-    from rayzor.search._trial import evaluate_plan
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-quality-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

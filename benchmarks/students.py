@@ -51,8 +51,7 @@ def main() -> None:
 
     import ray
 
-    from rayzor.search import run_search
-    from rayzor.search._config import validate_config
+    from rayzor.search import run_search, validate_config
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-students-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

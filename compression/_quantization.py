@@ -64,8 +64,6 @@ class UniformQuantization(MethodConfig):
     rapid-deployment", https://arxiv.org/abs/1810.05723). Pruned weights are
     not coded and stay exactly zero.
 
-    The defaults (symmetric, per channel, min-max) are rayzor 0.1's behaviour.
-
     Args:
         bits: Bits per code: 2..16 when symmetric (1 bit leaves no level
             besides zero), 1..16 when asymmetric. Full precision is expressed

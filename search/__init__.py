@@ -39,8 +39,9 @@ from rayzor.search._pareto import (
 from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
 from rayzor.search._resume import RESUME_FILE, load_resume_state
 from rayzor.search._runner import SearchResult, run_search
-from rayzor.search._sensitivity import SensitivityResult, run_sensitivity
+from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
 from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
+from rayzor.search._trial import evaluate_plan
 from rayzor.search._tuner import warm_start_points
 
 __all__ = [
@@ -74,6 +75,9 @@ __all__ = [
     "resolve_tracking_uri",
     "run_search",
     "run_sensitivity",
+    "drop_matrix",
+    "level_label",
+    "evaluate_plan",
     "search_hypervolume",
     "size_bucket",
     "to_minimization",

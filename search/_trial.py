@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +32,6 @@ from rayzor.spaces import TEACHER, CompressionSpace, StudentSpace
 from rayzor.tasks import Task
 
 __all__ = [
-    "CALIBRATION_BATCHES",
     "PACKED_NAME",
     "PLAN_KEYS",
     "TrialPlan",
@@ -46,9 +44,6 @@ __all__ = [
     "trial_device",
 ]
 
-#: Training batches (in order) an activation-quantizing plan calibrates on: post-training
-#: calibration needs only a few batches of the inputs the layers really see.
-CALIBRATION_BATCHES = 4
 #: Result keys of every report that describe the trial's plan (the driver logs them as they are).
 PLAN_KEYS = ("plan_json", "plan_summary", "model")
 
@@ -206,11 +201,8 @@ def evaluate(
 
 
 def _calibration(task: Task, plan: CompressionPlan) -> list[Any] | None:
-    """The first few training batches for a plan with an activation-stage method, else None."""
-    if not any(m.stage == "activation" for methods in plan.layers.values() for m in methods):
-        return None
-    loader = DataLoader(task.data["train"], batch_size=task.batch_size, shuffle=False)
-    return list(itertools.islice(loader, CALIBRATION_BATCHES))
+    """The task's calibration batches for a plan with an activation-stage method, else None."""
+    return task.calibration_batches() if plan.by_stage("activation") else None
 
 
 def _candidate(

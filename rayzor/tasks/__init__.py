@@ -8,6 +8,7 @@ the real all-MiniLM-L6-v2 (``minilm`` extra), ``create_task(
 """
 
 from rayzor.tasks._base import (
+    CALIBRATION_BATCHES,
     Task,
     TaskLoadError,
     create_task,
@@ -27,6 +28,7 @@ from rayzor.tasks._minilm import (
 from rayzor.tasks._resnet import ReferencedImages, ResNetLogits, build_resnet18, logit_fidelity, resnet18_task
 
 __all__ = [
+    "CALIBRATION_BATCHES",
     "DigitsCNN",
     "MissingExtraError",
     "ReferencedImages",

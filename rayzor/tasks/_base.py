@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+#: Training batches post-training calibration reads: a few batches of the inputs the layers really see.
+CALIBRATION_BATCHES = 4
 
 
 @dataclass
@@ -80,6 +83,10 @@ class Task:
             raise ConfigError("split", split, list(self.data))
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+
+    def calibration_batches(self, batches: int = CALIBRATION_BATCHES) -> list[Any]:
+        """The first ``batches`` training batches, in order: what post-training calibration reads."""
+        return list(itertools.islice(self.loader("train"), batches))
 
     def score(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         """Metrics of ``model`` on one split, checked to contain ``metric``."""

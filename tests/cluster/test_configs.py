@@ -15,8 +15,7 @@ from rayzor.cluster import (
     trial_resources,
     validate_launcher_config,
 )
-from rayzor.cluster._configs import ClusterConfigError
-from rayzor.errors import ConfigError
+from rayzor.errors import ClusterConfigError, ConfigError
 
 
 def test_launcher_config_matches_rays_schema():

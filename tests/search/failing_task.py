@@ -5,13 +5,13 @@ FAILED and the search goes on."""
 from __future__ import annotations
 
 from rayzor.tasks import Task, create_task
-from rayzor.tasks._digits import accuracy
 
 
 def evaluate_or_fail(model, dataset) -> dict[str, float]:
     if (model.conv1.weight == 0).float().mean() > 0.7:
         raise RuntimeError("conv1 too sparse for this test task")
-    return accuracy(model, dataset)
+    x, y = dataset.tensors
+    return {"accuracy": (model(x).argmax(dim=1) == y).float().mean().item()}
 
 
 def make_task() -> Task:

@@ -7,7 +7,7 @@ import pytest
 
 from rayzor.errors import ConfigError
 from rayzor.search import SpaceConfig as SearchSpaceConfig
-from rayzor.search._config import validate_config
+from rayzor.search import validate_config
 from rayzor.spaces import CompressionSpace, Dimension, SpaceConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -222,7 +222,7 @@ def test_yaml_config_builds_the_grouped_space(tmp_path):
 
 
 def test_uniform_warm_start_stays_inside_group_ranges():
-    from rayzor.search._runner import warm_start_points
+    from rayzor.search import warm_start_points
 
     space = _space(
         bits=(4, 8, 32),

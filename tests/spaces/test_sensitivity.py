@@ -13,9 +13,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from rayzor.compression import CompressionPlan, FinetuneConfig, compress
-from rayzor.search import load_config
-from rayzor.search._runner import warm_start_points
-from rayzor.search._sensitivity import drop_matrix, level_label
+from rayzor.search import drop_matrix, level_label, load_config, warm_start_points
 from rayzor.search.cli import app
 from rayzor.spaces import CompressionSpace, SensitivityRow, sensitivity, sensitivity_points
 from rayzor.tasks import create_task

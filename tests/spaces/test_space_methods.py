@@ -15,7 +15,7 @@ from rayzor.compression import (
     compress,
 )
 from rayzor.errors import ConfigError
-from rayzor.search._config import validate_config
+from rayzor.search import validate_config
 from rayzor.spaces import DEFAULT_METHODS, QUANT_METHODS, CompressionSpace, SpaceConfig
 from tests.compression.tiny_models import trained_tiny_net
 

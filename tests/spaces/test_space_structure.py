@@ -22,9 +22,9 @@ from rayzor.compression import (
     compress,
 )
 from rayzor.errors import ConfigError
-from rayzor.search._config import validate_config
-from rayzor.search._trial import CALIBRATION_BATCHES, _calibration, evaluate_plan
+from rayzor.search import evaluate_plan, validate_config
 from rayzor.spaces import NO_FACTORIZATION, CompressionSpace, SpaceConfig
+from rayzor.tasks import CALIBRATION_BATCHES
 from tests.compression.tiny_models import tiny_bert
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -405,14 +405,13 @@ def test_heads_refused_where_the_probe_fails():
 def test_act_bits_on_digits_through_a_trial(digits, tmp_path):
     space = CompressionSpace.from_model(digits.model, act_bits=(4, 8, 32), bits=(8,), sparsity=(0.0, 0.5))
     assert space.layer_dimensions() == {layer: 2 for layer in ALL}  # sparsity, act_bits
-    calibration = _calibration(digits, space.decode(space.uniform_params(8)))
-    assert calibration is None  # fp32 activations: no batches needed
+    assert not space.decode(space.uniform_params(8)).by_stage("activation")  # fp32 activations: no calibration
     params = {**space.uniform_params(8), "conv2.act_bits": 4, "fc1.act_bits": 8}
     plan = space.decode(params)
     assert space.encode(plan) == params
     assert ActivationQuantization(4) in plan.layers["conv2"] and ActivationQuantization(8) in plan.layers["fc1"]
     assert not any(m.stage == "activation" for m in plan.layers["conv1"])
-    calibration = _calibration(digits, plan)
+    calibration = digits.calibration_batches()
     assert len(calibration) == CALIBRATION_BATCHES and calibration[0][0].shape[0] == digits.batch_size
     with pytest.raises(ConfigError, match="^calibration_data: got None"):
         compress(digits.model, plan)
