@@ -10,7 +10,6 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 import rayzor.compression.students
-from rayzor._resolve import resolve
 from rayzor.compression import (
     Choice,
     CompressionPlan,
@@ -28,7 +27,7 @@ from rayzor.compression import (
     register_student,
     save_packed,
 )
-from rayzor.tasks import DigitsCNN, SentenceEncoder
+from rayzor.tasks import DigitsCNN, SentenceEncoder, resolve_callable
 
 DIGITS_ARCH = {"factory": "rayzor.tasks._digits:DigitsCNN", "kwargs": {"channels": [16, 32], "hidden": 64}}
 
@@ -45,7 +44,7 @@ def not_a_module(teacher: nn.Module) -> str:
 
 def _rebuild(arch):
     arch = json.loads(json.dumps(arch))  # what a packed file stores
-    return resolve(arch["factory"], "factory")(**arch["kwargs"])
+    return resolve_callable(arch["factory"], field="factory")(**arch["kwargs"])
 
 
 def _shapes(model):
@@ -357,4 +356,8 @@ def test_check_student_names_both_shapes(digits, images):
 def test_factory_strings_of_older_packed_files_still_resolve(name):
     """Packed files name the student factories by the module that held them before the families got one each."""
     for old in (f"rayzor.compression._students:{name}", f"compression._students:{name}"):
-        assert resolve(old, "factory") is getattr(rayzor.compression.students, name)
+        assert resolve_callable(old, field="factory") is getattr(rayzor.compression.students, name)
+
+
+def test_bare_module_names_of_files_written_before_the_rayzor_namespace_still_resolve():
+    assert resolve_callable("compression.tasks._digits:DigitsCNN", field="factory") is DigitsCNN
