@@ -20,7 +20,8 @@ from rayzor.compression import (
     list_students,
 )
 from rayzor.errors import ConfigError
-from rayzor.spaces._dimensions import SuggestsParams, suggest
+from rayzor.spaces import _dimensions as dims
+from rayzor.spaces._dimensions import Dimension, Distribution, SuggestsParams, suggest
 from rayzor.spaces._space import CompressionSpace
 
 __all__ = ["FAMILY_KEY", "TEACHER", "StudentChoice", "StudentSpace", "student_distributions", "suggest_student_params"]
@@ -32,19 +33,19 @@ TEACHER = "teacher"
 _STUDENT_PREFIX = "student."
 
 
-def _distribution(field: str, param: Any) -> optuna.distributions.BaseDistribution:
+def _distribution(field: str, param: Any) -> Distribution:
     if isinstance(param, Choice):
         return optuna.distributions.CategoricalDistribution(param.choices)
     if isinstance(param, IntRange):
         return optuna.distributions.IntDistribution(param.low, param.high)
-    if isinstance(param, optuna.distributions.BaseDistribution):  # a family that declares Optuna's own
+    if isinstance(param, Distribution):  # a family that declares Optuna's own
         return param
     raise ConfigError(field, param, "a Choice or IntRange (rayzor.compression)")
 
 
 def student_distributions(
     family: str | StudentFamily, teacher: nn.Module, prefix: str = "student."
-) -> dict[str, optuna.distributions.BaseDistribution]:
+) -> dict[str, Distribution]:
     """The Optuna distribution of each searchable parameter of ``family`` for ``teacher``, by parameter name."""
     fam = get_student_family(family) if isinstance(family, str) else family
     return {name: _distribution(prefix + name, p) for name, p in fam.params(teacher).items()}
@@ -131,6 +132,15 @@ class StudentSpace:
         self.families = families
         self.include_teacher = include_teacher
         self.choices = ((TEACHER,) if include_teacher else ()) + families
+        #: The model choice, then each family's own parameters while that family is chosen.
+        self.dims: tuple[Dimension, ...] = (
+            Dimension("family", optuna.distributions.CategoricalDistribution(self.choices)),
+            *(
+                Dimension(name, dist, when=("family", (family,)))
+                for family in families
+                for name, dist in student_distributions(family, teacher, prefix="").items()
+            ),
+        )
         self._spaces: dict[tuple, CompressionSpace] = {}
 
     # What the search reads of any space: the teacher's, for warm starts and logging.
@@ -162,9 +172,8 @@ class StudentSpace:
 
     @property
     def dimensions(self) -> int:
-        """The family choice, plus the teacher's dimensions, plus each family's own parameters."""
-        own = sum(len(get_student_family(f).params(self.teacher)) for f in self.families)
-        return int(len(self.choices) > 1) + (self.teacher_space.dimensions if self.include_teacher else 0) + own
+        """The family choice and each family's own parameters, plus the teacher's dimensions."""
+        return dims.count(self.dims) + (self.teacher_space.dimensions if self.include_teacher else 0)
 
     def uniform_params(self, bits: int) -> dict[str, Any]:
         """The teacher's uniform plan (see :meth:`CompressionSpace.uniform_params`), tagged as the teacher."""
@@ -172,12 +181,12 @@ class StudentSpace:
 
     def suggest(self, trial: optuna.Trial) -> None:
         """Define-by-run: the family, then its parameters, then the chosen model's per-layer dims."""
-        family = trial.suggest_categorical(FAMILY_KEY, self.choices) if len(self.choices) > 1 else self.choices[0]
+        values = dims.sample(trial, _STUDENT_PREFIX.rstrip("."), self.dims)
+        family = values.pop("family")
         if family == TEACHER:
             self.teacher_space.suggest(trial)
             return
-        params = suggest_student_params(trial, family, self.teacher, prefix=_STUDENT_PREFIX)
-        self.space_for(family, params).suggest(_Prefixed(trial, f"{family}:"))
+        self.space_for(family, values).suggest(_Prefixed(trial, f"{family}:"))
 
     def space_for(self, family: str, params: Mapping[str, Any]) -> CompressionSpace:
         """The per-layer space of the student ``family`` builds with ``params`` (cached)."""
@@ -193,15 +202,11 @@ class StudentSpace:
     def resolve(self, params: Mapping[str, Any]) -> StudentChoice:
         """The model choice, its parameters and the plan a sampled parameter dict stands for."""
         family = params.get(FAMILY_KEY, self.choices[0])
-        if family not in self.choices:
-            raise ConfigError(FAMILY_KEY, family, list(self.choices))
+        dims.check({"family": family}, self.dims[:1], {"family": FAMILY_KEY})
         if family == TEACHER:
             return StudentChoice(TEACHER, {}, self.teacher_space.decode(params), self.teacher_space)
-        student_params = {
-            k.removeprefix(_STUDENT_PREFIX): v
-            for k, v in params.items()
-            if k.startswith(_STUDENT_PREFIX) and k != FAMILY_KEY
-        }
+        student_params = dims.read(params, _STUDENT_PREFIX.rstrip("."), self.dims)
+        del student_params["family"]
         space = self.space_for(family, student_params)
         layer_params = {k.removeprefix(f"{family}:"): v for k, v in params.items() if k.startswith(f"{family}:")}
         return StudentChoice(family, student_params, space.decode(layer_params), space)
