@@ -28,6 +28,7 @@ from rayzor.compression import (
     save_packed,
 )
 from rayzor.tasks import DigitsCNN, SentenceEncoder, resolve_callable
+from tests.compression.tiny_models import tiny_bert
 
 DIGITS_ARCH = {"factory": "rayzor.tasks._digits:DigitsCNN", "kwargs": {"channels": [16, 32], "hidden": 64}}
 
@@ -68,16 +69,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def bert():
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=32,
-    )
-    return BertModel(config).eval()
+    return tiny_bert(layers=4)
 
 
 @pytest.fixture(scope="module")

@@ -108,15 +108,15 @@ def resnet18(num_labels: int = 1000) -> nn.Module:
     return ResNetForImageClassification(config).eval()
 
 
-def tiny_bert() -> nn.Module:
-    """A 2-layer BERT encoder, hidden 64, 4 heads, random init."""
+def tiny_bert(layers: int = 2) -> nn.Module:
+    """A BERT encoder of ``layers`` layers, hidden 64, 4 heads, random init (seed 0)."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=100,
         hidden_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=32,
