@@ -15,8 +15,10 @@ with :func:`register_method`; the handler takes its stage's arguments
 """
 
 from rayzor.compression._actquant import ActivationQuantization, QuantizedInput
+from rayzor.compression._calibration import LayerStats, collect_layer_stats
 from rayzor.compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
 from rayzor.compression._engine import CompressedModel, apply_structure, compress
+from rayzor.compression._gptq import AWQ, GPTQ
 from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._lottery import LotteryTicket, lottery_ticket
 from rayzor.compression._lowrank import LowRank, Tucker2
@@ -33,6 +35,7 @@ from rayzor.compression._packed import (
 from rayzor.compression._plan import CompressionPlan, FinetuneConfig, global_magnitude_plan
 from rayzor.compression._pruning import MagnitudePruning, RandomPruning
 from rayzor.compression._quantization import (
+    GROUP_SIZES,
     BinaryQuantization,
     HalfPrecision,
     KMeansQuantization,
@@ -82,6 +85,11 @@ __all__ = [
     "BinaryQuantization",
     "TernaryQuantization",
     "HalfPrecision",
+    "GROUP_SIZES",
+    "GPTQ",
+    "AWQ",
+    "LayerStats",
+    "collect_layer_stats",
     "LowRank",
     "RandomPruning",
     "ChannelPruning",

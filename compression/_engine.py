@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from rayzor.compression._actquant import calibrate_activations, calibration_inputs, input_layer
+from rayzor.compression._calibration import LayerStats, collect_layer_stats
 from rayzor.compression._distill import check_teacher_logits, frozen_copy, indexed_loader, mixed_loss
 from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._plan import CompressionPlan, FinetuneConfig
@@ -57,6 +58,8 @@ class CompressedModel:
     weights: dict[str, CompressedWeight]
     structure: dict[str, dict] = field(default_factory=dict)
     activations: dict[str, dict] = field(default_factory=dict)
+    #: Weights whose calibration statistics this call computed (not found, or not fitting, in ``calibration_stats``).
+    stats_computed: tuple[str, ...] = ()
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -92,6 +95,7 @@ def compress(
     example_input: Any = None,
     teacher_logits: Tensor | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    calibration_stats: Mapping[str, LayerStats] | None = None,
 ) -> CompressedModel:
     """Compress a deep copy of ``model`` as ``plan`` says; ``model`` is never modified.
 
@@ -100,7 +104,8 @@ def compress(
     replace the module by smaller ones (whose weights the later stages then
     treat as layers of their own), sparsify-stage methods build masks, the
     whole copy is optionally fine-tuned with the masks held fixed, then
-    quantize-stage methods turn the surviving weights into codes and scales.
+    quantize-stage methods turn the surviving weights into codes and scales
+    (calibrated ones, GPTQ and AWQ, from their layers' input statistics).
     Finally every compressed weight is replaced by
     :meth:`CompressedWeight.dense`, the same function the packed loader uses.
 
@@ -112,8 +117,9 @@ def compress(
         loss_fn: ``loss_fn(output, target) -> scalar``; required likewise.
         device: Device to fine-tune and calibrate on. The returned model is on CPU.
         calibration_data: Input batches, or ``(input, target)`` batches,
-            from which activation-stage methods calibrate their ranges
-            (a few batches suffice); required when the plan has one.
+            from which activation-stage methods calibrate their ranges and
+            calibrated quantizers (GPTQ, AWQ) their layer statistics (a few
+            batches suffice); required when the plan has either.
         example_input: One input batch as the model takes it (a tensor, a
             tuple of positional tensors or a dict of keyword tensors), traced
             by torch-pruning's DependencyGraph; required when the plan has
@@ -132,6 +138,11 @@ def compress(
             call would return had fine-tuning stopped there (quantized,
             activations calibrated), e.g. to report intermediate results to
             an early-stopping scheduler. Training goes on unaffected.
+        calibration_stats: Precomputed :func:`compression.collect_layer_stats`
+            of the uncompressed model, by layer name, so that a search
+            computes them once. A weight whose entry is missing or no longer
+            fits (its input was pruned or factorised) gets statistics
+            computed here on the model as it is before quantization.
 
     Returns:
         The compressed copy, its plan, and each layer's stored weight.
@@ -158,7 +169,15 @@ def compress(
     except (RuntimeError, TypeError):
         raise ConfigError("device", device, "a torch device such as 'cpu' or 'cuda:0'") from None
     _check_finetune_inputs(ft, train_loader, teacher_logits, on_epoch)
-    if plan.by_stage("activation"):
+    quantizers = plan.by_stage("quantize")
+    needs_stats = [name for name, cfg in quantizers.items() if cfg.calibrated]
+    if needs_stats and calibration_data is None:
+        raise ConfigError(
+            "calibration_data",
+            None,
+            f"an iterable of input or (input, target) batches for the calibrated quantizers of {needs_stats}",
+        )
+    if needs_stats or plan.by_stage("activation"):
         if calibration_data is None:
             raise ConfigError(
                 "calibration_data",
@@ -244,8 +263,20 @@ def compress(
         )
         weights = {n: CompressedWeight.from_dense(layers[n].weight, cw.mask) for n, cw in weights.items()}
 
-    # 4) quantize the surviving weights, 5) materialise through dense()
-    weights = _quantize_stage(layers, weights, quantize)
+    # 4) quantize the surviving weights (calibrated ones with their input statistics), 5) materialise via dense()
+    wanted = [name for name, cfg in quantize.items() if cfg.calibrated]
+    stats = {
+        name: calibration_stats[name]
+        for name in wanted
+        if calibration_stats is not None
+        and name in calibration_stats
+        and calibration_stats[name].size == layers[name].weight[0].numel()
+    }
+    computed = tuple(name for name in wanted if name not in stats)
+    if computed:
+        stats.update(collect_layer_stats(work, computed, calibration_data, device))
+        work.cpu()
+    weights = _quantize_stage(layers, weights, quantize, stats)
 
     # 6) activation quantization, calibrated on the final weights; a wrapped layer's weight moves to name.layer
     activations: dict[str, dict] = {}
@@ -253,7 +284,7 @@ def compress(
     if act:
         activations = calibrate_activations(work, act, calibration_data, device)
         weights = {(f"{name}.layer" if name in act else name): cw for name, cw in weights.items()}
-    return CompressedModel(work.eval(), plan, weights, structure, activations)
+    return CompressedModel(work.eval(), plan, weights, structure, activations, computed)
 
 
 def _check_finetune_inputs(ft: FinetuneConfig, train_loader: Any, teacher_logits: Any, on_epoch: Any) -> None:
@@ -265,9 +296,14 @@ def _check_finetune_inputs(ft: FinetuneConfig, train_loader: Any, teacher_logits
 
 
 def _quantize_stage(
-    layers: dict[str, nn.Module], weights: dict[str, CompressedWeight], quantize: dict[str, MethodConfig]
+    layers: dict[str, nn.Module],
+    weights: dict[str, CompressedWeight],
+    quantize: dict[str, MethodConfig],
+    stats: Mapping[str, LayerStats] | None = None,
 ) -> dict[str, CompressedWeight]:
     """Run each weight's quantize-stage method (``quantize``: weight name -> config) and write ``dense()`` into its layer.
+
+    Calibrated methods get their weight's entry of ``stats``; without one they round as :func:`_rounding` says.
 
     Returns:
         The new weights.
@@ -276,11 +312,22 @@ def _quantize_stage(
     for name, cw in weights.items():
         module = layers[name]
         if name in quantize:
-            cw = get_handler(quantize[name])(module, cw, quantize[name])
+            cfg = quantize[name]
+            layer_stats = (stats or {}).get(name) if cfg.calibrated else None
+            if cfg.calibrated and layer_stats is None:
+                cfg = _rounding(cfg)
+            cw = get_handler(cfg)(module, cw, cfg, layer_stats)
         out[name] = cw
         with torch.no_grad():
             module.weight.copy_(cw.dense())
     return out
+
+
+def _rounding(cfg: MethodConfig) -> MethodConfig:
+    """The data-free grid a calibrated method rounds onto (its ``rounding()``), used where no statistics
+    exist: in each QAT step (re-running GPTQ per step would cost a calibration pass per batch) and in the
+    epoch snapshots; the final quantization of the trained weights is the calibrated one."""
+    return cfg.rounding() if cfg.calibrated else cfg  # type: ignore[attr-defined]
 
 
 def _fake_quantized(layer: nn.Module, mask: Tensor | None, cfg: MethodConfig) -> Tensor:
@@ -292,8 +339,9 @@ def _fake_quantized(layer: nn.Module, mask: Tensor | None, cfg: MethodConfig) ->
     2013, https://arxiv.org/abs/1308.3432).
     """
     w = layer.weight
+    cfg = _rounding(cfg)
     with torch.no_grad():
-        cw = get_handler(cfg)(layer, CompressedWeight.from_dense(w, mask), cfg)
+        cw = get_handler(cfg)(layer, CompressedWeight.from_dense(w, mask), cfg, None)
         q = cw.dense().to(w.device)
     return w + (q - w).detach()
 

@@ -1,6 +1,8 @@
 """The packed artifact: one safetensors file holding a compressed model.
 
-Format version 2 (version 1 is also read). ``__metadata__`` holds strings:
+Format version 3 (versions 1 and 2 are also read; 3 adds block-wise scale
+groups, ``group_size``, fp16 scales and zero points, and AWQ's per-input
+``@input_scale``). ``__metadata__`` holds strings:
 ``format`` (``"rayzor.packed"``), ``format_version``, ``plan``, ``arch``,
 ``layers`` (per-weight encoding), ``structure``, ``activations`` (if any),
 ``entropy`` (if any), ``metadata`` (user strings) and ``checksum`` (BLAKE2b of
@@ -57,8 +59,8 @@ __all__ = [
 ]
 
 FORMAT = "rayzor.packed"
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = ("1", "2")
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = ("1", "2", "3")
 #: Lossless codecs of the optional entropy stage.
 ENTROPY_CODECS: tuple[str, ...] = ("lzma", "zstd")
 # Raw LZMA2 stream: no .xz container, whose ~60 bytes matter for small tensors; integrity is the checksum's job.
@@ -243,9 +245,15 @@ def _encode(key: str, cw: CompressedWeight, out: dict[str, torch.Tensor], byte_a
         out[f"{key}@codebook"] = cw.codebook.detach().to(torch.float32).contiguous().clone()
         return info
     info["groups"] = cw.groups
-    out[f"{key}@scale"] = cw.scale.detach().to(torch.float32).contiguous().clone()
+    if cw.group_size is not None:
+        info["group_size"] = cw.group_size
+    # Scales keep their dtype (fp16 for block-wise weights): what is stored is exactly what dense() reads.
+    out[f"{key}@scale"] = cw.scale.detach().contiguous().clone()
     if scheme == "affine":
-        out[f"{key}@zero_point"] = cw.zero_point.detach().to(torch.float32).contiguous().clone()
+        out[f"{key}@zero_point"] = cw.zero_point.detach().contiguous().clone()
+    if cw.input_scale is not None:
+        info["input_scale"] = True
+        out[f"{key}@input_scale"] = cw.input_scale.detach().contiguous().clone()
     return info
 
 
@@ -278,14 +286,33 @@ def _decode(key: str, info: Mapping[str, Any], tensors: dict[str, torch.Tensor])
         return CompressedWeight(shape, mask, bits, codes=codes, codebook=codebook)
     scale = tensors.pop(f"{key}@scale")
     groups = int(info.get("groups", shape[0]))
+    group_size = None if info.get("group_size") is None else int(info["group_size"])
     zero_point = tensors.pop(f"{key}@zero_point") if scheme == "affine" else None
+    if group_size is not None:
+        k = numel // max(shape[0], 1)
+        even = group_size > 0 and groups == shape[0] * -(-k // group_size)
+    else:
+        even = not (numel and numel % max(groups, 1))
     if (
         scale.numel() != groups
-        or (numel and numel % max(groups, 1))
-        or (zero_point is not None and zero_point.numel() != groups)
+        or not even
+        or scale.dtype not in (torch.float32, torch.float16)
+        or (zero_point is not None and (zero_point.numel() != groups or zero_point.dtype != scale.dtype))
     ):
-        raise ValueError(f"{key}: {scale.numel()} scales for {groups} groups of a {list(shape)} weight")
-    return CompressedWeight(shape, mask, bits, codes=codes, scale=scale, zero_point=zero_point)
+        raise ValueError(f"{key}: {scale.numel()} {scale.dtype} scales for {groups} groups of a {list(shape)} weight")
+    input_scale = tensors.pop(f"{key}@input_scale") if info.get("input_scale") else None
+    if input_scale is not None and input_scale.numel() != numel // max(shape[0], 1):
+        raise ValueError(f"{key}: {input_scale.numel()} input scales for rows of {numel // max(shape[0], 1)}")
+    return CompressedWeight(
+        shape,
+        mask,
+        bits,
+        codes=codes,
+        scale=scale,
+        zero_point=zero_point,
+        group_size=group_size,
+        input_scale=input_scale,
+    )
 
 
 # -- entropy stage and checksum --------------------------------------------------

@@ -26,11 +26,15 @@ __all__ = [
     "BinaryQuantization",
     "TernaryQuantization",
     "HalfPrecision",
+    "GROUP_SIZES",
+    "quantize_blocks",
 ]
 
 GRANULARITIES: tuple[str, ...] = ("per_channel", "per_tensor")
 CLIPPINGS: tuple[str, ...] = ("minmax", "percentile", "mse")
 HALF_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: Block sizes a block-wise quantizer accepts: powers of two, as onnxruntime's MatMulNBits requires.
+GROUP_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 
 #: Clip ratios tried by the MSE search (fraction of the min-max range).
 _MSE_GRID = torch.linspace(0.3, 1.0, 36)
@@ -64,6 +68,12 @@ class UniformQuantization(MethodConfig):
     rapid-deployment", https://arxiv.org/abs/1810.05723). Pruned weights are
     not coded and stay exactly zero.
 
+    With ``group_size`` the scales are block-wise: each output channel's
+    inputs are cut into blocks of ``group_size`` with one fp16 scale (and, when
+    asymmetric, one integer zero point, also stored at fp16) per block, as in
+    GPTQ/AWQ-era 4-bit formats and onnxruntime's ``MatMulNBits`` (whose
+    layout :class:`CompressedWeight` then follows exactly).
+
     Args:
         bits: Bits per code: 2..16 when symmetric (1 bit leaves no level
             besides zero), 1..16 when asymmetric. Full precision is expressed
@@ -75,6 +85,9 @@ class UniformQuantization(MethodConfig):
         percentile: Percentile of ``|w|`` (symmetric) or of ``w`` at both ends
             (asymmetric) used as the clip when ``clipping="percentile"``, in
             ``(50, 100]``.
+        group_size: Inputs per scale block, one of :data:`GROUP_SIZES`, or
+            None for ``granularity``'s groups. Needs ``bits <= 8`` and
+            ``granularity="per_channel"``.
     """
 
     method: ClassVar[str] = "uniform_quantization"
@@ -87,6 +100,7 @@ class UniformQuantization(MethodConfig):
     granularity: str = "per_channel"
     clipping: str = "minmax"
     percentile: float = 99.9
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         symmetric = _check_bool(f"{self.method}.symmetric", self.symmetric)
@@ -105,6 +119,19 @@ class UniformQuantization(MethodConfig):
         _check_choice(f"{self.method}.clipping", self.clipping, CLIPPINGS)
         value = check_real(f"{self.method}.percentile", self.percentile, 50.0, 100.0, lo_open=True)
         object.__setattr__(self, "percentile", value)
+        _check_group_size(self.method, self.group_size, self.bits, self.granularity)
+
+
+def _check_group_size(method: str, group_size: object, bits: int, granularity: str = "per_channel") -> None:
+    """Refuse a block size that no block-wise format stores (one rule for every block-wise method)."""
+    if group_size is None:
+        return
+    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+        raise ConfigError(f"{method}.group_size", group_size, f"one of {', '.join(map(str, GROUP_SIZES))} or null")
+    if bits > 8:
+        raise ConfigError(f"{method}.bits", bits, "at most 8 with a group_size (block-wise codes are 2..8 bits)")
+    if granularity != "per_channel":
+        raise ConfigError(f"{method}.granularity", granularity, "per_channel with a group_size (blocks split rows)")
 
 
 @dataclass(frozen=True)
@@ -221,6 +248,106 @@ def _grouped(weight: CompressedWeight, granularity: str) -> tuple[Tensor, Tensor
     return w, keep
 
 
+def _blocks(weight: CompressedWeight, group_size: int) -> tuple[Tensor, Tensor]:
+    """The weight as ``(groups, group_size)`` blocks (a short last block padded) and its keep-mask.
+
+    Padding is masked out, so every per-row rule below (clipping, MSE search)
+    applies to blocks unchanged.
+    """
+    rows, k = weight.shape[0], weight.row_size
+    blocks = -(-k // group_size)
+    pad = blocks * group_size - k
+    w = weight.dense().reshape(rows, k)
+    keep = torch.ones_like(w, dtype=torch.bool) if weight.mask is None else weight.mask.reshape(rows, k)
+    w, keep = nn.functional.pad(w, (0, pad)), nn.functional.pad(keep, (0, pad), value=False)
+    return w.reshape(rows * blocks, group_size), keep.reshape(rows * blocks, group_size)
+
+
+def _unblock(t: Tensor, weight: CompressedWeight) -> Tensor:
+    """Inverse of :func:`_blocks` for a ``(groups, group_size)`` tensor: drop the padding, flat row-major."""
+    rows, k = weight.shape[0], weight.row_size
+    return t.reshape(rows, -1)[:, :k].reshape(-1)
+
+
+def quantize_blocks(w: Tensor, bits: int, symmetric: bool, scale: Tensor, zero_point: Tensor | None = None) -> Tensor:
+    """Integer codes of ``w`` (``(groups, n)``) on the grid of per-group fp16 ``scale`` / ``zero_point``.
+
+    Symmetric codes lie in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``, affine ones in
+    ``[0, 2**bits)``; ``(codes - zero_point) * scale`` (or ``codes * scale``) is the
+    dequantized weight. GPTQ and AWQ round through this same function.
+    """
+    s = scale.to(torch.float32)[:, None]
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        return torch.clamp(torch.round(w / s), -qmax, qmax)
+    return torch.clamp(torch.round(w / s) + zero_point.to(torch.float32)[:, None], 0, 2**bits - 1)
+
+
+def block_params(
+    w: Tensor, keep: Tensor, bits: int, symmetric: bool, clip: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """fp16 (scale, zero_point) of each row of ``w`` from its kept min/max (scaled by ``clip`` if given).
+
+    The zero point is an integer code (held at fp16, exact up to 2048), so a
+    zero weight is exactly representable and runtimes store it in ``bits`` bits.
+    """
+    has = keep.any(dim=1)
+    lo = torch.where(has, w.masked_fill(~keep, float("inf")).amin(dim=1), 0.0).clamp(max=0)
+    hi = torch.where(has, w.masked_fill(~keep, -float("inf")).amax(dim=1), 0.0).clamp(min=0)
+    if clip is not None:
+        lo, hi = lo * clip, hi * clip
+    if symmetric:
+        raw = torch.maximum(-lo, hi) / (2 ** (bits - 1) - 1)
+    else:
+        raw = (hi - lo) / (2**bits - 1)
+    scale = raw.to(torch.float16)
+    # A block of zeros (or a scale under fp16's range) still needs a positive scale; it then codes as zero.
+    tiny = torch.tensor(torch.finfo(torch.float16).tiny, dtype=torch.float16)
+    scale = torch.where(scale > 0, scale, torch.maximum(raw.to(torch.float16), tiny))
+    scale = torch.where(torch.isfinite(scale), scale, torch.tensor(torch.finfo(torch.float16).max, dtype=torch.float16))
+    if symmetric:
+        return scale, None
+    zero_point = torch.clamp(torch.round(-lo / scale.to(torch.float32)), 0, 2**bits - 1).to(torch.float16)
+    return scale, zero_point
+
+
+def _block_quantize(weight: CompressedWeight, config: UniformQuantization) -> CompressedWeight:
+    """Block-wise round-to-nearest (``config.group_size`` set); clipping as for whole rows."""
+    w, keep = _blocks(weight, config.group_size)
+    if config.clipping == "percentile":
+        # Both ends of a block shrink by the same ratio: the percentile of |w| over its max.
+        absw = w.abs() * keep
+        full = absw.amax(dim=1)
+        clip = torch.where(full > 0, _row_quantile(absw, keep, config.percentile / 100) / full, 1.0).clamp(max=1.0)
+    else:
+        clip = torch.ones(w.shape[0])
+    if config.clipping == "mse":
+        best_err = torch.full((w.shape[0],), float("inf"))
+        for ratio in _MSE_GRID:
+            scale, zp = block_params(w, keep, config.bits, config.symmetric, torch.full_like(clip, float(ratio)))
+            codes = quantize_blocks(w, config.bits, config.symmetric, scale, zp)
+            err = _row_sse(_dequantize_blocks(codes, scale, zp), w, keep)
+            better = err < best_err
+            clip, best_err = torch.where(better, ratio, clip), torch.where(better, err, best_err)
+    scale, zero_point = block_params(w, keep, config.bits, config.symmetric, clip)
+    codes = quantize_blocks(w, config.bits, config.symmetric, scale, zero_point)
+    codes = _kept(weight, _unblock(codes, weight).to(torch.int32))
+    return CompressedWeight(
+        weight.shape,
+        weight.mask,
+        config.bits,
+        codes=codes,
+        scale=scale.contiguous(),
+        zero_point=None if zero_point is None else zero_point.contiguous(),
+        group_size=config.group_size,
+    )
+
+
+def _dequantize_blocks(codes: Tensor, scale: Tensor, zero_point: Tensor | None) -> Tensor:
+    s = scale.to(torch.float32)[:, None]
+    return codes * s if zero_point is None else (codes - zero_point.to(torch.float32)[:, None]) * s
+
+
 def _kept(weight: CompressedWeight, t: Tensor) -> Tensor:
     """Elements of ``t`` (same numel as the weight) at the kept positions, flat."""
     t = t.flatten()
@@ -266,7 +393,11 @@ def _row_sse(approx: Tensor, w: Tensor, keep: Tensor) -> Tensor:
 
 
 @register_method(UniformQuantization)
-def _uniform_quantize(module: nn.Module, weight: CompressedWeight, config: UniformQuantization) -> CompressedWeight:
+def _uniform_quantize(
+    module: nn.Module, weight: CompressedWeight, config: UniformQuantization, stats: object
+) -> CompressedWeight:
+    if config.group_size is not None:
+        return _block_quantize(weight, config)
     w, keep = _grouped(weight, config.granularity)
     if config.symmetric:
         qmax = 2 ** (config.bits - 1) - 1
@@ -321,7 +452,9 @@ def _uniform_quantize(module: nn.Module, weight: CompressedWeight, config: Unifo
 
 
 @register_method(KMeansQuantization)
-def _kmeans_quantize(module: nn.Module, weight: CompressedWeight, config: KMeansQuantization) -> CompressedWeight:
+def _kmeans_quantize(
+    module: nn.Module, weight: CompressedWeight, config: KMeansQuantization, stats: object
+) -> CompressedWeight:
     x = _kept(weight, weight.dense()).to(torch.float64)  # float64: sums of many weights stay exact enough
     k = 2**config.bits
     if x.numel() == 0:
@@ -360,7 +493,9 @@ def _kmeans_quantize(module: nn.Module, weight: CompressedWeight, config: KMeans
 
 
 @register_method(BinaryQuantization)
-def _binary_quantize(module: nn.Module, weight: CompressedWeight, config: BinaryQuantization) -> CompressedWeight:
+def _binary_quantize(
+    module: nn.Module, weight: CompressedWeight, config: BinaryQuantization, stats: object
+) -> CompressedWeight:
     w, keep = _grouped(weight, config.granularity)
     alpha = (w.abs() * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
     alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
@@ -377,7 +512,9 @@ def _binary_quantize(module: nn.Module, weight: CompressedWeight, config: Binary
 
 
 @register_method(TernaryQuantization)
-def _ternary_quantize(module: nn.Module, weight: CompressedWeight, config: TernaryQuantization) -> CompressedWeight:
+def _ternary_quantize(
+    module: nn.Module, weight: CompressedWeight, config: TernaryQuantization, stats: object
+) -> CompressedWeight:
     w, keep = _grouped(weight, config.granularity)
     absw = w.abs() * keep
     delta = config.threshold * absw.sum(dim=1) / keep.sum(dim=1).clamp(min=1)
@@ -389,6 +526,6 @@ def _ternary_quantize(module: nn.Module, weight: CompressedWeight, config: Terna
 
 
 @register_method(HalfPrecision)
-def _half(module: nn.Module, weight: CompressedWeight, config: HalfPrecision) -> CompressedWeight:
+def _half(module: nn.Module, weight: CompressedWeight, config: HalfPrecision, stats: object) -> CompressedWeight:
     values = _kept(weight, weight.dense()).to(HALF_DTYPES[config.dtype])
     return CompressedWeight(weight.shape, weight.mask, 16, values=values)

@@ -76,9 +76,16 @@ class SparsifyHandler(Protocol):
 
 
 class QuantizeHandler(Protocol):
-    """``quantize`` stage: the layer's weight as codes; ``module`` is read-only context."""
+    """``quantize`` stage: the layer's weight as codes; ``module`` is read-only context.
 
-    def __call__(self, module: nn.Module, weight: CompressedWeight, config: MethodConfig, /) -> CompressedWeight: ...
+    ``stats`` is the layer's :class:`compression.LayerStats` (input second
+    moments from calibration data) when the config class sets
+    ``calibrated = True``, else None.
+    """
+
+    def __call__(
+        self, module: nn.Module, weight: CompressedWeight, config: MethodConfig, stats: Any, /
+    ) -> CompressedWeight: ...
 
 
 class ActivationHandler(Protocol):
@@ -114,6 +121,8 @@ class MethodConfig:
 
     method: ClassVar[str]
     stage: ClassVar[str]
+    #: A quantize-stage method that needs the layer's calibration statistics (GPTQ, AWQ).
+    calibrated: ClassVar[bool] = False
 
     def validate(self, layer: str, module: nn.Module) -> None:
         """Refuse this config for ``module`` before any work starts.

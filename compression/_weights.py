@@ -27,8 +27,14 @@ class CompressedWeight:
     * ``"codebook"``: ``codebook[codes]``, one shared table of ``2**bits``
       fp32 centroids (k-means weight sharing).
 
-    Groups split the row-major weight into ``len(scale)`` equal runs: one
-    group = per tensor, ``shape[0]`` groups = per output channel.
+    Without ``group_size``, groups split the row-major weight into
+    ``len(scale)`` equal runs: one group = per tensor, ``shape[0]`` groups =
+    per output channel. With it, each output channel's ``K = numel / shape[0]``
+    inputs are cut into blocks of ``group_size`` (the last block of a row may
+    be shorter), ``shape[0] * ceil(K / group_size)`` groups in row-major
+    order: the block layout of onnxruntime's ``MatMulNBits`` and
+    ``GatherBlockQuantized``, so a deploy exporter writes codes, scales and
+    zero points as they are.
 
     Attributes:
         shape: Shape of the full weight; dim 0 is the output channel.
@@ -36,10 +42,17 @@ class CompressedWeight:
         bits: Bits per stored element: 32 or 16 for float values, else per code.
         codes: int32 codes of the kept elements (row-major order of the mask's
             True positions, or every element when dense).
-        scale: fp32 scale per group (symmetric / affine).
+        scale: Scale per group (symmetric / affine): fp32, or fp16 for block-wise weights.
         values: Kept values (same order as ``codes``), for the float scheme.
-        zero_point: fp32 zero point per group (affine).
+        zero_point: Zero point per group (affine), same dtype as ``scale``;
+            block-wise ones hold integers.
         codebook: fp32 centroids (codebook).
+        group_size: Inputs per block along each output channel, or None (see above).
+        input_scale: Optional ``(K,)`` per-input divisor (AWQ's activation-aware
+            scales, fp16): the weight is the decoded one with column ``k`` of
+            each row divided by ``input_scale[k]``. A runtime applies it to the
+            layer's input instead (``x / input_scale``), or folds it into the
+            op before.
     """
 
     shape: tuple[int, ...]
@@ -50,6 +63,8 @@ class CompressedWeight:
     values: torch.Tensor | None = None
     zero_point: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
+    group_size: int | None = None
+    input_scale: torch.Tensor | None = None
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, mask: torch.Tensor | None = None) -> CompressedWeight:
@@ -73,6 +88,20 @@ class CompressedWeight:
     def groups(self) -> int:
         """Number of scale groups (1 = per tensor; ``shape[0]`` = per channel)."""
         return 1 if self.scale is None else int(self.scale.numel())
+
+    @property
+    def row_size(self) -> int:
+        """``K``: elements per output channel (the input dimension of one row)."""
+        return self.numel // max(self.shape[0], 1) if self.shape else 1
+
+    def group_of(self, positions: torch.Tensor) -> torch.Tensor:
+        """Scale-group index of each flat position."""
+        if self.group_size is None:
+            per_group = max(self.numel // max(self.groups, 1), 1)
+            return positions // per_group
+        k = self.row_size
+        blocks = -(-k // self.group_size)
+        return (positions // k) * blocks + (positions % k) // self.group_size
 
     @property
     def numel(self) -> int:
@@ -102,13 +131,15 @@ class CompressedWeight:
         elif scheme == "codebook":
             vals = self.codebook.to(torch.float32)[self.codes.long()]
         else:
-            per_group = max(self.numel // max(self.groups, 1), 1)
-            group = self.positions() // per_group
+            group = self.group_of(self.positions())
             codes = self.codes.to(torch.float32)
+            scale = self.scale.to(torch.float32)
             if scheme == "affine":
-                vals = (codes - self.zero_point[group]) * self.scale[group]
+                vals = (codes - self.zero_point.to(torch.float32)[group]) * scale[group]
             else:
-                vals = codes * self.scale[group]
+                vals = codes * scale[group]
+        if self.input_scale is not None:
+            vals = vals / self.input_scale.to(torch.float32)[self.positions() % self.row_size]
         if self.mask is None:
             return vals.reshape(self.shape).clone()
         out = torch.zeros(self.numel, dtype=torch.float32)

@@ -13,6 +13,7 @@ from rayzor.compression import (
     FinetuneConfig,
     MagnitudePruning,
     UniformQuantization,
+    collect_layer_stats,
     compress,
     compressible_layers,
     get_handler,
@@ -149,8 +150,18 @@ def test_handler_contract(name, make_layer):
     cfg = EXAMPLES[name]
     assert type(cfg) is get_method(name)
     before = layer.weight.detach().clone()
+    try:
+        cfg.validate("0", layer)
+    except ConfigError as exc:  # a method may refuse a layer type, but only this way: before any work
+        assert cfg.method in str(exc) and type(layer).__name__ in str(exc)
+        return
     cw_in = CompressedWeight.from_dense(layer.weight)
-    cw = get_handler(cfg)(layer, cw_in, cfg)
+    calibration = [_layer_input(layer)]
+    if cfg.stage == "sparsify":
+        cw = get_handler(cfg)(layer, cw_in, cfg)
+    else:
+        stats = collect_layer_stats(nn.Sequential(layer), ["0"], calibration)["0"] if cfg.calibrated else None
+        cw = get_handler(cfg)(layer, cw_in, cfg, stats)
     assert torch.equal(layer.weight, before)  # handlers never touch the module
     assert isinstance(cw, CompressedWeight) and cw.shape == tuple(before.shape)
     dense = cw.dense()
@@ -160,9 +171,19 @@ def test_handler_contract(name, make_layer):
     stored = cw.values if cw.scheme == "float" else cw.codes
     assert stored.numel() == cw.kept
     # and through the engine, on a model holding that layer
-    out = compress(nn.Sequential(layer), CompressionPlan({"0": (cfg,)}))
+    out = compress(nn.Sequential(layer), CompressionPlan({"0": (cfg,)}), calibration_data=calibration)
     assert torch.equal(out.model[0].weight, out.weights["0"].dense())
     assert torch.equal(layer.weight, before)
+
+
+def _layer_input(layer: nn.Module) -> torch.Tensor:
+    """A batch of random inputs shaped for ``layer``."""
+    g = torch.Generator().manual_seed(0)
+    if isinstance(layer, nn.Linear):
+        return torch.randn(16, layer.in_features, generator=g)
+    if isinstance(layer, nn.Conv1d):
+        return torch.randn(4, layer.in_channels, 9, generator=g)
+    return torch.randn(4, layer.in_channels, 9, 9, generator=g)
 
 
 def test_unknown_layer_rejected_before_work(model):

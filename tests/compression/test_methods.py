@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from rayzor.compression import (
+    AWQ,
+    GPTQ,
     ActivationQuantization,
     BinaryQuantization,
     ChannelPruning,
@@ -68,6 +70,14 @@ VARIANTS = [
     ChannelPruning(0.25, "l2", round_to=4),
     ChannelPruning(0.5, "taylor"),
     HeadPruning(0.5, "taylor"),
+    UniformQuantization(4, group_size=16),
+    UniformQuantization(2, symmetric=False, group_size=32, clipping="mse"),
+    UniformQuantization(8, group_size=16, clipping="percentile", percentile=99.0),
+    GPTQ(4, group_size=16),
+    GPTQ(3, group_size=None, symmetric=False, act_order=True),
+    GPTQ(2, group_size=16, act_order=True),
+    AWQ(4, group_size=16),
+    AWQ(8, group_size=None, symmetric=True, grid=5),
 ]
 #: Composite plans: one layer factorised, pruned and quantized.
 COMBOS = [
@@ -81,6 +91,9 @@ COMBOS = [
     (Tucker2(rank_ratio=0.5), MagnitudePruning(0.5), UniformQuantization(4), ActivationQuantization(8, symmetric=True)),
     (ChannelPruning(0.5), MagnitudePruning(0.5), UniformQuantization(4)),
     (ChannelPruning(0.25), LowRank(rank_ratio=0.25), KMeansQuantization(3)),
+    (MagnitudePruning(0.5), GPTQ(4, group_size=16)),
+    (ChannelPruning(0.5), LowRank(rank_ratio=0.5), GPTQ(4, group_size=16)),
+    (MagnitudePruning(0.5), AWQ(4, group_size=32)),
 ]
 LAYERS = {"Conv2d": "conv", "Linear": "fc"}
 
@@ -123,6 +136,10 @@ def test_contract(net, x, tmp_path, layer, methods):
         with pytest.raises(ConfigError, match="tucker2.*Conv1d or Conv2d"):  # a kernel method, refused up front
             compress(net, plan)
         return
+    if layer == "Conv2d" and any(isinstance(m, AWQ) for m in methods):
+        with pytest.raises(ConfigError, match="awq.*Linear"):  # per-input scales need a Linear's inputs
+            compress(net, plan)
+        return
     if any(isinstance(m, HeadPruning) for m in methods):
         if layer == "Conv2d":  # heads live in an attention's query projection
             with pytest.raises(ConfigError, match="head_pruning.*'query' Linear"):
@@ -131,7 +148,7 @@ def test_contract(net, x, tmp_path, layer, methods):
         plan = CompressionPlan({"attn.query": methods})
     # activation-stage methods calibrate on a few input batches
     calibration = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    needs = any(m.stage == "activation" for m in methods)
+    needs = any(m.stage == "activation" or m.calibrated for m in methods)
     # structure-stage methods trace one example input; Taylor importance takes gradients from labelled batches
     labelled = [(x, torch.arange(len(x)) % 5)]
     out = compress(
@@ -202,7 +219,7 @@ def test_entropy_stage_skipped_when_it_does_not_pay(net, tmp_path):
 def _quantize(cfg, weight, mask=None):
     layer = nn.Linear(weight.shape[1], weight.shape[0])
     cw = CompressedWeight.from_dense(weight, mask)
-    return get_handler(cfg)(layer, cw, cfg)
+    return get_handler(cfg)(layer, cw, cfg, None)
 
 
 def _weights(shape=(8, 64), seed=0):
@@ -378,4 +395,5 @@ def test_asymmetric_one_bit_is_valid_and_two_levels():
         "granularity": "per_channel",
         "clipping": "minmax",
         "percentile": 99.9,
+        "group_size": None,
     }

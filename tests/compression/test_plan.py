@@ -7,6 +7,8 @@ import pickle
 import pytest
 
 from rayzor.compression import (
+    AWQ,
+    GPTQ,
     STAGES,
     ActivationQuantization,
     BinaryQuantization,
@@ -44,6 +46,8 @@ EXAMPLES = {
     "random_pruning": RandomPruning(0.4, seed=3),
     "channel_pruning": ChannelPruning(0.25, importance="l2"),
     "head_pruning": HeadPruning(0.5),
+    "gptq": GPTQ(4, group_size=16),
+    "awq": AWQ(3, group_size=16),
 }
 
 
@@ -156,7 +160,7 @@ def scale_method():
 
 def test_registered_method_is_listed_until_unregistered(scale_method):
     @register_method(scale_method)
-    def _scale(module, weight, config, /):
+    def _scale(module, weight, config, stats, /):
         return weight
 
     assert "test_scale" in list_methods("quantize") and get_method("test_scale") is scale_method
@@ -171,7 +175,8 @@ def test_registered_method_is_listed_until_unregistered(scale_method):
     "handler",
     [
         lambda module, config: None,  # a factorize handler's arguments
-        lambda module, weight, config, stats: None,  # one too many
+        lambda module, weight, config: None,  # one too few
+        lambda module, weight, config, stats, extra: None,  # one too many
         lambda module, weight, *, config: None,  # config by keyword only
     ],
 )
@@ -180,7 +185,7 @@ def test_handler_not_matching_its_stage_protocol_is_refused(scale_method, handle
         register_method(scale_method)(handler)
     message = str(exc.value)
     assert "_Scale" in message and "<lambda>" in message  # names the handler
-    assert "quantize handler (module, weight, config)" in message  # and what the stage expects
+    assert "quantize handler (module, weight, config, stats)" in message  # and what the stage expects
     assert "test_scale" not in list_methods()
 
 

@@ -1,0 +1,274 @@
+"""Calibrated weight quantizers: GPTQ and AWQ (quantize stage, ``calibrated = True``).
+
+Both round onto the same grid as block-wise :class:`UniformQuantization`
+(:func:`quantize_blocks`, fp16 scales and integer zero points), so what they
+store deploys through ``MatMulNBits`` like plain round-to-nearest; they differ
+in *which* codes they pick, using the layer's input statistics
+(:class:`LayerStats`, ``H = X^T X / n``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from rayzor.compression._calibration import LayerStats
+from rayzor.compression._quantization import (
+    UniformQuantization,
+    _check_group_size,
+    _dequantize_blocks,
+    block_params,
+    quantize_blocks,
+)
+from rayzor.compression._registry import MethodConfig, check_int, check_real, register_method
+from rayzor.compression._weights import CompressedWeight
+from rayzor.errors import ConfigError
+
+__all__ = ["GPTQ", "AWQ"]
+
+_CALIBRATABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _check_layer(config: MethodConfig, layer: str, module: nn.Module, types: tuple[type, ...]) -> None:
+    if not isinstance(module, types) or getattr(module, "groups", 1) != 1:
+        valid = " / ".join(t.__name__ for t in types)
+        raise ConfigError(f"plan.layers[{layer!r}].{config.method}", type(module).__name__, f"{valid} (groups=1)")
+
+
+@dataclass(frozen=True)
+class GPTQ(MethodConfig):
+    """GPTQ: weights rounded one input column at a time, the error compensated on the columns not yet rounded.
+
+    Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for
+    Generative Pre-trained Transformers", https://arxiv.org/abs/2210.17323.
+    Minimises ``||(W_q - W) X||^2`` with the inverse of the input Hessian
+    ``H = X^T X / n`` (dampened by ``damp * mean(diag H)``), in lazy batches
+    of 128 columns. Block scales are set from the partly updated weights when
+    a block starts; with ``act_order`` (columns by decreasing ``diag H``)
+    they are fixed from the original weights first ("static groups"), so the
+    stored layout stays the plain block layout. Pruned weights stay zero and
+    their error is compensated too.
+
+    Args:
+        bits: Bits per code, 2..8.
+        group_size: Inputs per scale block (16..256, a power of two), or None
+            for one scale per output channel.
+        symmetric: Signed codes without zero point, else integer zero points.
+        damp: Dampening, as a fraction of the mean diagonal of ``H``, in (0, 1].
+        act_order: Round the columns with the largest activations first.
+    """
+
+    method: ClassVar[str] = "gptq"
+    stage: ClassVar[str] = "quantize"
+    calibrated: ClassVar[bool] = True
+    max_bits: ClassVar[int] = 8
+
+    bits: int
+    group_size: int | None = 128
+    symmetric: bool = True
+    damp: float = 0.01
+    act_order: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 2, self.max_bits))
+        _check_group_size(self.method, self.group_size, self.bits)
+        if not isinstance(self.symmetric, bool):
+            raise ConfigError(f"{self.method}.symmetric", self.symmetric, "true or false")
+        if not isinstance(self.act_order, bool):
+            raise ConfigError(f"{self.method}.act_order", self.act_order, "true or false")
+        object.__setattr__(self, "damp", check_real(f"{self.method}.damp", self.damp, 0.0, 1.0, lo_open=True))
+
+    def validate(self, layer: str, module: nn.Module) -> None:
+        _check_layer(self, layer, module, _CALIBRATABLE)
+
+    def rounding(self) -> UniformQuantization:
+        """The data-free grid GPTQ rounds onto (used where no statistics exist, e.g. in QAT steps)."""
+        return UniformQuantization(self.bits, self.symmetric, group_size=self.group_size)
+
+
+@dataclass(frozen=True)
+class AWQ(MethodConfig):
+    """AWQ: per-input-channel scales that protect the weights of large activations, then block-wise rounding.
+
+    Lin et al. 2023, "AWQ: Activation-aware Weight Quantization for LLM
+    Compression and Acceleration", https://arxiv.org/abs/2306.00978. The
+    weight is quantized as ``Q(W diag(s)) diag(s)^-1`` with ``s = a**alpha``
+    (``a``: each input channel's RMS, from ``diag H``, normalised to geometric
+    mean 1); ``alpha`` is searched on a grid of ``grid`` points in [0, 1] for
+    the least output error ``tr(D H D^T)``, ``D`` the weight change. The
+    stored weight keeps ``s`` as :attr:`CompressedWeight.input_scale` (fp16):
+    the deployed layer divides its input by it (an elementwise op before
+    ``MatMulNBits``), since in post-LayerNorm encoders such as BERT the op
+    before a projection also feeds the residual and cannot absorb it.
+
+    Args:
+        bits: Bits per code, 2..8.
+        group_size: Inputs per scale block (16..256, a power of two), or None.
+        symmetric: Signed codes, else integer zero points (AWQ's default).
+        grid: Number of ``alpha`` values tried, 2..100.
+    """
+
+    method: ClassVar[str] = "awq"
+    stage: ClassVar[str] = "quantize"
+    calibrated: ClassVar[bool] = True
+    max_bits: ClassVar[int] = 8
+
+    bits: int
+    group_size: int | None = 128
+    symmetric: bool = False
+    grid: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 2, self.max_bits))
+        _check_group_size(self.method, self.group_size, self.bits)
+        if not isinstance(self.symmetric, bool):
+            raise ConfigError(f"{self.method}.symmetric", self.symmetric, "true or false")
+        object.__setattr__(self, "grid", check_int(f"{self.method}.grid", self.grid, 2, 100))
+
+    def validate(self, layer: str, module: nn.Module) -> None:
+        # Per-input scales of a convolution would vary within one input channel's kernel: no runtime op divides so.
+        _check_layer(self, layer, module, (nn.Linear,))
+
+    def rounding(self) -> UniformQuantization:
+        """The data-free grid AWQ rounds onto (used where no statistics exist, e.g. in QAT steps)."""
+        return UniformQuantization(self.bits, self.symmetric, group_size=self.group_size)
+
+
+# -- shared ----------------------------------------------------------------------
+
+
+def _rows(weight: CompressedWeight) -> tuple[Tensor, Tensor]:
+    """The weight as ``(rows, K)`` fp32 and its keep-mask."""
+    rows, k = weight.shape[0], weight.row_size
+    w = weight.dense().reshape(rows, k)
+    keep = torch.ones_like(w, dtype=torch.bool) if weight.mask is None else weight.mask.reshape(rows, k)
+    return w, keep
+
+
+def _block_slices(k: int, group_size: int | None) -> list[slice]:
+    step = k if group_size is None else group_size
+    return [slice(i, min(i + step, k)) for i in range(0, k, step)]
+
+
+def _stored(
+    weight: CompressedWeight, bits: int, codes: Tensor, scales: list[Tensor], zps: list[Tensor] | None, group_size
+) -> CompressedWeight:
+    """A CompressedWeight from ``(rows, K)`` codes and per-block ``(rows,)`` scales in block order."""
+    scale = torch.stack(scales, dim=1).reshape(-1)  # row-major: row r's blocks are contiguous
+    zero_point = None if zps is None else torch.stack(zps, dim=1).reshape(-1)
+    flat = codes.to(torch.int32).reshape(-1)
+    if weight.mask is not None:
+        flat = flat[weight.mask.flatten()]
+    return CompressedWeight(
+        weight.shape,
+        weight.mask,
+        bits,
+        codes=flat,
+        scale=scale.contiguous(),
+        zero_point=None if zero_point is None else zero_point.contiguous(),
+        group_size=group_size,
+    )
+
+
+def _check_stats(name: str, weight: CompressedWeight, stats: LayerStats | None) -> Tensor:
+    if stats is None or stats.size != weight.row_size:
+        got = None if stats is None else f"statistics for {stats.size} inputs"
+        raise ConfigError(f"{name}.stats", got, f"LayerStats for the layer's {weight.row_size} inputs")
+    return stats.hessian.to(torch.float64)
+
+
+# -- GPTQ --------------------------------------------------------------------------
+
+
+@register_method(GPTQ)
+def _gptq(module: nn.Module, weight: CompressedWeight, config: GPTQ, stats: LayerStats | None) -> CompressedWeight:
+    h = _check_stats(config.method, weight, stats).clone()
+    w, keep = _rows(weight)
+    w = w.to(torch.float64)
+    rows, k = w.shape
+    dead = h.diagonal() == 0  # an input that was always zero: its weights cannot matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    blocks = _block_slices(k, config.group_size)
+    block_of = torch.empty(k, dtype=torch.long)
+    for b, cols in enumerate(blocks):
+        block_of[cols] = b
+    scales: list[Tensor | None] = [None] * len(blocks)
+    zps: list[Tensor | None] = [None] * len(blocks)
+
+    def set_params(b: int, source: Tensor) -> None:
+        cols = blocks[b]
+        scale, zp = block_params(source[:, cols].float(), keep[:, cols], config.bits, config.symmetric)
+        scales[b], zps[b] = scale, zp
+
+    order = torch.arange(k)
+    if config.act_order:
+        order = torch.argsort(h.diagonal(), descending=True, stable=True)
+        for b in range(len(blocks)):
+            set_params(b, w)  # static groups: scales from the original weights
+    h = h[order][:, order]
+    h += config.damp * h.diagonal().mean() * torch.eye(k, dtype=h.dtype)
+    # Upper Cholesky factor of H^-1: row i holds the update direction for column i given columns < i are fixed.
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    wp, keepp = w[:, order].clone(), keep[:, order]
+    codes = torch.zeros(rows, k, dtype=torch.float64)
+    lazy = 128
+    for start in range(0, k, lazy):
+        end = min(start + lazy, k)
+        errors = torch.zeros(rows, end - start, dtype=torch.float64)
+        for j in range(start, end):
+            col = int(order[j])
+            b = int(block_of[col])
+            if scales[b] is None:  # first column of its block, in natural order: scales from the updated weights
+                current = torch.empty_like(w)
+                current[:, order] = wp
+                set_params(b, current)
+            scale, zp = scales[b], zps[b]
+            q = quantize_blocks(wp[:, j : j + 1].float(), config.bits, config.symmetric, scale, zp)
+            deq = _dequantize_blocks(q, scale, zp).squeeze(1).to(torch.float64) * keepp[:, j]
+            codes[:, col] = q.squeeze(1).to(torch.float64)
+            err = (wp[:, j] - deq) / hinv[j, j]
+            wp[:, j + 1 : end] -= err[:, None] * hinv[j, j + 1 : end][None, :]
+            errors[:, j - start] = err
+        wp[:, end:] -= errors @ hinv[start:end, end:]
+    return _stored(weight, config.bits, codes, scales, None if config.symmetric else zps, config.group_size)
+
+
+# -- AWQ ---------------------------------------------------------------------------
+
+
+def _rtn(w: Tensor, keep: Tensor, config: AWQ) -> tuple[Tensor, list[Tensor], list[Tensor] | None, Tensor]:
+    """Block-wise round-to-nearest of ``(rows, K)`` ``w``: codes, scales, zero points and the dequantized weight."""
+    codes, deq = torch.zeros_like(w), torch.zeros_like(w)
+    scales, zps = [], []
+    for cols in _block_slices(w.shape[1], config.group_size):
+        scale, zp = block_params(w[:, cols], keep[:, cols], config.bits, config.symmetric)
+        q = quantize_blocks(w[:, cols], config.bits, config.symmetric, scale, zp)
+        codes[:, cols], deq[:, cols] = q, _dequantize_blocks(q, scale, zp) * keep[:, cols]
+        scales.append(scale)
+        zps.append(zp)
+    return codes, scales, None if config.symmetric else zps, deq
+
+
+@register_method(AWQ)
+def _awq(module: nn.Module, weight: CompressedWeight, config: AWQ, stats: LayerStats | None) -> CompressedWeight:
+    h = _check_stats(config.method, weight, stats)
+    w, keep = _rows(weight)
+    rms = stats.channel_rms().clamp(min=1e-8)
+    best = None
+    for alpha in torch.linspace(0.0, 1.0, config.grid).tolist():
+        s = rms.pow(alpha)
+        s = (s / (s.max() * s.min()).sqrt()).clamp(min=1e-4, max=1e4).to(torch.float16)
+        s32 = s.to(torch.float32)
+        codes, scales, zps, deq = _rtn(w * s32[None, :], keep, config)
+        d = (deq / s32[None, :] - w).to(torch.float64)
+        err = float(((d @ h) * d).sum())
+        if best is None or err < best[0]:
+            best = (err, s, codes, scales, zps)
+    _, s, codes, scales, zps = best
+    out = _stored(weight, config.bits, codes, scales, zps, config.group_size)
+    out.input_scale = s.contiguous()
+    return out
