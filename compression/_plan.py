@@ -57,7 +57,14 @@ def _flat(m: MethodConfig) -> dict[str, Any]:
         return out
     out = {_KIND_KEYS[m.stage]: m.method}
     prefix = _FIELD_PREFIX.get(m.stage, "")
-    out.update({prefix + f.name: getattr(m, f.name) for f in _fields(cls) if getattr(m, f.name) is not None})
+    # None is left out only where it is the default: GPTQ(group_size=None) must not read back as the default 128
+    out.update(
+        {
+            prefix + f.name: getattr(m, f.name)
+            for f in _fields(cls)
+            if getattr(m, f.name) is not None or f.default is not None
+        }
+    )
     if "bits" not in out and hasattr(m, "storage_bits"):
         out["bits"] = m.storage_bits
     return out

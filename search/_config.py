@@ -11,7 +11,7 @@ from pydantic_core import ErrorDetails
 
 from rayzor.compression import FinetuneConfig
 from rayzor.errors import ConfigError
-from rayzor.spaces import SpaceConfig
+from rayzor.spaces import DEFAULT_TARGET, RUNTIME_DEFAULTS, SpaceConfig, check_target
 from rayzor.tasks import Task
 
 __all__ = [
@@ -31,8 +31,11 @@ __all__ = [
 
 #: The cost objectives and their direction. A search has exactly one other
 #: objective: the task's quality metric (``accuracy`` for digits, ``cosine``
-#: for minilm), maximised.
-OBJECTIVES: dict[str, str] = {"size_bytes": "minimize", "latency_ms": "minimize"}
+#: for minilm), maximised. ``size_bytes`` is the packed file's length,
+#: ``deploy_bytes`` the deploy artifact's (``target: onnxruntime`` only).
+OBJECTIVES: dict[str, str] = {"size_bytes": "minimize", "deploy_bytes": "minimize", "latency_ms": "minimize"}
+#: The size objective a search minimises by default, per target.
+DEFAULT_SIZE_OBJECTIVE: dict[str, str] = {"onnxruntime": "deploy_bytes", "packed": "size_bytes"}
 
 
 def objective_direction(name: str) -> str:
@@ -98,6 +101,13 @@ class SearchConfig(_Strict):
 
     task: str = Field("digits", description="registered task name or 'package.module:function'")
     task_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task factory")
+    target: Literal["onnxruntime", "packed"] = Field(
+        DEFAULT_TARGET,
+        description="where the models will run. onnxruntime: the space offers only what onnxruntime executes "
+        "natively (block-wise 2/4/8-bit MatMul weights, 4/8-bit embeddings, int8 convolutions, fp16, structured "
+        "methods); each trial builds its ONNX deploy artifact and logs deploy_bytes and latency_ms measured on it. "
+        "packed: every method and bit-width, in rayzor's packed format (archival, research)",
+    )
     trials: int = Field(64, ge=1, description="number of trials")
     # Left unset, the runner derives it from what the cluster has (see
     # cluster.derive_concurrency); the default here is the 2-core local value.
@@ -108,7 +118,8 @@ class SearchConfig(_Strict):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: MLflow's own rules")
     objectives: tuple[str, ...] | None = Field(
         None,
-        description="the task's metric (maximised) plus size_bytes and/or latency_ms; default: [<task metric>, size_bytes]",
+        description="the task's metric (maximised) plus size_bytes, deploy_bytes and/or latency_ms; "
+        "default: [<task metric>, deploy_bytes] under target onnxruntime, [<task metric>, size_bytes] under packed",
     )
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     finetune_epochs: int = Field(1, ge=0, description="recovery fine-tune epochs after pruning (masks kept)")
@@ -155,8 +166,21 @@ class SearchConfig(_Strict):
     @classmethod
     def _objectives(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if v is not None and (len(set(v)) != len(v) or sum(o not in OBJECTIVES for o in v) != 1 or len(v) < 2):
-            raise ValueError("the task's metric (e.g. accuracy) plus size_bytes and/or latency_ms, each once")
+            raise ValueError(
+                "the task's metric (e.g. accuracy) plus size_bytes, deploy_bytes and/or latency_ms, each once"
+            )
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runtime_defaults(cls, data: Any) -> Any:
+        """Under a runtime target, the space settings left out start from what that runtime executes."""
+        if not isinstance(data, dict) or data.get("target", DEFAULT_TARGET) == "packed":
+            return data
+        space = data.get("space", {})
+        if isinstance(space, dict):
+            data = {**data, "space": {**{k: v for k, v in RUNTIME_DEFAULTS.items() if k not in space}, **space}}
+        return data
 
     @model_validator(mode="after")
     def _combinations(self) -> SearchConfig:
@@ -237,12 +261,12 @@ def resolve_objectives(config: SearchConfig, task: Task) -> SearchConfig:
         ConfigError: objectives whose quality metric is not the task's.
     """
     if config.objectives is None:
-        return config.model_copy(update={"objectives": (task.metric, "size_bytes")})
+        return config.model_copy(update={"objectives": (task.metric, DEFAULT_SIZE_OBJECTIVE[config.target])})
     if quality_metric(config.objectives) != task.metric:
         raise ConfigError(
             "objectives",
             list(config.objectives),
-            f"task {task.name!r}'s metric {task.metric!r} plus size_bytes and/or latency_ms",
+            f"task {task.name!r}'s metric {task.metric!r} plus size_bytes, deploy_bytes and/or latency_ms",
         )
     return config
 
@@ -266,6 +290,14 @@ def _check_combinations(config: SearchConfig) -> None:
             "students.families",
             [],
             f"at least one student family (see compression.list_students()) when students.{student_fields[0]} is set",
+        )
+    check_target(config.target, config.space, config.space.model_fields_set)
+    if config.target == "packed" and "deploy_bytes" in (config.objectives or ()):
+        raise ConfigError(
+            "objectives",
+            list(config.objectives or ()),
+            "objectives without deploy_bytes under target packed (no deploy artifact is built); "
+            "size_bytes is the packed file's length",
         )
     if config.scheduler == "asha" and config.finetune_epochs < config.asha.grace_period + 1:
         raise ConfigError(

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rayzor.compression import (
+    CompressedModel,
     OrtModule,
+    PackedInfo,
     export_onnx,
     load_packed,
     max_abs_diff,
@@ -28,17 +30,35 @@ from rayzor.search._tags import (
     PACKED_ARTIFACT_DIR,
     PACKED_NAME,
     ROLE_TRIAL,
+    TAG_MODEL_METRIC_PREFIX,
+    TAG_MODEL_RUN,
+    TAG_MODEL_SEARCH,
     TAG_OBJECTIVES,
     TAG_PARENT,
     TAG_PARETO,
     TAG_ROLE,
 )
 from rayzor.search._tracking import connect, latest_search_run, trial_runs
+from rayzor.search._trial import deploy_metrics
 from rayzor.tasks import Task, create_task
 
-__all__ = ["EXPORT_FORMATS", "ONNX_TOLERANCE", "ExportReport", "SearchView", "export_model", "load_search", "pick_run"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ONNX_TOLERANCE",
+    "ExportReport",
+    "SearchView",
+    "check_registry",
+    "export_model",
+    "load_search",
+    "pick_run",
+    "register_model",
+]
 
-EXPORT_FORMATS = ("packed", "onnx", "onnx-int8")
+#: ``onnx``: the deploy artifact the trial measured (low-bit codes in onnxruntime's native ops);
+#: ``onnx-fp32``: every weight dequantized into plain fp32 ops, for tools that need them;
+#: ``onnx-int8``: the deploy artifact with its remaining fp32 MatMul / Conv weights dynamically int8-quantized;
+#: ``packed``: rayzor's packed file.
+EXPORT_FORMATS = ("onnx", "onnx-fp32", "onnx-int8", "packed")
 #: Largest |onnxruntime - torch| output difference an ONNX export may show.
 ONNX_TOLERANCE = 1e-4
 
@@ -112,6 +132,10 @@ class ExportReport:
     test_metrics: dict[str, float]
     max_abs_diff: float
     latency: dict[str, float]
+    #: The file's bytes beside the trial's logged sizes and the fp32 ONNX model's.
+    sizes: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    registered: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -130,22 +154,51 @@ def _reference_batch(task: Task) -> torch.Tensor:
 
 
 def _write(
-    model: torch.nn.Module, packed: Path, fmt: str, out: Path, batch: torch.Tensor, example: torch.Tensor
+    compressed: CompressedModel, packed: Path, fmt: str, out: Path, batch: torch.Tensor, example: torch.Tensor
 ) -> tuple[torch.nn.Module, float]:
-    """Write ``out`` in ``fmt``; return the shipped model (as run from the file) and its max |diff| to ``model``."""
+    """Write ``out`` in ``fmt``; return the shipped model (as run from the file) and its max |diff| to the model."""
+    model = compressed.model
     if fmt == "packed":
         shutil.copyfile(packed, out)
         shipped, _ = load_packed(out)
     elif fmt == "onnx":
+        deploy_metrics(compressed, example, out)  # the trial's own function: the same bytes it measured
+        shipped = OrtModule(out)
+    elif fmt == "onnx-fp32":
         export_onnx(model, example, out)
         shipped = OrtModule(out)
-    else:  # onnx-int8: real integer kernels; differs from the torch model by int8 rounding
+    else:  # onnx-int8: the deploy artifact, its still-fp32 weights int8; stored codes are never re-quantized
         with tempfile.TemporaryDirectory() as tmp:
-            quantize_onnx_int8(export_onnx(model, example, Path(tmp) / "fp32.onnx"), out)
+            deploy_metrics(compressed, example, Path(tmp) / "deploy.onnx")
+            quantize_onnx_int8(Path(tmp) / "deploy.onnx", out)
         shipped = OrtModule(out)
     with torch.inference_mode():
         diff = max_abs_diff(shipped(batch), model(batch))
     return shipped, diff
+
+
+def _compressed(model: torch.nn.Module, info: PackedInfo) -> CompressedModel:
+    """The packed file's model as the engine returned it, for the deploy exporter."""
+    return CompressedModel(model, info.plan, info.weights, info.structure, info.activations)
+
+
+def _sizes(run: Any, task: Task, out: Path) -> tuple[dict[str, float], list[str]]:
+    """The written file's bytes beside the trial's logged sizes and the fp32 ONNX model; warnings where they part."""
+    sizes = {"file_bytes": float(out.stat().st_size)}
+    for key in ("deploy_bytes", "size_bytes"):
+        if key in run.data.metrics:
+            sizes[key] = float(run.data.metrics[key])
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes["fp32_onnx_bytes"] = float(
+            export_onnx(task.model, task.example_input, Path(tmp) / "m.onnx").stat().st_size
+        )
+    warnings = []
+    if sizes["file_bytes"] >= sizes["fp32_onnx_bytes"]:
+        warnings.append(
+            f"the file ({sizes['file_bytes']:.0f} B) is not smaller than the fp32 ONNX model "
+            f"({sizes['fp32_onnx_bytes']:.0f} B): its compression does not survive this format"
+        )
+    return sizes, warnings
 
 
 def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportReport:
@@ -154,10 +207,15 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
     The packed artifact logged by the trial is the source of truth: it is
     loaded and re-scored on the validation split (must equal the logged
     metric). Then the file is written and checked: ``packed`` must reload to
-    identical outputs, ``onnx`` must match torch in onnxruntime within 1e-4,
-    ``onnx-int8`` (onnxruntime int8 kernels) reports its difference. The test
+    identical outputs; ``onnx`` (the deploy artifact, rebuilt by the function
+    the trial built it with, so its bytes are the logged ``deploy_bytes``) and
+    ``onnx-fp32`` must match torch in onnxruntime within 1e-4; ``onnx-int8``
+    (int8 kernels for what stayed fp32) reports its difference. The test
     split is scored on the written file itself, as it will ship, and the
-    batch-1 latency of the file is measured beside the torch model's.
+    batch-1 latency of the file is measured beside the torch model's. The
+    report sets the file's bytes beside the trial's sizes and the fp32 ONNX
+    model's, with a warning when the file is not smaller than fp32 or not the
+    bytes the trial logged.
 
     Raises:
         ConfigError: unknown format or run id.
@@ -180,7 +238,7 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
     torch.set_num_threads(1)  # latency as a trial measured it
     with tempfile.TemporaryDirectory() as tmp:
         packed = Path(client.download_artifacts(run_id, f"{PACKED_ARTIFACT_DIR}/{PACKED_NAME}", tmp))
-        model, _ = load_packed(packed)
+        model, info = load_packed(packed)
         val = task.score(model, "val")
         logged = float(run.data.metrics[task.metric])
         if abs(val[task.metric] - logged) > 1e-6:
@@ -189,10 +247,10 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
             )
         batch = _reference_batch(task)
         try:
-            shipped, diff = _write(model, packed, fmt, out, batch, task.example_input)
+            shipped, diff = _write(_compressed(model, info), packed, fmt, out, batch, task.example_input)
             if fmt == "packed" and diff != 0.0:
                 raise RayzorError(f"packed file {out} reloads to different outputs (max abs diff {diff})")
-            if fmt == "onnx" and diff > ONNX_TOLERANCE:
+            if fmt in ("onnx", "onnx-fp32") and diff > ONNX_TOLERANCE:
                 raise RayzorError(f"ONNX export {out} differs from torch by {diff} > {ONNX_TOLERANCE}")
         except BaseException:
             out.unlink(missing_ok=True)
@@ -202,4 +260,72 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
     if fmt != "packed":
         latency["file_ms"] = measure_onnx_latency(out, task.example_input)
         latency["speedup"] = latency["torch_ms"] / latency["file_ms"]
-    return ExportReport(run_id, fmt, str(out), out.stat().st_size, val, test, diff, latency)
+        if "latency_ms" in run.data.metrics:
+            latency["trial_ms"] = float(run.data.metrics["latency_ms"])
+    sizes, warnings = _sizes(run, task, out)
+    if fmt == "onnx" and "deploy_bytes" in sizes and sizes["deploy_bytes"] != sizes["file_bytes"]:
+        warnings.append(
+            f"the file ({sizes['file_bytes']:.0f} B) is not the {sizes['deploy_bytes']:.0f} B the trial logged as "
+            "deploy_bytes (the rayzor or onnx version changed since the search?)"
+        )
+    return ExportReport(run_id, fmt, str(out), out.stat().st_size, val, test, diff, latency, sizes, warnings)
+
+
+def check_registry(client: Any, name: str) -> None:
+    """Refuse ``--register NAME`` before anything is written: a valid name and a store with a model registry.
+
+    Raises:
+        ConfigError: an empty name, or a tracking store without a model registry.
+    """
+    if not name or not name.strip():
+        raise ConfigError("--register", name, "a registered-model name, e.g. digits-cnn")
+    try:
+        client.search_registered_models(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means no usable registry
+        raise ConfigError(
+            "--register",
+            name,
+            f"a tracking store with a model registry, e.g. sqlite:///mlflow.db or an MLflow server "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no registry'})",
+        ) from None
+
+
+def register_model(client: Any, report: ExportReport, name: str) -> dict[str, str]:
+    """Log the exported ONNX file as an MLflow model of the trial's run and register a version of it as ``name``.
+
+    The model has the onnx flavor, a signature and an input example (the
+    task's example input). The version is tagged with the trial's run id,
+    its search id and the trial's metrics.
+
+    Returns:
+        ``{"name", "version", "model_uri"}``.
+
+    Raises:
+        ConfigError: the export is not an ONNX file.
+    """
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+
+    if not report.format.startswith("onnx"):
+        raise ConfigError("--format", report.format, "onnx, onnx-fp32 or onnx-int8 with --register")
+    run = client.get_run(report.run_id)
+    task = _task_of(client, run.data.tags[TAG_PARENT])
+    example = task.example_input.detach().cpu().numpy()
+    output = OrtModule(report.path)(task.example_input).numpy()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=report.run_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(report.path),
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            registered_model_name=name,
+            save_as_external_data=False,
+        )
+    version = info.registered_model_version
+    tags = {TAG_MODEL_RUN: report.run_id, TAG_MODEL_SEARCH: run.data.tags[TAG_PARENT]}
+    tags.update({f"{TAG_MODEL_METRIC_PREFIX}{k}": repr(v) for k, v in sorted(run.data.metrics.items())})
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    return {"name": name, "version": str(version), "model_uri": f"models:/{name}/{version}"}

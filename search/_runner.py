@@ -22,6 +22,7 @@ from rayzor.search._sensitivity import search_phase
 from rayzor.search._tags import ROLE_SEARCH, TAG_OBJECTIVES, TAG_ROLE
 from rayzor.search._tracker import TRACKERS, Tracker
 from rayzor.search._tracking import connect, log_params
+from rayzor.search._trial import deploy_baseline
 from rayzor.search._tuner import make_trainable, make_tuner, warm_start_points
 from rayzor.spaces import CompressionSpace, StudentSpace
 from rayzor.tasks import Task, create_task
@@ -83,7 +84,9 @@ def prepare(config: SearchConfig) -> Prepared:
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     task = create_task(config.task, **config.task_options)
     config = resolve_objectives(config, task)
-    teacher_space = config.space.build(task.model, config.finetune(), example_input=task.example_input)
+    teacher_space = config.space.build(
+        task.model, config.finetune(), example_input=task.example_input, target=config.target
+    )
     space: CompressionSpace | StudentSpace = teacher_space
     if config.students.families:
         space = StudentSpace(teacher_space, task.model, config.students.families, config.students.include_teacher)
@@ -93,6 +96,8 @@ def prepare(config: SearchConfig) -> Prepared:
         # one thread, as in a trial, so latency ratios compare like with like
         "latency_ms": measure_latency(task.model, task.example_input, threads=1),
     }
+    if config.target == "onnxruntime":
+        baseline.update(deploy_baseline(task))
     return Prepared(config, client, uri, experiment_id, task, space, baseline)
 
 

@@ -197,7 +197,10 @@ def run_sensitivity(config: SearchConfig, *, progress: Callable[[str], None] = p
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     task = create_task(config.task, **config.task_options)
     space = config.space.build(
-        task.model, FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed), example_input=task.example_input
+        task.model,
+        FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed),
+        example_input=task.example_input,
+        target=config.target,
     )
     started_ray = start_ray(config)
     run_id, status = None, "FAILED"

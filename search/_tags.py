@@ -9,6 +9,10 @@ from __future__ import annotations
 __all__ = [
     "PACKED_ARTIFACT_DIR",
     "PACKED_NAME",
+    "DEPLOY_NAME",
+    "TAG_MODEL_RUN",
+    "TAG_MODEL_SEARCH",
+    "TAG_MODEL_METRIC_PREFIX",
     "PLAN_ARTIFACT",
     "ROLE_SEARCH",
     "ROLE_SENSITIVITY",
@@ -34,6 +38,10 @@ __all__ = [
 TAG_PARENT = "mlflow.parentRunId"
 #: What a run is: :data:`ROLE_SEARCH`, :data:`ROLE_TRIAL` or :data:`ROLE_SENSITIVITY`.
 TAG_ROLE = "rayzor.role"
+#: Tags of a registered model version (``rayzor export --register``): the trial's run, its search, its metrics.
+TAG_MODEL_RUN = "rayzor.run_id"
+TAG_MODEL_SEARCH = "rayzor.search_id"
+TAG_MODEL_METRIC_PREFIX = "rayzor.metric."
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
 ROLE_SENSITIVITY = "sensitivity"
@@ -77,3 +85,5 @@ PLAN_ARTIFACT = "plan.json"
 PACKED_ARTIFACT_DIR = "packed"
 #: File name of the packed model, in the trial's checkpoint and under :data:`PACKED_ARTIFACT_DIR`.
 PACKED_NAME = "packed.safetensors"
+#: File name of a trial's deploy artifact (``target: onnxruntime``), rebuilt from the packed file on export.
+DEPLOY_NAME = "model.onnx"

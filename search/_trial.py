@@ -14,29 +14,37 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rayzor.compression import (
+    CompressedModel,
     CompressionPlan,
     DistillConfig,
     FinetuneConfig,
+    LayerStats,
     check_student,
     compress,
     distill,
+    export_deploy,
+    export_onnx,
     get_student_family,
+    measure_deploy_latency,
     measure_latency,
     model_stats,
     save_packed,
     state_dict_bytes,
 )
 from rayzor.errors import ConfigError
-from rayzor.search._tags import PACKED_NAME
+from rayzor.search._tags import DEPLOY_NAME, PACKED_NAME
 from rayzor.spaces import TEACHER, CompressionSpace, StudentSpace
 from rayzor.tasks import Task
 
 __all__ = [
+    "DEPLOY_NAME",
     "PACKED_NAME",
     "PLAN_KEYS",
     "TrialPlan",
     "compact_plan",
     "decode_trial",
+    "deploy_baseline",
+    "deploy_metrics",
     "evaluate",
     "evaluate_plan",
     "planned_size",
@@ -111,6 +119,8 @@ def evaluate_plan(
     entropy: str | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     distillation: dict[str, Any] | None = None,
+    target: str = "packed",
+    calibration_stats: dict[str, LayerStats] | None = None,
 ) -> dict[str, float]:
     """Compress the task's model (or a student) with the plan ``params`` decode to, and measure it.
 
@@ -124,6 +134,8 @@ def evaluate_plan(
         entropy=entropy,
         on_epoch=on_epoch,
         distillation=distillation,
+        target=target,
+        calibration_stats=calibration_stats,
     )
 
 
@@ -135,10 +147,19 @@ def evaluate(
     entropy: str | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     distillation: dict[str, Any] | None = None,
+    target: str = "packed",
+    calibration_stats: dict[str, LayerStats] | None = None,
 ) -> dict[str, float]:
     """Compress the task's model (or a student) with a decoded plan, and measure it.
 
     The packed artifact is written to ``out_dir``; ``size_bytes`` is its length.
+    Under ``target="onnxruntime"`` the deploy artifact is built there too
+    (:func:`~rayzor.compression.export_deploy`, from the trial's own codes and
+    scales): ``deploy_bytes`` is its length and ``latency_ms`` is measured on it
+    in onnxruntime (:func:`~rayzor.compression.measure_deploy_latency`), so both
+    are what an export of this trial ships. Under ``packed``, ``latency_ms`` is
+    the torch model's. ``calibration_stats`` (the search's, from the object
+    store) spare GPTQ / AWQ their statistics pass.
     ``device`` is where the fine-tune runs; scoring and latency stay on CPU,
     so figures are comparable whichever node a trial lands on. ``on_epoch``
     is handed to :func:`compression.compress` (intermediate results).
@@ -170,6 +191,7 @@ def evaluate(
         on_epoch=on_epoch,
         example_input=task.example_input,
         calibration_data=_calibration(task, plan),
+        calibration_stats=calibration_stats if trial.model == TEACHER else None,
     )
     metrics = task.score(compressed.model, "val")
     size = save_packed(
@@ -189,10 +211,14 @@ def evaluate(
     metrics.update(
         size_bytes=float(size),
         compression_ratio=dense / size,
-        latency_ms=measure_latency(compressed.model, task.example_input),
         weight_sparsity=zeros / max(total, 1),
         quality_drop=task.baseline["val"][task.metric] - metrics[task.metric],
+        calibration_layers_computed=float(len(compressed.stats_computed)),
     )
+    if target == "onnxruntime":
+        metrics.update(deploy_metrics(compressed, task.example_input, out_dir / DEPLOY_NAME))
+    else:
+        metrics["latency_ms"] = measure_latency(compressed.model, task.example_input)
     # params, nonzero_params, flops, macs, bitops of one forward of the example input
     metrics.update(model_stats(compressed.model, task.example_input, compressed.weights))
     metrics["trial_seconds"] = time.perf_counter() - started
@@ -200,9 +226,32 @@ def evaluate(
     return metrics
 
 
+def deploy_metrics(compressed: CompressedModel, example_input: Any, path: Path) -> dict[str, float]:
+    """``deploy_bytes`` and ``latency_ms`` of the deploy artifact of ``compressed``, written to ``path``.
+
+    One function for the trial and the export, so both build the same bytes.
+    """
+    export_deploy(compressed, example_input, path)
+    return {
+        "deploy_bytes": float(path.stat().st_size),
+        "latency_ms": measure_deploy_latency(path, example_input),
+    }
+
+
+def deploy_baseline(task: Task) -> dict[str, float]:
+    """The uncompressed model as onnxruntime runs it: its fp32 ONNX file's length and latency."""
+    with tempfile.TemporaryDirectory(prefix="rayzor-baseline-") as tmp:
+        path = export_onnx(task.model, task.example_input, Path(tmp) / "fp32.onnx")
+        return {
+            "deploy_bytes": float(path.stat().st_size),
+            "latency_ms": measure_deploy_latency(path, task.example_input),
+        }
+
+
 def _calibration(task: Task, plan: CompressionPlan) -> list[Any] | None:
-    """The task's calibration batches for a plan with an activation-stage method, else None."""
-    return task.calibration_batches() if plan.by_stage("activation") else None
+    """The task's calibration batches for a plan with an activation-stage method or a calibrated quantizer."""
+    needs = plan.by_stage("activation") or any(cfg.calibrated for cfg in plan.by_stage("quantize").values())
+    return task.calibration_batches() if needs else None
 
 
 def _candidate(
@@ -285,6 +334,8 @@ def run_trial(
     entropy: str | None = None,
     schedule: dict[str, Any] | None = None,
     distillation: dict[str, Any] | None = None,
+    target: str = "packed",
+    calibration_stats: dict[str, LayerStats] | None = None,
 ) -> None:
     """Ray Tune function trainable: one plan, one report with its packed artifact.
 
@@ -297,7 +348,9 @@ def run_trial(
     fine-tune epoch but the last is reported too (``final: 0``, the size
     from :func:`planned_size`), so the scheduler can stop the trial there.
     ``distillation`` (teacher logits and KD settings) trains sampled students
-    and a distilled recovery fine-tune.
+    and a distilled recovery fine-tune. ``calibration_stats``: the layer
+    statistics of the uncompressed model, computed once by the driver for
+    GPTQ / AWQ.
     """
     import ray
     from ray import tune
@@ -309,8 +362,17 @@ def run_trial(
         trial = decode_trial(space, config)
         on_epoch = _epoch_reporter(task, trial, Path(tmp), schedule, entropy) if schedule else None
         metrics: dict[str, Any] = evaluate(
-            task, trial, Path(tmp), device=device, entropy=entropy, on_epoch=on_epoch, distillation=distillation
+            task,
+            trial,
+            Path(tmp),
+            device=device,
+            entropy=entropy,
+            on_epoch=on_epoch,
+            distillation=distillation,
+            target=target,
+            calibration_stats=calibration_stats,
         )
+        (Path(tmp) / DEPLOY_NAME).unlink(missing_ok=True)  # rebuilt byte for byte from the packed file on export
         (Path(tmp) / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels
         # Where it ran: logged as tags of the trial's MLflow run.
         metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device, **trial.report())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from rayzor.compression import teacher_outputs
+from rayzor.compression import LayerStats, collect_layer_stats, get_method, teacher_outputs
 from rayzor.search._config import SearchConfig, objective_direction, quality_metric
 from rayzor.search._ray import tune_resources
 from rayzor.search._trial import run_trial
@@ -73,6 +73,20 @@ def _distillation(config: SearchConfig, task: Task) -> dict[str, Any] | None:
     }
 
 
+def calibration_stats(task: Task, space: CompressionSpace | StudentSpace) -> dict[str, LayerStats] | None:
+    """The layer statistics GPTQ / AWQ read, of the uncompressed model, for every layer that may choose one.
+
+    Computed once here; they reach every trial through the object store
+    (``tune.with_parameters``), so no trial runs the calibration pass again
+    (a trial whose layer changed shape, pruned or factorised, computes its own).
+    """
+    teacher = space.teacher_space if isinstance(space, StudentSpace) else space
+    layers = [layer for u in teacher.units if any(get_method(m).calibrated for m in u.methods) for layer in u.layers]
+    if not layers:
+        return None
+    return collect_layer_stats(task.model, layers, task.calibration_batches())
+
+
 def _schedule(config: SearchConfig, baseline: dict[str, float]) -> dict[str, Any] | None:
     """What a trial needs to report per-epoch results to ``scheduler: asha``."""
     if config.scheduler != "asha":
@@ -98,6 +112,8 @@ def make_trainable(
             entropy=config.entropy,
             schedule=_schedule(config, baseline),
             distillation=_distillation(config, task),
+            target=config.target,
+            calibration_stats=calibration_stats(task, space),
         ),
         tune_resources(request),
     )

@@ -18,7 +18,14 @@ from rayzor.cluster import job_status, stop_job, submit_search
 from rayzor.compression import FinetuneConfig, list_methods
 from rayzor.errors import ConfigError, RayzorError
 from rayzor.search._config import load_config, quality_metric
-from rayzor.search._export import EXPORT_FORMATS, export_model, load_search, pick_run
+from rayzor.search._export import (
+    EXPORT_FORMATS,
+    check_registry,
+    export_model,
+    load_search,
+    pick_run,
+    register_model,
+)
 from rayzor.search._runner import run_search
 from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
 from rayzor.search._tracking import connect
@@ -177,7 +184,12 @@ def pareto(
 @_friendly
 def export(
     out: Path = typer.Option(..., "--out", help="Output file."),
-    fmt: str = typer.Option(..., "--format", help="packed | onnx | onnx-int8 (onnxruntime int8 kernels)."),
+    fmt: str = typer.Option(
+        ...,
+        "--format",
+        help="onnx (the deploy artifact the trial measured) | onnx-fp32 (plain fp32 ops) | "
+        "onnx-int8 (int8 kernels for the weights left fp32) | packed.",
+    ),
     run: str | None = typer.Option(None, "--run", help="Run id of a trial."),
     pick: str | None = typer.Option(
         None,
@@ -186,10 +198,17 @@ def export(
     ),
     experiment: str = typer.Option("rayzor", help="MLflow experiment (for --pick)."),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
+    register: str | None = typer.Option(
+        None, "--register", help="Also log the ONNX file as an MLflow model and register it under this name."
+    ),
 ) -> None:
     """Export one trial's compressed model (ONNX or packed) and check it."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError("--format", fmt, EXPORT_FORMATS)
+    if register is not None and not fmt.startswith("onnx"):
+        raise ConfigError("--register", register, "an export in an ONNX format (--format onnx, onnx-fp32, onnx-int8)")
+    if not out.parent.is_dir():
+        raise ConfigError("--out", str(out), "a path in an existing folder")
     if (run is None) == (pick is None):
         raise ConfigError("--run/--pick", {"run": run, "pick": pick}, "exactly one of --run RUN_ID or --pick SPEC")
     if pick is not None:
@@ -201,7 +220,11 @@ def export(
     else:
         assert run is not None  # exactly one of --run / --pick, checked above
         client, _, _ = connect(tracking_uri, experiment, create=False)
+    if register is not None:
+        check_registry(client, register)
     report = export_model(client, run, fmt, out)
+    if register is not None:
+        report.registered = register_model(client, report, register)
     console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
 
 
@@ -216,7 +239,10 @@ def space_rows(config: Path | None) -> dict[str, Any]:
     cfg = load_config(config)
     task = create_task(cfg.task, **cfg.task_options)
     space = cfg.space.build(
-        task.model, FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed), example_input=task.example_input
+        task.model,
+        FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed),
+        example_input=task.example_input,
+        target=cfg.target,
     )
     dims = space.layer_dimensions()
     tied = {g.name for g in space.groups if g.tie}

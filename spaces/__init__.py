@@ -38,9 +38,15 @@ from rayzor.spaces._students import (
     student_distributions,
     suggest_student_params,
 )
+from rayzor.spaces._targets import DEFAULT_TARGET, RUNTIME_DEFAULTS, RUNTIME_METHODS, TARGETS, check_target
 from rayzor.spaces._units import ChannelUnit, HeadUnit, Unit
 
 __all__ = [
+    "DEFAULT_TARGET",
+    "RUNTIME_DEFAULTS",
+    "RUNTIME_METHODS",
+    "TARGETS",
+    "check_target",
     "ACT_BITS",
     "ALLOWED_BITS",
     "CHANNEL_IMPORTANCES",

@@ -17,7 +17,11 @@ class SpaceConfig(SpaceSettings):
     """Ranges of the per-layer dimensions (YAML ``space:``); validated by :class:`SpaceSettings`."""
 
     def build(
-        self, model: nn.Module, finetune: FinetuneConfig = FinetuneConfig(), example_input: Any = None
+        self,
+        model: nn.Module,
+        finetune: FinetuneConfig = FinetuneConfig(),
+        example_input: Any = None,
+        target: str = "packed",
     ) -> CompressionSpace:
         """The :class:`CompressionSpace` this config describes for ``model``.
 
@@ -25,12 +29,18 @@ class SpaceConfig(SpaceSettings):
         :func:`default_exclusions` lists are left out unless a group's glob or
         ``include`` names them; ``exclude`` always wins. ``example_input`` (one
         batch, e.g. the task's) is needed with ``channels`` or ``heads``: it is
-        traced to find the layers whose channels or heads can go.
+        traced to find the layers whose channels or heads can go. ``target``
+        narrows each layer's bit-widths and methods to what that runtime runs.
 
         Raises:
             ConfigError: a glob that matches no layer, a layer in two groups,
                 channels or heads without ``example_input``.
         """
         return CompressionSpace.from_model(
-            model, self, finetune=finetune, default_exclusions=self.default_exclusions, example_input=example_input
+            model,
+            self,
+            finetune=finetune,
+            default_exclusions=self.default_exclusions,
+            example_input=example_input,
+            target=target,
         )

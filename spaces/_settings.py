@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from rayzor.compression import get_method, list_methods
+from rayzor.compression import GROUP_SIZES, get_method, list_methods
 from rayzor.errors import ConfigError
 from rayzor.spaces._introspect import TINY_PARAMS, TINY_SHARE
 
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_PRUNING",
     "DEFAULT_RANK_RATIO",
+    "GROUP_SIZES",
     "FACTORIZATIONS",
     "MAX_SPARSITY",
     "NO_FACTORIZATION",
@@ -29,6 +30,7 @@ __all__ = [
     "SpaceSettings",
     "max_bits",
     "takes_bits",
+    "takes_group_size",
     "validated",
 ]
 
@@ -63,6 +65,13 @@ def takes_bits(method: str) -> bool:
     cls = get_method(method)
     assert dataclasses.is_dataclass(cls)  # register_method takes MethodConfig dataclasses only
     return "bits" in cls.__dataclass_fields__
+
+
+def takes_group_size(method: str) -> bool:
+    """Whether the quantization ``method`` can quantize block-wise (a ``group_size`` field: uniform, GPTQ, AWQ)."""
+    cls = get_method(method)
+    assert dataclasses.is_dataclass(cls)
+    return "group_size" in cls.__dataclass_fields__
 
 
 def max_bits(method: str) -> int:
@@ -178,6 +187,19 @@ class _Fields(BaseModel):
             raise ValueError(f"a non-empty list of {', '.join(QUANT_METHODS)}")
         return None if v is None else tuple(dict.fromkeys(v))
 
+    @field_validator("group_size", check_fields=False)
+    @classmethod
+    def _group_sizes(cls, v: tuple[int, ...] | int | None) -> tuple[int, ...] | None:
+        if v is None:
+            return None
+        sizes = (v,) if isinstance(v, int) else v
+        if any(isinstance(g, bool) or g not in GROUP_SIZES for g in sizes):
+            raise ValueError(
+                f"a list of block sizes from {', '.join(map(str, GROUP_SIZES))} ([] = one scale per output channel)"
+                f"{cls._one and ', ' + cls._one}"
+            )
+        return tuple(sorted(set(sizes)))
+
     @field_validator("channels", check_fields=False)
     @classmethod
     def _channels_range(cls, v: tuple[float, float] | float | None) -> tuple[float, float] | None:
@@ -239,6 +261,8 @@ class GroupSpec(_Fields):
             (HeadPruning) on the group's BERT-style ``query`` layers; 0 = none.
         act_bits: Candidate activation bit-widths (ActivationQuantization; 32 =
             fp32 inputs) or a fixed one; ``[]`` = none in this group.
+        group_size: Candidate block sizes of block-wise quantization or a
+            fixed one; ``[]`` = one scale per output channel.
     """
 
     name: str = Field(min_length=1, pattern=r"^\S+$", description="group name; tied parameters are <name>.<dim>")
@@ -257,6 +281,7 @@ class GroupSpec(_Fields):
         None, description="[low, high] or a fixed fraction of attention heads removed"
     )
     act_bits: tuple[int, ...] | int | None = Field(None, description="candidate activation bit-widths or a fixed one")
+    group_size: tuple[int, ...] | int | None = Field(None, description="candidate block sizes or a fixed one")
 
     _one: ClassVar[str] = "or one of them"
 
@@ -316,6 +341,12 @@ class SpaceSettings(_Fields):
         "ActivationQuantization calibrated on a few training batches; 32 = fp32 inputs); off by default",
     )
 
+    group_size: tuple[int, ...] = Field(
+        (),
+        description="candidate block sizes of block-wise weight quantization (<layer>.group_size, with uniform, "
+        "gptq and awq: one fp16 scale per block of inputs); [] = one scale per output channel",
+    )
+
     @model_validator(mode="after")
     def _combinations(self) -> SpaceSettings:
         """Settings valid alone but not together: two groups of one name, bits too wide for a method, rank_ratio
@@ -343,7 +374,18 @@ class SpaceSettings(_Fields):
             (("groups", i), cast("tuple[int, ...]", g.bits or self.bits), g.methods or self.methods)
             for i, g in enumerate(self.groups)
         ]
-        for loc, bits, methods in scopes:
+        for i, (loc, bits, methods) in enumerate(scopes):
+            group = None if i == 0 else self.groups[i - 1]
+            sizes = self.group_size if group is None or group.group_size is None else group.group_size
+            wide = [b for b in bits if 8 < b < 32]
+            if sizes and wide and any(takes_group_size(m) for m in methods):
+                errors.append(
+                    _error(
+                        (*loc, "bits"),
+                        list(bits),
+                        f"bit-widths up to 8 (and 32) with a group_size: block-wise codes are 2..8 bits; {wide} are too wide",
+                    )
+                )
             for m in methods:
                 too_wide = [b for b in bits if b != 32 and b > max_bits(m)]
                 if takes_bits(m) and too_wide:

@@ -21,6 +21,7 @@ from rayzor.spaces._settings import (
     SpaceSettings,
     as_range,
     takes_bits,
+    takes_group_size,
     validated,
 )
 from rayzor.spaces._units import (
@@ -73,10 +74,13 @@ class CompressionSpace:
             when ``channels``, ``factorize``, ``heads`` or ``act_bits`` is set.
         example_input: One input batch of ``model``, traced by the channel and
             head probes; needed with ``channels`` or ``heads``.
+        target: Deployment target (``"packed"`` or ``"onnxruntime"``): with the
+            model, each layer is offered only the bit-widths and methods the
+            target executes natively (:mod:`rayzor.spaces._targets`).
         **options: The fields of :class:`SpaceSettings` (``sparsity``,
             ``bits``, ``methods``, ``groups``, ``exclude``, ``include``,
             ``channels``, ``channel_importance``, ``factorize``,
-            ``rank_ratio``, ``pruning``, ``heads``, ``act_bits``).
+            ``rank_ratio``, ``pruning``, ``heads``, ``act_bits``, ``group_size``).
 
     Attributes:
         units: The sampled units in model order: one per layer, one per tied group.
@@ -103,6 +107,7 @@ class CompressionSpace:
         default_excluded: Mapping[str, str] | None = None,
         model: nn.Module | None = None,
         example_input: Any = None,
+        target: str = "packed",
         **options: Any,
     ) -> None:
         if not layers:
@@ -141,7 +146,8 @@ class CompressionSpace:
         self.layers = kept
         self.finetune = finetune
         self.group_of = {name: g.name for name, g in owner.items()}
-        self.units: tuple[Unit, ...] = layer_units(settings, kept, owner, model)
+        self.target = target
+        self.units: tuple[Unit, ...] = layer_units(settings, kept, owner, model, target)
         self.channel_units: tuple[ChannelUnit, ...]
         self.head_units: tuple[HeadUnit, ...]
         self.channel_units, self.channels_refused = channel_units(self.units, kept, model, example_input)
@@ -209,6 +215,10 @@ class CompressionSpace:
             flat = dims.to_settings(u.dims, values)
             if "bits" not in values or (values["quant"] != "uniform_quantization" and values["bits"] != 32):
                 flat["quant"] = values["quant"]  # else implied: uniform, or fp32 (32 bits) under any method
+            if values.get("bits") == 32 or "group_size" not in values or not takes_group_size(values["quant"]):
+                flat.pop("group_size", None)  # a layer left fp32 has no blocks
+            else:
+                flat["group_size"] = int(values["group_size"])
             settings.update({layer: dict(flat) for layer in u.layers})
             act = values.get("act_bits", 32)
             if act != 32:  # 32: the inputs stay fp32, no method

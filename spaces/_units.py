@@ -11,7 +11,7 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 
-from rayzor.compression import ActivationQuantization, HeadPruning
+from rayzor.compression import ActivationQuantization, HeadPruning, get_method
 from rayzor.errors import ConfigError
 from rayzor.spaces._dimensions import NEAREST_BITS, Dimension
 from rayzor.spaces._introspect import method_support
@@ -23,7 +23,9 @@ from rayzor.spaces._settings import (
     SpaceSettings,
     as_range,
     takes_bits,
+    takes_group_size,
 )
+from rayzor.spaces._targets import runtime_bits, runtime_methods
 
 __all__ = ["ChannelUnit", "HeadUnit", "Unit", "channel_units", "head_units", "layer_units", "match_layers", "no_match"]
 
@@ -51,6 +53,8 @@ class Unit:
             no activation quantization, one = fixed.
         act_layers: The unit's layers whose inputs ``act_bits`` quantizes
             (Linear / Conv: not an Embedding, whose inputs are token ids).
+        group_sizes: Candidate block sizes of the block-wise methods; empty =
+            one scale per output channel, one = fixed.
     """
 
     prefix: str
@@ -65,6 +69,7 @@ class Unit:
     heads: tuple[float, float] | None = None
     act_bits: tuple[int, ...] = ()
     act_layers: tuple[str, ...] = ()
+    group_sizes: tuple[int, ...] = ()
 
     @property
     def dims(self) -> tuple[Dimension, ...]:
@@ -111,6 +116,16 @@ class Unit:
                     when=("quant", with_bits),
                     prefer=NEAREST_BITS,
                     setting="bits",
+                )
+            )
+        blockwise = tuple(m for m in self.methods if takes_group_size(m))
+        if blockwise and self.group_sizes:  # dropped from the plan where the bits leave the layer fp32
+            dims.append(
+                Dimension(
+                    "group_size",
+                    CategoricalDistribution(self.group_sizes),
+                    when=("quant", blockwise),
+                    prefer=max(self.group_sizes),
                 )
             )
         if self.act_bits:  # on act_layers only, as ActivationQuantization (see CompressionSpace.decode)
@@ -203,9 +218,18 @@ def match_layers(
 
 
 def layer_units(
-    settings: SpaceSettings, layers: Sequence[str], owner: Mapping[str, GroupSpec], model: nn.Module | None
+    settings: SpaceSettings,
+    layers: Sequence[str],
+    owner: Mapping[str, GroupSpec],
+    model: nn.Module | None,
+    target: str = "packed",
 ) -> tuple[Unit, ...]:
-    """One unit per layer, one per tied group (where its first layer is), in model order."""
+    """One unit per layer, one per tied group (where its first layer is), in model order.
+
+    With the model, each unit offers only the quantization methods every one of its layers accepts (AWQ takes
+    Linear layers only), and under a runtime ``target`` only the bit-widths and methods that runtime executes
+    natively on them (see :mod:`rayzor.spaces._targets`).
+    """
     resolved: dict[str | None, SpaceSettings] = {
         None: settings,
         **{g.name: settings.resolved(g) for g in settings.groups},
@@ -252,13 +276,30 @@ def layer_units(
             if cap > 0.0:  # applies to every layer of the unit
                 factorize.append((method, (min(rank_ratio[0], cap), min(rank_ratio[1], cap))))
         act_layers = tuple(layer for layer in names if layer in act_ok)
+        bits, methods, group_sizes = r.bits, r.methods, r.group_size
+        if model is not None:
+            modules = [layer_of(model, layer) for layer in names]
+            for module, _parent in modules:
+                bits = runtime_bits(target, module, bits)
+                methods = runtime_methods(target, module, methods)
+                if isinstance(module, (nn.Conv1d, nn.Conv2d)) and target != "packed":
+                    group_sizes = ()  # int8 convolutions are per output channel
+            calibrated = [m for m in methods if get_method(m).calibrated]
+            if calibrated:
+                refused = {
+                    m
+                    for (module, parent), layer in zip(modules, names)
+                    for m in calibrated
+                    if m not in method_support(layer, module, parent)[0]
+                }
+                methods = tuple(m for m in methods if m not in refused) or ("uniform_quantization",)
         units.append(
             Unit(
                 prefix,
                 names,
                 r.sparsity,
-                r.bits,
-                r.methods,
+                bits,
+                methods,
                 group=g,
                 pruning=r.pruning,
                 factorize=tuple(factorize),
@@ -266,6 +307,7 @@ def layer_units(
                 heads=as_range(r.heads),
                 act_bits=r.act_bits if act_layers else (),
                 act_layers=act_layers,
+                group_sizes=group_sizes,
             )
         )
     return tuple(units)
