@@ -16,6 +16,7 @@ with :func:`register_method`; the handler takes its stage's arguments
 
 from rayzor.compression._actquant import ActivationQuantization, QuantizedInput
 from rayzor.compression._calibration import LayerStats, collect_layer_stats
+from rayzor.compression._deploy import DEPLOY_KINDS, deploy_kind, export_deploy, measure_deploy_latency, runtime_refusal
 from rayzor.compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
 from rayzor.compression._engine import CompressedModel, apply_structure, compress
 from rayzor.compression._gptq import AWQ, GPTQ
@@ -130,6 +131,12 @@ __all__ = [
     "max_abs_diff",
     "measure_onnx_latency",
     "quantize_onnx_int8",
+    # deployment: the ONNX artifact that stores codes and scales as they are
+    "DEPLOY_KINDS",
+    "deploy_kind",
+    "runtime_refusal",
+    "export_deploy",
+    "measure_deploy_latency",
     # packed artifacts
     "save_packed",
     "load_packed",

@@ -121,6 +121,8 @@ def _session(path: str | Path, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Sequential (the default, made explicit): latency protocols rely on one op running at a time.
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
