@@ -85,8 +85,17 @@ def quantize_onnx_int8(
         # Shape inference + graph optimisation first, as onnxruntime recommends.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared))
+        # Weights stored as codes already (DequantizeLinear, MatMulNBits inputs) are not initializers of the
+        # MatMul / Conv: those nodes are left alone, so no weight is quantized a second time.
+        stored = _nodes_without_float_weight(prepared)
         if calibration_data is None:
-            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
+            quantize_dynamic(
+                str(prepared),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                nodes_to_exclude=stored,
+            )
         else:
             quantize_static(
                 str(prepared),
@@ -96,8 +105,22 @@ def quantize_onnx_int8(
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                nodes_to_exclude=stored,
             )
     return Path(dst)
+
+
+def _nodes_without_float_weight(path: Path) -> list[str]:
+    """Names of MatMul / Gemm / Conv nodes whose weight is not an fp32 initializer (already-quantized weights)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] not in floats
+    ]
 
 
 def _calibration_reader(calibration_data: Iterable[Any]) -> Any:
