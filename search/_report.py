@@ -38,19 +38,21 @@ def pareto_plot(
     done = [r for r in records if r.status == FINISHED]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     quality = quality_metric(tuple(objectives))
+    # the size the front is on: the deploy artifact's under a runtime target, else the packed file's
+    size = next((o for o in objectives if o.endswith("_bytes")), "size_bytes")
     ax.scatter(
-        [r.metrics["size_bytes"] / 1024 for r in done],
+        [r.metrics[size] / 1024 for r in done],
         [r.metrics[quality] for r in done],
         s=18,
         c="#9aa5b1",
         label="trials",
     )
-    pts = sorted((r.metrics["size_bytes"] / 1024, r.metrics[quality]) for r in front)
+    pts = sorted((r.metrics[size] / 1024, r.metrics[quality]) for r in front)
     ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="#d9480f", lw=1.5)
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=36, c="#d9480f", label="Pareto front", zorder=3)
     ax.axhline(baseline[quality], color="#2b8a3e", ls="--", lw=1, label=f"fp32 {quality}")
     ax.set_xscale("log")
-    ax.set_xlabel("packed size (KiB, log)")
+    ax.set_xlabel(f"{'deploy artifact' if size == 'deploy_bytes' else 'packed'} size (KiB, log)")
     ax.set_ylabel(f"validation {quality}")
     ax.set_title(f"rayzor search: {' vs '.join(objectives)}")
     ax.legend(loc="lower right")

@@ -301,7 +301,9 @@ class Tracker:
         m = record.metrics
         self.progress(
             f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  "
-            f"{self.quality}={m.get(self.quality, float('nan')):.4f}  size={m.get('size_bytes', 0) / 1024:.1f} KiB  "
+            f"{self.quality}={m.get(self.quality, float('nan')):.4f}  "
+            + (f"deploy={m['deploy_bytes'] / 1024:.1f} KiB  " if "deploy_bytes" in m else "")
+            + f"size={m.get('size_bytes', 0) / 1024:.1f} KiB  "
             f"ratio={m.get('compression_ratio', 0):.1f}x  front={len(self.front.members)}  HV={hv:.4f}"
         )
 

@@ -41,8 +41,14 @@ app = typer.Typer(
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-_TABLE_METRICS = ("size_bytes", "compression_ratio", "latency_ms", "weight_sparsity")
-_HEADERS = {"size_bytes": "size", "compression_ratio": "ratio", "latency_ms": "latency", "weight_sparsity": "zeros"}
+_TABLE_METRICS = ("deploy_bytes", "size_bytes", "compression_ratio", "latency_ms", "weight_sparsity")
+_HEADERS = {
+    "deploy_bytes": "deploy",
+    "size_bytes": "packed",
+    "compression_ratio": "ratio",
+    "latency_ms": "latency",
+    "weight_sparsity": "zeros",
+}
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,7 +66,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fmt(metric: str, value: float) -> str:
-    if metric == "size_bytes":
+    if metric.endswith("_bytes"):
         return f"{value / 1024:.2f} KiB"
     if metric == "compression_ratio":
         return f"{value:.1f}x"
@@ -70,7 +76,8 @@ def _fmt(metric: str, value: float) -> str:
 
 
 def _pareto_table(records: list[Any], title: str, objectives: tuple[str, ...]) -> Table:
-    metrics = (quality_metric(objectives), *_TABLE_METRICS)
+    shown = [m for m in _TABLE_METRICS if m != "deploy_bytes" or any(m in r.metrics for r in records)]
+    metrics = (quality_metric(objectives), *shown)
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
     table.add_column("run id", no_wrap=True, min_width=32)
@@ -141,8 +148,10 @@ def search(
         )
     )
     quality = quality_metric(result.objectives)
+    size_key = next((o for o in result.objectives if o.endswith("_bytes")), "size_bytes")
     console.print(
-        f"fp32 baseline: {quality} {result.baseline[quality]:.4f}, {result.baseline['size_bytes'] / 1024:.1f} KiB"
+        f"fp32 baseline: {quality} {result.baseline[quality]:.4f}, "
+        f"{result.baseline.get(size_key, result.baseline['size_bytes']) / 1024:.1f} KiB ({size_key})"
     )
     if result.tracking_uri.startswith(("http://", "https://")):
         where = f"{result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
@@ -150,7 +159,8 @@ def search(
         where = f"mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})"
     console.print(f"browse:  {where}", markup=False, soft_wrap=True)
     console.print(
-        f"export:  rayzor export --experiment {cfg.experiment} --pick '{quality}>={result.baseline[quality] - 0.01:.3f},min:size_bytes' "
+        f"export:  rayzor export --experiment {cfg.experiment} "
+        f"--pick '{quality}>={result.baseline[quality] - 0.01:.3f},min:{size_key}' "
         f"--format onnx --out model.onnx",
         markup=False,
         soft_wrap=True,

@@ -99,6 +99,62 @@ def test_export_onnx_int8_reports_its_score_and_latency(searched, tmp_path):
     assert report["latency"]["file_ms"] > 0 and report["latency"]["speedup"] > 0
 
 
+def test_export_onnx_is_the_deploy_artifact_the_trial_measured(searched, tmp_path):
+    uri, _, _ = searched
+    rows = json.loads(runner.invoke(app, _args(uri, "pareto", "--json")).stdout)
+    for row in rows:  # every front trial: the exported file is the logged deploy artifact, byte for byte
+        out = tmp_path / f"{row['run_id']}.onnx"
+        result = runner.invoke(app, _args(uri, "export", "--run", row["run_id"], "--format", "onnx", "--out", str(out)))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout[result.stdout.index("{") :])
+        assert out.stat().st_size == row["deploy_bytes"] == report["sizes"]["deploy_bytes"]
+        assert report["sizes"]["size_bytes"] == row["size_bytes"] and report["max_abs_diff"] <= 1e-4
+        assert report["latency"]["trial_ms"] == row["latency_ms"]
+        if out.stat().st_size >= report["sizes"]["fp32_onnx_bytes"]:
+            assert "not smaller than the fp32 ONNX model" in report["warnings"][0]
+
+
+def test_export_onnx_fp32_keeps_plain_ops(searched, tmp_path):
+    import onnx
+
+    uri, _, _ = searched
+    out = tmp_path / "fp32.onnx"
+    result = runner.invoke(
+        app, _args(uri, "export", "--pick", "min:size_bytes", "--format", "onnx-fp32", "--out", str(out))
+    )
+    assert result.exit_code == 0, result.output
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert not ops & {"MatMulNBits", "DequantizeLinear", "GatherBlockQuantized"}
+    assert out.stat().st_size == json.loads(result.stdout[result.stdout.index("{") :])["sizes"]["fp32_onnx_bytes"]
+
+
+def test_export_register_round_trips_through_the_model_registry(searched, tmp_path):
+    import mlflow
+
+    uri, _, _ = searched
+    out = tmp_path / "registered.onnx"
+    result = runner.invoke(
+        app,
+        _args(
+            uri, "export", "--pick", "max:accuracy", "--format", "onnx", "--out", str(out), "--register", "digits-cnn"
+        ),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    version = report["registered"]["version"]
+    client = MlflowClient(uri)
+    tags = client.get_model_version("digits-cnn", version).tags
+    assert tags["rayzor.run_id"] == report["run_id"] and tags["rayzor.search_id"]
+    assert float(tags["rayzor.metric.deploy_bytes"]) == out.stat().st_size
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/digits-cnn/{version}")
+    x = _val_batch()
+    got = loaded.predict(x.numpy())
+    got = next(iter(got.values())) if isinstance(got, dict) else np.asarray(got)
+    want = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 def test_export_packed_by_run_id_reloads_identically(searched, tmp_path):
     uri, _, _ = searched
     rows = json.loads(runner.invoke(app, _args(uri, "pareto", "--json")).stdout)
@@ -152,6 +208,14 @@ def _one_line_error(result, *needles: str) -> None:
         ("sampler: annealing\n", ("sampler", "'annealing'", "'tpe'")),
         ("trials: 0\n", ("trials", "0", "greater than or equal to 1")),
         ("objectives: [cosine, size_bytes]\n", ("objectives", "'cosine'", "'accuracy'")),
+        # what the deployment target cannot execute, or does not measure
+        ("space:\n  bits: [3, 8]\n", ("space.bits", "[3, 8]", "2, 4, 8 and 32 under target onnxruntime")),
+        ("space:\n  methods: [kmeans_quantization]\n", ("space.methods", "kmeans", "target onnxruntime")),
+        ("space:\n  act_bits: [8]\n", ("space.act_bits", "[8]", "target onnxruntime")),
+        ("space:\n  group_size: []\n", ("space.group_size", "[]", "MatMulNBits is block-wise")),
+        ("space:\n  group_size: [48]\n", ("space.group_size", "[48]", "16, 32, 64, 128, 256")),
+        ("target: tflite\n", ("target", "'tflite'", "'onnxruntime'")),
+        ("target: packed\nobjectives: [accuracy, deploy_bytes]\n", ("objectives", "deploy_bytes", "target packed")),
     ],
 )
 def test_bad_config_file_fails_before_ray(no_ray, tmp_path, tracking_uri, yaml_text, needles):
@@ -202,6 +266,8 @@ def test_pick_matching_nothing_says_the_fronts_range(searched, tmp_path):
         (["--pick", "min:size_bytes,max:accuracy"], ("--pick",)),
         (["--format", "tflite", "--run", "x"], ("--format", "'tflite'", "'onnx'")),
         (["--run", "x", "--pick", "min:size_bytes"], ("--run/--pick", "exactly one")),
+        (["--format", "packed", "--run", "x", "--register", "m"], ("--register", "'m'", "ONNX format")),
+        (["--format", "onnx", "--run", "x", "--register", " "], ("--register", "registered-model name")),
     ],
 )
 def test_bad_export_arguments(searched, tmp_path, flags, needles):

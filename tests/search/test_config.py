@@ -12,10 +12,13 @@ def test_defaults_are_the_embedded_digits_search():
     cfg = load_config()
     assert cfg == SearchConfig()
     assert cfg.task == "digits"
-    assert cfg.objectives is None  # resolved per task: (its metric, size_bytes)
-    three = load_config(objectives=["cosine", "size_bytes", "latency_ms"])
+    assert cfg.objectives is None  # resolved per task: (its metric, deploy_bytes under target onnxruntime)
+    three = load_config(objectives=["cosine", "deploy_bytes", "latency_ms"])
     assert three.directions == ["maximize", "minimize", "minimize"]
-    assert cfg.space.bits == (2, 3, 4, 5, 6, 8, 16, 32)
+    # target onnxruntime (the default) starts from what MatMulNBits runs; packed from every bit-width
+    assert cfg.target == "onnxruntime" and cfg.space.bits == (2, 4, 8, 32) and cfg.space.group_size == (32, 128)
+    packed = load_config(target="packed")
+    assert packed.space.bits == (2, 3, 4, 5, 6, 8, 16, 32) and packed.space.group_size == ()
 
 
 def test_yaml_fields_and_flag_overrides(tmp_path):

@@ -58,3 +58,43 @@ def test_every_trial_finishes_with_the_sampled_structure(searched, digits, tmp_p
     with open(client.download_artifacts(result.parent_run_id, "space.json", str(tmp_path))) as f:
         space = json.load(f)
     assert [u["name"] for u in space["channel_units"]] == ["conv2", "fc1"] and space["factorize"] == ["low_rank"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(ray_session, tmp_path_factory):
+    """A search whose layers choose among RTN, GPTQ and AWQ, with block sizes, under target onnxruntime."""
+    root = tmp_path_factory.mktemp("calibrated-search")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = SearchConfig(
+        trials=4,
+        concurrency=2,
+        sampler="random",
+        seed=3,
+        experiment="calibrated",
+        tracking_uri=uri,
+        storage_path=str(root / "ray"),
+        finetune_epochs=0,
+        space={
+            "sparsity": 0.0,
+            "bits": [4, 8],
+            "methods": ["uniform_quantization", "gptq", "awq"],
+            "group_size": [32, 64],
+            "include": ["*"],
+        },
+    )
+    return run_search(config), MlflowClient(uri)
+
+
+def test_calibration_statistics_are_computed_once_per_search(calibrated, digits):
+    result, client = calibrated
+    children = trial_runs(client, result.experiment_id, result.parent_run_id)
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    chosen = {c.data.params[f"{layer}.quant"] for c in children for layer in ("fc1", "fc2")}
+    assert chosen & {"gptq", "awq"}  # the seed samples calibrated quantizers
+    for child in children:
+        # every statistic came from the driver's one pass, through the object store: none recomputed in a trial
+        assert child.data.metrics["calibration_layers_computed"] == 0
+        # convolutions are offered per-channel int8 only under onnxruntime; AWQ never reaches them
+        assert child.data.params.get("conv2.quant", "uniform_quantization") == "uniform_quantization"
+        assert child.data.params["conv2.bits"] in ("8", "32")
+        assert child.data.metrics["deploy_bytes"] > 0
