@@ -207,7 +207,7 @@ def test_bad_group_config_one_line_error(group, field, shown):
 def test_yaml_config_builds_the_grouped_space(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text(
-        "space:\n  bits: [4, 8, 32]\n  exclude: [embed]\n  groups:\n"
+        "target: packed\nspace:\n  bits: [4, 8, 32]\n  exclude: [embed]\n  groups:\n"
         "    - {name: attn, match: ['encoder.layer.*.attention.*'], tie: true, sparsity: [0.0, 0.5]}\n"
         "    - {name: ffn, match: ['*.ffn'], bits: 8}\n"
     )

@@ -81,15 +81,15 @@ def test_resnet18_default_exclusions_and_override(resnet18):
     # The smallest layer, a 64->128 shortcut, has 8,192 >= 4,096 weights: nothing is tiny.
     assert min(r.params for r in introspect(resnet18)) == 8192 > TINY_PARAMS
     assert default_exclusions(resnet18) == {stem: "first layer", head: "last layer"}
-    space = load_config().space.build(resnet18)
+    space = load_config(target="packed").space.build(resnet18)
     assert len(space.layers) == 19 and stem not in space.layers and head not in space.layers
     assert space.dimensions == 2 * 19 and space.describe()["default_excluded"] == {
         stem: "first layer",
         head: "last layer",
     }
-    kept = load_config(space={"include": ["classifier.*"]}).space.build(resnet18)
+    kept = load_config(target="packed", space={"include": ["classifier.*"]}).space.build(resnet18)
     assert kept.layers[-1] == head and len(kept.layers) == 20
-    assert len(load_config(space={"default_exclusions": False}).space.build(resnet18).layers) == 21
+    assert len(load_config(target="packed", space={"default_exclusions": False}).space.build(resnet18).layers) == 21
     # A space built in code covers every layer unless asked.
     assert len(CompressionSpace.from_model(resnet18).layers) == 21
 
@@ -248,22 +248,22 @@ def test_tied_weights_are_counted_once():
 def test_digits_default_exclusions_and_overrides(digits):
     # conv1 (16x1x3x3 = 144 weights) is the first layer and under 1% of the 38,160 compressible weights; fc2 is the last.
     assert default_exclusions(digits.model) == {"conv1": "first layer, tiny (144 weights, 0.38%)", "fc2": "last layer"}
-    space = load_config().space.build(digits.model)
+    space = load_config(target="packed").space.build(digits.model)
     assert space.layers == ("conv2", "fc1") and space.dimensions == 4
-    assert load_config(space={"include": ["fc*"]}).space.build(digits.model).layers == ("conv2", "fc1", "fc2")
-    assert load_config(space={"default_exclusions": False}).space.build(digits.model).layers == (
+    assert load_config(target="packed", space={"include": ["fc*"]}).space.build(digits.model).layers == ("conv2", "fc1", "fc2")
+    assert load_config(target="packed", space={"default_exclusions": False}).space.build(digits.model).layers == (
         "conv1",
         "conv2",
         "fc1",
         "fc2",
     )
     # A group's glob is an explicit choice: it keeps a layer the defaults would leave out.
-    grouped = load_config(space={"groups": [{"name": "convs", "match": ["conv*"], "tie": True}]}).space.build(
+    grouped = load_config(target="packed", space={"groups": [{"name": "convs", "match": ["conv*"], "tie": True}]}).space.build(
         digits.model
     )
     assert grouped.layers == ("conv1", "conv2", "fc1") and grouped.default_excluded == {"fc2": "last layer"}
     # exclude beats include.
-    both = load_config(space={"include": ["fc2"], "exclude": ["fc2"]}).space.build(digits.model)
+    both = load_config(target="packed", space={"include": ["fc2"], "exclude": ["fc2"]}).space.build(digits.model)
     assert both.layers == ("conv2", "fc1")
 
 

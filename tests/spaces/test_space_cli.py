@@ -40,8 +40,9 @@ def test_space_show_json_resolves_the_wine_groups(wine_view):
     groups = {g["name"]: g for g in wine_view["groups"]}
     assert groups["body"]["layers"] == ["body.0", "body.2"] and groups["body"]["sparsity"] == [0.2, 0.9]
     assert groups["classifier"]["bits"] == [8]
-    # body: one shared sparsity + bits; head: sparsity only (bits fixed at 8)
-    assert wine_view["dimensions"] == 3 == groups["body"]["dimensions"] + groups["classifier"]["dimensions"]
+    # body: one shared sparsity + bits + block size; head: sparsity + block size (bits fixed at 8); under
+    # target onnxruntime (the default) every quantized Linear chooses its MatMulNBits block size
+    assert wine_view["dimensions"] == 5 == groups["body"]["dimensions"] + groups["classifier"]["dimensions"]
     # The default exclusions would leave out the first and last layer; the groups' globs keep them.
     assert wine_view["default_exclusions"] and rows["body.0"]["default_exclusion"] == "first layer"
     assert (
@@ -66,7 +67,7 @@ def test_space_show_table_and_exclusions(tmp_path):
     result = runner.invoke(app, ["space", "show", str(config)])
     assert result.exit_code == 0, result.output
     assert "body (tied)" in result.output and "(excluded)" in result.output
-    assert "2 of 3 layers searched, 1 groups, 2 dimensions" in result.output
+    assert "2 of 3 layers searched, 1 groups, 3 dimensions" in result.output  # sparsity, bits, group_size
     assert "methods for every layer: channel_pruning, low_rank, magnitude_pruning," in result.output  # stage order
     rows = {
         row["layer"]: row
@@ -81,7 +82,8 @@ def test_space_show_digits_default_exclusions(digits):
     assert result.exit_code == 0, result.output
     view = json.loads(result.stdout)
     rows = {row["layer"]: row for row in view["layers"]}
-    assert [name for name, row in rows.items() if not row["excluded"]] == ["conv2", "fc1"] and view["dimensions"] == 4
+    # conv2: sparsity and bits (int8 or fp32 under onnxruntime); fc1: sparsity, bits and its block size
+    assert [name for name, row in rows.items() if not row["excluded"]] == ["conv2", "fc1"] and view["dimensions"] == 5
     assert rows["conv1"]["why"] == "first layer, tiny (144 weights, 0.38%)" and rows["fc2"]["why"] == "last layer"
     assert view["compressible_params"] == 144 + 4608 + 32768 + 640
 

@@ -285,6 +285,7 @@ def test_config_errors_are_one_line(space, message):
 def test_config_builds_the_space(digits):
     config = validate_config(
         {
+            "target": "packed",
             "space": {
                 "channels": [0.25, 0.5],
                 "factorize": ["lowrank"],
@@ -481,7 +482,7 @@ def test_heads_and_act_bits_config_errors_are_one_line(space, message):
 
 
 def test_config_builds_heads_and_act_bits(digits):
-    config = validate_config({"space": {"act_bits": [32, 8], "heads": [0.25, 0.5]}}).space
+    config = validate_config({"target": "packed", "space": {"act_bits": [32, 8], "heads": [0.25, 0.5]}}).space
     assert config.act_bits == (8, 32) and config.heads == (0.25, 0.5)
     space = config.build(digits.model, example_input=digits.example_input)
     # no attention in the digits CNN: no heads; sparsity, bits, act_bits on conv2 and fc1
