@@ -250,7 +250,11 @@ def test_digits_default_exclusions_and_overrides(digits):
     assert default_exclusions(digits.model) == {"conv1": "first layer, tiny (144 weights, 0.38%)", "fc2": "last layer"}
     space = load_config(target="packed").space.build(digits.model)
     assert space.layers == ("conv2", "fc1") and space.dimensions == 4
-    assert load_config(target="packed", space={"include": ["fc*"]}).space.build(digits.model).layers == ("conv2", "fc1", "fc2")
+    assert load_config(target="packed", space={"include": ["fc*"]}).space.build(digits.model).layers == (
+        "conv2",
+        "fc1",
+        "fc2",
+    )
     assert load_config(target="packed", space={"default_exclusions": False}).space.build(digits.model).layers == (
         "conv1",
         "conv2",
@@ -258,9 +262,9 @@ def test_digits_default_exclusions_and_overrides(digits):
         "fc2",
     )
     # A group's glob is an explicit choice: it keeps a layer the defaults would leave out.
-    grouped = load_config(target="packed", space={"groups": [{"name": "convs", "match": ["conv*"], "tie": True}]}).space.build(
-        digits.model
-    )
+    grouped = load_config(
+        target="packed", space={"groups": [{"name": "convs", "match": ["conv*"], "tie": True}]}
+    ).space.build(digits.model)
     assert grouped.layers == ("conv1", "conv2", "fc1") and grouped.default_excluded == {"fc2": "last layer"}
     # exclude beats include.
     both = load_config(target="packed", space={"include": ["fc2"], "exclude": ["fc2"]}).space.build(digits.model)

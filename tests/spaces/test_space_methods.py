@@ -88,7 +88,9 @@ def test_bad_methods(kwargs, field, text):
 
 
 def test_search_config_methods():
-    config = validate_config({"target": "packed", "space": {"methods": ["binary_quantization", "uniform_quantization"]}})
+    config = validate_config(
+        {"target": "packed", "space": {"methods": ["binary_quantization", "uniform_quantization"]}}
+    )
     assert config.space.methods == ("binary_quantization", "uniform_quantization")
     with pytest.raises(ConfigError, match="space.methods"):
         validate_config({"space": {"methods": ["nope"]}})

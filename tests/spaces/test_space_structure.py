@@ -291,7 +291,7 @@ def test_config_builds_the_space(digits):
                 "factorize": ["lowrank"],
                 "rank_ratio": [0.1, 0.5],
                 "pruning": ["random", "magnitude"],
-            }
+            },
         }
     ).space
     assert config.factorize == ("low_rank",) and config.pruning == ("random_pruning", "magnitude_pruning")
