@@ -19,6 +19,9 @@ time, so the artifact computes with exactly the weights the torch model uses):
 * ``"dense"``: anything else (k-means codebooks, fractional zero points,
   3/5/6/7-bit block codes, ...) stays an fp32 initializer.
 
+GatherBlockQuantized with uint8 data runs at the exporter's opset 17 (checked
+on onnxruntime 1.32), so the graph is not converted to opset 21.
+
 Pruned weights of a sparse layer are written as codes that decode to exactly
 zero, so a mask never forces the dense kind (but brings no saving either:
 these ops store every element). Byte layouts follow onnxruntime's contrib-op
@@ -35,6 +38,7 @@ import hashlib
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -443,6 +447,7 @@ def export_deploy(
     rw = _Rewriter(model, accuracy_level)
     digests: dict[str, tuple] = {}
     nodes = []
+    found: set[str] = set()
     for node in model.graph.node:
         slot = _weight_slot(node)
         weight = node.input[slot[0]] if slot and len(node.input) > slot[0] else None
@@ -465,6 +470,7 @@ def export_deploy(
             nodes.append(node)
             continue
         layer, cw, kind, _ = match
+        found.add(layer)
         if kind == "matmul_nbits":
             nodes.extend(rw.matmul_nbits(node, layer, cw))
         elif kind == "gather_block_quantized":
@@ -474,6 +480,12 @@ def export_deploy(
         else:
             nodes.extend(rw.half(node, layer, cw, index_, transposed))
 
+    missing = sorted({m[0] for matches in index.values() for m in matches} - found)
+    if missing:
+        # E.g. a Conv the exporter fused with its BatchNorm: its initializer no longer equals the stored weight.
+        warnings.warn(
+            f"export_deploy: no graph weight equals the stored weight of {missing}; they stay fp32", stacklevel=2
+        )
     graph = model.graph
     del graph.node[:]
     graph.node.extend(nodes)

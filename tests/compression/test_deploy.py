@@ -180,3 +180,17 @@ def test_bad_arguments_raise_config_error(tmp_path):
         export_deploy(compressed, torch.randn(2, 40), tmp_path / "m.onnx", accuracy_level=7)
     with pytest.raises(ConfigError):
         export_deploy(compressed.model, torch.randn(2, 40), tmp_path / "m.onnx")
+
+
+def test_a_weight_missing_from_the_graph_is_reported(tmp_path):
+    class Folded(nn.Module):  # the exported weight is 2 * W: no initializer equals the stored one
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(x, self.fc.weight * 2)
+
+    compressed = compress(Folded().eval(), CompressionPlan({"fc": (UniformQuantization(4, group_size=16),)}))
+    with pytest.warns(UserWarning, match="fc"):
+        export_deploy(compressed, torch.randn(2, 32), tmp_path / "m.onnx")
