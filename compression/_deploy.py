@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from rayzor.compression._actquant import QuantizedInput
+from rayzor.compression._calibration import LayerStats
 from rayzor.compression._engine import CompressedModel
 from rayzor.compression._onnx import _session, export_onnx
 from rayzor.compression._registry import MethodConfig, get_handler
@@ -110,9 +111,8 @@ def runtime_refusal(config: MethodConfig, module: nn.Module) -> str | None:
 
     Only quantize-stage methods change how a weight is stored; for any other
     config the answer is None. The storage format is read off the method's
-    output on a small stand-in weight of the layer's row size (calibrated
-    methods round onto their data-free grid; AWQ's input scales are kept in
-    mind), so the rule cannot drift from :func:`deploy_kind`.
+    output on a small stand-in weight (calibrated methods with identity
+    statistics), so the rule cannot drift from :func:`deploy_kind`.
     """
     if getattr(config, "stage", None) != "quantize":
         return None
@@ -120,12 +120,15 @@ def runtime_refusal(config: MethodConfig, module: nn.Module) -> str | None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         return None
-    shape = (min(int(weight.shape[0]), 4), *weight.shape[1:])
-    stand_in = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    cfg = config.rounding() if getattr(config, "calibrated", False) else config
-    cw = get_handler(cfg)(module, CompressedWeight.from_dense(stand_in), cfg, None)
-    if getattr(config, "method", None) == "awq":
-        cw.input_scale = torch.ones(cw.row_size, dtype=torch.float16)
+    stand_in = torch.randn(
+        (min(int(weight.shape[0]), 4), *weight.shape[1:]), generator=torch.Generator().manual_seed(0)
+    )
+    stats = None
+    if getattr(config, "calibrated", False):
+        # The format does not depend on the statistics: identity ones on a (4, <=256) slice keep this cheap.
+        stand_in = stand_in.reshape(stand_in.shape[0], -1)[:, :256].contiguous()
+        stats = LayerStats(torch.eye(stand_in.shape[1]), 1)
+    cw = get_handler(config)(module, CompressedWeight.from_dense(stand_in), config, stats)
     if deploy_kind(cw, module) != "dense":
         return None
     return (

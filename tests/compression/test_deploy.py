@@ -79,6 +79,17 @@ def test_calibrated_methods_run_as_matmul_nbits(cfg, tmp_path):
         assert ops.count("Div") == 3
 
 
+def test_per_channel_gptq_runs_as_uint8_dequantize(tmp_path):
+    # Whole-row blocks with integer zero points: a per-axis uint8 DequantizeLinear decodes them exactly.
+    cfg = GPTQ(4, group_size=None, symmetric=False)
+    compressed = compress(_mlp(), CompressionPlan({"2": (cfg,), "4": (cfg,)}), calibration_data=_calibration())
+    assert runtime_refusal(cfg, nn.Linear(40, 8)) is None
+    ops = _check_parity(compressed, torch.randn(7, 40), tmp_path / "m.onnx")
+    assert ops.count("DequantizeLinear") == 2
+    dtypes = {t.data_type for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    assert onnx.TensorProto.UINT8 in dtypes
+
+
 def test_pruned_and_activation_quantized_layers_deploy(tmp_path):
     # Pruned weights decode to exactly zero; an activation-quantized layer is found at name.layer.
     plan = CompressionPlan(
