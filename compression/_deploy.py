@@ -19,6 +19,9 @@ time, so the artifact computes with exactly the weights the torch model uses):
 * ``"dense"``: anything else (k-means codebooks, fractional zero points,
   3/5/6/7-bit block codes, ...) stays an fp32 initializer.
 
+GatherBlockQuantized with uint8 data runs at the exporter's opset 17 (checked
+on onnxruntime 1.32), so the graph is not converted to opset 21.
+
 Pruned weights of a sparse layer are written as codes that decode to exactly
 zero, so a mask never forces the dense kind (but brings no saving either:
 these ops store every element). Byte layouts follow onnxruntime's contrib-op
@@ -35,6 +38,7 @@ import hashlib
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ import torch
 from torch import nn
 
 from rayzor.compression._actquant import QuantizedInput
+from rayzor.compression._calibration import LayerStats
 from rayzor.compression._engine import CompressedModel
 from rayzor.compression._onnx import _session, export_onnx
 from rayzor.compression._registry import MethodConfig, get_handler
@@ -106,9 +111,8 @@ def runtime_refusal(config: MethodConfig, module: nn.Module) -> str | None:
 
     Only quantize-stage methods change how a weight is stored; for any other
     config the answer is None. The storage format is read off the method's
-    output on a small stand-in weight of the layer's row size (calibrated
-    methods round onto their data-free grid; AWQ's input scales are kept in
-    mind), so the rule cannot drift from :func:`deploy_kind`.
+    output on a small stand-in weight (calibrated methods with identity
+    statistics), so the rule cannot drift from :func:`deploy_kind`.
     """
     if getattr(config, "stage", None) != "quantize":
         return None
@@ -116,12 +120,15 @@ def runtime_refusal(config: MethodConfig, module: nn.Module) -> str | None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         return None
-    shape = (min(int(weight.shape[0]), 4), *weight.shape[1:])
-    stand_in = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    cfg = config.rounding() if getattr(config, "calibrated", False) else config
-    cw = get_handler(cfg)(module, CompressedWeight.from_dense(stand_in), cfg, None)
-    if getattr(config, "method", None) == "awq":
-        cw.input_scale = torch.ones(cw.row_size, dtype=torch.float16)
+    stand_in = torch.randn(
+        (min(int(weight.shape[0]), 4), *weight.shape[1:]), generator=torch.Generator().manual_seed(0)
+    )
+    stats = None
+    if getattr(config, "calibrated", False):
+        # The format does not depend on the statistics: identity ones on a (4, <=256) slice keep this cheap.
+        stand_in = stand_in.reshape(stand_in.shape[0], -1)[:, :256].contiguous()
+        stats = LayerStats(torch.eye(stand_in.shape[1]), 1)
+    cw = get_handler(config)(module, CompressedWeight.from_dense(stand_in), config, stats)
     if deploy_kind(cw, module) != "dense":
         return None
     return (
@@ -443,6 +450,7 @@ def export_deploy(
     rw = _Rewriter(model, accuracy_level)
     digests: dict[str, tuple] = {}
     nodes = []
+    found: set[str] = set()
     for node in model.graph.node:
         slot = _weight_slot(node)
         weight = node.input[slot[0]] if slot and len(node.input) > slot[0] else None
@@ -465,6 +473,7 @@ def export_deploy(
             nodes.append(node)
             continue
         layer, cw, kind, _ = match
+        found.add(layer)
         if kind == "matmul_nbits":
             nodes.extend(rw.matmul_nbits(node, layer, cw))
         elif kind == "gather_block_quantized":
@@ -474,6 +483,12 @@ def export_deploy(
         else:
             nodes.extend(rw.half(node, layer, cw, index_, transposed))
 
+    missing = sorted({m[0] for matches in index.values() for m in matches} - found)
+    if missing:
+        # E.g. a Conv the exporter fused with its BatchNorm: its initializer no longer equals the stored weight.
+        warnings.warn(
+            f"export_deploy: no graph weight equals the stored weight of {missing}; they stay fp32", stacklevel=2
+        )
     graph = model.graph
     del graph.node[:]
     graph.node.extend(nodes)

@@ -1,0 +1,207 @@
+"""The deploy artifact: codes and scales stored as they are, in ops onnxruntime runs natively."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from rayzor.compression import (
+    AWQ,
+    GPTQ,
+    ActivationQuantization,
+    CompressionPlan,
+    ConfigError,
+    HalfPrecision,
+    KMeansQuantization,
+    MagnitudePruning,
+    OrtModule,
+    UniformQuantization,
+    compress,
+    deploy_kind,
+    export_deploy,
+    export_onnx,
+    max_abs_diff,
+    measure_deploy_latency,
+    runtime_refusal,
+)
+
+
+def _mlp() -> nn.Sequential:
+    # K = 40 is not a multiple of 16 or 32: the last block of each row is short.
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(40, 8), nn.ReLU(), nn.Linear(8, 300), nn.ReLU(), nn.Linear(300, 5)).eval()
+
+
+def _calibration() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(32, 40, generator=g) for _ in range(4)]
+
+
+def _ops(path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+def _check_parity(compressed, x, path, **kwargs) -> list[str]:
+    path = export_deploy(compressed, x, path, **kwargs)
+    onnx.checker.check_model(onnx.load(str(path)))
+    with torch.inference_mode():
+        ref = compressed.model(x)
+        out = OrtModule(path)(x)
+    assert max_abs_diff(out, ref) <= 1e-4 * (1 + float(ref.abs().max()))
+    return _ops(path)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group_size", [16, 32, 128])
+def test_block_wise_linear_runs_as_matmul_nbits(bits, symmetric, group_size, tmp_path):
+    cfg = UniformQuantization(bits, symmetric, group_size=group_size)
+    compressed = compress(_mlp(), CompressionPlan({name: (cfg,) for name in ("0", "2", "4")}))
+    assert {deploy_kind(cw, compressed.model.get_submodule(n)) for n, cw in compressed.weights.items()} == {
+        "matmul_nbits"
+    }
+    ops = _check_parity(compressed, torch.randn(7, 40), tmp_path / "m.onnx")
+    assert ops.count("MatMulNBits") == 3 and "Gemm" not in ops and "MatMul" not in ops
+
+
+@pytest.mark.parametrize(
+    "cfg", [GPTQ(4, group_size=16), GPTQ(4, group_size=32, symmetric=False), AWQ(4, group_size=16)], ids=repr
+)
+def test_calibrated_methods_run_as_matmul_nbits(cfg, tmp_path):
+    compressed = compress(
+        _mlp(), CompressionPlan({name: (cfg,) for name in ("0", "2", "4")}), calibration_data=_calibration()
+    )
+    ops = _check_parity(compressed, torch.randn(7, 40), tmp_path / "m.onnx")
+    assert ops.count("MatMulNBits") == 3
+    if isinstance(cfg, AWQ):  # the per-input scales divide the activation
+        assert ops.count("Div") == 3
+
+
+def test_per_channel_gptq_runs_as_uint8_dequantize(tmp_path):
+    # Whole-row blocks with integer zero points: a per-axis uint8 DequantizeLinear decodes them exactly.
+    cfg = GPTQ(4, group_size=None, symmetric=False)
+    compressed = compress(_mlp(), CompressionPlan({"2": (cfg,), "4": (cfg,)}), calibration_data=_calibration())
+    assert runtime_refusal(cfg, nn.Linear(40, 8)) is None
+    ops = _check_parity(compressed, torch.randn(7, 40), tmp_path / "m.onnx")
+    assert ops.count("DequantizeLinear") == 2
+    dtypes = {t.data_type for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    assert onnx.TensorProto.UINT8 in dtypes
+
+
+def test_pruned_and_activation_quantized_layers_deploy(tmp_path):
+    # Pruned weights decode to exactly zero; an activation-quantized layer is found at name.layer.
+    plan = CompressionPlan(
+        {
+            "0": (MagnitudePruning(0.5), UniformQuantization(4, group_size=16)),
+            "2": (UniformQuantization(8, symmetric=False, group_size=32), ActivationQuantization(8)),
+        }
+    )
+    compressed = compress(_mlp(), plan, calibration_data=_calibration())
+    assert "2.layer" in compressed.weights
+    ops = _check_parity(compressed, torch.randn(7, 40), tmp_path / "m.onnx", accuracy_level=0)
+    assert ops.count("MatMulNBits") == 2
+
+
+class _Embed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 48)
+        self.fc = nn.Linear(48, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(x).mean(dim=1))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_block_wise_embedding_runs_as_gather_block_quantized(bits, symmetric, tmp_path):
+    compressed = compress(
+        _Embed().eval(), CompressionPlan({"emb": (UniformQuantization(bits, symmetric, group_size=32),)})
+    )
+    assert deploy_kind(compressed.weights["emb"], compressed.model.emb) == "gather_block_quantized"
+    x = torch.randint(0, 50, (4, 6))
+    ops = _check_parity(compressed, x, tmp_path / "m.onnx")
+    assert "GatherBlockQuantized" in ops and "Gather" not in ops
+
+
+def test_int8_conv_and_fp16_layers(digits, tmp_path):
+    plan = CompressionPlan(
+        {
+            "conv1": (UniformQuantization(8),),
+            "conv2": (UniformQuantization(6),),
+            "fc1": (HalfPrecision(),),
+            "fc2": (HalfPrecision("bf16"),),
+        }
+    )
+    compressed = compress(digits.model, plan)
+    kinds = {n: deploy_kind(cw, compressed.model.get_submodule(n)) for n, cw in compressed.weights.items()}
+    assert kinds == {"conv1": "int8_dequantize", "conv2": "int8_dequantize", "fc1": "half", "fc2": "half"}
+    x = digits.data["val"].tensors[0][:16]
+    ops = _check_parity(compressed, x, tmp_path / "m.onnx")
+    assert ops.count("DequantizeLinear") == 2 and ops.count("Cast") == 2
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    dtypes = {t.data_type for t in model.graph.initializer}
+    assert {onnx.TensorProto.INT8, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16} <= dtypes
+
+
+def test_digits_artifact_is_smaller_than_fp32(digits, tmp_path):
+    block4 = UniformQuantization(4, group_size=32)
+    plan = CompressionPlan(
+        {"conv1": (UniformQuantization(8),), "conv2": (UniformQuantization(8),), "fc1": (block4,), "fc2": (block4,)}
+    )
+    compressed = compress(digits.model, plan)
+    fp32 = export_onnx(compressed.model, digits.example_input, tmp_path / "fp32.onnx")
+    deploy = export_deploy(compressed, digits.example_input, tmp_path / "deploy.onnx", accuracy_level=4)
+    ops = _ops(deploy)
+    assert ops.count("MatMulNBits") == 2 and ops.count("DequantizeLinear") == 2
+    # 4-bit fc weights (~90% of the parameters) plus int8 convs: well under a third of the fp32 file.
+    assert deploy.stat().st_size < 0.3 * fp32.stat().st_size
+    assert not list(tmp_path.glob("*.data"))  # one file, no external data
+    assert abs(digits.score(OrtModule(deploy))["accuracy"] - digits.score(compressed.model)["accuracy"]) <= 0.02
+    assert measure_deploy_latency(deploy, digits.example_input, round_size=3, max_rounds=2) > 0
+
+
+def test_dense_kinds_keep_fp32(tmp_path):
+    plan = CompressionPlan({"0": (KMeansQuantization(4),), "2": (UniformQuantization(3, group_size=16),)})
+    compressed = compress(_mlp(), plan)
+    assert deploy_kind(compressed.weights["0"], compressed.model[0]) == "dense"
+    assert deploy_kind(compressed.weights["2"], compressed.model[2]) == "dense"
+    ops = _check_parity(compressed, torch.randn(5, 40), tmp_path / "m.onnx")
+    assert "MatMulNBits" not in ops and "DequantizeLinear" not in ops
+
+
+def test_runtime_refusal_names_dense_settings():
+    linear, emb = nn.Linear(40, 8), nn.Embedding(10, 33)
+    assert runtime_refusal(UniformQuantization(4, group_size=16), linear) is None
+    assert runtime_refusal(AWQ(4, group_size=16), linear) is None
+    assert runtime_refusal(MagnitudePruning(0.5), linear) is None  # not a storage format
+    assert "kmeans_quantization" in runtime_refusal(KMeansQuantization(4), linear)
+    assert runtime_refusal(UniformQuantization(5, group_size=16), linear) is not None
+    # An odd row cannot be packed two codes a byte by GatherBlockQuantized.
+    assert runtime_refusal(UniformQuantization(4, group_size=16), emb) is not None
+    assert runtime_refusal(UniformQuantization(8, group_size=16), emb) is None
+
+
+def test_bad_arguments_raise_config_error(tmp_path):
+    compressed = compress(_mlp(), CompressionPlan({"0": (UniformQuantization(4, group_size=16),)}))
+    with pytest.raises(ConfigError):
+        export_deploy(compressed, torch.randn(2, 40), tmp_path / "m.onnx", accuracy_level=7)
+    with pytest.raises(ConfigError):
+        export_deploy(compressed.model, torch.randn(2, 40), tmp_path / "m.onnx")
+
+
+def test_a_weight_missing_from_the_graph_is_reported(tmp_path):
+    class Folded(nn.Module):  # the exported weight is 2 * W: no initializer equals the stored one
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(x, self.fc.weight * 2)
+
+    compressed = compress(Folded().eval(), CompressionPlan({"fc": (UniformQuantization(4, group_size=16),)}))
+    with pytest.warns(UserWarning, match="fc"):
+        export_deploy(compressed, torch.randn(2, 32), tmp_path / "m.onnx")
