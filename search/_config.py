@@ -108,6 +108,12 @@ class SearchConfig(_Strict):
         "methods); each trial builds its ONNX deploy artifact and logs deploy_bytes and latency_ms measured on it. "
         "packed: every method and bit-width, in rayzor's packed format (archival, research)",
     )
+    accuracy_level: Literal[0, 4] = Field(
+        0,
+        description="MatMulNBits compute under target onnxruntime: 0 = fp32 activations (the artifact computes what "
+        "the torch model does); 4 = activations quantized to int8 on the fly (faster kernels; the trial's quality is "
+        "then scored on the deploy artifact itself)",
+    )
     trials: int = Field(64, ge=1, description="number of trials")
     # Left unset, the runner derives it from what the cluster has (see
     # cluster.derive_concurrency); the default here is the 2-core local value.
@@ -298,6 +304,10 @@ def _check_combinations(config: SearchConfig) -> None:
             list(config.objectives or ()),
             "objectives without deploy_bytes under target packed (no deploy artifact is built); "
             "size_bytes is the packed file's length",
+        )
+    if config.target == "packed" and config.accuracy_level != 0:
+        raise ConfigError(
+            "accuracy_level", config.accuracy_level, "0 under target packed (it sets onnxruntime's MatMulNBits kernels)"
         )
     if config.scheduler == "asha" and config.finetune_epochs < config.asha.grace_period + 1:
         raise ConfigError(

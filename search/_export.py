@@ -141,10 +141,14 @@ class ExportReport:
         return dict(self.__dict__)
 
 
-def _task_of(client: Any, parent_run_id: str) -> Task:
+def _config_of(client: Any, parent_run_id: str) -> SearchConfig:
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(parent_run_id, "search_config.json", tmp)
-        config = SearchConfig.model_validate(json.loads(Path(path).read_text()))
+        return SearchConfig.model_validate(json.loads(Path(path).read_text()))
+
+
+def _task_of(client: Any, parent_run_id: str) -> Task:
+    config = _config_of(client, parent_run_id)
     return create_task(config.task, **config.task_options)
 
 
@@ -154,7 +158,13 @@ def _reference_batch(task: Task) -> torch.Tensor:
 
 
 def _write(
-    compressed: CompressedModel, packed: Path, fmt: str, out: Path, batch: torch.Tensor, example: torch.Tensor
+    compressed: CompressedModel,
+    packed: Path,
+    fmt: str,
+    out: Path,
+    batch: torch.Tensor,
+    example: torch.Tensor,
+    accuracy_level: int = 0,
 ) -> tuple[torch.nn.Module, float]:
     """Write ``out`` in ``fmt``; return the shipped model (as run from the file) and its max |diff| to the model."""
     model = compressed.model
@@ -162,14 +172,14 @@ def _write(
         shutil.copyfile(packed, out)
         shipped, _ = load_packed(out)
     elif fmt == "onnx":
-        deploy_metrics(compressed, example, out)  # the trial's own function: the same bytes it measured
+        deploy_metrics(compressed, example, out, accuracy_level)  # the trial's own function: the bytes it measured
         shipped = OrtModule(out)
     elif fmt == "onnx-fp32":
         export_onnx(model, example, out)
         shipped = OrtModule(out)
     else:  # onnx-int8: the deploy artifact, its still-fp32 weights int8; stored codes are never re-quantized
         with tempfile.TemporaryDirectory() as tmp:
-            deploy_metrics(compressed, example, Path(tmp) / "deploy.onnx")
+            deploy_metrics(compressed, example, Path(tmp) / "deploy.onnx", accuracy_level)
             quantize_onnx_int8(Path(tmp) / "deploy.onnx", out)
         shipped = OrtModule(out)
     with torch.inference_mode():
@@ -234,24 +244,37 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
     out = Path(out)
     if not out.parent.is_dir():
         raise ConfigError("--out", str(out), "a path in an existing folder")
-    task = _task_of(client, run.data.tags[TAG_PARENT])
+    config = _config_of(client, run.data.tags[TAG_PARENT])
+    task = create_task(config.task, **config.task_options)
+    # int8 activations (accuracy_level 4): the trial scored its deploy artifact, whose outputs are not torch's
+    int8_compute = config.target == "onnxruntime" and config.accuracy_level != 0
     torch.set_num_threads(1)  # latency as a trial measured it
     with tempfile.TemporaryDirectory() as tmp:
         packed = Path(client.download_artifacts(run_id, f"{PACKED_ARTIFACT_DIR}/{PACKED_NAME}", tmp))
         model, info = load_packed(packed)
         val = task.score(model, "val")
         logged = float(run.data.metrics[task.metric])
-        if abs(val[task.metric] - logged) > 1e-6:
+        if not int8_compute and abs(val[task.metric] - logged) > 1e-6:
             raise RayzorError(
                 f"packed model of run {run_id} scores {task.metric}={val[task.metric]} on val, but the trial logged {logged}"
             )
         batch = _reference_batch(task)
         try:
-            shipped, diff = _write(_compressed(model, info), packed, fmt, out, batch, task.example_input)
+            shipped, diff = _write(
+                _compressed(model, info), packed, fmt, out, batch, task.example_input, config.accuracy_level
+            )
             if fmt == "packed" and diff != 0.0:
                 raise RayzorError(f"packed file {out} reloads to different outputs (max abs diff {diff})")
-            if fmt in ("onnx", "onnx-fp32") and diff > ONNX_TOLERANCE:
-                raise RayzorError(f"ONNX export {out} differs from torch by {diff} > {ONNX_TOLERANCE}")
+            if fmt == "onnx-fp32" or (fmt == "onnx" and not int8_compute):
+                if diff > ONNX_TOLERANCE:
+                    raise RayzorError(f"ONNX export {out} differs from torch by {diff} > {ONNX_TOLERANCE}")
+            if fmt == "onnx" and int8_compute:
+                val = task.score(shipped, "val")  # what the trial logged: the artifact's own score
+                if abs(val[task.metric] - logged) > 1e-6:
+                    raise RayzorError(
+                        f"deploy artifact of run {run_id} scores {task.metric}={val[task.metric]} on val, "
+                        f"but the trial logged {logged}"
+                    )
         except BaseException:
             out.unlink(missing_ok=True)
             raise

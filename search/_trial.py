@@ -19,6 +19,7 @@ from rayzor.compression import (
     DistillConfig,
     FinetuneConfig,
     LayerStats,
+    OrtModule,
     check_student,
     compress,
     distill,
@@ -121,6 +122,7 @@ def evaluate_plan(
     distillation: dict[str, Any] | None = None,
     target: str = "packed",
     calibration_stats: dict[str, LayerStats] | None = None,
+    accuracy_level: int = 0,
 ) -> dict[str, float]:
     """Compress the task's model (or a student) with the plan ``params`` decode to, and measure it.
 
@@ -136,6 +138,7 @@ def evaluate_plan(
         distillation=distillation,
         target=target,
         calibration_stats=calibration_stats,
+        accuracy_level=accuracy_level,
     )
 
 
@@ -149,6 +152,7 @@ def evaluate(
     distillation: dict[str, Any] | None = None,
     target: str = "packed",
     calibration_stats: dict[str, LayerStats] | None = None,
+    accuracy_level: int = 0,
 ) -> dict[str, float]:
     """Compress the task's model (or a student) with a decoded plan, and measure it.
 
@@ -159,7 +163,10 @@ def evaluate(
     in onnxruntime (:func:`~rayzor.compression.measure_deploy_latency`), so both
     are what an export of this trial ships. Under ``packed``, ``latency_ms`` is
     the torch model's. ``calibration_stats`` (the search's, from the object
-    store) spare GPTQ / AWQ their statistics pass.
+    store) spare GPTQ / AWQ their statistics pass. With ``accuracy_level`` 4
+    the artifact's MatMulNBits layers quantize their activations to int8, so
+    its outputs are no longer the torch model's: the quality metrics are then
+    scored on the artifact itself, in onnxruntime.
     ``device`` is where the fine-tune runs; scoring and latency stay on CPU,
     so figures are comparable whichever node a trial lands on. ``on_epoch``
     is handed to :func:`compression.compress` (intermediate results).
@@ -216,7 +223,11 @@ def evaluate(
         calibration_layers_computed=float(len(compressed.stats_computed)),
     )
     if target == "onnxruntime":
-        metrics.update(deploy_metrics(compressed, task.example_input, out_dir / DEPLOY_NAME))
+        deploy = out_dir / DEPLOY_NAME
+        metrics.update(deploy_metrics(compressed, task.example_input, deploy, accuracy_level))
+        if accuracy_level:
+            metrics.update(task.score(OrtModule(deploy), "val"))
+            metrics["quality_drop"] = task.baseline["val"][task.metric] - metrics[task.metric]
     else:
         metrics["latency_ms"] = measure_latency(compressed.model, task.example_input)
     # params, nonzero_params, flops, macs, bitops of one forward of the example input
@@ -226,12 +237,14 @@ def evaluate(
     return metrics
 
 
-def deploy_metrics(compressed: CompressedModel, example_input: Any, path: Path) -> dict[str, float]:
+def deploy_metrics(
+    compressed: CompressedModel, example_input: Any, path: Path, accuracy_level: int = 0
+) -> dict[str, float]:
     """``deploy_bytes`` and ``latency_ms`` of the deploy artifact of ``compressed``, written to ``path``.
 
     One function for the trial and the export, so both build the same bytes.
     """
-    export_deploy(compressed, example_input, path)
+    export_deploy(compressed, example_input, path, accuracy_level=accuracy_level)
     return {
         "deploy_bytes": float(path.stat().st_size),
         "latency_ms": measure_deploy_latency(path, example_input),
@@ -336,6 +349,7 @@ def run_trial(
     distillation: dict[str, Any] | None = None,
     target: str = "packed",
     calibration_stats: dict[str, LayerStats] | None = None,
+    accuracy_level: int = 0,
 ) -> None:
     """Ray Tune function trainable: one plan, one report with its packed artifact.
 
@@ -371,6 +385,7 @@ def run_trial(
             distillation=distillation,
             target=target,
             calibration_stats=calibration_stats,
+            accuracy_level=accuracy_level,
         )
         (Path(tmp) / DEPLOY_NAME).unlink(missing_ok=True)  # rebuilt byte for byte from the packed file on export
         (Path(tmp) / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels

@@ -114,6 +114,7 @@ def make_trainable(
             distillation=_distillation(config, task),
             target=config.target,
             calibration_stats=calibration_stats(task, space),
+            accuracy_level=config.accuracy_level,
         ),
         tune_resources(request),
     )
