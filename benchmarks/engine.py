@@ -777,14 +777,14 @@ def _minilm_section(minilm: dict) -> list[str]:
         "share of each validation text's 10 fp32 nearest neighbours kept. Quantized: every Linear of the 6 "
         "encoder blocks (query, key, value, attention output, FFN in, FFN out); the word / position / type "
         "embeddings and LayerNorms stay fp32 (the task's encoder has no pooler: it mean-pools). Size = packed "
-        f"file (`save_packed`, reloaded and checked bit-exact), of which the embeddings' fp32 "
-        f"{(fp32['size_bytes'] - fp32['linear_bytes']) / 1e6:.1f} MB are in every row; *Linear weights* = "
+        "file (`save_packed`, reloaded and checked bit-exact), of which the fp32 embeddings, biases and "
+        f"LayerNorms ({(fp32['size_bytes'] - fp32['linear_bytes']) / 1e6:.1f} MB) are in every row; *Linear weights* = "
         "size minus the fp32 file's other tensors (the quantized matrices with their scales, zero points and "
         f"AWQ's input scales; fp32 {minilm['linear_weight_bytes_fp32'] / 1e6:.1f} MB). Calibration: "
         f"{minilm['calibration']}; their layer statistics (`collect_layer_stats`) took "
         f"{minilm['layer_stats_seconds']:.1f} s, once, and every row reuses them (`calibration_stats=`). "
         "Quantize time = the `compress` call, informative only (1 thread, shared 2-core machine). "
-        "RTN symmetric codes use 2^bits - 1 levels, asymmetric ones 2^bits.",
+        "Symmetric codes (RTN and GPTQ) use 2^bits - 1 levels (-7..7 at 4 bits), asymmetric ones 2^bits.",
         "",
         "| method | bits | val cosine | recall@10 | test cosine | size (MB) | Linear weights (MB) | quantize (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
