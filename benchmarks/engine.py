@@ -1,6 +1,7 @@
-"""Benchmark: every registered compression method, at two strengths, on the digits CNN and on ResNet-18.
+"""Benchmark: every registered compression method, at two strengths, on the digits CNN and on ResNet-18;
+RTN, GPTQ and AWQ at 4 and 3 bits on all-MiniLM-L6-v2.
 
-One command, two models:
+One command, three models:
 
 * **digits**: the embedded task's trained CNN; quality = top-1 accuracy on the
   test split (validation accuracy is in the JSON too).
@@ -10,6 +11,25 @@ One command, two models:
   the fp32 model on a fixed batch of 8 random images, and top-1 agreement
   with fp32 on it. Also the fp32 model exported to ONNX and run by
   onnxruntime in fp32 and int8 (dynamic, and static with calibration).
+* **all-MiniLM-L6-v2** (the ``minilm`` task; needs the minilm extra):
+  weight-only quantization of every Linear of its 6 encoder blocks (not the
+  embeddings; the task's encoder has no pooler) with RTN per channel, RTN g128
+  symmetric and asymmetric, GPTQ g128 (symmetric with and without act_order,
+  asymmetric with act_order) and AWQ g128, at 4 and 3 bits; quality =
+  validation cosine to the fp32 embeddings (``task.score(model)["cosine"]``),
+  with packed size and the time each compress took. Peers measured elsewhere
+  (INC, torchao, NNCF) are quoted in the section as such.
+
+Calibration: GPTQ and AWQ need their layers' input statistics; each model's
+are computed once with ``collect_layer_stats`` (timed) and passed to every
+compress call as ``calibration_stats``: digits and MiniLM from their task's
+``calibration_batches()``; ResNet-18 from 16 fixed random images (seed
+:data:`CALIB_SEED`, two batches of 8) distinct from its evaluation batch, the
+same images that calibrate activation quantization. Block-wise rows (RTN,
+GPTQ, AWQ) use blocks of 128 inputs on ResNet-18 and MiniLM, of 32 on the
+digits CNN (whose layers have 9..512 inputs per output). AWQ takes Linear
+layers only, so on the CNNs it quantizes the Linear layers (its rows list
+the convolutions as skipped).
 
 Each method is applied to every Conv/Linear layer where it is valid (a layer
 the method refuses, e.g. low-rank where it saves nothing, or channel pruning
@@ -33,7 +53,7 @@ The whole run uses one intra-op thread: on a shared 2-core machine MKL's
 matrix), and latency is measured single-threaded anyway.
 
 Writes benchmarks/results/engine.json and the "engine" section of BENCHMARKS.md
-(``--quick``: a smoke run, ResNet-18 at 1/4 width and 64x64, few repeats, written to
+(``--quick``: a smoke run, ResNet-18 at 1/4 width and 64x64, few repeats, MiniLM at 4 bits only, written to
 benchmarks/results/engine_quick.json only; the section is printed, not written).
 
     python benchmarks/engine.py [--quick] [--resnet-size 224] [--rounds 3]
@@ -58,6 +78,9 @@ from torch import nn
 
 #: Seeds of the ResNet-18 weights, its evaluation images and its calibration images.
 RESNET_SEED, EVAL_SEED, CALIB_SEED = 0, 1, 2
+#: Block size of the block-wise rows: the digits CNN's layers have 9..512 inputs per row (conv1 9, conv2 144,
+#: fc1 512, fc2 64), so 32 (conv1's one short block is its whole row); ResNet-18's have 147..4608, so 128.
+DIGITS_GROUP, RESNET_GROUP = 32, 128
 
 
 def resnet18(width_divisor: int = 1):
@@ -93,8 +116,11 @@ class Row:
         return " + ".join(cfg.method for cfg in self.methods) or "fp32"
 
 
-def _rows() -> list[Row]:
+def _rows(group: int) -> list[Row]:
+    """The rows of one model; ``group`` is the block size of the block-wise rows (RTN, GPTQ, AWQ)."""
     from rayzor.compression import (
+        AWQ,
+        GPTQ,
         ActivationQuantization,
         BinaryQuantization,
         ChannelPruning,
@@ -125,6 +151,12 @@ def _rows() -> list[Row]:
         Row("uniform 4-bit", (UniformQuantization(4),)),
         Row("uniform 3-bit asym. MSE clip", (UniformQuantization(3, symmetric=False, clipping="mse"),)),
         Row("uniform 2-bit asym. MSE clip", (UniformQuantization(2, symmetric=False, clipping="mse"),)),
+        Row(f"uniform 4-bit g{group} (block-wise RTN)", (UniformQuantization(4, group_size=group),)),
+        Row(f"uniform 3-bit g{group} (block-wise RTN)", (UniformQuantization(3, group_size=group),)),
+        Row(f"GPTQ 4-bit g{group}", (GPTQ(4, group_size=group),)),
+        Row(f"GPTQ 3-bit g{group}", (GPTQ(3, group_size=group),)),
+        Row(f"AWQ 4-bit g{group} asym. (Linear layers only)", (AWQ(4, group_size=group),)),
+        Row(f"AWQ 3-bit g{group} asym. (Linear layers only)", (AWQ(3, group_size=group),)),
         Row("k-means 4-bit", (KMeansQuantization(4),)),
         Row("k-means 2-bit", (KMeansQuantization(2),)),
         Row("ternary (TWN, per channel)", (TernaryQuantization(),)),
@@ -169,14 +201,32 @@ class Setup:
     model: Any
     arch: dict
     example_input: Any  # traced by structured pruning, counted by model_stats
-    calibration: list  # activation-quantization batches
+    calibration: list  # batches calibrating activation quantization and the layer statistics of GPTQ / AWQ
     timing: dict[str, Any]  # latency inputs by batch-size label
     quality: Callable[[Any], dict[str, float]]
     check_input: Any  # the packed reload must reproduce the outputs on it exactly
     warmup: int
     repeats: int
     lzma: bool
+    group: int  # block size of the block-wise rows (RTN, GPTQ, AWQ)
     facts: dict = field(default_factory=dict)
+    stats: dict | None = None  # layer input statistics of the fp32 model, computed once on first use
+
+    def layer_stats(self) -> dict:
+        """``collect_layer_stats`` of every Conv/Linear layer over :attr:`calibration`, computed once and shared
+        by every GPTQ / AWQ row (as a search shares them with every trial); the time it took goes in the facts."""
+        if self.stats is None:
+            from rayzor.compression import collect_layer_stats, compressible_layers
+
+            layers = [
+                name
+                for name, module in compressible_layers(self.model).items()
+                if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and getattr(module, "groups", 1) == 1
+            ]
+            start = time.perf_counter()
+            self.stats = collect_layer_stats(self.model, layers, self.calibration)
+            self.facts["layer_stats_seconds"] = time.perf_counter() - start
+        return self.stats
 
 
 def _logits(model, x):
@@ -190,7 +240,7 @@ def _digits(args) -> Setup:
 
     task = create_task("digits")
     x_val = task.data["val"].tensors[0]
-    calibration = [x for i, (x, _) in enumerate(task.loader("train")) if i < 4]
+    calibration = [x for x, _ in task.calibration_batches()]  # the first 4 training batches of 64 images
 
     def quality(model):
         return {
@@ -210,7 +260,12 @@ def _digits(args) -> Setup:
         warmup=2 if args.quick else 5,
         repeats=3 if args.quick else 30,
         lzma=True,
-        facts={"task": "digits", "quality": f"top-1 accuracy on the test split ({len(task.data['test'])} images)"},
+        group=DIGITS_GROUP,
+        facts={
+            "task": "digits",
+            "quality": f"top-1 accuracy on the test split ({len(task.data['test'])} images)",
+            "calibration": f"task.calibration_batches(): {sum(len(x) for x in calibration)} training images",
+        },
     )
 
 
@@ -244,6 +299,7 @@ def _resnet(args) -> Setup:
         warmup=1,
         repeats=2 if args.quick else 4,
         lzma=False,
+        group=RESNET_GROUP,
         facts={
             "width_divisor": width_divisor,
             "input": [1, 3, size, size],
@@ -287,11 +343,14 @@ def _compress(setup: Setup, chosen: dict, skipped: dict):
 
     while True:
         try:
+            plan = CompressionPlan(chosen)
+            calibrated = any(cfg.calibrated for cfg in plan.by_stage("quantize").values())
             return compress(
                 setup.model,
-                CompressionPlan(chosen),
+                plan,
                 example_input=setup.example_input,
                 calibration_data=setup.calibration,
+                calibration_stats=setup.layer_stats() if calibrated else None,
             )
         except ConfigError as e:
             match = _LAYER_FIELD.match(e.field)
@@ -336,7 +395,11 @@ def _run_rows(setup: Setup, rows: list[Row], args, scratch: Path) -> dict:
     for row in rows:
         start = time.perf_counter()
         chosen, skipped, reason = _plan(setup, row)
+        if not reason and any(cfg.calibrated for cfg in row.methods):
+            setup.layer_stats()  # once per model, outside the row's compress time
+        compress_start = time.perf_counter()
         out = None if reason else _compress(setup, chosen, skipped)
+        compress_seconds = time.perf_counter() - compress_start
         if out is None:
             reason = reason or f"every layer refused it; last: {next(reversed(skipped.values()))}"
             results.append({"method": row.label, "key": row.key, "applicable": False, "reason": reason})
@@ -353,6 +416,7 @@ def _run_rows(setup: Setup, rows: list[Row], args, scratch: Path) -> dict:
             "skipped": skipped,
             "size_bytes": size,
             "ratio": dense_bytes / size,
+            "compress_seconds": compress_seconds,
         }
         if setup.lzma:
             size_lzma = save_packed(out, scratch / f"{setup.name}_lzma.rzp", arch=setup.arch, entropy="lzma")
@@ -386,6 +450,108 @@ def _run_rows(setup: Setup, rows: list[Row], args, scratch: Path) -> dict:
             "rounds": args.rounds,
             "statistic": "median",
         },
+        "rows": results,
+    }
+
+
+#: Peers on the same model, measured elsewhere (not by this script): tool and version, scheme, validation cosine.
+MINILM_PEERS = (
+    ("Intel Neural Compressor 3.10", "RTN int4, asymmetric, g128", 0.958),
+    ("torchao 0.18", "intx 4-bit weight-only, g128", 0.944),
+    ("NNCF 3.4", "int4 asymmetric g128 with AWQ", 0.967),
+    ("NNCF 3.4", "data-aware mixed int4 (80% of the weights int4)", 0.971),
+)
+#: The issue's target: MiniLM int4 g128 with GPTQ or AWQ at validation cosine >= this.
+MINILM_TARGET = 0.975
+
+
+def _minilm_rows(bits: tuple[int, ...]) -> list[tuple[str, Any]]:
+    """(label, config) of the MiniLM rows: RTN (per channel; g128 sym. and asym.), GPTQ and AWQ g128, per width."""
+    from rayzor.compression import AWQ, GPTQ, UniformQuantization
+
+    rows: list[tuple[str, Any]] = [("fp32 (no compression)", None)]
+    for b in bits:
+        rows += [
+            (f"RTN {b}-bit per channel sym.", UniformQuantization(b)),
+            (f"RTN {b}-bit g128 sym.", UniformQuantization(b, group_size=128)),
+            (f"RTN {b}-bit g128 asym.", UniformQuantization(b, symmetric=False, group_size=128)),
+            (f"GPTQ {b}-bit g128 sym.", GPTQ(b)),
+            (f"GPTQ {b}-bit g128 sym. act_order", GPTQ(b, act_order=True)),
+            (f"GPTQ {b}-bit g128 asym. act_order", GPTQ(b, symmetric=False, act_order=True)),
+            (f"AWQ {b}-bit g128 asym.", AWQ(b)),
+        ]
+    return rows
+
+
+def _minilm(args, scratch: Path) -> dict:
+    """Weight-only int4 / int3 of every encoder Linear of all-MiniLM-L6-v2, RTN vs GPTQ vs AWQ (minilm extra)."""
+    from rayzor.compression import (
+        CompressionPlan,
+        collect_layer_stats,
+        compress,
+        compressible_layers,
+        load_packed,
+        save_packed,
+    )
+    from rayzor.tasks import create_task
+
+    start = time.perf_counter()
+    task = create_task("minilm")  # defaults: 256 train / 128 val / 128 test texts, 32 tokens
+    setup_seconds = time.perf_counter() - start
+    layers = [name for name, m in compressible_layers(task.model).items() if isinstance(m, nn.Linear)]
+    linear_bytes = 4 * sum(task.model.get_submodule(name).weight.numel() for name in layers)
+    calibration = task.calibration_batches()
+    start = time.perf_counter()
+    stats = collect_layer_stats(task.model, layers, calibration)
+    stats_seconds = time.perf_counter() - start
+    print(f"[minilm] layer statistics of {len(layers)} Linear layers: {stats_seconds:.1f} s", flush=True)
+    check = task.data["val"].tensors[0][:8]
+    results, fp32_size = [], None
+    for label, cfg in _minilm_rows((4,) if args.quick else (4, 3)):
+        row_start = time.perf_counter()
+        plan = CompressionPlan({name: (cfg,) for name in layers} if cfg is not None else {})
+        out = compress(task.model, plan, calibration_data=calibration, calibration_stats=stats)
+        quantize_seconds = time.perf_counter() - row_start
+        if out.stats_computed:
+            raise SystemExit(f"[minilm] {label}: compress recomputed statistics of {list(out.stats_computed)}")
+        path = scratch / "minilm.rzp"
+        size = save_packed(out, path, arch=task.arch)
+        fp32_size = fp32_size or size
+        loaded, _ = load_packed(path)
+        with torch.inference_mode():
+            if not torch.equal(loaded(check), out.model(check)):
+                raise SystemExit(f"[minilm] {label}: the reloaded packed file gives different outputs")
+        val, test = task.score(out.model, "val"), task.score(out.model, "test")
+        results.append(
+            {
+                "method": label,
+                "key": "fp32" if cfg is None else cfg.method,
+                "config": None if cfg is None else cfg.to_dict(),
+                "bits": None if cfg is None else cfg.bits,
+                "size_bytes": size,
+                "linear_bytes": size - (fp32_size - linear_bytes),
+                "val_cosine": val["cosine"],
+                "val_recall_at_10": val["recall_at_10"],
+                "test_cosine": test["cosine"],
+                "quantize_seconds": quantize_seconds,
+            }
+        )
+        print(
+            f"[minilm] {label:42s} {size / 1e6:6.1f} MB  val cosine {val['cosine']:.4f}  "
+            f"test cosine {test['cosine']:.4f}  quantize {quantize_seconds:.1f} s "
+            f"({time.perf_counter() - row_start:.1f} s)",
+            flush=True,
+        )
+    return {
+        "task": "minilm",
+        "task_options": "defaults: n_train 256, n_val 128, n_test 128, max_length 32",
+        "task_seconds": setup_seconds,
+        "layers": layers,
+        "linear_weight_bytes_fp32": linear_bytes,
+        "calibration": f"task.calibration_batches(): {len(calibration)} batches of {len(calibration[0][0])} texts",
+        "layer_stats_seconds": stats_seconds,
+        "target": MINILM_TARGET,
+        "peers": [{"tool": t, "scheme": sch, "val_cosine": c} for t, sch, c in MINILM_PEERS],
         "rows": results,
     }
 
@@ -451,7 +617,8 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: ResNet-18 at 1/4 width and 64x64, few repeats, one round; writes engine_quick.json only",
+        help="smoke run: ResNet-18 at 1/4 width and 64x64, few repeats, one round, MiniLM 4-bit rows only; "
+        "writes engine_quick.json only",
     )
     parser.add_argument(
         "--resnet-size", type=int, default=None, help="ResNet-18 input height/width (default 224; 64 with --quick)"
@@ -467,18 +634,19 @@ def main() -> None:
     args.rounds = args.rounds or (1 if args.quick else 3)
 
     torch.set_num_threads(1)  # see the module docstring: shared-machine MKL slowdown; latency is 1-thread anyway
-    rows = _rows()
-    _check_coverage(rows)
+    for group in (DIGITS_GROUP, RESNET_GROUP):
+        _check_coverage(_rows(group))
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-engine-"))
     started = time.perf_counter()
     models = {}
     for build in (_digits, _resnet):
         setup = build(args)
-        models[setup.name] = _run_rows(setup, rows, args, scratch)
+        models[setup.name] = _run_rows(setup, _rows(setup.group), args, scratch)
         if setup.name == "resnet18":
             models[setup.name]["onnx_rows"] = _onnx_rows(
                 setup, args, scratch, models[setup.name]["fp32_state_dict_bytes"]
             )
+    models["minilm"] = _minilm(args, scratch)
     report = {
         "command": "python benchmarks/engine.py" + "".join(f" {a}" for a in sys.argv[1:]),
         **machine(),
@@ -502,11 +670,11 @@ def _na(row: dict, columns: int) -> str:
 
 
 def _section(report: dict) -> str:
-    digits, resnet = report["models"]["digits"], report["models"]["resnet18"]
+    digits, resnet, minilm = (report["models"][k] for k in ("digits", "resnet18", "minilm"))
     d_lat, r_lat = digits["fp32_latency_ms"], resnet["fp32_latency_ms"]
     size = resnet["input"][2]
     lines = [
-        "## engine: every method on the digits CNN and ResNet-18",
+        "## engine: every method on the digits CNN and ResNet-18; RTN, GPTQ and AWQ on MiniLM",
         "",
         f"Command: `{report['command']}` ({describe_machine(report)}); whole run {report['wall_seconds']:.0f} s, "
         "1 torch thread.",
@@ -522,7 +690,15 @@ def _section(report: dict) -> str:
         "Tucker-2) run the physically smaller model; quantized, k-means, binary/ternary, half-precision and "
         "pruned models still run fp32 kernels on materialised weights, so their latency stays at fp32's "
         "(ratios within about +-0.1 of 1.0 are noise) and their gain is size (and BitOps on hardware with "
-        "low-bit kernels); the int8 kernels are onnxruntime's (ResNet ONNX table).",
+        "low-bit kernels); the int8 kernels are onnxruntime's (ResNet ONNX table). Block-wise rows (RTN, GPTQ, "
+        f"AWQ) use blocks of {DIGITS_GROUP} inputs on digits (its layers have 9 to 512 inputs per output; conv1's "
+        f"9 make one short block) and {RESNET_GROUP} on ResNet-18; GPTQ and AWQ compute their layer input "
+        "statistics once per model (`collect_layer_stats`; digits: the task's `calibration_batches()`, "
+        f"{digits['layer_stats_seconds']:.1f} s; ResNet-18: the 16 calibration images below, "
+        f"{resnet['layer_stats_seconds']:.1f} s) and each row's compress reuses them. AWQ accepts Linear layers "
+        "only (its per-input scales cannot vary within a convolution's input channel), so on these CNNs it "
+        "quantizes the Linear layers (digits fc1, fc2; ResNet-18 its classifier) and leaves every conv fp32: "
+        "its rows are not comparable with the others.",
         "",
         f"### digits CNN (test accuracy; fp32 state dict {digits['fp32_state_dict_bytes']} B, fp32 latency "
         f"{d_lat['1']:.3f} ms at batch 1, {d_lat['256']:.2f} ms at batch 256)",
@@ -549,8 +725,9 @@ def _section(report: dict) -> str:
         f"{size}x{size} images (seed {EVAL_SEED}); agreement = share of them whose top-1 class matches fp32's "
         f"(the fp32 model's top-1 takes {resnet['fp32_top1_distinct_classes']} distinct value(s) over the 8, "
         "so with few distinct classes agreement is nearly all-or-nothing). "
-        "Random weights: these measure fidelity to the fp32 model, not accuracy. Activation quantization is "
-        f"calibrated on 16 other random images (seed {CALIB_SEED}).",
+        "Random weights: these measure fidelity to the fp32 model, not accuracy. Activation quantization, and "
+        f"GPTQ's and AWQ's layer statistics, are calibrated on 16 other random images (seed {CALIB_SEED}, two "
+        "batches of 8, distinct from the evaluation batch).",
         "",
         "| method | layers | size (B) | ratio | output rel. L2 error | top-1 agreement | params (M) | GMACs | "
         "latency b1 vs fp32 |",
@@ -582,7 +759,59 @@ def _section(report: dict) -> str:
             f"| {r['method']} | {r['size_bytes']} | {r['ratio']:.1f}x | {r['rel_l2_error']:.4f} | "
             f"{r['top1_agreement']:.3f} | {lat['ms']:.1f} | {lat['vs_fp32']:.2f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _minilm_section(minilm))
+
+
+def _minilm_section(minilm: dict) -> list[str]:
+    rows = minilm["rows"]
+    fp32 = rows[0]
+    calibrated = [r for r in rows if r["bits"] == 4 and r["key"] in ("gptq", "awq")]
+    best = max(calibrated, key=lambda r: r["val_cosine"])
+    reached = [r["method"] for r in calibrated if r["val_cosine"] >= minilm["target"]]
+    lines = [
+        "",
+        f"### all-MiniLM-L6-v2: weight-only int4 / int3 of the {len(minilm['layers'])} encoder Linear layers",
+        "",
+        "Task `minilm` (task defaults: 256 train / 128 validation / 128 test texts of 32 tokens): cosine = mean "
+        "cosine of the sentence embeddings to the fp32 model's (`task.score(model)['cosine']`), recall@10 = "
+        "share of each validation text's 10 fp32 nearest neighbours kept. Quantized: every Linear of the 6 "
+        "encoder blocks (query, key, value, attention output, FFN in, FFN out); the word / position / type "
+        "embeddings and LayerNorms stay fp32 (the task's encoder has no pooler: it mean-pools). Size = packed "
+        "file (`save_packed`, reloaded and checked bit-exact), of which the fp32 embeddings, biases and "
+        f"LayerNorms ({(fp32['size_bytes'] - fp32['linear_bytes']) / 1e6:.1f} MB) are in every row; *Linear weights* = "
+        "size minus the fp32 file's other tensors (the quantized matrices with their scales, zero points and "
+        f"AWQ's input scales; fp32 {minilm['linear_weight_bytes_fp32'] / 1e6:.1f} MB). Calibration: "
+        f"{minilm['calibration']}; their layer statistics (`collect_layer_stats`) took "
+        f"{minilm['layer_stats_seconds']:.1f} s, once, and every row reuses them (`calibration_stats=`). "
+        "Quantize time = the `compress` call, informative only (1 thread, shared 2-core machine). "
+        "Symmetric codes (RTN and GPTQ) use 2^bits - 1 levels (-7..7 at 4 bits), asymmetric ones 2^bits.",
+        "",
+        "| method | bits | val cosine | recall@10 | test cosine | size (MB) | Linear weights (MB) | quantize (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['bits'] or 32} | {r['val_cosine']:.4f} | {r['val_recall_at_10']:.3f} | "
+            f"{r['test_cosine']:.4f} | {r['size_bytes'] / 1e6:.1f} | {r['linear_bytes'] / 1e6:.2f} | "
+            f"{r['quantize_seconds']:.1f} |"
+        )
+    verdict = (
+        f"reached by {', '.join(reached)}"
+        if reached
+        else f"not reached; the best is {best['method']}, {best['val_cosine']:.4f}"
+    )
+    lines += [
+        "",
+        f"Target (int4 g128 with GPTQ or AWQ, validation cosine >= {minilm['target']}): {verdict}.",
+        "",
+        "Peers on the same model, int4, measured elsewhere (not by this script; same kind of fidelity-to-fp32 "
+        "cosine, not necessarily the same texts):",
+        "",
+        "| tool | scheme | cosine |",
+        "|---|---|---:|",
+    ]
+    lines += [f"| {p['tool']} | {p['scheme']} | {p['val_cosine']:.3f} |" for p in minilm["peers"]]
+    return lines
 
 
 if __name__ == "__main__":
