@@ -102,7 +102,7 @@ class SearchConfig(_Strict):
     task: str = Field("digits", description="registered task name or 'package.module:function'")
     task_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task factory")
     target: Literal["onnxruntime", "packed"] = Field(
-        DEFAULT_TARGET,
+        "onnxruntime",
         description="where the models will run. onnxruntime: the space offers only what onnxruntime executes "
         "natively (block-wise 2/4/8-bit MatMul weights, 4/8-bit embeddings, int8 convolutions, fp16, structured "
         "methods); each trial builds its ONNX deploy artifact and logs deploy_bytes and latency_ms measured on it. "

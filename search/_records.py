@@ -67,10 +67,11 @@ def objective_scale(objective: str, value: float, baseline: Mapping[str, float])
 
     quality metric (accuracy, cosine) -> 1 - value: reference = 0.
     size_bytes -> size / fp32 state-dict size: reference = no compression.
+    deploy_bytes -> deploy artifact size / fp32 ONNX file size: reference = no compression.
     latency_ms -> latency / (2 x fp32 latency): reference = twice as slow.
     """
-    if objective == "size_bytes":
-        return value / baseline["size_bytes"]
+    if objective in ("size_bytes", "deploy_bytes"):
+        return value / baseline[objective]
     if objective == "latency_ms":
         return value / (LATENCY_REFERENCE * baseline["latency_ms"])
     return 1.0 - value

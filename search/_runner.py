@@ -254,7 +254,7 @@ def run_search(
         tracking_uri=p.tracking_uri,
         objectives=config.resolved_objectives,
         trials=tracker.records,
-        pareto=sorted(front, key=lambda r: r.metrics["size_bytes"]),
+        pareto=sorted(front, key=lambda r: r.metrics.get("deploy_bytes", r.metrics["size_bytes"])),
         hypervolume=tracker.front.hypervolume,
         baseline=baseline,
         wall_seconds=time.perf_counter() - started,

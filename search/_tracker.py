@@ -42,6 +42,8 @@ __all__ = ["ENGINE_METRICS", "TRACKERS", "Tracker"]
 #: What the engine measures in every trial, beside the task's own metrics.
 ENGINE_METRICS = (
     "size_bytes",
+    "deploy_bytes",
+    "calibration_layers_computed",
     "compression_ratio",
     "latency_ms",
     "weight_sparsity",
@@ -123,7 +125,7 @@ class Tracker:
         self.progress = progress
         self.quality = quality_metric(config.resolved_objectives)
         # The task's own metrics (accuracy, recall_at_10, ...) are logged too.
-        self.baseline_metrics = tuple(k for k in baseline if k not in ("size_bytes", "latency_ms"))
+        self.baseline_metrics = tuple(k for k in baseline if k not in ("size_bytes", "deploy_bytes", "latency_ms"))
         self.warm_points = [dict(p) for p in warm_points]
         self.front = Front(config.resolved_objectives, baseline)
         self._records: dict[str, TrialRecord] = {}

@@ -384,6 +384,9 @@ def _unit_values(u: Unit, settings: Mapping[str, Mapping[str, Any]]) -> tuple[di
     if method == "uniform_quantization" and method not in u.methods and s["bits"] == 32:
         method = next((m for m in u.methods if takes_bits(m)), method)  # fp32 under another bit method
     values = {**dims.from_settings(u.dims, s), "quant": method}
+    sizes = next((d for d in u.dims if d.name == "group_size"), None)
+    if sizes is not None:  # a layer left fp32 has no blocks: any choice decodes to it, the preferred one is kept
+        values["group_size"] = s["group_size"] if "group_size" in s else (sizes.prefer if s.get("bits") == 32 else None)
     field = {name: f"plan.layers[{first!r}].{name}" for name in values}
     if u.act_layers:
         act = {layer: settings[layer]["act_bits"] if "act_quant" in settings[layer] else 32 for layer in u.act_layers}

@@ -195,7 +195,13 @@ class StudentSpace:
             student = get_student_family(family).build(self.teacher, **params)
             base = self.teacher_space
             self._spaces[key] = CompressionSpace.from_model(
-                student, sparsity=base.sparsity, bits=base.bits, methods=base.methods, finetune=base.finetune
+                student,
+                sparsity=base.sparsity,
+                bits=base.bits,
+                methods=base.methods,
+                group_size=base.settings.group_size,
+                finetune=base.finetune,
+                target=base.target,
             )
         return self._spaces[key]
 

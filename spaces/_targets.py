@@ -13,7 +13,7 @@ file but not a dense runtime file, and ``deploy_bytes`` shows it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection
 from typing import Any
 
 from torch import nn
@@ -59,13 +59,13 @@ def runtime_methods(target: str, module: nn.Module, methods: tuple[str, ...]) ->
     return methods
 
 
-def check_target(target: str, space: Any, given: Mapping[str, Any]) -> None:
+def check_target(target: str, space: Any, given: Collection[str]) -> None:
     """Refuse space settings ``target`` cannot execute, naming the field, before any compute.
 
     Args:
         target: One of :data:`TARGETS`.
         space: The validated space settings (``SpaceSettings``).
-        given: The ``space:`` mapping as the user wrote it (what they asked for, not defaults).
+        given: The ``space:`` fields the user set (what they asked for, not defaults).
 
     Raises:
         ConfigError: e.g. ``space.bits: [3]`` under ``target: onnxruntime``.

@@ -81,6 +81,7 @@ def asha_search(ray_session, tmp_path_factory):
         scheduler="asha",
         # One wide bucket, so that 8 trials are enough to meet each other at the rungs.
         asha={"grace_period": 1, "reduction_factor": 2, "bucket_width": 64},
+        target="packed",
         space={"sparsity": [0.0, 0.95], "bits": [2, 3, 4, 8]},
     )
     lines: list[str] = []

@@ -29,6 +29,7 @@ def finished(ray_session, tmp_path_factory):
         tracking_uri=uri,
         storage_path=str(root / "ray"),
         finetune_epochs=0,
+        target="packed",  # every bit-width; size_bytes, the packed file, is the front's size
         entropy="lzma",  # size_bytes must include the entropy stage
         warm_start="none",  # uniform warm-start plans never trip the failing task
         space={"default_exclusions": False},  # the failing task trips on conv1, the first layer

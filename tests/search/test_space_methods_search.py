@@ -75,7 +75,7 @@ def calibrated(ray_session, tmp_path_factory):
         storage_path=str(root / "ray"),
         finetune_epochs=0,
         space={
-            "sparsity": 0.0,
+            "sparsity": [0.0, 0.0],
             "bits": [4, 8],
             "methods": ["uniform_quantization", "gptq", "awq"],
             "group_size": [32, 64],
@@ -98,3 +98,5 @@ def test_calibration_statistics_are_computed_once_per_search(calibrated, digits)
         assert child.data.params.get("conv2.quant", "uniform_quantization") == "uniform_quantization"
         assert child.data.params["conv2.bits"] in ("8", "32")
         assert child.data.metrics["deploy_bytes"] > 0
+    # the front and its hypervolume are on the deploy artifact's size, normalised by the fp32 ONNX file's
+    assert 0.0 < result.hypervolume < 1.0
