@@ -19,7 +19,7 @@ from rayzor.compression._calibration import LayerStats, collect_layer_stats
 from rayzor.compression._deploy import DEPLOY_KINDS, deploy_kind, export_deploy, measure_deploy_latency, runtime_refusal
 from rayzor.compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
 from rayzor.compression._engine import CompressedModel, apply_structure, compress
-from rayzor.compression._gptq import AWQ, GPTQ
+from rayzor.compression._gptq import AWQ, GPTQ, SmoothQuant
 from rayzor.compression._layers import COMPRESSIBLE_TYPES, compressible_layers
 from rayzor.compression._lottery import LotteryTicket, lottery_ticket
 from rayzor.compression._lowrank import LowRank, Tucker2
@@ -89,6 +89,7 @@ __all__ = [
     "GROUP_SIZES",
     "GPTQ",
     "AWQ",
+    "SmoothQuant",
     "LayerStats",
     "collect_layer_stats",
     "LowRank",

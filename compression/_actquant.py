@@ -112,7 +112,10 @@ class ActivationQuantization(MethodConfig):
     @staticmethod
     def rebuild(module: nn.Module, spec: Mapping[str, Any]) -> QuantizedInput:
         """``module`` wrapped in an uncalibrated :class:`QuantizedInput` (the packed loader fills the buffers)."""
-        return QuantizedInput(module, int(spec["bits"]), bool(spec["symmetric"]))
+        wrapped = QuantizedInput(module, int(spec["bits"]), bool(spec["symmetric"]))
+        if spec.get("smooth"):
+            wrapped.register_buffer("smooth", torch.ones(int(spec["smooth"])))
+        return wrapped
 
 
 def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -145,7 +148,15 @@ class QuantizedInput(nn.Module):
         symmetric: Symmetric codes (zero point 0) or asymmetric ones.
         scale: Step between codes, > 0.
         zero_point: Integer code of the value 0 (0 when symmetric).
+
+    A ``smooth`` buffer (``(K,)``, set when the layer's stored weight carries
+    per-input scales: SmoothQuant, AWQ) makes it quantize ``x / smooth`` and
+    hand ``layer`` that times ``smooth``: with the layer's weight ``Q(W s) / s``
+    the product is ``fq(x / s) Q(W s)^T``, the integer form a W8A8 runtime runs
+    (Xiao et al. 2022, https://arxiv.org/abs/2211.10438).
     """
+
+    smooth: Tensor | None
 
     def __init__(
         self, layer: nn.Module, bits: int, symmetric: bool, scale: float = 1.0, zero_point: float = 0.0
@@ -158,9 +169,15 @@ class QuantizedInput(nn.Module):
         # Buffers, not Python floats: they are saved with the state dict and move with .to(device).
         self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float32))
         self.register_buffer("zero_point", torch.tensor(float(zero_point), dtype=torch.float32))
+        self.register_buffer("smooth", None)  # a buffer slot: set (and saved) only for smoothed layers
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer(fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, ste=self.training))
+        if self.smooth is None:
+            return self.layer(fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, ste=self.training))
+        s = self.smooth
+        return self.layer(
+            fake_quantize(x / s, self.scale, self.zero_point, self.qmin, self.qmax, ste=self.training) * s
+        )
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, symmetric={self.symmetric}"
@@ -201,9 +218,9 @@ class ActivationStats:
 class _Observer(nn.Module):
     """Calibration-time stand-in for a layer: records its inputs, then runs it unchanged."""
 
-    def __init__(self, layer: nn.Module, config: ActivationQuantization) -> None:
+    def __init__(self, layer: nn.Module, config: ActivationQuantization, smooth: Tensor | None = None) -> None:
         super().__init__()
-        self.layer, self.config = layer, config
+        self.layer, self.config, self.smooth = layer, config, smooth
         self.lo, self.hi = math.inf, -math.inf
         self.hist: Tensor | None = None
         self.hist_lo = self.hist_hi = 0.0
@@ -217,6 +234,8 @@ class _Observer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         v = x.detach().float()
+        if self.smooth is not None:  # the smoothed input is what gets quantized
+            v = v / self.smooth.to(v.device)
         if self.hist is not None:
             v = v.abs() if self.config.symmetric else v
             self.hist += torch.histc(v, _BINS, self.hist_lo, self.hist_hi).cpu().to(torch.float64)
@@ -317,8 +336,12 @@ def calibrate_activations(
     targets: Mapping[str, ActivationQuantization],
     calibration_data: Iterable[Any],
     device: torch.device,
+    smooth: Mapping[str, Tensor] | None = None,
 ) -> dict[str, dict]:
     """Calibrate and wrap each ``targets`` layer of ``model`` in place.
+
+    ``smooth``: per target layer whose weight carries per-input scales, those
+    scales (see :class:`QuantizedInput`): its ranges are calibrated on ``x / smooth``.
 
     Every target is observed at once on the unquantized model (one pass for
     min/max, a second for the histogram when percentile or MSE needs it), in
@@ -335,7 +358,8 @@ def calibrate_activations(
     inputs = calibration_inputs(calibration_data)  # materialised: percentile / mse read them twice
     observers = {}
     for name, cfg in targets.items():
-        observers[name] = _Observer(model.get_submodule(name), cfg)
+        s = None if smooth is None or name not in smooth else smooth[name].detach().float().cpu()
+        observers[name] = _Observer(model.get_submodule(name), cfg, s)
         model.set_submodule(name, observers[name])
     model.to(device).eval()
     try:
@@ -359,6 +383,9 @@ def calibrate_activations(
                 "batches whose forward pass runs every activation-quantized layer",
             )
         new, spec = get_handler(o.config)(o.layer, o.config, o.stats())
+        if o.smooth is not None:
+            new.register_buffer("smooth", o.smooth.clone())
+            spec = {**spec, "smooth": int(o.smooth.numel())}
         model.set_submodule(name, new)
         out[name] = {"method": o.config.method, **spec}
     return out

@@ -34,10 +34,12 @@ class LayerStats:
             (``K`` = in_features, or in_channels * kernel size for a convolution,
             in the weight's flattened input order).
         rows: ``n``, the number of input rows seen.
+        absmax: ``(K,)`` fp32 largest ``|x|`` of each input (SmoothQuant's activation range).
     """
 
     hessian: Tensor
     rows: int
+    absmax: Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -96,12 +98,15 @@ def collect_layer_stats(
             raise ConfigError("layer", name, "a Linear, Conv1d or Conv2d (groups=1) layer of the model")
     batches = calibration_inputs(calibration_data)
     sums: dict[str, Tensor] = {}
+    peaks: dict[str, Tensor] = {}
     counts = dict.fromkeys(names, 0)
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple[Any, ...]) -> None:
             rows = layer_input_rows(module, args[0].detach()).to(torch.float64)
             sums[name] = sums.get(name, 0) + (rows.T @ rows).cpu()  # float64: sums over many rows stay exact
+            peak = rows.abs().amax(dim=0).float().cpu() if rows.shape[0] else torch.zeros(rows.shape[1])
+            peaks[name] = torch.maximum(peaks[name], peak) if name in peaks else peak
             counts[name] += rows.shape[0]
 
         return record
@@ -120,7 +125,7 @@ def collect_layer_stats(
             handle.remove()
         model.train(was_training)
     return {
-        name: LayerStats((sums[name] / counts[name]).to(torch.float32), counts[name])
+        name: LayerStats((sums[name] / counts[name]).to(torch.float32), counts[name], peaks[name])
         for name in names
         if counts[name] > 0
     }

@@ -282,7 +282,8 @@ def compress(
     activations: dict[str, dict] = {}
     act = {input_layer(work, name): cfg for name, cfg in plan.by_stage("activation").items()}
     if act:
-        activations = calibrate_activations(work, act, calibration_data, device)
+        smooth = {n: weights[n].input_scale for n in act if n in weights and weights[n].input_scale is not None}
+        activations = calibrate_activations(work, act, calibration_data, device, smooth)
         weights = {(f"{name}.layer" if name in act else name): cw for name, cw in weights.items()}
     return CompressedModel(work.eval(), plan, weights, structure, activations, computed)
 

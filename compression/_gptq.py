@@ -23,11 +23,11 @@ from rayzor.compression._quantization import (
     block_params,
     quantize_blocks,
 )
-from rayzor.compression._registry import MethodConfig, check_int, check_real, register_method
+from rayzor.compression._registry import MethodConfig, check_int, check_real, get_handler, register_method
 from rayzor.compression._weights import CompressedWeight
 from rayzor.errors import ConfigError
 
-__all__ = ["GPTQ", "AWQ"]
+__all__ = ["GPTQ", "AWQ", "SmoothQuant"]
 
 _CALIBRATABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -109,6 +109,8 @@ class AWQ(MethodConfig):
         group_size: Inputs per scale block (16..256, a power of two), or None.
         symmetric: Signed codes, else integer zero points (AWQ's default).
         grid: Number of ``alpha`` values tried, 2..100.
+        clip_search: Then shrink each block's range (per row, 11 ratios from 1 down
+            to 0.5) where that lowers its output error, as AWQ's auto-clip does.
     """
 
     method: ClassVar[str] = "awq"
@@ -120,6 +122,7 @@ class AWQ(MethodConfig):
     group_size: int | None = 128
     symmetric: bool = False
     grid: int = 20
+    clip_search: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 2, self.max_bits))
@@ -127,6 +130,8 @@ class AWQ(MethodConfig):
         if not isinstance(self.symmetric, bool):
             raise ConfigError(f"{self.method}.symmetric", self.symmetric, "true or false")
         object.__setattr__(self, "grid", check_int(f"{self.method}.grid", self.grid, 2, 100))
+        if not isinstance(self.clip_search, bool):
+            raise ConfigError(f"{self.method}.clip_search", self.clip_search, "true or false")
 
     def validate(self, layer: str, module: nn.Module) -> None:
         # Per-input scales of a convolution would vary within one input channel's kernel: no runtime op divides so.
@@ -135,6 +140,46 @@ class AWQ(MethodConfig):
     def rounding(self) -> UniformQuantization:
         """The data-free grid AWQ rounds onto (used where no statistics exist, e.g. in QAT steps)."""
         return UniformQuantization(self.bits, self.symmetric, group_size=self.group_size)
+
+
+@dataclass(frozen=True)
+class SmoothQuant(MethodConfig):
+    """SmoothQuant: activation outliers migrated into the weights, for W8A8 layers.
+
+    Xiao et al. 2022, "SmoothQuant: Accurate and Efficient Post-Training
+    Quantization for Large Language Models", https://arxiv.org/abs/2211.10438.
+    Per input channel ``j``, ``s_j = max|X_j|**alpha / max|W_:j|**(1 - alpha)``
+    (from the calibration inputs' peaks); the weight is stored as symmetric
+    per-output-channel codes of ``W diag(s)`` with ``s`` as
+    :attr:`CompressedWeight.input_scale` (fp16). Before any rounding the layer
+    is unchanged (``(x / s)(W s)^T = x W^T``); an activation-stage
+    :class:`ActivationQuantization` on the same layer then quantizes the
+    smoothed input ``x / s``, whose outlier channels are tamed.
+
+    Args:
+        bits: Weight bits, 2..8 (8 is the paper's W8A8).
+        alpha: Migration strength in [0, 1]: 0 leaves the activations as they
+            are, 1 moves all their range into the weights (the paper: 0.5).
+    """
+
+    method: ClassVar[str] = "smoothquant"
+    stage: ClassVar[str] = "quantize"
+    calibrated: ClassVar[bool] = True
+    max_bits: ClassVar[int] = 8
+
+    bits: int = 8
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 2, self.max_bits))
+        object.__setattr__(self, "alpha", check_real(f"{self.method}.alpha", self.alpha, 0.0, 1.0))
+
+    def validate(self, layer: str, module: nn.Module) -> None:
+        _check_layer(self, layer, module, (nn.Linear,))
+
+    def rounding(self) -> UniformQuantization:
+        """The data-free grid SmoothQuant rounds onto (used where no statistics exist, e.g. in QAT steps)."""
+        return UniformQuantization(self.bits)
 
 
 # -- shared ----------------------------------------------------------------------
@@ -239,18 +284,51 @@ def _gptq(module: nn.Module, weight: CompressedWeight, config: GPTQ, stats: Laye
 
 # -- AWQ ---------------------------------------------------------------------------
 
+#: Range shrink ratios AWQ's clipping search tries per block (the paper's code: down to half the range).
+_CLIP_RATIOS = torch.linspace(1.0, 0.5, 11).tolist()
 
-def _rtn(w: Tensor, keep: Tensor, config: AWQ) -> tuple[Tensor, list[Tensor], list[Tensor] | None, Tensor]:
-    """Block-wise round-to-nearest of ``(rows, K)`` ``w``: codes, scales, zero points and the dequantized weight."""
+
+def _rtn(
+    w: Tensor, keep: Tensor, config: AWQ, clips: list[Tensor] | None = None
+) -> tuple[Tensor, list[Tensor], list[Tensor] | None, Tensor]:
+    """Block-wise round-to-nearest of ``(rows, K)`` ``w`` (each block's range shrunk by ``clips[b]`` per row):
+    codes, scales, zero points and the dequantized weight."""
     codes, deq = torch.zeros_like(w), torch.zeros_like(w)
     scales, zps = [], []
-    for cols in _block_slices(w.shape[1], config.group_size):
-        scale, zp = block_params(w[:, cols], keep[:, cols], config.bits, config.symmetric)
+    for b, cols in enumerate(_block_slices(w.shape[1], config.group_size)):
+        clip = None if clips is None else clips[b]
+        scale, zp = block_params(w[:, cols], keep[:, cols], config.bits, config.symmetric, clip)
         q = quantize_blocks(w[:, cols], config.bits, config.symmetric, scale, zp)
         codes[:, cols], deq[:, cols] = q, _dequantize_blocks(q, scale, zp) * keep[:, cols]
         scales.append(scale)
         zps.append(zp)
     return codes, scales, None if config.symmetric else zps, deq
+
+
+def _clip_search(
+    w: Tensor, keep: Tensor, h: Tensor, s: Tensor, config: AWQ
+) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+    """Per row and block, the range shrink of the scaled weight ``W diag(s)`` with the least output error.
+
+    A block's error is ``d H_bb d^T`` for its weight change ``d`` (cross-block terms left out, as AWQ
+    scores each group on its own inputs); the scaled layer sees inputs ``x / s``.
+    """
+    scaled = w * s[None, :]
+    hs = (h / s[:, None].double() / s[None, :].double()).double()
+    blocks = _block_slices(w.shape[1], config.group_size)
+    best_err = [torch.full((w.shape[0],), float("inf"), dtype=torch.float64) for _ in blocks]
+    best_clip = [torch.ones(w.shape[0]) for _ in blocks]
+    for ratio in _CLIP_RATIOS:
+        clips = [torch.full((w.shape[0],), ratio) for _ in blocks]
+        _, _, _, deq = _rtn(scaled, keep, config, clips)
+        d = (deq - scaled).double()
+        for b, cols in enumerate(blocks):
+            err = ((d[:, cols] @ hs[cols, cols]) * d[:, cols]).sum(dim=1)
+            better = err < best_err[b]
+            best_err[b] = torch.where(better, err, best_err[b])
+            best_clip[b] = torch.where(better, torch.tensor(ratio), best_clip[b])
+    codes, scales, zps, _ = _rtn(scaled, keep, config, best_clip)
+    return codes, scales, zps
 
 
 @register_method(AWQ)
@@ -269,6 +347,34 @@ def _awq(module: nn.Module, weight: CompressedWeight, config: AWQ, stats: LayerS
         if best is None or err < best[0]:
             best = (err, s, codes, scales, zps)
     _, s, codes, scales, zps = best
+    if config.clip_search:
+        codes, scales, zps = _clip_search(w, keep, h, s.to(torch.float32), config)
     out = _stored(weight, config.bits, codes, scales, zps, config.group_size)
+    out.input_scale = s.contiguous()
+    return out
+
+
+# -- SmoothQuant ---------------------------------------------------------------------
+
+
+def smoothing_scales(absmax: Tensor, weight: Tensor, alpha: float) -> Tensor:
+    """SmoothQuant's fp16 per-input scales ``max|X_j|**alpha / max|W_:j|**(1 - alpha)``."""
+    w_peak = weight.abs().amax(dim=0).clamp(min=1e-5)
+    s = absmax.clamp(min=1e-5).pow(alpha) / w_peak.pow(1.0 - alpha)
+    return s.clamp(min=1e-4, max=1e4).to(torch.float16)
+
+
+@register_method(SmoothQuant)
+def _smoothquant(
+    module: nn.Module, weight: CompressedWeight, config: SmoothQuant, stats: LayerStats | None
+) -> CompressedWeight:
+    _check_stats(config.method, weight, stats)
+    if stats.absmax is None:
+        raise ConfigError(f"{config.method}.stats", "no absmax", "LayerStats from collect_layer_stats")
+    w, _ = _rows(weight)
+    s = smoothing_scales(stats.absmax, w, config.alpha)
+    scaled = CompressedWeight.from_dense((w * s.to(torch.float32)[None, :]).reshape(weight.shape), weight.mask)
+    rounding = UniformQuantization(config.bits)
+    out = get_handler(rounding)(module, scaled, rounding, None)
     out.input_scale = s.contiguous()
     return out

@@ -25,6 +25,7 @@ from rayzor.compression import (
     MagnitudePruning,
     OrtModule,
     RandomPruning,
+    SmoothQuant,
     TernaryQuantization,
     Tucker2,
     UniformQuantization,
@@ -77,7 +78,9 @@ VARIANTS = [
     GPTQ(3, group_size=None, symmetric=False, act_order=True),
     GPTQ(2, group_size=16, act_order=True),
     AWQ(4, group_size=16),
-    AWQ(8, group_size=None, symmetric=True, grid=5),
+    AWQ(8, group_size=None, symmetric=True, grid=5, clip_search=False),
+    SmoothQuant(),
+    SmoothQuant(4, alpha=0.8),
 ]
 #: Composite plans: one layer factorised, pruned and quantized.
 COMBOS = [
@@ -94,6 +97,8 @@ COMBOS = [
     (MagnitudePruning(0.5), GPTQ(4, group_size=16)),
     (ChannelPruning(0.5), LowRank(rank_ratio=0.5), GPTQ(4, group_size=16)),
     (MagnitudePruning(0.5), AWQ(4, group_size=32)),
+    (SmoothQuant(8, alpha=0.5), ActivationQuantization(8, symmetric=True)),
+    (AWQ(4, group_size=16), ActivationQuantization(8)),
 ]
 LAYERS = {"Conv2d": "conv", "Linear": "fc"}
 
@@ -136,8 +141,8 @@ def test_contract(net, x, tmp_path, layer, methods):
         with pytest.raises(ConfigError, match="tucker2.*Conv1d or Conv2d"):  # a kernel method, refused up front
             compress(net, plan)
         return
-    if layer == "Conv2d" and any(isinstance(m, AWQ) for m in methods):
-        with pytest.raises(ConfigError, match="awq.*Linear"):  # per-input scales need a Linear's inputs
+    if layer == "Conv2d" and any(isinstance(m, (AWQ, SmoothQuant)) for m in methods):
+        with pytest.raises(ConfigError, match="(awq|smoothquant).*Linear"):  # per-input scales need a Linear's
             compress(net, plan)
         return
     if any(isinstance(m, HeadPruning) for m in methods):

@@ -23,6 +23,7 @@ from rayzor.compression import (
     MagnitudePruning,
     MethodConfig,
     RandomPruning,
+    SmoothQuant,
     TernaryQuantization,
     Tucker2,
     UniformQuantization,
@@ -48,6 +49,7 @@ EXAMPLES = {
     "head_pruning": HeadPruning(0.5),
     "gptq": GPTQ(4, group_size=16),
     "awq": AWQ(3, group_size=16),
+    "smoothquant": SmoothQuant(8),
 }
 
 

@@ -10,15 +10,18 @@ from torch import nn
 from rayzor.compression import (
     AWQ,
     GPTQ,
+    ActivationQuantization,
     CompressedWeight,
     CompressionPlan,
     ConfigError,
     LowRank,
+    SmoothQuant,
     UniformQuantization,
     collect_layer_stats,
     compress,
     get_handler,
     load_packed,
+    read_packed_info,
     save_packed,
 )
 from tests.compression.tiny_models import CONTRACT_FACTORY, contract_net
@@ -158,3 +161,41 @@ def test_calibrated_quantizers_refuse_bad_settings_before_work():
         compress(contract_net(), CompressionPlan({"conv": (AWQ(4),)}), calibration_data=[torch.randn(2, 3, 8, 8)])
     with pytest.raises(ConfigError, match=r"calibration_data: got None.*calibrated quantizers of \['fc'\]"):
         compress(contract_net(), CompressionPlan({"fc": (GPTQ(4, group_size=16),)}))
+
+
+def _outlier_inputs(n: int = 512, k: int = 64, seed: int = 0) -> torch.Tensor:
+    """Inputs whose few channels are 50x the others: the activation outliers SmoothQuant migrates."""
+    x = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    x[:, :4] *= 50
+    return x
+
+
+def test_smoothquant_scaling_alone_preserves_the_layer():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    x = _outlier_inputs()
+    stats = collect_layer_stats(nn.Sequential(layer), ["0"], [x])["0"]
+    cw = get_handler(SmoothQuant(8))(layer, CompressedWeight.from_dense(layer.weight), SmoothQuant(8), stats)
+    s = cw.input_scale.float()
+    assert float(s[:4].min()) > float(s[4:].max())  # the outlier channels are scaled down the most on the input
+    w = layer.weight.detach()
+    torch.testing.assert_close(nn.functional.linear(x / s, w * s, layer.bias), layer(x), rtol=1e-5, atol=1e-4)
+
+
+def test_smoothquant_w8a8_beats_plain_w8a8_on_activation_outliers(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32))
+    x = _outlier_inputs()
+    act = ActivationQuantization(8, symmetric=True)
+    plain = compress(model, CompressionPlan({"0": (UniformQuantization(8), act)}), calibration_data=[x])
+    smooth = compress(model, CompressionPlan({"0": (SmoothQuant(8, alpha=0.5), act)}), calibration_data=[x])
+    with torch.inference_mode():
+        ref = model(x)
+        err_plain = float((plain.model(x) - ref).pow(2).mean())
+        err_smooth = float((smooth.model(x) - ref).pow(2).mean())
+    assert err_smooth < 0.5 * err_plain, (err_smooth, err_plain)
+    # the smoothed input quantizer is part of the packed file: reloads to identical outputs
+    path = tmp_path / "w8a8.rzp"
+    save_packed(smooth, path, arch={"factory": "torch.nn:Sequential", "kwargs": {}})
+    info = read_packed_info(path)
+    assert info.activations["0"]["smooth"] == 64

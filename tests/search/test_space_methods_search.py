@@ -96,7 +96,8 @@ def test_calibration_statistics_are_computed_once_per_search(calibrated, digits)
         assert child.data.metrics["calibration_layers_computed"] == 0
         # convolutions are offered per-channel int8 only under onnxruntime; AWQ never reaches them
         assert child.data.params.get("conv2.quant", "uniform_quantization") == "uniform_quantization"
-        assert child.data.params["conv2.bits"] in ("8", "32")
+        # bits [4, 8] leave int8 only (a fixed choice, not logged as a param) on a convolution
+        assert "conv2.bits" not in child.data.params
         assert child.data.metrics["deploy_bytes"] > 0
     # the front and its hypervolume are on the deploy artifact's size, normalised by the fp32 ONNX file's
     assert 0.0 < result.hypervolume < 1.0
