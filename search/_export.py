@@ -328,6 +328,7 @@ def register_model(client: Any, report: ExportReport, name: str) -> dict[str, st
     """
     import mlflow
     import onnx
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     if not report.format.startswith("onnx"):
@@ -336,17 +337,22 @@ def register_model(client: Any, report: ExportReport, name: str) -> dict[str, st
     task = _task_of(client, run.data.tags[TAG_PARENT])
     example = task.example_input.detach().cpu().numpy()
     output = OrtModule(report.path)(task.example_input).numpy()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    with mlflow.start_run(run_id=report.run_id):
-        info = mlflow.onnx.log_model(
+    # Saved, logged and registered through the client: no process-wide tracking URI or active run is touched.
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        mlflow.onnx.save_model(
             onnx.load(report.path),
-            name="model",
+            str(local),
             signature=infer_signature(example, output),
             input_example=example,
-            registered_model_name=name,
             save_as_external_data=False,
         )
-    version = info.registered_model_version
+        client.log_artifacts(report.run_id, str(local), "model")
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # it exists: a new version of it is what is asked for
+    version = client.create_model_version(name, f"runs:/{report.run_id}/model", run_id=report.run_id).version
     tags = {TAG_MODEL_RUN: report.run_id, TAG_MODEL_SEARCH: run.data.tags[TAG_PARENT]}
     tags.update({f"{TAG_MODEL_METRIC_PREFIX}{k}": repr(v) for k, v in sorted(run.data.metrics.items())})
     for key, value in tags.items():

@@ -128,7 +128,7 @@ def test_export_onnx_fp32_keeps_plain_ops(searched, tmp_path):
     assert out.stat().st_size == json.loads(result.stdout[result.stdout.index("{") :])["sizes"]["fp32_onnx_bytes"]
 
 
-def test_export_register_round_trips_through_the_model_registry(searched, tmp_path):
+def test_export_register_round_trips_through_the_model_registry(searched, tmp_path, monkeypatch):
     import mlflow
 
     uri, _, _ = searched
@@ -146,7 +146,7 @@ def test_export_register_round_trips_through_the_model_registry(searched, tmp_pa
     tags = client.get_model_version("digits-cnn", version).tags
     assert tags["rayzor.run_id"] == report["run_id"] and tags["rayzor.search_id"]
     assert float(tags["rayzor.metric.deploy_bytes"]) == out.stat().st_size
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what a user's serving process sets
     loaded = mlflow.pyfunc.load_model(f"models:/digits-cnn/{version}")
     x = _val_batch()
     got = loaded.predict(x.numpy())
@@ -240,6 +240,14 @@ def test_bad_flag_fails_before_ray(no_ray, tracking_uri, flags, needles):
 def test_unreachable_tracking_uri_fails_before_ray(no_ray):
     uri = f"http://127.0.0.1:{_closed_port()}"
     _one_line_error(runner.invoke(app, ["search", "--tracking-uri", uri]), "tracking_uri", uri)
+
+
+def test_export_out_in_a_missing_folder_is_refused_before_anything(searched, tmp_path):
+    uri, _, _ = searched
+    out = tmp_path / "no-such-folder" / "m.onnx"
+    result = runner.invoke(app, _args(uri, "export", "--pick", "max:accuracy", "--format", "onnx", "--out", str(out)))
+    _one_line_error(result, "--out", "no-such-folder", "existing folder")
+    assert not out.parent.exists()
 
 
 def test_unknown_run_id(searched, tmp_path):

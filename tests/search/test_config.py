@@ -65,7 +65,7 @@ def test_bad_field_gives_one_line_error(overrides, field, shown):
 def test_error_lists_valid_options():
     with pytest.raises(ConfigError, match="'tpe', 'nsga2', 'random' or 'gp'"):
         load_config(sampler="foo")
-    with pytest.raises(ConfigError, match="known keys task, task_options, target, trials"):
+    with pytest.raises(ConfigError, match="known keys task, task_options, target, accuracy_level, trials"):
         load_config(bogus=True)
 
 
