@@ -346,6 +346,39 @@ class _Rewriter:
         node.input[index] = self._cache[key][0]
         return [node]
 
+    def int8_dynamic(self, node: Any, layer: str, cw: CompressedWeight) -> list[Any]:
+        """A Linear with symmetric per-channel int8 codes run on integer kernels, activations quantized on the fly.
+
+        ``DynamicQuantizeLinear`` -> ``MatMulInteger`` (uint8 x int8 -> int32) -> ``Cast`` -> ``Mul`` by
+        (activation scale x channel scales): onnxruntime's dynamic int8 graph, built on the stored codes.
+        """
+        from onnx import TensorProto, helper
+
+        key = ("dyn", layer)
+        if key not in self._cache:
+            codes = _full_codes(cw).reshape(cw.shape[0], -1).T.astype(np.int8)  # (K, N): MatMulInteger's B
+            self._cache[key] = (
+                self.init(np.ascontiguousarray(codes), f"{layer}.qweight"),
+                self.init(cw.scale.to(torch.float32).numpy(), f"{layer}.channel_scale"),
+            )
+        weight, channel_scale = self._cache[key]
+        x, out = node.input[0], node.output[0]
+        q, s, zp = self.name(f"{layer}.x_q"), self.name(f"{layer}.x_scale"), self.name(f"{layer}.x_zero_point")
+        acc, acc_f = self.name(f"{layer}.acc_int32"), self.name(f"{layer}.acc")
+        scale = self.name(f"{layer}.out_scale")
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        scaled = self.name(f"{layer}.scaled") if bias else out
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", [x], [q, s, zp], name=self.name(f"{layer}.quantize_input")),
+            helper.make_node("MatMulInteger", [q, weight, zp], [acc], name=self.name(f"{layer}.MatMulInteger")),
+            helper.make_node("Cast", [acc], [acc_f], name=self.name(f"{layer}.cast"), to=TensorProto.FLOAT),
+            helper.make_node("Mul", [s, channel_scale], [scale], name=self.name(f"{layer}.scales")),
+            helper.make_node("Mul", [acc_f, scale], [scaled], name=self.name(f"{layer}.rescale")),
+        ]
+        if bias:
+            nodes.append(helper.make_node("Add", [scaled, bias], [out], name=self.name(f"{layer}.bias")))
+        return nodes
+
     def half(self, node: Any, layer: str, cw: CompressedWeight, index: int, transposed: bool) -> list[Any]:
         from onnx import TensorProto, helper
 
@@ -389,6 +422,18 @@ def _weight_slot(node: Any) -> tuple[int, bool] | None:
     return None
 
 
+def _dynamic_int8(node: Any, cw: CompressedWeight) -> bool:
+    """Whether ``cw`` on ``node`` runs as onnxruntime's dynamic int8 MatMul: a Linear (MatMul / plain Gemm)
+    with symmetric per-output-channel codes (int8 x int8 products need no zero point on the weight side)."""
+    return (
+        node.op_type in ("MatMul", "Gemm")
+        and cw.scheme == "symmetric"
+        and cw.group_size is None
+        and cw.groups == cw.shape[0]
+        and len(cw.shape) == 2
+    )
+
+
 _ALLOWED_OPS = {
     "matmul_nbits": ("MatMul", "Gemm"),
     "gather_block_quantized": ("Gather",),
@@ -417,6 +462,10 @@ def export_deploy(
         accuracy_level: MatMulNBits' ``accuracy_level``: 0 computes in fp32 on
             the decoded weights, 4 lets onnxruntime quantize activations to
             int8 per block (faster, not bit-faithful); 1..3 as onnxruntime defines.
+            At 4, Linear layers with symmetric per-channel int8 codes also run
+            on integer kernels (``DynamicQuantizeLinear`` + ``MatMulInteger``,
+            activations quantized per tensor on the fly) instead of a
+            dequantized fp32 weight: onnxruntime's fastest CPU path for them.
 
     Returns:
         ``path``.
@@ -478,6 +527,8 @@ def export_deploy(
             nodes.extend(rw.matmul_nbits(node, layer, cw))
         elif kind == "gather_block_quantized":
             nodes.extend(rw.gather_block_quantized(node, layer, cw))
+        elif kind == "int8_dequantize" and accuracy_level >= 4 and _dynamic_int8(node, cw):
+            nodes.extend(rw.int8_dynamic(node, layer, cw))
         elif kind == "int8_dequantize":
             nodes.extend(rw.int8_dequantize(node, layer, cw, index_, transposed))
         else:

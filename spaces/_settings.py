@@ -24,6 +24,7 @@ __all__ = [
     "FACTORIZATIONS",
     "MAX_SPARSITY",
     "NO_FACTORIZATION",
+    "PER_CHANNEL",
     "PRUNINGS",
     "QUANT_METHODS",
     "GroupSpec",
@@ -56,6 +57,9 @@ QUANT_METHODS: tuple[str, ...] = tuple(m for m in list_methods() if get_method(m
 DEFAULT_PRUNING: tuple[str, ...] = ("magnitude_pruning",)
 #: rank_ratio range of a chosen factorization when the config names none.
 DEFAULT_RANK_RATIO: tuple[float, float] = (0.1, 0.5)
+#: ``<layer>.group_size`` choice of one scale per output channel (no blocks): int8 Linear layers then run on
+#: onnxruntime's dynamic int8 kernels under ``accuracy_level: 4``.
+PER_CHANNEL = 0
 #: Value of ``<layer>.factorize`` that leaves the layer whole.
 NO_FACTORIZATION = "none"
 
@@ -193,10 +197,10 @@ class _Fields(BaseModel):
         if v is None:
             return None
         sizes = (v,) if isinstance(v, int) else v
-        if any(isinstance(g, bool) or g not in GROUP_SIZES for g in sizes):
+        if any(isinstance(g, bool) or g not in (PER_CHANNEL, *GROUP_SIZES) for g in sizes):
             raise ValueError(
-                f"a list of block sizes from {', '.join(map(str, GROUP_SIZES))} ([] = one scale per output channel)"
-                f"{cls._one and ', ' + cls._one}"
+                f"a list of block sizes from {', '.join(map(str, GROUP_SIZES))}, or 0 for one scale per output "
+                f"channel as a choice ([] = per channel only){cls._one and ', ' + cls._one}"
             )
         return tuple(sorted(set(sizes)))
 
@@ -344,7 +348,8 @@ class SpaceSettings(_Fields):
     group_size: tuple[int, ...] = Field(
         (),
         description="candidate block sizes of block-wise weight quantization (<layer>.group_size, with uniform, "
-        "gptq and awq: one fp16 scale per block of inputs); [] = one scale per output channel",
+        "gptq and awq: one fp16 scale per block of inputs); 0 = one scale per output channel, as a choice; "
+        "[] = per channel only",
     )
 
     @model_validator(mode="after")
@@ -378,7 +383,7 @@ class SpaceSettings(_Fields):
             group = None if i == 0 else self.groups[i - 1]
             sizes = self.group_size if group is None or group.group_size is None else group.group_size
             wide = [b for b in bits if 8 < b < 32]
-            if sizes and wide and any(takes_group_size(m) for m in methods):
+            if any(sizes) and wide and any(takes_group_size(m) for m in methods):
                 errors.append(
                     _error(
                         (*loc, "bits"),

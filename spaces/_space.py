@@ -18,6 +18,7 @@ from rayzor.spaces._settings import (
     DEFAULT_METHODS,
     DEFAULT_PRUNING,
     DEFAULT_RANK_RATIO,
+    PER_CHANNEL,
     SpaceSettings,
     as_range,
     takes_bits,
@@ -217,8 +218,8 @@ class CompressionSpace:
                 flat["quant"] = values["quant"]  # else implied: uniform, or fp32 (32 bits) under any method
             if values.get("bits") == 32 or "group_size" not in values or not takes_group_size(values["quant"]):
                 flat.pop("group_size", None)  # a layer left fp32 has no blocks
-            else:
-                flat["group_size"] = int(values["group_size"])
+            else:  # 0: one scale per output channel
+                flat["group_size"] = int(values["group_size"]) or None
             settings.update({layer: dict(flat) for layer in u.layers})
             act = values.get("act_bits", 32)
             if act != 32:  # 32: the inputs stay fp32, no method
@@ -386,7 +387,10 @@ def _unit_values(u: Unit, settings: Mapping[str, Mapping[str, Any]]) -> tuple[di
     values = {**dims.from_settings(u.dims, s), "quant": method}
     sizes = next((d for d in u.dims if d.name == "group_size"), None)
     if sizes is not None:  # a layer left fp32 has no blocks: any choice decodes to it, the preferred one is kept
-        values["group_size"] = s["group_size"] if "group_size" in s else (sizes.prefer if s.get("bits") == 32 else None)
+        if s.get("bits") == 32:
+            values["group_size"] = sizes.prefer
+        else:  # None (stated, or uniform's default left out) is the per-channel choice
+            values["group_size"] = s.get("group_size") or (PER_CHANNEL if sizes.contains(PER_CHANNEL) else None)
     field = {name: f"plan.layers[{first!r}].{name}" for name in values}
     if u.act_layers:
         act = {layer: settings[layer]["act_bits"] if "act_quant" in settings[layer] else 32 for layer in u.act_layers}

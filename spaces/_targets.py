@@ -106,5 +106,6 @@ def check_target(target: str, space: Any, given: Collection[str]) -> None:
         raise ConfigError(
             "space.group_size",
             list(space.group_size) if "group_size" in given else [],
-            "one or more block sizes from 16..256 under target onnxruntime (MatMulNBits is block-wise)" + hint,
+            "one or more block sizes from 16..256 (or 0: per output channel) under target onnxruntime "
+            "(MatMulNBits is block-wise)" + hint,
         )

@@ -24,6 +24,7 @@ from rayzor.compression import (
     export_onnx,
     max_abs_diff,
     measure_deploy_latency,
+    quantize_onnx_int8,
     runtime_refusal,
 )
 
@@ -205,3 +206,27 @@ def test_a_weight_missing_from_the_graph_is_reported(tmp_path):
     compressed = compress(Folded().eval(), CompressionPlan({"fc": (UniformQuantization(4, group_size=16),)}))
     with pytest.warns(UserWarning, match="fc"):
         export_deploy(compressed, torch.randn(2, 32), tmp_path / "m.onnx")
+
+
+def test_per_channel_int8_linear_runs_on_integer_kernels_at_accuracy_level_4(tmp_path):
+    model = _mlp()
+    x = torch.cat(_calibration())
+    out = compress(model, CompressionPlan({n: (UniformQuantization(8),) for n in ("0", "2", "4")}))
+    # fp32 compute: the codes behind DequantizeLinear, exact
+    assert "MatMulInteger" not in _check_parity(out, x, tmp_path / "a0.onnx")
+    # int8 activations: onnxruntime's dynamic int8 graph on the stored codes (no second rounding of the weights)
+    path = export_deploy(out, x, tmp_path / "a4.onnx", accuracy_level=4)
+    ops = _ops(path)
+    assert ops.count("MatMulInteger") == 3 and ops.count("DynamicQuantizeLinear") == 3
+    weights = {t.name: t for t in onnx.load(str(path)).graph.initializer}
+    codes = onnx.numpy_helper.to_array(next(t for name, t in weights.items() if name.startswith("0.qweight")))
+    torch.testing.assert_close(torch.from_numpy(codes.T.astype("int32")), out.weights["0"].codes.reshape(8, 40))
+    # per-tensor uint8 activations: not bit-exact, but as close as onnxruntime's own dynamic int8 of the same model
+    peer = quantize_onnx_int8(export_onnx(out.model, x, tmp_path / "fp32.onnx"), tmp_path / "ort.onnx")
+    with torch.inference_mode():
+        ref, got, theirs = out.model(x), OrtModule(path)(x), OrtModule(peer)(x)
+
+    def error(y: torch.Tensor) -> float:
+        return float(torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref))
+
+    assert error(got) <= 1.25 * error(theirs) and error(got) < 0.15, (error(got), error(theirs))

@@ -94,3 +94,20 @@ def test_search_config_methods():
     assert config.space.methods == ("binary_quantization", "uniform_quantization")
     with pytest.raises(ConfigError, match="space.methods"):
         validate_config({"space": {"methods": ["nope"]}})
+
+
+def test_group_size_zero_is_the_per_channel_choice(digits):
+    import optuna
+
+    config = validate_config({"space": {"group_size": [0, 32], "bits": [4, 8, 32], "methods": ["gptq"]}})
+    space = config.space.build(digits.model, target="onnxruntime")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        space.suggest(trial)
+        plan = space.decode(trial.params)
+        assert space.decode(space.encode(plan)) == plan
+        for methods in plan.layers.values():
+            seen |= {m.group_size for m in methods if hasattr(m, "group_size")}
+    assert seen == {None, 32}  # 0 decodes to one scale per output channel
