@@ -850,7 +850,7 @@ def _minilm_section(minilm: dict) -> list[str]:
     )
     lines += [
         "",
-        f"Target (int4 g128 with GPTQ or AWQ, validation cosine >= {minilm['target']}): {verdict}.",
+        f"Target (int4 g128 with GPTQ or AWQ, validation cosine >= {minilm['target']}): {verdict.rstrip('.')}.",
         "",
         "Peers on the same model, int4, measured elsewhere (not by this script; same kind of fidelity-to-fp32 "
         "cosine, not necessarily the same texts):",
