@@ -1,5 +1,5 @@
 """Benchmark: every registered compression method, at two strengths, on the digits CNN and on ResNet-18;
-RTN, GPTQ and AWQ at 4 and 3 bits on all-MiniLM-L6-v2.
+RTN, GPTQ and AWQ at 4 and 3 bits, and W8A8 plain vs SmoothQuant, on all-MiniLM-L6-v2.
 
 One command, three models:
 
@@ -15,21 +15,28 @@ One command, three models:
   weight-only quantization of every Linear of its 6 encoder blocks (not the
   embeddings; the task's encoder has no pooler) with RTN per channel, RTN g128
   symmetric and asymmetric, GPTQ g128 (symmetric with and without act_order,
-  asymmetric with act_order) and AWQ g128, at 4 and 3 bits; quality =
+  asymmetric with act_order) and AWQ g128, at 4 and 3 bits, and W8A8 (int8
+  weights plus ``ActivationQuantization(8, symmetric=True)`` on the same
+  Linears' inputs) plain and with SmoothQuant at alpha 0.5 and 0.8; quality =
   validation cosine to the fp32 embeddings (``task.score(model)["cosine"]``),
   with packed size and the time each compress took. Peers measured elsewhere
   (INC, torchao, NNCF) are quoted in the section as such.
 
-Calibration: GPTQ and AWQ need their layers' input statistics; each model's
+Calibration: GPTQ, AWQ and SmoothQuant need their layers' input statistics; each model's
 are computed once with ``collect_layer_stats`` (timed) and passed to every
 compress call as ``calibration_stats``: digits and MiniLM from their task's
 ``calibration_batches()``; ResNet-18 from 16 fixed random images (seed
 :data:`CALIB_SEED`, two batches of 8) distinct from its evaluation batch, the
 same images that calibrate activation quantization. Block-wise rows (RTN,
 GPTQ, AWQ) use blocks of 128 inputs on ResNet-18 and MiniLM, of 32 on the
-digits CNN (whose layers have 9..512 inputs per output). AWQ takes Linear
-layers only, so on the CNNs it quantizes the Linear layers (its rows list
-the convolutions as skipped).
+digits CNN (whose layers have 9..512 inputs per output). AWQ and SmoothQuant
+take Linear layers only, so on the CNNs they quantize the Linear layers (digits
+fc1, fc2; ResNet-18 its classifier; their rows list the convolutions as
+skipped). SmoothQuant exists for W8A8, so its two rows (alpha 0.5 and 0.8) pair
+it with ``ActivationQuantization(8, symmetric=True)`` on the same layers, next
+to a plain W8A8 row (``UniformQuantization(8)`` + the same activation
+quantizer) restricted to the same Linear layers, so the three compare side by
+side; activation quantizers are calibrated on the same batches.
 
 Each method is applied to every Conv/Linear layer where it is valid (a layer
 the method refuses, e.g. low-rank where it saves nothing, or channel pruning
@@ -37,7 +44,9 @@ on the classifier whose outputs are the model's, is listed as skipped), with
 no fine-tuning, so rows compare the methods themselves. A method no layer
 accepts (head pruning on a CNN) gets an "n/a" row with the reason. Every
 registered method (``rayzor.compression.list_methods()``) must have two rows of its
-own, or the script stops before measuring anything.
+own (the method alone, or a weight method paired with an activation quantizer:
+W8A8, the only way SmoothQuant is meant to run), or the script stops before
+measuring anything.
 
 Per row: packed file length (``save_packed``; digits also with the lzma
 entropy stage), ratio against the fp32 safetensors state dict, quality,
@@ -53,7 +62,7 @@ The whole run uses one intra-op thread: on a shared 2-core machine MKL's
 matrix), and latency is measured single-threaded anyway.
 
 Writes benchmarks/results/engine.json and the "engine" section of BENCHMARKS.md
-(``--quick``: a smoke run, ResNet-18 at 1/4 width and 64x64, few repeats, MiniLM at 4 bits only, written to
+(``--quick``: a smoke run, ResNet-18 at 1/4 width and 64x64, few repeats, MiniLM at 4 bits and W8A8 only, written to
 benchmarks/results/engine_quick.json only; the section is printed, not written).
 
     python benchmarks/engine.py [--quick] [--resnet-size 224] [--rounds 3]
@@ -108,6 +117,7 @@ class Row:
     label: str
     methods: tuple = ()
     global_sparsity: float | None = None
+    linear_only: bool = False  # only nn.Linear layers (the plain W8A8 row beside SmoothQuant's, on its layers)
 
     @property
     def key(self) -> str:
@@ -130,10 +140,13 @@ def _rows(group: int) -> list[Row]:
         LowRank,
         MagnitudePruning,
         RandomPruning,
+        SmoothQuant,
         TernaryQuantization,
         Tucker2,
         UniformQuantization,
     )
+
+    a8 = ActivationQuantization(8, symmetric=True)
 
     return [
         Row("fp32 (no compression)"),
@@ -172,24 +185,38 @@ def _rows(group: int) -> list[Row]:
         Row("activations 8-bit (min-max)", (ActivationQuantization(8),)),
         Row("activations 4-bit (MSE clip)", (ActivationQuantization(4, calibration="mse"),)),
         Row("W8A8: uniform 8-bit + activations 8-bit", (UniformQuantization(8), ActivationQuantization(8))),
+        Row(
+            "W8A8 sym. (Linear layers only): uniform 8-bit + act. 8-bit sym.",
+            (UniformQuantization(8), a8),
+            linear_only=True,
+        ),
+        Row("W8A8 SmoothQuant alpha 0.5 + act. 8-bit sym. (Linear layers only)", (SmoothQuant(8, alpha=0.5), a8)),
+        Row("W8A8 SmoothQuant alpha 0.8 + act. 8-bit sym. (Linear layers only)", (SmoothQuant(8, alpha=0.8), a8)),
         Row("prune 80% + k-means 4-bit", (MagnitudePruning(0.8), KMeansQuantization(4))),
         Row("low-rank 50% + uniform 4-bit", (LowRank(rank_ratio=0.5), UniformQuantization(4))),
     ]
 
 
 def _check_coverage(rows: list[Row]) -> None:
-    """Stop unless every registered method has two rows of its own (two strengths)."""
+    """Stop unless every registered method has two rows of its own (two strengths).
+
+    A row is a method's own when it is that method alone, or that weight method paired with one activation
+    quantizer (W8A8: SmoothQuant only makes sense so, its smoothing is for the activation quantizer).
+    """
     from rayzor.compression import list_methods
 
     own: dict[str, int] = {}
     for row in rows:
-        if len(row.methods) == 1:
-            own[row.methods[0].method] = own.get(row.methods[0].method, 0) + 1
+        weight = [cfg for cfg in row.methods if cfg.stage != "activation"]
+        if len(row.methods) == 1 or (len(row.methods) == 2 and len(weight) == 1):
+            key = row.methods[0].method if len(row.methods) == 1 else weight[0].method
+            own[key] = own.get(key, 0) + 1
     missing = [m for m in list_methods() if own.get(m, 0) < 2]
     if missing:
         sys.exit(
             f"benchmarks/engine.py: registered method(s) {missing} lack two single-method rows "
-            "(two strengths) in _rows(); add them so the engine table covers every method"
+            "(two strengths; alone or paired with an activation quantizer) in _rows(); add them so the engine "
+            "table covers every method"
         )
 
 
@@ -201,7 +228,7 @@ class Setup:
     model: Any
     arch: dict
     example_input: Any  # traced by structured pruning, counted by model_stats
-    calibration: list  # batches calibrating activation quantization and the layer statistics of GPTQ / AWQ
+    calibration: list  # batches calibrating activation quantization and the layer statistics of GPTQ / AWQ / SQ
     timing: dict[str, Any]  # latency inputs by batch-size label
     quality: Callable[[Any], dict[str, float]]
     check_input: Any  # the packed reload must reproduce the outputs on it exactly
@@ -214,7 +241,7 @@ class Setup:
 
     def layer_stats(self) -> dict:
         """``collect_layer_stats`` of every Conv/Linear layer over :attr:`calibration`, computed once and shared
-        by every GPTQ / AWQ row (as a search shares them with every trial); the time it took goes in the facts."""
+        by every GPTQ / AWQ / SmoothQuant row (as a search shares them with every trial); the time it took goes in the facts."""
         if self.stats is None:
             from rayzor.compression import collect_layer_stats, compressible_layers
 
@@ -323,9 +350,12 @@ def _plan(setup: Setup, row: Row) -> tuple[dict | None, dict[str, str], str | No
         except ConfigError as e:
             return None, {}, str(e)
     chosen, skipped = {}, {}
-    for name in compressible_layers(setup.model):
+    for name, module in compressible_layers(setup.model).items():
         if not row.methods:
             break
+        if row.linear_only and not isinstance(module, nn.Linear):
+            skipped[name] = "this row takes Linear layers only (the layers SmoothQuant's rows quantize)"
+            continue
         try:
             CompressionPlan({name: row.methods}).validate(setup.model)
             chosen[name] = row.methods
@@ -465,26 +495,34 @@ MINILM_PEERS = (
 MINILM_TARGET = 0.975
 
 
-def _minilm_rows(bits: tuple[int, ...]) -> list[tuple[str, Any]]:
-    """(label, config) of the MiniLM rows: RTN (per channel; g128 sym. and asym.), GPTQ and AWQ g128, per width."""
-    from rayzor.compression import AWQ, GPTQ, UniformQuantization
+def _minilm_rows(bits: tuple[int, ...]) -> list[tuple[str, tuple]]:
+    """(label, methods per layer) of the MiniLM rows: W8A8 plain and with SmoothQuant (alpha 0.5, 0.8), then
+    weight-only RTN (per channel; g128 sym. and asym.), GPTQ and AWQ g128, per width."""
+    from rayzor.compression import AWQ, GPTQ, ActivationQuantization, SmoothQuant, UniformQuantization
 
-    rows: list[tuple[str, Any]] = [("fp32 (no compression)", None)]
+    a8 = ActivationQuantization(8, symmetric=True)
+    rows: list[tuple[str, tuple]] = [
+        ("fp32 (no compression)", ()),
+        ("W8A8: RTN 8-bit per channel sym. + act. 8-bit sym.", (UniformQuantization(8), a8)),
+        ("W8A8: SmoothQuant alpha 0.5 + act. 8-bit sym.", (SmoothQuant(8, alpha=0.5), a8)),
+        ("W8A8: SmoothQuant alpha 0.8 + act. 8-bit sym.", (SmoothQuant(8, alpha=0.8), a8)),
+    ]
     for b in bits:
         rows += [
-            (f"RTN {b}-bit per channel sym.", UniformQuantization(b)),
-            (f"RTN {b}-bit g128 sym.", UniformQuantization(b, group_size=128)),
-            (f"RTN {b}-bit g128 asym.", UniformQuantization(b, symmetric=False, group_size=128)),
-            (f"GPTQ {b}-bit g128 sym.", GPTQ(b)),
-            (f"GPTQ {b}-bit g128 sym. act_order", GPTQ(b, act_order=True)),
-            (f"GPTQ {b}-bit g128 asym. act_order", GPTQ(b, symmetric=False, act_order=True)),
-            (f"AWQ {b}-bit g128 asym.", AWQ(b)),
+            (f"RTN {b}-bit per channel sym.", (UniformQuantization(b),)),
+            (f"RTN {b}-bit g128 sym.", (UniformQuantization(b, group_size=128),)),
+            (f"RTN {b}-bit g128 asym.", (UniformQuantization(b, symmetric=False, group_size=128),)),
+            (f"GPTQ {b}-bit g128 sym.", (GPTQ(b),)),
+            (f"GPTQ {b}-bit g128 sym. act_order", (GPTQ(b, act_order=True),)),
+            (f"GPTQ {b}-bit g128 asym. act_order", (GPTQ(b, symmetric=False, act_order=True),)),
+            (f"AWQ {b}-bit g128 asym.", (AWQ(b),)),
         ]
     return rows
 
 
 def _minilm(args, scratch: Path) -> dict:
-    """Weight-only int4 / int3 of every encoder Linear of all-MiniLM-L6-v2, RTN vs GPTQ vs AWQ (minilm extra)."""
+    """Weight-only int4 / int3 of every encoder Linear of all-MiniLM-L6-v2, RTN vs GPTQ vs AWQ, and W8A8 plain vs
+    SmoothQuant on the same Linears (minilm extra)."""
     from rayzor.compression import (
         CompressionPlan,
         collect_layer_stats,
@@ -507,9 +545,9 @@ def _minilm(args, scratch: Path) -> dict:
     print(f"[minilm] layer statistics of {len(layers)} Linear layers: {stats_seconds:.1f} s", flush=True)
     check = task.data["val"].tensors[0][:8]
     results, fp32_size = [], None
-    for label, cfg in _minilm_rows((4,) if args.quick else (4, 3)):
+    for label, methods in _minilm_rows((4,) if args.quick else (4, 3)):
         row_start = time.perf_counter()
-        plan = CompressionPlan({name: (cfg,) for name in layers} if cfg is not None else {})
+        plan = CompressionPlan({name: methods for name in layers} if methods else {})
         out = compress(task.model, plan, calibration_data=calibration, calibration_stats=stats)
         quantize_seconds = time.perf_counter() - row_start
         if out.stats_computed:
@@ -525,9 +563,10 @@ def _minilm(args, scratch: Path) -> dict:
         results.append(
             {
                 "method": label,
-                "key": "fp32" if cfg is None else cfg.method,
-                "config": None if cfg is None else cfg.to_dict(),
-                "bits": None if cfg is None else cfg.bits,
+                "key": " + ".join(cfg.method for cfg in methods) or "fp32",
+                "config": [cfg.to_dict() for cfg in methods] or None,
+                "bits": next((cfg.bits for cfg in methods if cfg.stage != "activation"), None),
+                "activation_bits": next((cfg.bits for cfg in methods if cfg.stage == "activation"), None),
                 "size_bytes": size,
                 "linear_bytes": size - (fp32_size - linear_bytes),
                 "val_cosine": val["cosine"],
@@ -674,7 +713,7 @@ def _section(report: dict) -> str:
     d_lat, r_lat = digits["fp32_latency_ms"], resnet["fp32_latency_ms"]
     size = resnet["input"][2]
     lines = [
-        "## engine: every method on the digits CNN and ResNet-18; RTN, GPTQ and AWQ on MiniLM",
+        "## engine: every method on the digits CNN and ResNet-18; RTN, GPTQ, AWQ and W8A8 (plain, SmoothQuant) on MiniLM",
         "",
         f"Command: `{report['command']}` ({describe_machine(report)}); whole run {report['wall_seconds']:.0f} s, "
         "1 torch thread.",
@@ -698,7 +737,11 @@ def _section(report: dict) -> str:
         f"{resnet['layer_stats_seconds']:.1f} s) and each row's compress reuses them. AWQ accepts Linear layers "
         "only (its per-input scales cannot vary within a convolution's input channel), so on these CNNs it "
         "quantizes the Linear layers (digits fc1, fc2; ResNet-18 its classifier) and leaves every conv fp32: "
-        "its rows are not comparable with the others.",
+        "its rows are not comparable with the others. SmoothQuant (Linear layers only, too) is a W8A8 method: its two "
+        "rows (alpha 0.5 and 0.8) pair it with `ActivationQuantization(8, symmetric=True)` on the same layers "
+        "(digits fc1, fc2; ResNet-18 only its classifier), beside a plain W8A8 row (uniform 8-bit + the same "
+        "activation quantizer) restricted to those Linear layers; the all-layer W8A8 row above them uses "
+        "asymmetric activation codes.",
         "",
         f"### digits CNN (test accuracy; fp32 state dict {digits['fp32_state_dict_bytes']} B, fp32 latency "
         f"{d_lat['1']:.3f} ms at batch 1, {d_lat['256']:.2f} ms at batch 256)",
@@ -770,7 +813,7 @@ def _minilm_section(minilm: dict) -> list[str]:
     reached = [r["method"] for r in calibrated if r["val_cosine"] >= minilm["target"]]
     lines = [
         "",
-        f"### all-MiniLM-L6-v2: weight-only int4 / int3 of the {len(minilm['layers'])} encoder Linear layers",
+        f"### all-MiniLM-L6-v2: W8A8 and weight-only int4 / int3 of the {len(minilm['layers'])} encoder Linear layers",
         "",
         "Task `minilm` (task defaults: 256 train / 128 validation / 128 test texts of 32 tokens): cosine = mean "
         "cosine of the sentence embeddings to the fp32 model's (`task.score(model)['cosine']`), recall@10 = "
@@ -779,19 +822,24 @@ def _minilm_section(minilm: dict) -> list[str]:
         "embeddings and LayerNorms stay fp32 (the task's encoder has no pooler: it mean-pools). Size = packed "
         "file (`save_packed`, reloaded and checked bit-exact), of which the fp32 embeddings, biases and "
         f"LayerNorms ({(fp32['size_bytes'] - fp32['linear_bytes']) / 1e6:.1f} MB) are in every row; *Linear weights* = "
-        "size minus the fp32 file's other tensors (the quantized matrices with their scales, zero points and "
-        f"AWQ's input scales; fp32 {minilm['linear_weight_bytes_fp32'] / 1e6:.1f} MB). Calibration: "
+        "size minus the fp32 file's other tensors (the quantized matrices with their scales, zero points, "
+        f"AWQ's and SmoothQuant's input scales and the activation quantizers' ranges; fp32 {minilm['linear_weight_bytes_fp32'] / 1e6:.1f} MB). Calibration: "
         f"{minilm['calibration']}; their layer statistics (`collect_layer_stats`) took "
         f"{minilm['layer_stats_seconds']:.1f} s, once, and every row reuses them (`calibration_stats=`). "
         "Quantize time = the `compress` call, informative only (1 thread, shared 2-core machine). "
-        "Symmetric codes (RTN and GPTQ) use 2^bits - 1 levels (-7..7 at 4 bits), asymmetric ones 2^bits.",
+        "Symmetric codes (RTN and GPTQ) use 2^bits - 1 levels (-7..7 at 4 bits), asymmetric ones 2^bits. "
+        "W8A8 rows (*act. bits* 8): int8 symmetric per-output-channel weights and, on the input of each of the "
+        "same Linears, `ActivationQuantization(8, symmetric=True)` (per tensor, min-max, calibrated on the same "
+        "batches), fake-quantized; plain (RTN) vs SmoothQuant (Xiao et al. 2022: per-input scales "
+        "`s = max|X|^alpha / max|W|^(1-alpha)` from the layer statistics' input peaks, the weight stored as "
+        "`Q(W s)`, the activation quantizer sees `x / s`) at alpha 0.5 (the paper's default) and 0.8.",
         "",
-        "| method | bits | val cosine | recall@10 | test cosine | size (MB) | Linear weights (MB) | quantize (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | bits | act. bits | val cosine | recall@10 | test cosine | size (MB) | Linear weights (MB) | quantize (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['bits'] or 32} | {r['val_cosine']:.4f} | {r['val_recall_at_10']:.3f} | "
+            f"| {r['method']} | {r['bits'] or 32} | {r.get('activation_bits') or '-'} | {r['val_cosine']:.4f} | {r['val_recall_at_10']:.3f} | "
             f"{r['test_cosine']:.4f} | {r['size_bytes'] / 1e6:.1f} | {r['linear_bytes'] / 1e6:.2f} | "
             f"{r['quantize_seconds']:.1f} |"
         )
@@ -802,7 +850,7 @@ def _minilm_section(minilm: dict) -> list[str]:
     )
     lines += [
         "",
-        f"Target (int4 g128 with GPTQ or AWQ, validation cosine >= {minilm['target']}): {verdict}.",
+        f"Target (int4 g128 with GPTQ or AWQ, validation cosine >= {minilm['target']}): {verdict.rstrip('.')}.",
         "",
         "Peers on the same model, int4, measured elsewhere (not by this script; same kind of fidelity-to-fp32 "
         "cosine, not necessarily the same texts):",
