@@ -1,10 +1,14 @@
-"""Benchmark: does the latency a trial logs agree with the exported model re-measured in a fresh process?
+"""Benchmark: does the latency a trial logs agree with its exported deploy artifact re-timed in a fresh process?
 
-Runs a digits search (``--trials``, concurrency 2, objectives accuracy + size +
-latency), then, for every Pareto trial, loads its logged packed artifact in a
-new Python process (nothing else running) and measures it the way a trial does
-(``measure_latency``, 1 thread, batch 1). Reports each ratio logged / fresh;
-the target is agreement within +-15%.
+Runs a digits search with ``target: onnxruntime`` (the default; ``--trials``,
+concurrency 2, objectives accuracy + deploy_bytes + latency_ms), so each trial
+logs ``latency_ms`` of its own deploy artifact. Then, for every Pareto trial,
+exports that artifact with ``export_model(..., "onnx")`` (what ``rayzor export
+--format onnx`` runs; its bytes must equal the logged ``deploy_bytes``) and
+times the file in a new Python process (nothing else running) the way a trial
+does (``measure_deploy_latency``, onnxruntime, 1 thread, batch 1). Reports
+each ratio logged / fresh; the target is agreement within +-15% for at least
+8 of 9 points.
 
 Writes benchmarks/results/latency_agreement.json and the "latency_agreement"
 section of BENCHMARKS.md.
@@ -28,11 +32,10 @@ from _report import describe_machine, machine, replace_section, write_result  # 
 
 _FRESH = """
 import json, sys, torch
-from rayzor.compression import load_packed, measure_latency
+from rayzor.compression import measure_deploy_latency
 from rayzor.tasks import create_task
-model, _ = load_packed(sys.argv[1])
 x = create_task("digits").example_input
-print(json.dumps(measure_latency(model.eval(), x, threads=1)))
+print(json.dumps(measure_deploy_latency(sys.argv[1], x, threads=1)))
 """
 
 
@@ -45,14 +48,15 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from rayzor.search import load_config, run_search
+    from rayzor.search import export_model, load_config, run_search
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-latency-"))
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
     config = load_config(
         None,
         trials=args.trials,
-        objectives=["accuracy", "size_bytes", "latency_ms"],
+        target="onnxruntime",
+        objectives=["accuracy", "deploy_bytes", "latency_ms"],
         tracking_uri=uri,
         storage_path=str(scratch / "ray"),
         experiment="latency",
@@ -61,8 +65,8 @@ def main() -> None:
     client = MlflowClient(uri)
     rows = []
     for record in result.pareto:
-        path = client.download_artifacts(record.run_id, "packed/packed.safetensors", str(scratch / record.run_id))
-        out = subprocess.run([sys.executable, "-c", _FRESH, path], capture_output=True, text=True, check=True)
+        exported = export_model(client, record.run_id, "onnx", scratch / f"trial-{record.number}.onnx")
+        out = subprocess.run([sys.executable, "-c", _FRESH, exported.path], capture_output=True, text=True, check=True)
         fresh = json.loads(out.stdout.strip().splitlines()[-1])
         logged = record.metrics["latency_ms"]
         rows.append(
@@ -71,6 +75,8 @@ def main() -> None:
                 "logged_ms": logged,
                 "fresh_ms": fresh,
                 "ratio": logged / fresh,
+                "deploy_bytes": record.metrics["deploy_bytes"],
+                "file_bytes": exported.sizes["file_bytes"],
                 "plan": record.plan_summary,
             }
         )
@@ -80,23 +86,40 @@ def main() -> None:
         )
     shutil.rmtree(scratch, ignore_errors=True)
 
-    report = {**machine(), "trials": args.trials, "concurrency": result.concurrency, "rows": rows}
+    report = {
+        **machine(),
+        "trials": args.trials,
+        "target": "onnxruntime",
+        "concurrency": result.concurrency,
+        "search_seconds": result.wall_seconds,
+        "rows": rows,
+    }
     write_result("latency_agreement", report)
     within = sum(abs(r["ratio"] - 1) <= 0.15 for r in rows)
     lines = [
-        "## latency_agreement: a trial's logged latency vs the exported model in a fresh process",
+        "## latency_agreement: a trial's logged latency vs its exported deploy artifact in a fresh process",
         "",
         f"Command: `python benchmarks/latency_agreement.py --trials {args.trials}` ({describe_machine(report)}).",
         "",
-        f"Digits search, {args.trials} trials, {result.concurrency} at a time, objectives accuracy + size_bytes + "
-        "latency_ms. Each Pareto trial's packed artifact is loaded in a new process and timed like a trial times it "
-        "(median of 20 forwards after 3 warm-ups, 1 thread, batch 1).",
+        f"Digits search, `target: onnxruntime`, {args.trials} trials, {result.concurrency} at a time, objectives "
+        "accuracy + deploy_bytes + latency_ms: each trial logs the latency of its own deploy artifact (onnxruntime, "
+        "`measure_deploy_latency`: 5 warm-ups, rounds of 10 runs until two round medians agree within 3%, median; "
+        "1 thread, batch 1), measured while the other trial runs on the second core. Each Pareto trial is exported "
+        "with `export_model(..., 'onnx')` (= `rayzor export --format onnx`) and the file is timed the same way in "
+        "a new process, nothing else running.",
         "",
-        "| trial | logged (ms) | fresh process (ms) | logged / fresh |",
-        "|---:|---:|---:|---:|",
-        *(f"| {r['trial']} | {r['logged_ms']:.4f} | {r['fresh_ms']:.4f} | {r['ratio']:.2f} |" for r in rows),
+        "| trial | deploy_bytes logged | exported file bytes | logged (ms) | fresh process (ms) | logged / fresh |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r['trial']} | {r['deploy_bytes']:.0f} | {r['file_bytes']:.0f} | {r['logged_ms']:.4f} | "
+            f"{r['fresh_ms']:.4f} | {r['ratio']:.2f} |"
+            for r in rows
+        ),
         "",
-        f"{within} of {len(rows)} within +-15%.",
+        f"**{within} of {len(rows)} within +-15%** (target: at least 8 of 9); exported bytes equal the logged "
+        f"deploy_bytes for {sum(r['file_bytes'] == r['deploy_bytes'] for r in rows)} of {len(rows)}. Digits artifacts "
+        "run in about 0.1 ms; the minilm section compares the same on a 10-30 ms encoder, where the other trial's "
+        "compute on the second core inflates the logged latencies.",
     ]
     replace_section("latency_agreement", "\n".join(lines))
     print("\n".join(lines))
