@@ -284,6 +284,9 @@ def layer_units(
                 methods = runtime_methods(target, module, methods)
                 if isinstance(module, (nn.Conv1d, nn.Conv2d)) and target != "packed":
                     group_sizes = ()  # int8 convolutions are per output channel
+                if isinstance(module, nn.Embedding) and target != "packed":
+                    # GatherBlockQuantized is block-wise: per-channel (0) would leave the table fp32
+                    group_sizes = tuple(g for g in group_sizes if g) or (128,)
             calibrated = [m for m in methods if get_method(m).calibrated]
             if calibrated:
                 refused = {
