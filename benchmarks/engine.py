@@ -166,8 +166,9 @@ def _rows(group: int) -> list[Row]:
         Row("uniform 2-bit asym. MSE clip", (UniformQuantization(2, symmetric=False, clipping="mse"),)),
         Row(f"uniform 4-bit g{group} (block-wise RTN)", (UniformQuantization(4, group_size=group),)),
         Row(f"uniform 3-bit g{group} (block-wise RTN)", (UniformQuantization(3, group_size=group),)),
-        Row(f"GPTQ 4-bit g{group}", (GPTQ(4, group_size=group),)),
-        Row(f"GPTQ 3-bit g{group}", (GPTQ(3, group_size=group),)),
+        # symmetric, natural column order: the settings these rows were measured with (GPTQ's defaults since differ)
+        Row(f"GPTQ 4-bit g{group}", (GPTQ(4, group_size=group, symmetric=True, act_order=False),)),
+        Row(f"GPTQ 3-bit g{group}", (GPTQ(3, group_size=group, symmetric=True, act_order=False),)),
         Row(f"AWQ 4-bit g{group} asym. (Linear layers only)", (AWQ(4, group_size=group),)),
         Row(f"AWQ 3-bit g{group} asym. (Linear layers only)", (AWQ(3, group_size=group),)),
         Row("k-means 4-bit", (KMeansQuantization(4),)),
@@ -512,8 +513,8 @@ def _minilm_rows(bits: tuple[int, ...]) -> list[tuple[str, tuple]]:
             (f"RTN {b}-bit per channel sym.", (UniformQuantization(b),)),
             (f"RTN {b}-bit g128 sym.", (UniformQuantization(b, group_size=128),)),
             (f"RTN {b}-bit g128 asym.", (UniformQuantization(b, symmetric=False, group_size=128),)),
-            (f"GPTQ {b}-bit g128 sym.", (GPTQ(b),)),
-            (f"GPTQ {b}-bit g128 sym. act_order", (GPTQ(b, act_order=True),)),
+            (f"GPTQ {b}-bit g128 sym.", (GPTQ(b, symmetric=True, act_order=False),)),
+            (f"GPTQ {b}-bit g128 sym. act_order", (GPTQ(b, symmetric=True, act_order=True),)),
             (f"GPTQ {b}-bit g128 asym. act_order", (GPTQ(b, symmetric=False, act_order=True),)),
             (f"AWQ {b}-bit g128 asym.", (AWQ(b),)),
         ]
