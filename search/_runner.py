@@ -218,6 +218,13 @@ def run_search(
             f"(fp32 {task.metric} {baseline[task.metric]:.4f}, {baseline['size_bytes'] / 1024:.1f} KiB), sampler {config.sampler}, "
             f"{concurrency} at a time, {request} per trial" + (" (resumed)" if state else "")
         )
+        if "latency_ms" in config.resolved_objectives and concurrency > 1:
+            # Measured on MiniLM: trials timed beside another trial's compute logged 1.7-2.7x their
+            # fresh-process latency (BENCHMARKS.md, minilm); small models were not affected.
+            progress(
+                f"note: latency_ms is an objective and {concurrency} trials run at once: each is timed while the "
+                "others compute, which can inflate it on a busy CPU; `rayzor export` re-times the file alone"
+            )
         tracker = TRACKERS[parent_id] = Tracker(
             p.tracking_uri, p.experiment_id, parent_id, config, warm_points, baseline, progress
         )
