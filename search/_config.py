@@ -297,7 +297,7 @@ def _check_combinations(config: SearchConfig) -> None:
             [],
             f"at least one student family (see compression.list_students()) when students.{student_fields[0]} is set",
         )
-    check_target(config.target, config.space, config.space.model_fields_set)
+    check_target(config.target, config.space)
     if config.target == "packed" and "deploy_bytes" in (config.objectives or ()):
         raise ConfigError(
             "objectives",

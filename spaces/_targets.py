@@ -13,12 +13,12 @@ file but not a dense runtime file, and ``deploy_bytes`` shows it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 from torch import nn
 
 from rayzor.errors import ConfigError
+from rayzor.spaces._settings import takes_group_size
 
 __all__ = ["DEFAULT_TARGET", "RUNTIME_DEFAULTS", "RUNTIME_METHODS", "TARGETS", "check_target", "runtime_bits"]
 
@@ -59,13 +59,12 @@ def runtime_methods(target: str, module: nn.Module, methods: tuple[str, ...]) ->
     return methods
 
 
-def check_target(target: str, space: Any, given: Collection[str]) -> None:
+def check_target(target: str, space: Any) -> None:
     """Refuse space settings ``target`` cannot execute, naming the field, before any compute.
 
     Args:
         target: One of :data:`TARGETS`.
         space: The validated space settings (``SpaceSettings``).
-        given: The ``space:`` fields the user set (what they asked for, not defaults).
 
     Raises:
         ConfigError: e.g. ``space.bits: [3]`` under ``target: onnxruntime``.
@@ -102,10 +101,10 @@ def check_target(target: str, space: Any, given: Collection[str]) -> None:
                 list(act) if not isinstance(act, int) else act,
                 "[] under target onnxruntime (calibrated activation ranges have no native kernel there)" + hint,
             )
-    if not space.group_size and any(m in ("uniform_quantization", "gptq", "awq") for m in space.methods):
+    if not space.group_size and any(takes_group_size(m) for m in space.methods):
         raise ConfigError(
             "space.group_size",
-            list(space.group_size) if "group_size" in given else [],
+            [],
             "one or more block sizes from 16..256 (or 0: per output channel) under target onnxruntime "
             "(MatMulNBits is block-wise)" + hint,
         )
