@@ -328,7 +328,7 @@ def _rounding(cfg: MethodConfig) -> MethodConfig:
     """The data-free grid a calibrated method rounds onto (its ``rounding()``), used where no statistics
     exist: in each QAT step (re-running GPTQ per step would cost a calibration pass per batch) and in the
     epoch snapshots; the final quantization of the trained weights is the calibrated one."""
-    return cfg.rounding() if cfg.calibrated else cfg  # type: ignore[attr-defined]
+    return cfg.rounding() if cfg.calibrated else cfg
 
 
 def _fake_quantized(layer: nn.Module, mask: Tensor | None, cfg: MethodConfig) -> Tensor:

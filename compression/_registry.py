@@ -121,8 +121,12 @@ class MethodConfig:
 
     method: ClassVar[str]
     stage: ClassVar[str]
-    #: A quantize-stage method that needs the layer's calibration statistics (GPTQ, AWQ).
+    #: A quantize-stage method that needs the layer's calibration statistics (GPTQ, AWQ, SmoothQuant).
     calibrated: ClassVar[bool] = False
+
+    def rounding(self) -> MethodConfig:
+        """The data-free config a calibrated method rounds like where no statistics exist (QAT steps); itself here."""
+        return self
 
     def validate(self, layer: str, module: nn.Module) -> None:
         """Refuse this config for ``module`` before any work starts.
