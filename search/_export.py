@@ -15,6 +15,7 @@ from rayzor.compression import (
     CompressedModel,
     OrtModule,
     PackedInfo,
+    export_deploy,
     export_onnx,
     load_packed,
     max_abs_diff,
@@ -39,7 +40,6 @@ from rayzor.search._tags import (
     TAG_ROLE,
 )
 from rayzor.search._tracking import connect, latest_search_run, trial_runs
-from rayzor.search._trial import deploy_metrics
 from rayzor.tasks import Task, create_task
 
 __all__ = [
@@ -172,14 +172,14 @@ def _write(
         shutil.copyfile(packed, out)
         shipped, _ = load_packed(out)
     elif fmt == "onnx":
-        deploy_metrics(compressed, example, out, accuracy_level)  # the trial's own function: the bytes it measured
+        export_deploy(compressed, example, out, accuracy_level=accuracy_level)  # as the trial built it: same bytes
         shipped = OrtModule(out)
     elif fmt == "onnx-fp32":
         export_onnx(model, example, out)
         shipped = OrtModule(out)
     else:  # onnx-int8: the deploy artifact, its still-fp32 weights int8; stored codes are never re-quantized
         with tempfile.TemporaryDirectory() as tmp:
-            deploy_metrics(compressed, example, Path(tmp) / "deploy.onnx", accuracy_level)
+            export_deploy(compressed, example, Path(tmp) / "deploy.onnx", accuracy_level=accuracy_level)
             quantize_onnx_int8(Path(tmp) / "deploy.onnx", out)
         shipped = OrtModule(out)
     with torch.inference_mode():
