@@ -242,7 +242,8 @@ def deploy_metrics(
 ) -> dict[str, float]:
     """``deploy_bytes`` and ``latency_ms`` of the deploy artifact of ``compressed``, written to ``path``.
 
-    One function for the trial and the export, so both build the same bytes.
+    The file is :func:`~rayzor.compression.export_deploy`'s, which ``rayzor export --format onnx`` calls with
+    the same arguments on the packed model: the same bytes.
     """
     export_deploy(compressed, example_input, path, accuracy_level=accuracy_level)
     return {
