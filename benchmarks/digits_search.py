@@ -63,7 +63,8 @@ def main() -> None:
     done = [r for r in result.trials if r.status == "FINISHED"]
     base_acc = result.baseline["accuracy"]
     within = [r for r in done if r.metrics["accuracy"] >= base_acc - 0.01]
-    best = min(within, key=lambda r: r.metrics["deploy_bytes"]) if within else None
+    # ties on bytes (one bit-width plan, several sparsities): the most accurate of them
+    best = min(within, key=lambda r: (r.metrics["deploy_bytes"], -r.metrics["accuracy"])) if within else None
     best_row = None
     if best is not None:
         packed = client.download_artifacts(best.run_id, "packed/packed.safetensors", str(scratch))
