@@ -381,7 +381,10 @@ class SpaceSettings(_Fields):
         ]
         for i, (loc, bits, methods) in enumerate(scopes):
             group = None if i == 0 else self.groups[i - 1]
-            sizes = self.group_size if group is None or group.group_size is None else group.group_size
+            # a group's one block size is validated into a tuple as well (see _group_sizes)
+            sizes = cast(
+                "tuple[int, ...]", self.group_size if group is None or group.group_size is None else group.group_size
+            )
             wide = [b for b in bits if 8 < b < 32]
             if any(sizes) and wide and any(takes_group_size(m) for m in methods):
                 errors.append(
