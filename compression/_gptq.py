@@ -10,7 +10,7 @@ in *which* codes they pick, using the layer's input statistics
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from rayzor.compression._calibration import LayerStats
 from rayzor.compression._quantization import (
     UniformQuantization,
+    _check_bool,
     _check_group_size,
     _dequantize_blocks,
     block_params,
@@ -36,6 +37,13 @@ def _check_layer(config: MethodConfig, layer: str, module: nn.Module, types: tup
     if not isinstance(module, types) or getattr(module, "groups", 1) != 1:
         valid = " / ".join(t.__name__ for t in types)
         raise ConfigError(f"plan.layers[{layer!r}].{config.method}", type(module).__name__, f"{valid} (groups=1)")
+
+
+def _check_blockwise(config: Any) -> None:
+    """The fields GPTQ and AWQ share with block-wise RTN: ``bits`` 2..8, ``group_size``, ``symmetric``."""
+    object.__setattr__(config, "bits", check_int(f"{config.method}.bits", config.bits, 2, config.max_bits))
+    _check_group_size(config.method, config.group_size, config.bits)
+    _check_bool(f"{config.method}.symmetric", config.symmetric)
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,8 @@ class GPTQ(MethodConfig):
     act_order: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 2, self.max_bits))
-        _check_group_size(self.method, self.group_size, self.bits)
-        if not isinstance(self.symmetric, bool):
-            raise ConfigError(f"{self.method}.symmetric", self.symmetric, "true or false")
-        if not isinstance(self.act_order, bool):
-            raise ConfigError(f"{self.method}.act_order", self.act_order, "true or false")
+        _check_blockwise(self)
+        _check_bool(f"{self.method}.act_order", self.act_order)
         object.__setattr__(self, "damp", check_real(f"{self.method}.damp", self.damp, 0.0, 1.0, lo_open=True))
 
     def validate(self, layer: str, module: nn.Module) -> None:
@@ -127,13 +131,9 @@ class AWQ(MethodConfig):
     clip_search: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bits", check_int(f"{self.method}.bits", self.bits, 2, self.max_bits))
-        _check_group_size(self.method, self.group_size, self.bits)
-        if not isinstance(self.symmetric, bool):
-            raise ConfigError(f"{self.method}.symmetric", self.symmetric, "true or false")
+        _check_blockwise(self)
         object.__setattr__(self, "grid", check_int(f"{self.method}.grid", self.grid, 2, 100))
-        if not isinstance(self.clip_search, bool):
-            raise ConfigError(f"{self.method}.clip_search", self.clip_search, "true or false")
+        _check_bool(f"{self.method}.clip_search", self.clip_search)
 
     def validate(self, layer: str, module: nn.Module) -> None:
         # Per-input scales of a convolution would vary within one input channel's kernel: no runtime op divides so.
