@@ -15,7 +15,7 @@ import numpy as np
 
 from rayzor.errors import TrackingError
 from rayzor.search._config import SearchConfig, quality_metric
-from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, record_of
+from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, has_objectives, record_of
 from rayzor.search._tags import (
     PACKED_ARTIFACT_DIR,
     PACKED_NAME,
@@ -35,6 +35,7 @@ from rayzor.search._tags import (
     TAG_WARM_START,
 )
 from rayzor.search._tracking import log_params, trial_runs
+from rayzor.search._trial import REPLAYED, TRIAL_ERROR, failure_result
 from rayzor.spaces import FAMILY_KEY, TEACHER
 
 __all__ = ["ENGINE_METRICS", "TRACKERS", "Tracker"]
@@ -76,6 +77,21 @@ class _Outcome:
     result: dict[str, Any]
     checkpoint: Any
     error_file: str | None
+
+
+def _status_of(trial: Any) -> str | None:
+    """What a trial Tune ended means for its run: FINISHED, FAILED, or None (not ended, or interrupted).
+
+    A trial whose own code raised reports :data:`TRIAL_ERROR` and ends
+    TERMINATED; one Tune stopped on Ctrl-C also ends TERMINATED, with no
+    final result: it is not logged, and a resume runs it.
+    """
+    result = trial.last_result or {}
+    if trial.status == "ERROR" or TRIAL_ERROR in result:
+        return "FAILED"
+    if trial.status == "TERMINATED" and ("final" in result or REPLAYED in result):
+        return FINISHED
+    return None
 
 
 def _trial_number(trial: Any, fallback: int) -> int:
@@ -133,6 +149,7 @@ class Tracker:
         self.submit_seconds: list[float] = []
         self.write_seconds: list[float] = []
         self._error: BaseException | None = None
+        self._pruned = False
         for run in trial_runs(self.client, experiment_id, parent_run_id):
             record = record_of(run)
             if record.trial_id:
@@ -160,6 +177,8 @@ class Tracker:
 
     def submit(self, trial: Any, status: str) -> None:
         """Queue one ended trial for logging (called on Tune's event loop)."""
+        if TRIAL_ERROR in (trial.last_result or {}):
+            status = "FAILED"  # the trial's code raised: reported, not raised, so Tune did not retry it
         started = time.perf_counter()
         self._queued.add(trial.trial_id)
         self._queue.put(
@@ -179,11 +198,36 @@ class Tracker:
         """Queue ended trials that were neither logged nor queued (restored ones),
         then drop runs of trials the experiment no longer has (see :meth:`_prune`)."""
         for trial in trials:
-            status = {"TERMINATED": FINISHED, "ERROR": "FAILED"}.get(trial.status)
+            status = _status_of(trial)
             logged = self._records.get(trial.trial_id)
             if status and trial.trial_id not in self._queued and (logged is None or logged.status != status):
                 self.submit(trial, status)
         self._queue.put(frozenset(t.trial_id for t in trials))
+
+    def known(self, trials: Sequence[Any]) -> None:
+        """Drop, once, the runs of trials a restored experiment does not have (see :meth:`_prune`).
+
+        Called with the restored trials before any new one starts, so the
+        progress count and the front never count such orphans.
+        """
+        if not self._pruned:
+            self._pruned = True
+            self._queue.put(frozenset(t.trial_id for t in trials))
+
+    def replay(self) -> dict[str, dict[str, Any]]:
+        """The logged outcome of every ended trial, by Tune trial id, for a resumed search to report again.
+
+        A trial that finished (or failed) before a driver crash, but after
+        Tune last saved its experiment, is restored as not ended; with this
+        it reports its MLflow record instead of running again.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for trial_id, record in self._records.items():
+            if record.status == FINISHED and has_objectives(record, self.config.resolved_objectives):
+                out[trial_id] = {**record.metrics, "final": 1.0}
+            elif record.status == "FAILED":
+                out[trial_id] = failure_result(self.quality, record.error)
+        return out
 
     def close(self) -> None:
         """Log everything queued, stop the writer, and raise what it hit.
@@ -230,15 +274,26 @@ class Tracker:
         again, so the run would count twice.
         """
         for trial_id in [t for t in self._records if t not in known]:
-            run_id = self._records.pop(trial_id).run_id
-            self.front.discard(run_id)
-            self.client.set_tag(run_id, TAG_ORPHAN, "true")
-            self.client.delete_run(run_id)
+            record = self._records.pop(trial_id)
+            self.front.discard(record.run_id)
+            self.client.set_tag(record.run_id, TAG_ORPHAN, "true")
+            if record.status == "RUNNING":  # a kill during its write: never deleted while RUNNING
+                self.client.set_terminated(record.run_id, "KILLED")
+            self.client.delete_run(record.run_id)
 
     def _write(self, outcome: _Outcome) -> None:
         logged = self._records.get(outcome.trial_id)
         if logged is not None and logged.status == outcome.status == FINISHED:
             return  # a trial Tune re-ran after a restore: its run is complete
+        if logged is not None and REPLAYED in outcome.result and logged.status == outcome.status:
+            return  # replayed from this very run
+        objectives = self.config.resolved_objectives
+        if (
+            outcome.status == FINISHED
+            and outcome.result.get("final", 1.0)
+            and not all(o in outcome.result for o in objectives)
+        ):
+            return  # stopped by Ctrl-C before its result: never a FINISHED run without metrics; a resume runs it
         run_id, record = self._start(outcome, logged)
         if outcome.status == FINISHED and not outcome.result.get("final", 1.0):
             self._stopped(run_id, record, outcome)
@@ -328,8 +383,8 @@ class Tracker:
         )
 
     def _fail(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
-        text = ""
-        if outcome.error_file and os.path.exists(outcome.error_file):
+        text = str(outcome.result.get(TRIAL_ERROR, ""))
+        if not text and outcome.error_file and os.path.exists(outcome.error_file):
             with open(outcome.error_file) as f:
                 text = f.read()
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]

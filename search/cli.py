@@ -26,7 +26,7 @@ from rayzor.search._export import (
     pick_run,
     register_model,
 )
-from rayzor.search._runner import run_search
+from rayzor.search._runner import SearchInterrupted, run_search
 from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
 from rayzor.search._tracking import connect
 from rayzor.spaces import introspect, uncovered_params
@@ -136,7 +136,11 @@ def search(
         storage_path=storage_path,
         name=name,
     )
-    result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True), resume=resume)
+    try:
+        result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True), resume=resume)
+    except SearchInterrupted as exc:  # Ctrl-C: a clean pause, 128 + SIGINT as shells report it
+        err_console.print(f"interrupted: resume with rayzor search --resume {exc.name}", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     failed = sum(r.status == "FAILED" for r in result.trials)
     console.print()
     console.print(
