@@ -17,21 +17,22 @@ from typing import Any
 
 from rayzor.compression import measure_latency, state_dict_bytes
 from rayzor.errors import ConfigError
-from rayzor.search._config import SearchConfig, resolve_objectives
+from rayzor.search._config import SearchConfig, resolve_objectives, validate_config
+from rayzor.search._journal import Journal, journal_folder
 from rayzor.search._ray import check_ray_address, start_ray, trial_request
 from rayzor.search._records import TrialRecord
 from rayzor.search._report import log_report
 from rayzor.search._resume import load_resume_state, resumed_config, write_resume_state
 from rayzor.search._sensitivity import search_phase
 from rayzor.search._tags import ROLE_SEARCH, TAG_OBJECTIVES, TAG_RESUMABLE, TAG_ROLE
-from rayzor.search._tracker import TRACKERS, Tracker
+from rayzor.search._tracker import TRACKERS, Tracker, TrackingOutage, is_outage
 from rayzor.search._tracking import connect, log_params
 from rayzor.search._trial import deploy_baseline
 from rayzor.search._tuner import make_trainable, make_tuner, warm_start_points
 from rayzor.spaces import CompressionSpace, StudentSpace
 from rayzor.tasks import Task, create_task
 
-__all__ = ["Prepared", "SearchInterrupted", "SearchResult", "prepare", "run_search", "warm_start_points"]
+__all__ = ["Prepared", "SearchInterrupted", "SearchResult", "prepare", "run_search", "sync_search", "warm_start_points"]
 
 #: Seconds between Tune's experiment-state saves during a search (Tune's own default
 #: is adaptive, >= 10 s). A trial created after the last save is unknown to a
@@ -203,8 +204,9 @@ def _refuse_taken_name(storage: str, name: str) -> None:
 
 
 @contextmanager
-def _sigint_watch() -> Iterator[Callable[[], bool]]:
-    """Tell whether Tune's Ctrl-C handler fired during ``fit()``.
+def _fit_guard() -> Iterator[Callable[[], bool]]:
+    """Around ``fit()``: Tune's experiment saved every :data:`EXPERIMENT_SAVE_SECONDS`
+    (unless ``TUNE_GLOBAL_CHECKPOINT_S`` is set), and whether its Ctrl-C handler fired.
 
     Tune replaces the SIGINT handler during a run, stops the trials
     gracefully on the first SIGINT and puts the previous handler back; it
@@ -229,6 +231,73 @@ def _sigint_watch() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, before)
         if saved is None:
             os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
+
+
+def _end_parent(client: Any, parent_id: str, status: str, journal: Journal) -> None:
+    """End the parent run (tagged resumable unless it finished); if the store does not answer,
+    keep its end in the journal for ``rayzor sync`` / ``--resume``."""
+    tags = {TAG_RESUMABLE: "false" if status == "FINISHED" else "true"}
+    try:
+        for key, value in tags.items():
+            client.set_tag(parent_id, key, value)
+        client.set_terminated(parent_id, status)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        journal.set_parent(parent_id, status, tags)
+
+
+def _http_retries(uri: str) -> None:
+    """Short MLflow HTTP retries (unless set): the tracker retries an outage itself, off the event loop,
+    where MLflow's own default backoff would hold each write for minutes."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def sync_search(search: str, storage_path: str | None = None, *, wait_seconds: float = 60.0) -> tuple[int, int]:
+    """Write what a search's journal holds (after a tracking outage) to its MLflow store.
+
+    Args:
+        search: The search's folder or name (as for ``--resume``).
+        storage_path: Where its name is looked up.
+        wait_seconds: How long to retry a store that does not answer.
+
+    Returns:
+        ``(written, left)``: trial results written, and those still in the journal.
+
+    Raises:
+        ConfigError: no such search, or its store is unreachable.
+    """
+    _, state = load_resume_state(search, storage_path)
+    config = validate_config(state["config"])
+    _http_retries(config.tracking_uri or "")
+    client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
+    journal = Journal(journal_folder(state["storage_path"], state["name"]))
+    parent = client.get_run(state["parent_run_id"])
+    baseline = {k[len("baseline.") :]: float(v) for k, v in parent.data.params.items() if k.startswith("baseline.")}
+    config = config.model_copy(update={"objectives": tuple(parent.data.tags[TAG_OBJECTIVES].split(","))})
+    tracker = Tracker(
+        uri,
+        experiment_id,
+        parent.info.run_id,
+        config,
+        state.get("warm_start_points", []),
+        baseline,
+        lambda line: None,
+        journal=journal,
+        name=state["name"],
+    )
+    pending = tracker.unwritten
+    try:
+        tracker.close(wait_seconds)
+    except TrackingOutage:
+        return pending - tracker.unwritten, tracker.unwritten
+    end = journal.parent()
+    if end is not None:
+        _end_parent(client, end["run_id"], end["status"], journal)
+        journal.clear_parent()
+    return pending, 0
 
 
 def run_search(
@@ -265,8 +334,11 @@ def run_search(
     storage = state["storage_path"] if state else _storage(config)
     if state is None:
         _refuse_taken_name(storage, name)
+    _http_retries(config.tracking_uri or "")
     p = prepare(config)
     config, client = p.config, p.client
+    journal = Journal(journal_folder(storage, name))
+    journal.clear_parent()  # this run ends the parent itself
     started = time.perf_counter()
     started_ray = start_ray(config)
     parent_id: str | None = None
@@ -305,7 +377,7 @@ def run_search(
                 "others compute, which can inflate it on a busy CPU; `rayzor export` re-times the file alone"
             )
         tracker = TRACKERS[parent_id] = Tracker(
-            p.tracking_uri, p.experiment_id, parent_id, config, warm_points, baseline, progress
+            p.tracking_uri, p.experiment_id, parent_id, config, warm_points, baseline, progress, journal, name
         )
         trainable = make_trainable(config, task, p.space, baseline, request, replay=tracker.replay())
         tuner = make_tuner(config, trainable, p.space, warm_points, name, storage, concurrency, parent_id, restore_path)
@@ -313,13 +385,13 @@ def run_search(
         # in its MLflow run; Tune's own logger would print every traceback too.
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         fit_started = time.perf_counter()
-        with _sigint_watch() as interrupted:
+        with _fit_guard() as interrupted:
             tuner.fit()
             if interrupted():
-                tracker.close()  # what finished is logged; the stopped trials are not
+                tracker.close(config.tracking_wait)  # what finished is logged; the stopped trials are not
                 raise KeyboardInterrupt
         fit_seconds = time.perf_counter() - fit_started
-        tracker.close()  # every child run is written before the Pareto tags
+        tracker.close(config.tracking_wait)  # every child run is written before the Pareto tags
         front = tracker.front.members
         log_report(client, parent_id, tracker.records, front, config.resolved_objectives, baseline)
         status = "FINISHED"
@@ -330,11 +402,10 @@ def run_search(
         if tracker is not None:
             TRACKERS.pop(tracker.parent, None)
             if status != "FINISHED":
-                tracker.close_quietly()
+                tracker.close_quietly(config.tracking_wait)
         if parent_id is not None:
-            # a parent that did not finish says so, and that --resume continues it
-            client.set_tag(parent_id, TAG_RESUMABLE, "false" if status == "FINISHED" else "true")
-            client.set_terminated(parent_id, status)
+            # a parent that did not finish says so, and that --resume continues it; never left RUNNING
+            _end_parent(client, parent_id, status, journal)
         if started_ray:
             import ray
 

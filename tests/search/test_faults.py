@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 RAYZOR = [sys.executable, "-c", "from rayzor.search.cli import main; main()"]
 TRIALS = 6
+#: Two kills, each after a logged trial, must leave trials to run.
+KILL_TRIALS = 8
 #: One fine-tune epoch: each trial lasts a few seconds, long enough to be caught mid-way.
 YAML = """trials: {trials}
 concurrency: 2
@@ -185,13 +189,12 @@ def test_duplicate_name_is_refused_in_one_line(interrupted):
 
 def test_two_kills_then_resume_rerun_nothing(tmp_path):
     """SIGKILL the driver twice mid-search; the last resume runs only what no run holds."""
-    config = _config(tmp_path)
+    config = _config(tmp_path, trials=KILL_TRIALS)
     before: dict[str, int] = {}  # trial id -> end time of its FINISHED run when a driver died
     proc = _start(tmp_path, str(config), "--name", "killed")
     for attempt in range(2):
         try:
-            _after_progress(proc, 2)
-            time.sleep(1.0)  # mid-way through the next trials
+            _after_progress(proc, 2 - attempt)  # the resumed driver dies at its first logged trial
             proc.kill()
         finally:
             _end_group(proc)
@@ -220,7 +223,7 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
     resumed = _resume(tmp_path, "killed")
     assert resumed.returncode == 0, resumed.stderr
     after = _finished_with_metrics(tmp_path)
-    assert len(after) == TRIALS
+    assert len(after) == KILL_TRIALS
     # no finished trial ran again: each keeps the run (and end time) it had when the driver died
     assert {t: after[t].info.end_time for t in before} == before
     every = _runs(tmp_path, deleted=True)
@@ -229,9 +232,9 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
     parent = _parent(tmp_path)
     assert parent.info.status == "FINISHED"
     history = MlflowClient(_uri(tmp_path)).get_metric_history(parent.info.run_id, "hypervolume")
-    assert sorted(m.step for m in history) == list(range(1, TRIALS + 1))
+    assert sorted(m.step for m in history) == list(range(1, KILL_TRIALS + 1))
     progress = [line for line in resumed.stdout.splitlines() if line.startswith("[")]
-    assert all(int(line[1:].split("/")[0]) <= TRIALS for line in progress)
+    assert all(int(line[1:].split("/")[0]) <= KILL_TRIALS for line in progress)
 
 
 def test_a_raising_trial_is_attempted_once(tmp_path):
@@ -265,3 +268,95 @@ def test_two_searches_started_together_on_a_fresh_store(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     parents = [r for r in _runs(tmp_path) if r.data.tags.get("rayzor.role") == "search"]
     assert sorted(r.info.status for r in parents) == ["FINISHED", "FINISHED"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` on loopback (one worker), answering /health before this returns."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--default-artifact-root",
+            str(root / "artifacts"),
+            "-w",
+            "1",
+        ],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError("mlflow server did not start") from None
+            time.sleep(0.5)
+    _end_group(proc)
+    raise AssertionError("mlflow server did not answer /health in 300 s")
+
+
+def test_tracking_outage_then_resume_logs_everything(tmp_path):
+    """The server stops after 2 logged trials and stays down past the end of the search."""
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    config = _config(tmp_path, extra="tracking_wait: 3\n")
+    server = _mlflow_server(tmp_path, port)
+    search = subprocess.Popen(
+        [*RAYZOR, "search", str(config), "--name", "outage", "--tracking-uri", uri],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _after_progress(search, 2)
+        _end_group(server)  # down until the search has ended
+        _, err = search.communicate(timeout=600)
+    finally:
+        _end_group(search)
+        _end_group(server)
+    assert search.returncode != 0
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: tracking server {uri} unreachable")
+    assert line.endswith("rayzor sync outage (or rayzor search --resume outage)")
+    assert list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
+    server = _mlflow_server(tmp_path, port)
+    try:
+        resumed = subprocess.run(
+            [*RAYZOR, "search", "--resume", "outage", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("rayzor").experiment_id
+        runs = client.search_runs([experiment], run_view_type=ViewType.ALL)
+        parent = next(r for r in runs if r.data.tags.get("rayzor.role") == "search")
+        trials = [r for r in runs if r.data.tags.get("rayzor.role") == "trial"]
+    finally:
+        _end_group(server)
+    assert parent.info.status == "FINISHED"
+    assert len(trials) == TRIALS
+    assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in trials)
+    assert not list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
