@@ -475,10 +475,18 @@ def save_packed(
     return os.path.getsize(path)
 
 
-def _read(path: str | os.PathLike) -> tuple[PackedInfo, dict[str, torch.Tensor]]:
-    """Decode a packed file into its info and the remaining plain state-dict tensors."""
+def _read(
+    file: str | os.PathLike, label: str | None = None, allow_unverified: bool = False
+) -> tuple[PackedInfo, dict[str, torch.Tensor]]:
+    """Decode a packed file into its info and the remaining plain state-dict tensors.
+
+    Errors name the file ``label`` (e.g. ``run ID`` for a download in a
+    temporary folder), else its path. Every version's checksum is verified;
+    a file that has none is refused unless ``allow_unverified``.
+    """
+    path = label or os.fspath(file)
     try:
-        with safe_open(os.fspath(path), framework="pt") as f:
+        with safe_open(os.fspath(file), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
@@ -493,7 +501,12 @@ def _read(path: str | os.PathLike) -> tuple[PackedInfo, dict[str, torch.Tensor]]
             f"{path}: packed format version {version!r} is not supported; this rayzor "
             f"reads versions {', '.join(_READABLE_VERSIONS)}"
         )
-    if version != "1" and header.get("checksum") != _checksum(header, tensors):
+    if "checksum" not in header and not allow_unverified:
+        raise PackedFormatError(
+            f"{path}: packed format version {version} file without a checksum: its integrity cannot be "
+            "verified; pass allow_unverified=True (rayzor export --allow-unverified) to read it anyway"
+        )
+    if "checksum" in header and header["checksum"] != _checksum(header, tensors):
         raise PackedFormatError(
             f"{path}: corrupt rayzor packed file (checksum mismatch: the file was damaged "
             "or modified after it was written)"
@@ -520,13 +533,15 @@ def _read(path: str | os.PathLike) -> tuple[PackedInfo, dict[str, torch.Tensor]]
     return info, tensors
 
 
-def read_packed_info(path: str | os.PathLike) -> PackedInfo:
+def read_packed_info(
+    path: str | os.PathLike, *, label: str | None = None, allow_unverified: bool = False
+) -> PackedInfo:
     """Plan, arch, metadata and decoded weights of a packed file, without building a model.
 
     Raises:
         PackedFormatError: Not a rayzor packed file, or an unsupported version.
     """
-    return _read(path)[0]
+    return _read(path, label, allow_unverified)[0]
 
 
 def _build(arch: Mapping[str, Any]) -> nn.Module:
@@ -537,23 +552,32 @@ def _build(arch: Mapping[str, Any]) -> nn.Module:
     return factory(**arch.get("kwargs", {}))
 
 
-def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, PackedInfo]:
+def load_packed(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    *,
+    label: str | None = None,
+    allow_unverified: bool = False,
+) -> tuple[nn.Module, PackedInfo]:
     """Rebuild the compressed model stored at ``path``.
 
     Args:
         path: A file written by :func:`save_packed`.
         model: Skeleton to load into (deep-copied, left untouched); by default
             the file's ``arch`` factory builds one.
+        label: What errors call the file instead of its path (``run ID``).
+        allow_unverified: Read a file without a checksum (older writers).
 
     Returns:
         The model in eval mode, whose outputs equal the original compressed
         model's exactly, and the file's :class:`PackedInfo`.
 
     Raises:
-        PackedFormatError: Not a rayzor packed file, unsupported version, an
-            unimportable factory, or tensors that do not fit the model.
+        PackedFormatError: Not a rayzor packed file, unsupported version, a
+            checksum that does not match or is missing, an unimportable factory, or tensors that do not fit the model.
     """
-    info, tensors = _read(path)
+    info, tensors = _read(path, label, allow_unverified)
+    path = label or os.fspath(path)
     model = _build(info.arch) if model is None else copy.deepcopy(model)
     try:
         apply_structure(model, info.structure)

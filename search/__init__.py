@@ -38,7 +38,7 @@ from rayzor.search._pareto import (
 )
 from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
 from rayzor.search._resume import RESUME_FILE, load_resume_state
-from rayzor.search._runner import SearchResult, run_search
+from rayzor.search._runner import SearchInterrupted, SearchResult, run_search
 from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
 from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
 from rayzor.search._trial import evaluate_plan
@@ -55,6 +55,7 @@ __all__ = [
     "Front",
     "PickSpec",
     "SearchConfig",
+    "SearchInterrupted",
     "SearchResult",
     "SearchView",
     "SensitivityResult",

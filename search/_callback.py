@@ -22,6 +22,10 @@ class TrackingCallback(tune.Callback):
     def __init__(self, key: str) -> None:
         self.key = key
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        # The first step of a restored experiment sees exactly the trials it restored.
+        TRACKERS[self.key].known(trials)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         TRACKERS[self.key].submit(trial, "FINISHED")
 

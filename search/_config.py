@@ -159,7 +159,13 @@ class SearchConfig(_Strict):
     storage_path: str | None = Field(
         None, description="Ray Tune storage path (folder or pyarrow URI such as s3://...); default ./rayzor-results"
     )
-    name: str | None = Field(None, description="search name; default search-<timestamp>")
+    name: str | None = Field(None, description="search name; default search-<timestamp>-<random>")
+    tracking_wait: float = Field(
+        60.0,
+        ge=0,
+        description="seconds the end of a search waits for an unreachable tracking server; what is still "
+        "unwritten then stays in the journal for `rayzor sync` or --resume",
+    )
 
     @field_validator("resources_per_trial")
     @classmethod

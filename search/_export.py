@@ -26,7 +26,7 @@ from rayzor.compression import (
 from rayzor.errors import ConfigError, RayzorError
 from rayzor.search._config import SearchConfig
 from rayzor.search._pareto import parse_pick, pick
-from rayzor.search._records import FINISHED, TrialRecord, front_of, record_of
+from rayzor.search._records import FINISHED, TrialRecord, front_of, has_objectives, record_of
 from rayzor.search._tags import (
     PACKED_ARTIFACT_DIR,
     PACKED_NAME,
@@ -103,9 +103,12 @@ def load_search(tracking_uri: str | None, experiment: str) -> SearchView:
     )
     trials = [t for t, _ in pairs]
     # Tags are the search's word once every finished trial carries one (the search reached its end).
-    tagged = bool(pairs) and all(TAG_PARETO in r.data.tags for t, r in pairs if t.status == FINISHED)
+    # A FINISHED run without its objectives (an interrupted trial an older rayzor logged) is no result.
+    tagged = bool(pairs) and all(
+        TAG_PARETO in r.data.tags for t, r in pairs if t.status == FINISHED and has_objectives(t, objectives)
+    )
     if tagged:
-        front = [t for t, r in pairs if r.data.tags.get(TAG_PARETO) == "true"]
+        front = [t for t, r in pairs if r.data.tags.get(TAG_PARETO) == "true" and has_objectives(t, objectives)]
     else:
         front = front_of(trials, objectives)
     front.sort(key=lambda r: r.metrics.get("size_bytes", 0.0))
@@ -211,7 +214,9 @@ def _sizes(run: Any, task: Task, out: Path) -> tuple[dict[str, float], list[str]
     return sizes, warnings
 
 
-def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportReport:
+def export_model(
+    client: Any, run_id: str, fmt: str, out: str | Path, *, allow_unverified: bool = False
+) -> ExportReport:
     """Export one trial's model and check it.
 
     The packed artifact logged by the trial is the source of truth: it is
@@ -225,7 +230,8 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
     batch-1 latency of the file is measured beside the torch model's. The
     report sets the file's bytes beside the trial's sizes and the fp32 ONNX
     model's, with a warning when the file is not smaller than fp32 or not the
-    bytes the trial logged.
+    bytes the trial logged. A packed file without a checksum (older writers)
+    is refused unless ``allow_unverified``.
 
     Raises:
         ConfigError: unknown format or run id.
@@ -239,7 +245,7 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError("--run", run_id, "the run id of a trial; `rayzor pareto` lists them") from None
-    if run.data.tags.get(TAG_ROLE) != ROLE_TRIAL or run.info.status != "FINISHED":
+    if run.data.tags.get(TAG_ROLE) != ROLE_TRIAL or run.info.status != "FINISHED" or not run.data.metrics:
         raise ConfigError("--run", run_id, "the run id of a FINISHED trial; `rayzor pareto` lists them")
     out = Path(out)
     if not out.parent.is_dir():
@@ -251,7 +257,8 @@ def export_model(client: Any, run_id: str, fmt: str, out: str | Path) -> ExportR
     torch.set_num_threads(1)  # latency as a trial measured it
     with tempfile.TemporaryDirectory() as tmp:
         packed = Path(client.download_artifacts(run_id, f"{PACKED_ARTIFACT_DIR}/{PACKED_NAME}", tmp))
-        model, info = load_packed(packed)
+        # errors name the run, not the temporary download
+        model, info = load_packed(packed, label=f"packed artifact of run {run_id}", allow_unverified=allow_unverified)
         val = task.score(model, "val")
         logged = float(run.data.metrics[task.metric])
         if not int8_compute and abs(val[task.metric] - logged) > 1e-6:

@@ -20,6 +20,7 @@ __all__ = [
     "Front",
     "TrialRecord",
     "front_of",
+    "has_objectives",
     "objective_scale",
     "record_of",
     "search_hypervolume",
@@ -62,6 +63,11 @@ def record_of(run: Any) -> TrialRecord:
     )
 
 
+def has_objectives(record: TrialRecord, objectives: Sequence[str]) -> bool:
+    """Whether a record carries every objective (an interrupted trial's run may carry none)."""
+    return all(o in record.metrics for o in objectives)
+
+
 def objective_scale(objective: str, value: float, baseline: Mapping[str, float]) -> float:
     """Maps an objective onto [0, 1] for minimisation, reference point 1.
 
@@ -89,7 +95,7 @@ def search_hypervolume(
 
 def front_of(records: Iterable[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
     """The non-dominated FINISHED records, computed from scratch (in the given order)."""
-    done = [r for r in records if r.status == FINISHED]
+    done = [r for r in records if r.status == FINISHED and has_objectives(r, objectives)]
     if not done:
         return []
     values = np.array([[r.metrics[o] for o in objectives] for r in done], dtype=float)
@@ -137,7 +143,7 @@ class Front:
     def add(self, record: TrialRecord) -> bool:
         """Take one record (any status; keyed by ``run_id``); True when the front changed."""
         changed = self.discard(record.run_id)
-        if record.status != FINISHED:
+        if record.status != FINISHED or not has_objectives(record, self.objectives):
             return changed
         self._finished[record.run_id] = record
         return self._insert(record) or changed

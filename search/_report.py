@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from rayzor.search._config import quality_metric
-from rayzor.search._records import FINISHED, STOPPED, TrialRecord
+from rayzor.search._records import FINISHED, STOPPED, TrialRecord, has_objectives
 from rayzor.search._tags import TAG_PARETO
 
 __all__ = ["front_rows", "log_report", "pareto_plot"]
@@ -35,7 +35,7 @@ def pareto_plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in records if r.status == FINISHED]
+    done = [r for r in records if r.status == FINISHED and has_objectives(r, objectives)]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     quality = quality_metric(tuple(objectives))
     # the size the front is on: the deploy artifact's under a runtime target, else the packed file's

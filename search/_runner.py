@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -13,21 +17,39 @@ from typing import Any
 
 from rayzor.compression import measure_latency, state_dict_bytes
 from rayzor.errors import ConfigError
-from rayzor.search._config import SearchConfig, resolve_objectives
+from rayzor.search._config import SearchConfig, resolve_objectives, validate_config
+from rayzor.search._journal import Journal, journal_folder
 from rayzor.search._ray import check_ray_address, start_ray, trial_request
 from rayzor.search._records import TrialRecord
 from rayzor.search._report import log_report
 from rayzor.search._resume import load_resume_state, resumed_config, write_resume_state
 from rayzor.search._sensitivity import search_phase
-from rayzor.search._tags import ROLE_SEARCH, TAG_OBJECTIVES, TAG_ROLE
-from rayzor.search._tracker import TRACKERS, Tracker
+from rayzor.search._tags import ROLE_SEARCH, TAG_OBJECTIVES, TAG_RESUMABLE, TAG_ROLE
+from rayzor.search._tracker import TRACKERS, Tracker, TrackingOutage, is_outage
 from rayzor.search._tracking import connect, log_params
 from rayzor.search._trial import deploy_baseline
 from rayzor.search._tuner import make_trainable, make_tuner, warm_start_points
 from rayzor.spaces import CompressionSpace, StudentSpace
 from rayzor.tasks import Task, create_task
 
-__all__ = ["Prepared", "SearchResult", "prepare", "run_search", "warm_start_points"]
+__all__ = ["Prepared", "SearchInterrupted", "SearchResult", "prepare", "run_search", "sync_search", "warm_start_points"]
+
+#: Seconds between Tune's experiment-state saves during a search (Tune's own default
+#: is adaptive, >= 10 s). A trial created after the last save is unknown to a
+#: restored experiment, so its slot would be sampled and run again.
+EXPERIMENT_SAVE_SECONDS = "1"
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """A search stopped by Ctrl-C (or SIGINT): its parent run is KILLED and resumable.
+
+    Attributes:
+        name: The search's name, for ``rayzor search --resume NAME``.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 @dataclass
@@ -161,6 +183,123 @@ def _warm_start(
     return warm_start_points(p.space, p.config)
 
 
+def _default_name() -> str:
+    # a random suffix: two searches started in the same second must not share a folder
+    return datetime.now().strftime("search-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _refuse_taken_name(storage: str, name: str) -> None:
+    """Refuse a new search whose folder ``STORAGE/NAME`` already exists (before MLflow or Ray start)."""
+    import pyarrow.fs
+
+    fs, path = (
+        pyarrow.fs.FileSystem.from_uri(f"{storage.rstrip('/')}/{name}")
+        if "://" in storage
+        else (pyarrow.fs.LocalFileSystem(), str(Path(storage) / name))
+    )
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        raise ConfigError(
+            "--name", name, f"a name not used under {storage} yet (continue that search with --resume {name})"
+        )
+
+
+@contextmanager
+def _fit_guard() -> Iterator[Callable[[], bool]]:
+    """Around ``fit()``: Tune's experiment saved every :data:`EXPERIMENT_SAVE_SECONDS`
+    (unless ``TUNE_GLOBAL_CHECKPOINT_S`` is set), and whether its Ctrl-C handler fired.
+
+    Tune replaces the SIGINT handler during a run, stops the trials
+    gracefully on the first SIGINT and puts the previous handler back; it
+    never restores it otherwise. So: install a marker handler first (a second
+    Ctrl-C raises KeyboardInterrupt), and after the run, the marker being
+    back means Tune was interrupted. The caller's handler is restored.
+    """
+
+    def marker(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        before = signal.signal(signal.SIGINT, marker)
+    except ValueError:  # not the main thread: Tune installs nothing either
+        yield lambda: False
+        return
+    saved = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = saved or EXPERIMENT_SAVE_SECONDS
+    try:
+        yield lambda: signal.getsignal(signal.SIGINT) is marker
+    finally:
+        signal.signal(signal.SIGINT, before)
+        if saved is None:
+            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
+
+
+def _end_parent(client: Any, parent_id: str, status: str, journal: Journal) -> None:
+    """End the parent run (tagged resumable unless it finished); if the store does not answer,
+    keep its end in the journal for ``rayzor sync`` / ``--resume``."""
+    tags = {TAG_RESUMABLE: "false" if status == "FINISHED" else "true"}
+    try:
+        for key, value in tags.items():
+            client.set_tag(parent_id, key, value)
+        client.set_terminated(parent_id, status)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        journal.set_parent(parent_id, status, tags)
+
+
+def _http_retries(uri: str) -> None:
+    """Short MLflow HTTP retries (unless set): the tracker retries an outage itself, off the event loop,
+    where MLflow's own default backoff would hold each write for minutes."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def sync_search(search: str, storage_path: str | None = None, *, wait_seconds: float = 60.0) -> tuple[int, int]:
+    """Write what a search's journal holds (after a tracking outage) to its MLflow store.
+
+    Args:
+        search: The search's folder or name (as for ``--resume``).
+        storage_path: Where its name is looked up.
+        wait_seconds: How long to retry a store that does not answer.
+
+    Returns:
+        ``(written, left)``: trial results written, and those still in the journal.
+
+    Raises:
+        ConfigError: no such search, or its store is unreachable.
+    """
+    _, state = load_resume_state(search, storage_path)
+    config = validate_config(state["config"])
+    _http_retries(config.tracking_uri or "")
+    client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
+    journal = Journal(journal_folder(state["storage_path"], state["name"]))
+    parent = client.get_run(state["parent_run_id"])
+    baseline = {k[len("baseline.") :]: float(v) for k, v in parent.data.params.items() if k.startswith("baseline.")}
+    config = config.model_copy(update={"objectives": tuple(parent.data.tags[TAG_OBJECTIVES].split(","))})
+    tracker = Tracker(
+        uri,
+        experiment_id,
+        parent.info.run_id,
+        config,
+        state.get("warm_start_points", []),
+        baseline,
+        lambda line: None,
+        journal=journal,
+        name=state["name"],
+    )
+    pending = tracker.unwritten
+    try:
+        tracker.close(wait_seconds)
+    except TrackingOutage:
+        return pending - tracker.unwritten, tracker.unwritten
+    end = journal.parent()
+    if end is not None:
+        _end_parent(client, end["run_id"], end["status"], journal)
+        journal.clear_parent()
+    return pending, 0
+
+
 def run_search(
     config: SearchConfig, *, progress: Callable[[str], None] = print, resume: str | None = None
 ) -> SearchResult:
@@ -168,26 +307,38 @@ def run_search(
 
     Bad input raises :class:`~rayzor.errors.ConfigError` before Ray
     starts (or, for resources the cluster lacks, before any trial queues).
-    The parent MLflow run ends FINISHED, or FAILED/KILLED if the search itself
-    breaks; trials that raise are retried ``max_failures`` times, then logged
-    FAILED and the search goes on.
+    The parent MLflow run ends FINISHED, or FAILED/KILLED (tagged
+    ``rayzor.resumable``) if the search itself breaks or is interrupted. A
+    trial whose code raises is attempted once and logged FAILED; a trial
+    whose worker or node is lost is retried ``max_failures`` times. Ctrl-C
+    stops the running trials (none is logged), and raises
+    :class:`SearchInterrupted`.
 
     Args:
         config: The search.
         progress: Receives one line per finished trial.
         resume: A search folder or name (see :func:`load_resume_state`):
             restore its Tune experiment and Optuna study, reuse its MLflow
-            parent run and finish its budget. ``config`` then only supplies
-            a new ``address``.
+            parent run and finish its budget; trials it logged are not run
+            again. ``config`` then only supplies a new ``address``.
+
+    Raises:
+        ConfigError: bad input, or a ``name`` already used (without ``resume``).
+        SearchInterrupted: Ctrl-C; resume with ``resume=name``.
     """
     restore_path, state = None, None
     if resume is not None:
         restore_path, state = load_resume_state(resume, config.storage_path)
         config = resumed_config(state, config)
+    name = state["name"] if state else (config.name or _default_name())
+    storage = state["storage_path"] if state else _storage(config)
+    if state is None:
+        _refuse_taken_name(storage, name)
+    _http_retries(config.tracking_uri or "")
     p = prepare(config)
     config, client = p.config, p.client
-    name = state["name"] if state else (config.name or datetime.now().strftime("search-%Y%m%d-%H%M%S"))
-    storage = state["storage_path"] if state else _storage(config)
+    journal = Journal(journal_folder(storage, name))
+    journal.clear_parent()  # this run ends the parent itself
     started = time.perf_counter()
     started_ray = start_ray(config)
     parent_id: str | None = None
@@ -226,30 +377,35 @@ def run_search(
                 "others compute, which can inflate it on a busy CPU; `rayzor export` re-times the file alone"
             )
         tracker = TRACKERS[parent_id] = Tracker(
-            p.tracking_uri, p.experiment_id, parent_id, config, warm_points, baseline, progress
+            p.tracking_uri, p.experiment_id, parent_id, config, warm_points, baseline, progress, journal, name
         )
-        trainable = make_trainable(config, task, p.space, baseline, request)
+        trainable = make_trainable(config, task, p.space, baseline, request, replay=tracker.replay())
         tuner = make_tuner(config, trainable, p.space, warm_points, name, storage, concurrency, parent_id, restore_path)
         # A failed trial is reported as one line and logged (with its traceback)
         # in its MLflow run; Tune's own logger would print every traceback too.
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         fit_started = time.perf_counter()
-        tuner.fit()
+        with _fit_guard() as interrupted:
+            tuner.fit()
+            if interrupted():
+                tracker.close(config.tracking_wait)  # what finished is logged; the stopped trials are not
+                raise KeyboardInterrupt
         fit_seconds = time.perf_counter() - fit_started
-        tracker.close()  # every child run is written before the Pareto tags
+        tracker.close(config.tracking_wait)  # every child run is written before the Pareto tags
         front = tracker.front.members
         log_report(client, parent_id, tracker.records, front, config.resolved_objectives, baseline)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        raise SearchInterrupted(name) from None
     finally:
         if tracker is not None:
             TRACKERS.pop(tracker.parent, None)
             if status != "FINISHED":
-                tracker.close_quietly()
+                tracker.close_quietly(config.tracking_wait)
         if parent_id is not None:
-            client.set_terminated(parent_id, status)
+            # a parent that did not finish says so, and that --resume continues it; never left RUNNING
+            _end_parent(client, parent_id, status, journal)
         if started_ray:
             import ray
 

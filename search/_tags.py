@@ -27,6 +27,7 @@ __all__ = [
     "TAG_PARENT",
     "TAG_PARETO",
     "TAG_PLAN",
+    "TAG_RESUMABLE",
     "TAG_ROLE",
     "TAG_TASK",
     "TAG_TRIAL",
@@ -49,6 +50,10 @@ ROLE_SENSITIVITY = "sensitivity"
 # Parent (search) runs
 #: Comma-separated objectives of the search.
 TAG_OBJECTIVES = "rayzor.objectives"
+
+#: ``true`` on a search that stopped before its end (Ctrl-C, a crash, a tracking outage):
+#: ``rayzor search --resume NAME`` finishes it; ``false`` once it finished.
+TAG_RESUMABLE = "rayzor.resumable"
 
 # Child (trial) runs
 #: ``true``/``false``: whether the trial is on the search's final Pareto front.

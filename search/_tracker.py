@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -9,13 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rayzor.errors import TrackingError
 from rayzor.search._config import SearchConfig, quality_metric
-from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, record_of
+from rayzor.search._journal import Journal
+from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, has_objectives, record_of
 from rayzor.search._tags import (
     PACKED_ARTIFACT_DIR,
     PACKED_NAME,
@@ -35,9 +38,10 @@ from rayzor.search._tags import (
     TAG_WARM_START,
 )
 from rayzor.search._tracking import log_params, trial_runs
+from rayzor.search._trial import REPLAYED, TRIAL_ERROR, failure_result
 from rayzor.spaces import FAMILY_KEY, TEACHER
 
-__all__ = ["ENGINE_METRICS", "TRACKERS", "Tracker"]
+__all__ = ["ENGINE_METRICS", "TRACKERS", "Tracker", "TrackingOutage", "is_outage"]
 
 #: What the engine measures in every trial, beside the task's own metrics.
 ENGINE_METRICS = (
@@ -65,9 +69,39 @@ _PLAN_TAG_CHARS = 5000
 TRACKERS: dict[str, Tracker] = {}
 
 
+#: Longest wait between two attempts to reach an unreachable tracking server while the search runs.
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class TrackingOutage(TrackingError):
+    """The tracking server stayed unreachable: trial results wait in the journal."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an MLflow call failed because the store did not answer (worth retrying), not on its input."""
+    import requests
+
+    if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.RequestException)):
+        return True
+    text = str(exc)
+    return any(
+        s in text
+        for s in (
+            "Max retries exceeded",
+            "Connection refused",
+            "Failed to establish",
+            "timed out",
+            "database is locked",
+            "unable to open database",
+            "TEMPORARILY_UNAVAILABLE",
+            "status code 50",
+        )
+    )
+
+
 @dataclass
 class _Outcome:
-    """What the writer needs of an ended trial, copied on Tune's event loop."""
+    """What the writer needs of an ended trial, copied on Tune's event loop (or read from the journal)."""
 
     trial_id: str
     number: int
@@ -76,6 +110,51 @@ class _Outcome:
     result: dict[str, Any]
     checkpoint: Any
     error_file: str | None
+    #: The packed file's journal copy, once journaled (then ``checkpoint`` is not needed).
+    packed: str | None = None
+    error_text: str = ""
+    #: The run created for it, so a retry after an outage never makes a second one.
+    run_id: str | None = None
+    entry: Path | None = None
+
+
+@dataclass
+class _Close:
+    """Stop the writer once everything is written, or after ``wait`` seconds of an outage."""
+
+    wait: float
+
+
+def _status_of(trial: Any) -> str | None:
+    """What a trial Tune ended means for its run: FINISHED, FAILED, or None (not ended, or interrupted).
+
+    A trial whose own code raised reports :data:`TRIAL_ERROR` and ends
+    TERMINATED; one Tune stopped on Ctrl-C also ends TERMINATED, with no
+    final result: it is not logged, and a resume runs it.
+    """
+    result = trial.last_result or {}
+    if trial.status == "ERROR" or TRIAL_ERROR in result:
+        return "FAILED"
+    if trial.status == "TERMINATED" and ("final" in result or REPLAYED in result):
+        return FINISHED
+    return None
+
+
+def _from_entry(path: Path, entry: Mapping[str, Any]) -> _Outcome:
+    """An outcome a previous driver journaled."""
+    return _Outcome(
+        trial_id=entry["trial_id"],
+        number=int(entry["number"]),
+        status=entry["status"],
+        params=dict(entry["params"]),
+        result=dict(entry["result"]),
+        checkpoint=None,
+        error_file=None,
+        packed=entry.get("packed"),
+        error_text=entry.get("error_text", ""),
+        run_id=entry.get("run_id"),
+        entry=path,
+    )
 
 
 def _trial_number(trial: Any, fallback: int) -> int:
@@ -96,6 +175,13 @@ class Tracker:
     runs are keyed by Tune's trial id (tag ``rayzor.trial_id``): a resumed
     search finds the runs it logged before and never duplicates them.
 
+    With a ``journal``, every outcome is written to disk before its MLflow
+    calls and removed after them: while the tracking server does not answer,
+    the writer keeps the outcomes there and retries with a backoff of up to
+    :data:`MAX_BACKOFF_SECONDS`; :meth:`close` waits a bounded time, then
+    leaves what is still unwritten in the journal (raising
+    :class:`TrackingOutage`). Entries a previous driver left are replayed first.
+
     Args:
         tracking_uri: The resolved tracking URI.
         experiment_id: The search's MLflow experiment.
@@ -104,6 +190,8 @@ class Tracker:
         warm_points: The enqueued warm-start params, in order (trials 1..n).
         baseline: The fp32 metrics (the task's metrics, size and latency).
         progress: Receives one line per logged trial.
+        journal: Where pending outcomes are kept (none: in memory only).
+        name: The search's name, for the resume command in errors.
     """
 
     def __init__(
@@ -115,9 +203,14 @@ class Tracker:
         warm_points: Sequence[Mapping[str, Any]],
         baseline: Mapping[str, float],
         progress: Callable[[str], None],
+        journal: Journal | None = None,
+        name: str = "",
     ) -> None:
         from mlflow.tracking import MlflowClient
 
+        self.tracking_uri = tracking_uri
+        self.journal = journal
+        self.name = name
         self.client = MlflowClient(tracking_uri=tracking_uri)  # the writer thread's own
         self.experiment_id = experiment_id
         self.parent = parent_run_id
@@ -133,11 +226,18 @@ class Tracker:
         self.submit_seconds: list[float] = []
         self.write_seconds: list[float] = []
         self._error: BaseException | None = None
+        self._pruned = False
+        self.unreachable: BaseException | None = None
         for run in trial_runs(self.client, experiment_id, parent_run_id):
             record = record_of(run)
             if record.trial_id:
                 self._keep(record)
-        self._queue: queue.Queue[_Outcome | frozenset[str] | None] = queue.Queue()
+        # what a previous driver could not write: first in line
+        self._pending: list[_Outcome | frozenset[str]] = (
+            [_from_entry(p, e) for p, e in journal.entries()] if journal else []
+        )
+        self._queued.update(o.trial_id for o in self._pending if isinstance(o, _Outcome))
+        self._queue: queue.Queue[_Outcome | frozenset[str] | _Close] = queue.Queue()
         self._thread = threading.Thread(target=self._drain, name="rayzor-mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -160,6 +260,8 @@ class Tracker:
 
     def submit(self, trial: Any, status: str) -> None:
         """Queue one ended trial for logging (called on Tune's event loop)."""
+        if TRIAL_ERROR in (trial.last_result or {}):
+            status = "FAILED"  # the trial's code raised: reported, not raised, so Tune did not retry it
         started = time.perf_counter()
         self._queued.add(trial.trial_id)
         self._queue.put(
@@ -179,29 +281,78 @@ class Tracker:
         """Queue ended trials that were neither logged nor queued (restored ones),
         then drop runs of trials the experiment no longer has (see :meth:`_prune`)."""
         for trial in trials:
-            status = {"TERMINATED": FINISHED, "ERROR": "FAILED"}.get(trial.status)
+            status = _status_of(trial)
             logged = self._records.get(trial.trial_id)
             if status and trial.trial_id not in self._queued and (logged is None or logged.status != status):
                 self.submit(trial, status)
         self._queue.put(frozenset(t.trial_id for t in trials))
 
-    def close(self) -> None:
+    def known(self, trials: Sequence[Any]) -> None:
+        """Drop, once, the runs of trials a restored experiment does not have (see :meth:`_prune`).
+
+        Called with the restored trials before any new one starts, so the
+        progress count and the front never count such orphans.
+        """
+        if not self._pruned:
+            self._pruned = True
+            self._queue.put(frozenset(t.trial_id for t in trials))
+
+    def replay(self) -> dict[str, dict[str, Any]]:
+        """The logged outcome of every ended trial, by Tune trial id, for a resumed search to report again.
+
+        A trial that finished (or failed) before a driver crash, but after
+        Tune last saved its experiment, is restored as not ended; with this
+        it reports its MLflow record instead of running again.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for trial_id, record in self._records.items():
+            if record.status == FINISHED and has_objectives(record, self.config.resolved_objectives):
+                out[trial_id] = {**record.metrics, "final": 1.0}
+            elif record.status == "FAILED":
+                out[trial_id] = failure_result(self.quality, record.error)
+        for o in self._pending:  # journaled, not yet in MLflow: known all the same
+            if isinstance(o, _Outcome) and o.trial_id not in out:
+                if o.status == "FAILED":
+                    out[o.trial_id] = failure_result(self.quality, o.error_text or str(o.result.get(TRIAL_ERROR, "")))
+                elif all(k in o.result for k in self.config.resolved_objectives):
+                    names = (*self.baseline_metrics, *ENGINE_METRICS)
+                    out[o.trial_id] = {**{k: float(o.result[k]) for k in names if k in o.result}, "final": 1.0}
+        return out
+
+    @property
+    def unwritten(self) -> int:
+        """Trial outcomes not written to MLflow (after :meth:`close`: left in the journal)."""
+        return sum(isinstance(o, _Outcome) for o in self._pending)
+
+    def close(self, wait_seconds: float = 60.0) -> None:
         """Log everything queued, stop the writer, and raise what it hit.
 
+        Args:
+            wait_seconds: How long to keep retrying an unreachable tracking
+                server before leaving the rest in the journal.
+
         Raises:
+            TrackingOutage: results left unwritten (kept in the journal).
             TrackingError: an MLflow call of the writer failed.
         """
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.put(_Close(wait_seconds))
             self._thread.join()
+        if self.unwritten:
+            kept = f"kept in {self.journal.folder}" if self.journal else "lost (no journal)"
+            raise TrackingOutage(
+                f"tracking server {self.tracking_uri} unreachable ({str(self.unreachable).splitlines()[0][:200]}): "
+                f"{self.unwritten} trial results {kept}; once it answers: rayzor sync {self.name} "
+                f"(or rayzor search --resume {self.name})"
+            )
         if self._error is not None:
             error, self._error = self._error, None
             raise TrackingError(f"logging trials to MLflow failed: {error}") from error
 
-    def close_quietly(self) -> None:
+    def close_quietly(self, wait_seconds: float = 60.0) -> None:
         """:meth:`close`, logging a :class:`TrackingError` as a warning (the search failed anyway)."""
         try:
-            self.close()
+            self.close(wait_seconds)
         except TrackingError as exc:
             logging.getLogger(__name__).warning("%s", exc)
 
@@ -210,16 +361,81 @@ class Tracker:
         self.front.add(record)
 
     def _drain(self) -> None:
-        while (outcome := self._queue.get()) is not None:
+        backoff, retry_at = 0.0, 0.0
+        deadline: float | None = None  # set by close()
+        while True:
+            now = time.monotonic()
+            if deadline is not None and (not self._pending or now >= deadline):
+                return
+            wait = None if not self._pending else max(0.0, retry_at - now)
+            if deadline is not None:
+                wait = max(0.0, min(wait if wait is not None else deadline - now, deadline - now))
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if isinstance(item, _Close):
+                deadline = time.monotonic() + item.wait
+            elif isinstance(item, _Outcome):
+                self._pending.append(self._journaled(item))
+            elif isinstance(item, frozenset):
+                self._pending.append(item)
+            if self._pending and time.monotonic() >= retry_at:
+                if self._flush():
+                    backoff = 0.0
+                else:  # the server does not answer: try again later, while the search goes on
+                    backoff = min(MAX_BACKOFF_SECONDS, max(1.0, 2 * backoff))
+                    retry_at = time.monotonic() + backoff
+
+    def _journaled(self, outcome: _Outcome) -> _Outcome:
+        """Keep an outcome on disk (its packed file and error text too) before any MLflow call."""
+        if outcome.error_file and os.path.exists(outcome.error_file):
+            with open(outcome.error_file) as f:
+                outcome.error_text = f.read()
+        if self.journal is None:
+            return outcome
+        entry = {
+            "trial_id": outcome.trial_id,
+            "number": outcome.number,
+            "status": outcome.status,
+            "params": outcome.params,
+            "result": outcome.result,
+            "error_text": outcome.error_text,
+        }
+        try:
+            if outcome.checkpoint is not None:
+                with outcome.checkpoint.as_directory() as folder:
+                    outcome.entry = self.journal.add(entry, os.path.join(folder, PACKED_NAME))
+            else:
+                outcome.entry = self.journal.add(entry, None)
+        except OSError as exc:  # a full disk: log directly, as without a journal
+            logging.getLogger(__name__).warning("tracking journal: %s", exc)
+            return outcome
+        outcome.packed = json.loads(outcome.entry.read_text()).get("packed")
+        outcome.checkpoint = None
+        return outcome
+
+    def _flush(self) -> bool:
+        """Write pending items in order; False when the server stopped answering (the rest wait)."""
+        while self._pending:
+            item = self._pending[0]
             started = time.perf_counter()
             try:
-                if isinstance(outcome, frozenset):
-                    self._prune(outcome)
-                    continue
-                self._write(outcome)
-            except Exception as exc:  # noqa: BLE001 - reported by close(), the search goes on
-                self._error = self._error or exc
+                if isinstance(item, frozenset):
+                    self._prune(item)
+                else:
+                    self._write(item)
+            except Exception as exc:  # noqa: BLE001 - an outage is retried; anything else is reported by close()
+                if is_outage(exc):
+                    self.unreachable = exc
+                    return False
+                self._error = self._error or exc  # its journal entry stays, for `rayzor sync`
+            else:
+                if isinstance(item, _Outcome) and item.entry is not None and self.journal is not None:
+                    self.journal.remove(item.entry)
+            self._pending.pop(0)
             self.write_seconds.append(time.perf_counter() - started)
+        return True
 
     def _prune(self, known: frozenset[str]) -> None:
         """Delete child runs of trials the Tune experiment does not have.
@@ -230,15 +446,26 @@ class Tracker:
         again, so the run would count twice.
         """
         for trial_id in [t for t in self._records if t not in known]:
-            run_id = self._records.pop(trial_id).run_id
-            self.front.discard(run_id)
-            self.client.set_tag(run_id, TAG_ORPHAN, "true")
-            self.client.delete_run(run_id)
+            record = self._records.pop(trial_id)
+            self.front.discard(record.run_id)
+            self.client.set_tag(record.run_id, TAG_ORPHAN, "true")
+            if record.status == "RUNNING":  # a kill during its write: never deleted while RUNNING
+                self.client.set_terminated(record.run_id, "KILLED")
+            self.client.delete_run(record.run_id)
 
     def _write(self, outcome: _Outcome) -> None:
         logged = self._records.get(outcome.trial_id)
         if logged is not None and logged.status == outcome.status == FINISHED:
             return  # a trial Tune re-ran after a restore: its run is complete
+        if logged is not None and REPLAYED in outcome.result and logged.status == outcome.status:
+            return  # replayed from this very run
+        objectives = self.config.resolved_objectives
+        if (
+            outcome.status == FINISHED
+            and outcome.result.get("final", 1.0)
+            and not all(o in outcome.result for o in objectives)
+        ):
+            return  # stopped by Ctrl-C before its result: never a FINISHED run without metrics; a resume runs it
         run_id, record = self._start(outcome, logged)
         if outcome.status == FINISHED and not outcome.result.get("final", 1.0):
             self._stopped(run_id, record, outcome)
@@ -263,9 +490,9 @@ class Tracker:
         tags.update({tag: str(result[key]) for key, tag in _RESULT_TAGS.items() if key in result})
         if 0 < outcome.number <= len(self.warm_points) and outcome.params == self.warm_points[outcome.number - 1]:
             tags[TAG_WARM_START] = self.config.warm_start  # an enqueued plan, not one the sampler chose
-        if logged is not None:
-            # Reuse the run a crash or an earlier failure left behind.
-            run_id = logged.run_id
+        if logged is not None or outcome.run_id:
+            # Reuse the run a crash, an outage or an earlier failure left behind.
+            run_id = logged.run_id if logged is not None else str(outcome.run_id)
             self.client.update_run(run_id, status="RUNNING")
             for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)
@@ -273,6 +500,9 @@ class Tracker:
             run_id = self.client.create_run(
                 self.experiment_id, run_name=f"trial-{outcome.number:04d}", tags=tags
             ).info.run_id
+            outcome.run_id = run_id
+            if outcome.entry is not None and self.journal is not None:
+                self.journal.update(outcome.entry, run_id=run_id)
         log_params(self.client, run_id, outcome.params)
         if "plan_json" in result:
             self.client.log_text(run_id, str(result["plan_json"]), PLAN_ARTIFACT)
@@ -291,7 +521,9 @@ class Tracker:
         names = (*self.baseline_metrics, *ENGINE_METRICS)
         record.metrics = {k: float(outcome.result[k]) for k in names if k in outcome.result}
         self._log_metrics(run_id, record.metrics)
-        if outcome.checkpoint is not None:
+        if outcome.packed is not None:
+            self.client.log_artifact(run_id, outcome.packed, PACKED_ARTIFACT_DIR)
+        elif outcome.checkpoint is not None:
             with outcome.checkpoint.as_directory() as folder:
                 self.client.log_artifact(run_id, os.path.join(folder, PACKED_NAME), PACKED_ARTIFACT_DIR)
         if TAG_ERROR in self.client.get_run(run_id).data.tags:
@@ -328,8 +560,8 @@ class Tracker:
         )
 
     def _fail(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
-        text = ""
-        if outcome.error_file and os.path.exists(outcome.error_file):
+        text = str(outcome.result.get(TRIAL_ERROR, "")) or outcome.error_text
+        if not text and outcome.error_file and os.path.exists(outcome.error_file):
             with open(outcome.error_file) as f:
                 text = f.read()
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -56,11 +58,31 @@ def _check_reachable(uri: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a sqlite store (``mlflow.db.lock``), held while it is opened.
+
+    MLflow creates and migrates a fresh sqlite schema on first use; two
+    searches doing it at once race (``duplicate column name``). Other stores
+    need no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri[len("sqlite:///") :] + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[Any, str, str]:
     """Check the tracking store and return ``(client, tracking_uri, experiment_id)``.
 
     Called in the driver before Ray starts: an unreachable store fails fast,
-    and a fresh sqlite store is migrated here once rather than raced by trials.
+    and a fresh sqlite store is migrated here once, under a file lock,
+    rather than raced by trials or by another search starting at once.
 
     Raises:
         ConfigError: the store is unreachable, or (``create=False``) the
@@ -76,19 +98,19 @@ def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[A
             "tracking_uri", uri, "an existing MLflow store: run `rayzor search` first, or pass --tracking-uri"
         )
     try:
-        client = MlflowClient(tracking_uri=uri)
-        found = client.get_experiment_by_name(experiment)
+        with _store_lock(uri):  # schema creation and the experiment's, once, whoever comes first
+            client = MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None and create:
+                found = client.get_experiment(client.create_experiment(experiment))
         if found is None:
-            if not create:
-                names = [e.name for e in client.search_experiments(max_results=50)]
-                raise ConfigError(
-                    "--experiment",
-                    experiment,
-                    ", ".join(repr(n) for n in names) or "none yet: run `rayzor search` first",
-                )
-            experiment_id = client.create_experiment(experiment)
-        else:
-            experiment_id = found.experiment_id
+            names = [e.name for e in client.search_experiments(max_results=50)]
+            raise ConfigError(
+                "--experiment",
+                experiment,
+                ", ".join(repr(n) for n in names) or "none yet: run `rayzor search` first",
+            )
+        experiment_id = found.experiment_id
     except MlflowException as exc:
         raise ConfigError("tracking_uri", uri, f"{_VALID_URIS} ({str(exc).splitlines()[0]})") from None
     return client, uri, experiment_id

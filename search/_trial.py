@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ __all__ = [
     "DEPLOY_NAME",
     "PACKED_NAME",
     "PLAN_KEYS",
+    "REPLAYED",
+    "TRIAL_ERROR",
     "TrialPlan",
     "compact_plan",
     "decode_trial",
@@ -48,6 +51,7 @@ __all__ = [
     "deploy_metrics",
     "evaluate",
     "evaluate_plan",
+    "failure_result",
     "planned_size",
     "run_trial",
     "trial_device",
@@ -340,6 +344,22 @@ def _epoch_reporter(
     return report
 
 
+#: Result key of a trial whose own code (the task, the engine) raised: the traceback. The
+#: trial reports it as its last result, so Tune never retries it: Tune's retries
+#: (``max_failures``) are for lost workers and nodes, and a deterministic error would only repeat.
+TRIAL_ERROR = "trial_error"
+#: Result key of a trial a resumed search replayed from its MLflow run instead of running it again.
+REPLAYED = "replayed"
+#: Every objective a search may have besides the task's metric (see ``resolve_objectives``).
+_SIZE_OBJECTIVES = ("size_bytes", "deploy_bytes", "latency_ms")
+
+
+def failure_result(task_metric: str, text: str) -> dict[str, Any]:
+    """The last result of a trial that raised: its traceback, and NaN objectives (Optuna records FAIL)."""
+    nan = float("nan")
+    return {TRIAL_ERROR: text, "final": 1.0, **{k: nan for k in (task_metric, *_SIZE_OBJECTIVES)}}
+
+
 def run_trial(
     config: dict[str, Any],
     *,
@@ -351,6 +371,7 @@ def run_trial(
     target: str = "packed",
     calibration_stats: dict[str, LayerStats] | None = None,
     accuracy_level: int = 0,
+    replay: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Ray Tune function trainable: one plan, one report with its packed artifact.
 
@@ -365,31 +386,75 @@ def run_trial(
     ``distillation`` (teacher logits and KD settings) trains sampled students
     and a distilled recovery fine-tune. ``calibration_stats``: the layer
     statistics of the uncompressed model, computed once by the driver for
-    GPTQ / AWQ.
+    GPTQ / AWQ. ``replay``: the logged results of a resumed search, by Tune
+    trial id; such a trial reports its result again instead of running.
+    An exception of the trial's own code is reported as
+    :func:`failure_result` (attempted once); Ray's own errors propagate.
     """
-    import ray
     from ray import tune
 
+    logged = (replay or {}).get(tune.get_context().get_trial_id())
+    if logged is not None:  # finished before a driver crash: Tune and Optuna get its result back, nothing reruns
+        tune.report({**logged, REPLAYED: 1.0})
+        return
     # Two trials share two cores here: more threads per trial only thrash.
     torch.set_num_threads(1)
     device = trial_device()
     with tempfile.TemporaryDirectory(prefix="rayzor-trial-") as tmp:
-        trial = decode_trial(space, config)
-        on_epoch = _epoch_reporter(task, trial, Path(tmp), schedule, entropy) if schedule else None
-        metrics: dict[str, Any] = evaluate(
-            task,
-            trial,
-            Path(tmp),
-            device=device,
-            entropy=entropy,
-            on_epoch=on_epoch,
-            distillation=distillation,
-            target=target,
-            calibration_stats=calibration_stats,
-            accuracy_level=accuracy_level,
-        )
-        (Path(tmp) / DEPLOY_NAME).unlink(missing_ok=True)  # rebuilt byte for byte from the packed file on export
-        (Path(tmp) / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels
-        # Where it ran: logged as tags of the trial's MLflow run.
-        metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device, **trial.report())
+        try:
+            metrics = _run_plan(
+                task,
+                space,
+                config,
+                Path(tmp),
+                device,
+                schedule,
+                entropy,
+                distillation,
+                target,
+                calibration_stats,
+                accuracy_level,
+            )
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] == "ray":
+                raise  # Ray's own (a stopped trial, a lost object): Tune decides
+            tune.report(failure_result(task.metric, traceback.format_exc()))
+            return
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _run_plan(
+    task: Task,
+    space: CompressionSpace | StudentSpace,
+    config: dict[str, Any],
+    tmp_path: Path,
+    device: str,
+    schedule: dict[str, Any] | None,
+    entropy: str | None,
+    distillation: dict[str, Any] | None,
+    target: str,
+    calibration_stats: dict[str, LayerStats] | None,
+    accuracy_level: int,
+) -> dict[str, Any]:
+    """The body of :func:`run_trial`: decode, compress, fine-tune, measure; the files land in ``tmp_path``."""
+    import ray
+
+    trial = decode_trial(space, config)
+    on_epoch = _epoch_reporter(task, trial, tmp_path, schedule, entropy) if schedule else None
+    metrics: dict[str, Any] = evaluate(
+        task,
+        trial,
+        tmp_path,
+        device=device,
+        entropy=entropy,
+        on_epoch=on_epoch,
+        distillation=distillation,
+        target=target,
+        calibration_stats=calibration_stats,
+        accuracy_level=accuracy_level,
+    )
+    (tmp_path / DEPLOY_NAME).unlink(missing_ok=True)  # rebuilt byte for byte from the packed file on export
+    (tmp_path / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels
+    # Where it ran: logged as tags of the trial's MLflow run.
+    metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device, **trial.report())
+    return metrics

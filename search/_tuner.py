@@ -100,8 +100,10 @@ def make_trainable(
     space: CompressionSpace | StudentSpace,
     baseline: dict[str, float],
     request: dict[str, float],
+    replay: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """:func:`~rayzor.search._trial.run_trial` with its inputs in the object store and its Ray resources."""
+    """:func:`~rayzor.search._trial.run_trial` with its inputs in the object store and its Ray resources
+    (``replay``: the logged results a resumed search reports again instead of re-running)."""
     from ray import tune
 
     return tune.with_resources(
@@ -115,6 +117,7 @@ def make_trainable(
             target=config.target,
             calibration_stats=calibration_stats(task, space),
             accuracy_level=config.accuracy_level,
+            replay=replay or None,
         ),
         tune_resources(request),
     )
@@ -188,7 +191,9 @@ def make_tuner(
             callbacks=[TrackingCallback(parent_id)],
             verbose=0,
             # Retries in place (a lost node, a killed worker) keep the Optuna
-            # study free of FAILED ghosts; only the last failure is told.
+            # study free of FAILED ghosts; only the last failure is told. An
+            # exception of the trial's own code never reaches Tune as an error
+            # (run_trial reports it), so it is not retried.
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
         ),
     )

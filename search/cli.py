@@ -26,7 +26,7 @@ from rayzor.search._export import (
     pick_run,
     register_model,
 )
-from rayzor.search._runner import run_search
+from rayzor.search._runner import SearchInterrupted, run_search, sync_search
 from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
 from rayzor.search._tracking import connect
 from rayzor.spaces import introspect, uncovered_params
@@ -136,7 +136,11 @@ def search(
         storage_path=storage_path,
         name=name,
     )
-    result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True), resume=resume)
+    try:
+        result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True), resume=resume)
+    except SearchInterrupted as exc:  # Ctrl-C: a clean pause, 128 + SIGINT as shells report it
+        err_console.print(f"interrupted: resume with rayzor search --resume {exc.name}", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     failed = sum(r.status == "FAILED" for r in result.trials)
     console.print()
     console.print(
@@ -236,6 +240,25 @@ def export(
     if register is not None:
         report.registered = register_model(client, report, register)
     console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def sync(
+    search: str = typer.Argument(..., help="The search's name (under --storage-path) or folder."),
+    storage_path: str | None = typer.Option(None, help="Where the search's folder is [default: ./rayzor-results]."),
+    wait: float = typer.Option(60.0, help="Seconds to retry a tracking server that does not answer."),
+) -> None:
+    """Write the trial results a tracking outage left in a search's journal to its MLflow store."""
+    written, left = sync_search(search, storage_path, wait_seconds=wait)
+    if left:
+        err_console.print(
+            f"error: {left} trial results still unwritten (tracking server unreachable); run `rayzor sync {search}` again",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    console.print(f"synced {written} trial results of {search}", markup=False, soft_wrap=True)
 
 
 space_app = typer.Typer(no_args_is_help=True, help="Inspect the search space a config resolves to.")

@@ -302,7 +302,7 @@ def test_corrupt_or_truncated_file_is_refused(model, tmp_path, entropy):
 
 
 def test_reads_version_1_files(model, inputs, tmp_path):
-    """A v1 file (no scheme, checksum or structure) still loads to the same model."""
+    """A v1 file (no scheme, checksum or structure) is refused, and loads to the same model when allowed."""
     path = tmp_path / "m.rzp"
     out, _ = _pack(model, PLANS["sparse_3bit"], path)
     with safetensors.safe_open(path, "pt") as f:
@@ -312,7 +312,9 @@ def test_reads_version_1_files(model, inputs, tmp_path):
     v1_layers = {name: {k: info[k] for k in ("shape", "bits", "kept", "mask")} for name, info in layers.items()}
     v1 = {k: meta[k] for k in ("format", "plan", "arch", "metadata")}
     safetensors.torch.save_file(tensors, path, metadata={**v1, "format_version": "1", "layers": json.dumps(v1_layers)})
-    loaded, info = load_packed(path)
+    with pytest.raises(PackedFormatError, match="without a checksum.*allow_unverified=True"):
+        load_packed(path)
+    loaded, info = load_packed(path, allow_unverified=True)
     with torch.no_grad():
         assert torch.equal(loaded(inputs), out.model(inputs))
     assert info.structure == {} and info.entropy is None
@@ -332,3 +334,29 @@ def test_low_rank_layers_rebuilt_by_the_loader(model, inputs, tmp_path):
 def test_bad_entropy_argument(model, tmp_path):
     with pytest.raises(ConfigError, match="entropy: got 'gzip'.*'lzma', 'zstd', None"):
         save_packed(compress(model, CompressionPlan({})), tmp_path / "m.rzp", arch=ARCH, entropy="gzip")
+
+
+def test_a_header_claiming_version_1_is_still_verified(model, tmp_path):
+    """Editing the version to "1" and a weight byte is caught: the checksum covers the header too."""
+    path = tmp_path / "m.rzp"
+    _pack(model, PLANS["sparse_3bit"], path)
+    with safe_open(path, "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k, t in tensors.items() if t.dtype == torch.uint8 and t.numel())
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] ^= 0xFF
+    safetensors.torch.save_file(tensors, path, metadata={**meta, "format_version": "1"})
+    with pytest.raises(PackedFormatError, match="checksum mismatch"):
+        load_packed(path)
+    with pytest.raises(PackedFormatError, match="checksum mismatch"):
+        load_packed(path, allow_unverified=True)  # a checksum that is there is always verified
+
+
+def test_errors_name_the_label_not_the_path(model, tmp_path):
+    path = tmp_path / "download-123" / "packed.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(b"not a packed file at all")
+    with pytest.raises(PackedFormatError) as exc:
+        load_packed(path, label="packed artifact of run abc123")
+    assert str(exc.value).startswith("packed artifact of run abc123: ")
+    assert str(path.parent) not in str(exc.value)

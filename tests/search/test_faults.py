@@ -1,0 +1,362 @@
+"""Faults a user meets, with real processes and signals: Ctrl-C, kills, a raising trial, concurrent starts.
+
+Every search here is a ``rayzor search`` subprocess (its own Ray), so a
+signal reaches it as it would from a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from rayzor.search import trial_runs
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+RAYZOR = [sys.executable, "-c", "from rayzor.search.cli import main; main()"]
+TRIALS = 6
+#: Two kills, each after a logged trial, must leave trials to run.
+KILL_TRIALS = 8
+#: One fine-tune epoch: each trial lasts a few seconds, long enough to be caught mid-way.
+YAML = """trials: {trials}
+concurrency: 2
+finetune_epochs: {epochs}
+sampler: random
+warm_start: none
+target: packed
+storage_path: {root}/ray
+space:
+  sparsity: [0.0, 0.5]
+  bits: [4, 8]
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(REPO),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_AIR_NEW_OUTPUT": "0",
+        **extra,
+    }
+
+
+def _config(root: Path, trials: int = TRIALS, epochs: int = 1, extra: str = "") -> Path:
+    path = root / "search.yaml"
+    path.write_text(YAML.format(trials=trials, epochs=epochs, root=root) + extra)
+    return path
+
+
+def _uri(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _start(root: Path, *args: str) -> subprocess.Popen:
+    # its own session: the Ray processes it starts are ended with it, by its group id
+    return subprocess.Popen(
+        [*RAYZOR, "search", *args, "--tracking-uri", _uri(root)],
+        cwd=root,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _after_progress(proc: subprocess.Popen, lines: int) -> list[str]:
+    """Read the search's output until ``lines`` trials were logged (``[i/N] trial ...``)."""
+    seen: list[str] = []
+    assert proc.stdout is not None
+    while sum(line.startswith("[") for line in seen) < lines:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"search ended early: {''.join(seen)}{proc.stderr.read() if proc.stderr else ''}")
+        seen.append(line)
+    return seen
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """Stop what a search left behind (a killed driver leaves Ray's processes), by its group id."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _resume(root: Path, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*RAYZOR, "search", "--resume", name, "--storage-path", str(root / "ray"), "--tracking-uri", _uri(root)],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _runs(root: Path, deleted: bool = False) -> list:
+    client = MlflowClient(_uri(root))
+    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    return client.search_runs([client.get_experiment_by_name("rayzor").experiment_id], run_view_type=view)
+
+
+def _parent(root: Path):
+    return next(r for r in _runs(root) if r.data.tags.get("rayzor.role") == "search")
+
+
+def _finished_with_metrics(root: Path) -> dict[str, object]:
+    """Trial id -> run of every FINISHED trial that carries its objectives."""
+    parent = _parent(root)
+    objectives = parent.data.tags["rayzor.objectives"].split(",")
+    runs = trial_runs(MlflowClient(_uri(root)), parent.info.experiment_id, parent.info.run_id)
+    return {
+        r.data.tags["rayzor.trial_id"]: r
+        for r in runs
+        if r.info.status == "FINISHED" and all(o in r.data.metrics for o in objectives)
+    }
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A search stopped by SIGINT after 2 logged trials."""
+    root = tmp_path_factory.mktemp("sigint")
+    proc = _start(root, str(_config(root)), "--name", "paused")
+    try:
+        _after_progress(proc, 2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _end_group(proc)
+    return root, proc.returncode, err
+
+
+def test_sigint_is_a_clean_pause(interrupted):
+    root, code, err = interrupted
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted: resume with rayzor search --resume paused"
+    parent = _parent(root)
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["rayzor.resumable"] == "true"
+    trials = [r for r in _runs(root) if r.data.tags.get("rayzor.role") == "trial"]
+    # whatever is logged FINISHED has its metrics: the stopped trials are not logged at all
+    assert len(_finished_with_metrics(root)) == sum(r.info.status == "FINISHED" for r in trials) >= 2
+
+
+def test_sigint_then_resume_finishes_the_budget(interrupted):
+    root, _, _ = interrupted
+    resumed = _resume(root, "paused")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(_finished_with_metrics(root)) == TRIALS
+    parent = _parent(root)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["rayzor.resumable"] == "false"
+    pareto = subprocess.run(
+        [*RAYZOR, "pareto", "--json", "--tracking-uri", _uri(root)], env=_env(), capture_output=True, text=True
+    )
+    assert pareto.returncode == 0, pareto.stderr
+    assert json.loads(pareto.stdout)
+
+
+def test_duplicate_name_is_refused_in_one_line(interrupted):
+    root, _, _ = interrupted
+    done = subprocess.run(
+        [*RAYZOR, "search", str(_config(root)), "--name", "paused", "--tracking-uri", _uri(root)],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --name: got 'paused'; valid: a name not used under ")
+    assert done.stderr.strip().count("\n") == 0
+    assert "--resume paused" in done.stderr
+
+
+def test_two_kills_then_resume_rerun_nothing(tmp_path):
+    """SIGKILL the driver twice mid-search; the last resume runs only what no run holds."""
+    config = _config(tmp_path, trials=KILL_TRIALS)
+    before: dict[str, int] = {}  # trial id -> end time of its FINISHED run when a driver died
+    proc = _start(tmp_path, str(config), "--name", "killed")
+    for attempt in range(2):
+        try:
+            _after_progress(proc, 2 - attempt)  # the resumed driver dies at its first logged trial
+            proc.kill()
+        finally:
+            _end_group(proc)
+        for trial_id, run in _finished_with_metrics(tmp_path).items():
+            before.setdefault(trial_id, run.info.end_time)
+        if attempt == 0:
+            proc = subprocess.Popen(
+                [
+                    *RAYZOR,
+                    "search",
+                    "--resume",
+                    "killed",
+                    "--storage-path",
+                    str(tmp_path / "ray"),
+                    "--tracking-uri",
+                    _uri(tmp_path),
+                ],
+                cwd=tmp_path,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+    assert len(before) >= 2
+    resumed = _resume(tmp_path, "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    after = _finished_with_metrics(tmp_path)
+    assert len(after) == KILL_TRIALS
+    # no finished trial ran again: each keeps the run (and end time) it had when the driver died
+    assert {t: after[t].info.end_time for t in before} == before
+    every = _runs(tmp_path, deleted=True)
+    assert not [r.info.run_id for r in every if r.data.tags.get("rayzor.orphan")]
+    assert not [r.info.run_id for r in every if r.info.status == "RUNNING"]
+    parent = _parent(tmp_path)
+    assert parent.info.status == "FINISHED"
+    history = MlflowClient(_uri(tmp_path)).get_metric_history(parent.info.run_id, "hypervolume")
+    assert sorted(m.step for m in history) == list(range(1, KILL_TRIALS + 1))
+    progress = [line for line in resumed.stdout.splitlines() if line.startswith("[")]
+    assert all(int(line[1:].split("/")[0]) <= KILL_TRIALS for line in progress)
+
+
+def test_a_raising_trial_is_attempted_once(tmp_path):
+    attempts = tmp_path / "attempts.txt"
+    config = _config(tmp_path, trials=2, epochs=0, extra="task: tests.search.attempt_task:make_task\nmax_failures: 2\n")
+    done = subprocess.run(
+        [*RAYZOR, "search", str(config), "--name", "raising", "--tracking-uri", _uri(tmp_path)],
+        cwd=tmp_path,
+        env=_env(RAYZOR_TEST_ATTEMPTS=str(attempts)),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(attempts.read_text().splitlines()) == 2  # one attempt per trial, not 1 + max_failures
+    trials = [r for r in _runs(tmp_path) if r.data.tags.get("rayzor.role") == "trial"]
+    assert [r.info.status for r in trials] == ["FAILED", "FAILED"]
+    assert all(r.data.tags["rayzor.error"] == "RuntimeError: this task always fails" for r in trials)
+    client = MlflowClient(_uri(tmp_path))
+    text = Path(client.download_artifacts(trials[0].info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert "Traceback" in text and "evaluate_and_fail" in text
+
+
+def test_two_searches_started_together_on_a_fresh_store(tmp_path):
+    config = _config(tmp_path, trials=1, epochs=0)
+    procs = [_start(tmp_path, str(config), "--name", f"together-{i}") for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            _end_group(p)
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    parents = [r for r in _runs(tmp_path) if r.data.tags.get("rayzor.role") == "search"]
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "FINISHED"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` on loopback (one worker), answering /health before this returns."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--default-artifact-root",
+            str(root / "artifacts"),
+            "-w",
+            "1",
+        ],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError("mlflow server did not start") from None
+            time.sleep(0.5)
+    _end_group(proc)
+    raise AssertionError("mlflow server did not answer /health in 300 s")
+
+
+def test_tracking_outage_then_resume_logs_everything(tmp_path):
+    """The server stops after 2 logged trials and stays down past the end of the search."""
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    config = _config(tmp_path, extra="tracking_wait: 3\n")
+    server = _mlflow_server(tmp_path, port)
+    search = subprocess.Popen(
+        [*RAYZOR, "search", str(config), "--name", "outage", "--tracking-uri", uri],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _after_progress(search, 2)
+        _end_group(server)  # down until the search has ended
+        _, err = search.communicate(timeout=600)
+    finally:
+        _end_group(search)
+        _end_group(server)
+    assert search.returncode != 0
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: tracking server {uri} unreachable")
+    assert line.endswith("rayzor sync outage (or rayzor search --resume outage)")
+    assert list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
+    server = _mlflow_server(tmp_path, port)
+    try:
+        resumed = subprocess.run(
+            [*RAYZOR, "search", "--resume", "outage", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("rayzor").experiment_id
+        runs = client.search_runs([experiment], run_view_type=ViewType.ALL)
+        parent = next(r for r in runs if r.data.tags.get("rayzor.role") == "search")
+        trials = [r for r in runs if r.data.tags.get("rayzor.role") == "trial"]
+    finally:
+        _end_group(server)
+    assert parent.info.status == "FINISHED"
+    assert len(trials) == TRIALS
+    assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in trials)
+    assert not list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
