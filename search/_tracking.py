@@ -56,8 +56,11 @@ def _check_reachable(uri: str) -> None:
         )
 
 
-def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[Any, str, str]:
+def connect(uri: str | None, experiment: str | None, *, create: bool = True) -> tuple[Any, str, str]:
     """Check the tracking store and return ``(client, tracking_uri, experiment_id)``.
+
+    ``experiment=None`` opens the store alone (experiment id ``""``): run ids
+    are global, a run is fetched without its experiment.
 
     Called in the driver before Ray starts: an unreachable store fails fast,
     and a fresh sqlite store is migrated here once rather than raced by trials.
@@ -77,6 +80,8 @@ def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[A
         )
     try:
         client = MlflowClient(tracking_uri=uri)
+        if experiment is None:
+            return client, uri, ""
         found = client.get_experiment_by_name(experiment)
         if found is None:
             if not create:

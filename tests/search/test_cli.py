@@ -41,7 +41,7 @@ def _args(uri: str, *extra: str) -> list[str]:
 
 def test_search_prints_progress_front_and_where_to_browse(searched):
     uri, _, output = searched
-    assert output.count("] trial ") == 5  # one progress line per trial
+    assert output.count("] trial-") == 5  # one progress line per trial
     assert "Pareto front:" in output
     assert f"mlflow ui --backend-store-uri {uri}" in output
     parent = MlflowClient(uri).search_runs(
