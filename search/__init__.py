@@ -8,41 +8,45 @@ export it with :func:`export_model`. The MLflow names a search writes are in
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from rayzor.search._config import (
-    OBJECTIVES,
-    SAMPLERS,
-    SearchConfig,
-    SpaceConfig,
-    load_config,
-    resolve_objectives,
-    validate_config,
-)
-from rayzor.search._export import (
-    EXPORT_FORMATS,
-    ExportReport,
-    SearchView,
-    export_model,
-    load_search,
-    pick_run,
-)
-from rayzor.search._pareto import (
-    Constraint,
-    PickSpec,
-    hypervolume,
-    pareto_mask,
-    parse_pick,
-    pick,
-    to_minimization,
-)
-from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
-from rayzor.search._resume import RESUME_FILE, load_resume_state
-from rayzor.search._runner import SearchInterrupted, SearchResult, run_search
-from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
-from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
-from rayzor.search._trial import evaluate_plan
-from rayzor.search._tuner import warm_start_points
+# Every public name loads its module on first use (PEP 562): `import rayzor.search`,
+# and so `rayzor --help`, stays free of torch, Ray and MLflow until a name is used.
+if TYPE_CHECKING:
+    from rayzor.search._config import (
+        OBJECTIVES,
+        SAMPLERS,
+        SearchConfig,
+        SpaceConfig,
+        load_config,
+        resolve_objectives,
+        validate_config,
+    )
+    from rayzor.search._export import (
+        EXPORT_FORMATS,
+        ExportReport,
+        SearchView,
+        export_model,
+        load_search,
+        pick_run,
+    )
+    from rayzor.search._pareto import (
+        Constraint,
+        PickSpec,
+        hypervolume,
+        pareto_mask,
+        parse_pick,
+        pick,
+        to_minimization,
+    )
+    from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
+    from rayzor.search._resume import RESUME_FILE, load_resume_state
+    from rayzor.search._runner import SearchInterrupted, SearchResult, run_search
+    from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
+    from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
+    from rayzor.search._trial import evaluate_plan
+    from rayzor.search._tuner import warm_start_points
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -87,13 +91,58 @@ __all__ = [
     "warm_start_points",
 ]
 
-#: Public names whose module imports Ray Tune: loaded on first use, so ``import rayzor.search`` stays light.
-_WITH_TUNE = {"SizeBucketASHA", "size_bucket"}
+#: Public name -> the private module that defines it.
+_LAZY = {
+    "OBJECTIVES": "rayzor.search._config",
+    "SAMPLERS": "rayzor.search._config",
+    "SearchConfig": "rayzor.search._config",
+    "SpaceConfig": "rayzor.search._config",
+    "load_config": "rayzor.search._config",
+    "resolve_objectives": "rayzor.search._config",
+    "validate_config": "rayzor.search._config",
+    "EXPORT_FORMATS": "rayzor.search._export",
+    "ExportReport": "rayzor.search._export",
+    "SearchView": "rayzor.search._export",
+    "export_model": "rayzor.search._export",
+    "load_search": "rayzor.search._export",
+    "pick_run": "rayzor.search._export",
+    "Constraint": "rayzor.search._pareto",
+    "PickSpec": "rayzor.search._pareto",
+    "hypervolume": "rayzor.search._pareto",
+    "pareto_mask": "rayzor.search._pareto",
+    "parse_pick": "rayzor.search._pareto",
+    "pick": "rayzor.search._pareto",
+    "to_minimization": "rayzor.search._pareto",
+    "STOPPED": "rayzor.search._records",
+    "Front": "rayzor.search._records",
+    "TrialRecord": "rayzor.search._records",
+    "search_hypervolume": "rayzor.search._records",
+    "RESUME_FILE": "rayzor.search._resume",
+    "load_resume_state": "rayzor.search._resume",
+    "SearchInterrupted": "rayzor.search._runner",
+    "SearchResult": "rayzor.search._runner",
+    "run_search": "rayzor.search._runner",
+    "SensitivityResult": "rayzor.search._sensitivity",
+    "drop_matrix": "rayzor.search._sensitivity",
+    "level_label": "rayzor.search._sensitivity",
+    "run_sensitivity": "rayzor.search._sensitivity",
+    "connect": "rayzor.search._tracking",
+    "resolve_tracking_uri": "rayzor.search._tracking",
+    "trial_runs": "rayzor.search._tracking",
+    "evaluate_plan": "rayzor.search._trial",
+    "warm_start_points": "rayzor.search._tuner",
+    "SizeBucketASHA": "rayzor.search._scheduler",
+    "size_bucket": "rayzor.search._scheduler",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _WITH_TUNE:
-        from rayzor.search import _scheduler
-
-        return getattr(_scheduler, name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # the next lookup is a plain attribute
+        return value
     raise AttributeError(f"module 'rayzor.search' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -22,6 +23,7 @@ __all__ = [
     "SearchConfig",
     "SpaceConfig",
     "StudentsConfig",
+    "check_local",
     "load_config",
     "objective_direction",
     "quality_metric",
@@ -342,11 +344,76 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> SearchConfi
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError("CONFIG", str(path), f"valid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is None:
-            loaded = {}
+            raise ConfigError("CONFIG", str(path), f"valid YAML ({_yaml_problem(exc)})") from None
+        if loaded is None:  # an empty file is a mistake, not a request for the defaults
+            raise ConfigError(
+                "CONFIG",
+                str(path),
+                "a YAML mapping of SearchConfig fields; the file is empty (leave CONFIG out to search the digits default)",
+            )
         if not isinstance(loaded, dict):
             raise ConfigError("CONFIG", str(path), "a YAML mapping of SearchConfig fields")
         data.update(loaded)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML parse error (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _local_cpus() -> int:
+    """CPUs this process may use (its affinity mask, as Ray counts them in a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity mask
+        return os.cpu_count() or 1
+
+
+def check_local(config: SearchConfig, *, local: bool) -> None:
+    """Refuse what this machine cannot provide, before MLflow or Ray is touched.
+
+    Args:
+        config: The search.
+        local: The search will start its own Ray on this machine (no
+            ``--address``, no ``RAY_ADDRESS``, no Ray already running), so
+            this machine's CPUs and GPUs are all there is.
+
+    Raises:
+        ConfigError: a local ``storage_path`` that is a file (or lies under
+            one); on a local Ray, GPUs per trial with no GPU, more CPUs per
+            trial than the machine has, or a concurrency above what fits at once.
+    """
+    storage = config.storage_path
+    if storage and "://" not in storage:
+        path = Path(storage).expanduser().resolve()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError("storage_path", storage, f"a folder, or a path to create one ({existing} is a file)")
+    if not local:
+        return  # a cluster's resources are checked once Ray is joined (trial_request)
+    if config.gpus_per_trial > 0:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise ConfigError(
+                "gpus_per_trial",
+                config.gpus_per_trial,
+                "0 on this machine (no GPU found); to use a cluster's GPUs, join it with --address",
+            )
+    cpus = _local_cpus()
+    if config.cpus_per_trial > cpus:
+        raise ConfigError("cpus_per_trial", config.cpus_per_trial, f"at most {cpus}, this machine's CPUs")
+    fits = int(cpus // config.cpus_per_trial)
+    if "concurrency" in config.model_fields_set and config.concurrency > fits:
+        raise ConfigError(
+            "concurrency",
+            config.concurrency,
+            f"at most {fits} on this machine ({cpus} CPUs, {config.cpus_per_trial:g} per trial); "
+            "leave it out to derive it, or join a cluster with --address",
+        )

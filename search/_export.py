@@ -47,6 +47,7 @@ __all__ = [
     "ONNX_TOLERANCE",
     "ExportReport",
     "SearchView",
+    "check_out",
     "check_registry",
     "export_model",
     "load_search",
@@ -214,6 +215,18 @@ def _sizes(run: Any, task: Task, out: Path) -> tuple[dict[str, float], list[str]
     return sizes, warnings
 
 
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` the export could not write, before any work.
+
+    Raises:
+        ConfigError: a path in a missing folder, or an existing folder.
+    """
+    if out.is_dir():
+        raise ConfigError("--out", str(out), "a file path; that is an existing folder (name a file in it)")
+    if not out.parent.is_dir():
+        raise ConfigError("--out", str(out), "a path in an existing folder")
+
+
 def export_model(
     client: Any, run_id: str, fmt: str, out: str | Path, *, allow_unverified: bool = False
 ) -> ExportReport:
@@ -248,8 +261,7 @@ def export_model(
     if run.data.tags.get(TAG_ROLE) != ROLE_TRIAL or run.info.status != "FINISHED" or not run.data.metrics:
         raise ConfigError("--run", run_id, "the run id of a FINISHED trial; `rayzor pareto` lists them")
     out = Path(out)
-    if not out.parent.is_dir():
-        raise ConfigError("--out", str(out), "a path in an existing folder")
+    check_out(out)
     config = _config_of(client, run.data.tags[TAG_PARENT])
     task = create_task(config.task, **config.task_options)
     # int8 activations (accuracy_level 4): the trial scored its deploy artifact, whose outputs are not torch's

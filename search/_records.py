@@ -24,6 +24,7 @@ __all__ = [
     "objective_scale",
     "record_of",
     "search_hypervolume",
+    "trial_label",
 ]
 
 #: Status of a trial that ran to the end (its MLflow run ends FINISHED).
@@ -32,6 +33,11 @@ FINISHED = "FINISHED"
 STOPPED = "STOPPED"
 #: Latency reference of the hypervolume, as a multiple of the fp32 baseline's.
 LATENCY_REFERENCE = 2.0
+
+
+def trial_label(number: int) -> str:
+    """The one spelling of a trial number, in progress lines, tables and run names: ``trial-0018``."""
+    return f"trial-{number:04d}"
 
 
 @dataclass

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,16 +18,16 @@ from typing import Any
 
 from rayzor.compression import measure_latency, state_dict_bytes
 from rayzor.errors import ConfigError
-from rayzor.search._config import SearchConfig, resolve_objectives, validate_config
+from rayzor.search._config import SearchConfig, check_local, resolve_objectives, validate_config
 from rayzor.search._journal import Journal, journal_folder
-from rayzor.search._ray import check_ray_address, start_ray, trial_request
+from rayzor.search._ray import check_ray_address, ray_address, start_ray, trial_request
 from rayzor.search._records import TrialRecord
 from rayzor.search._report import log_report
 from rayzor.search._resume import load_resume_state, resumed_config, write_resume_state
 from rayzor.search._sensitivity import search_phase
 from rayzor.search._tags import ROLE_SEARCH, TAG_OBJECTIVES, TAG_RESUMABLE, TAG_ROLE
 from rayzor.search._tracker import TRACKERS, Tracker, TrackingOutage, is_outage
-from rayzor.search._tracking import connect, log_params
+from rayzor.search._tracking import connect, log_params, resolve_tracking_uri
 from rayzor.search._trial import deploy_baseline
 from rayzor.search._tuner import make_trainable, make_tuner, warm_start_points
 from rayzor.spaces import CompressionSpace, StudentSpace
@@ -95,15 +96,24 @@ class Prepared:
     baseline: dict[str, float]
 
 
-def prepare(config: SearchConfig) -> Prepared:
+def prepare(config: SearchConfig, progress: Callable[[str], None] = lambda line: None) -> Prepared:
     """Everything that can fail on bad input, before Ray starts; the one place the config is completed.
+
+    The task, space and local resources are resolved first, and only then is
+    the tracking store opened: bad input writes nothing.
+
+    Args:
+        config: The search.
+        progress: Receives a line as each set-up phase starts.
 
     Raises:
         ConfigError: an unreachable cluster or tracking store, a task or space
-            that does not build, objectives that are not the task's.
+            that does not build, objectives that are not the task's, resources
+            or paths this machine cannot provide.
     """
     check_ray_address(config)
-    client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
+    check_local(config, local=ray_address(config)[0] is None and not _ray_running())
+    progress(f"loading task {config.task!r}")
     task = create_task(config.task, **config.task_options)
     config = resolve_objectives(config, task)
     teacher_space = config.space.build(
@@ -112,6 +122,7 @@ def prepare(config: SearchConfig) -> Prepared:
     space: CompressionSpace | StudentSpace = teacher_space
     if config.students.families:
         space = StudentSpace(teacher_space, task.model, config.students.families, config.students.include_teacher)
+    progress("measuring the fp32 baseline")
     baseline = {
         **task.baseline["val"],
         "size_bytes": float(state_dict_bytes(task.model)),
@@ -120,7 +131,15 @@ def prepare(config: SearchConfig) -> Prepared:
     }
     if config.target == "onnxruntime":
         baseline.update(deploy_baseline(task))
+    progress(f"connecting to MLflow at {resolve_tracking_uri(config.tracking_uri)}")
+    client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     return Prepared(config, client, uri, experiment_id, task, space, baseline)
+
+
+def _ray_running() -> bool:
+    """A Ray this process already joined (a notebook, a test session): its resources are not this machine's."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 def _open_parent(client: Any, experiment_id: str, name: str, config: SearchConfig, state: dict[str, Any] | None) -> str:
@@ -335,11 +354,13 @@ def run_search(
     if state is None:
         _refuse_taken_name(storage, name)
     _http_retries(config.tracking_uri or "")
-    p = prepare(config)
+    p = prepare(config, progress)
     config, client = p.config, p.client
     journal = Journal(journal_folder(storage, name))
     journal.clear_parent()  # this run ends the parent itself
     started = time.perf_counter()
+    address, _ = ray_address(config)
+    progress(f"joining Ray at {address}" if address else "starting Ray")
     started_ray = start_ray(config)
     parent_id: str | None = None
     tracker: Tracker | None = None

@@ -18,7 +18,7 @@ import numpy as np
 from rayzor.errors import TrackingError
 from rayzor.search._config import SearchConfig, quality_metric
 from rayzor.search._journal import Journal
-from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, has_objectives, record_of
+from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, has_objectives, record_of, trial_label
 from rayzor.search._tags import (
     PACKED_ARTIFACT_DIR,
     PACKED_NAME,
@@ -157,6 +157,13 @@ def _from_entry(path: Path, entry: Mapping[str, Any]) -> _Outcome:
     )
 
 
+def _clock_text(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def _trial_number(trial: Any, fallback: int) -> int:
     # Tune's experiment_tag starts with the trial's 1-based creation index.
     try:
@@ -232,6 +239,8 @@ class Tracker:
             record = record_of(run)
             if record.trial_id:
                 self._keep(record)
+        # The ETA is the pace of this session's trials (a resumed search's earlier ones took their own time).
+        self._clock, self._done_before = time.perf_counter(), len(self._records)
         # what a previous driver could not write: first in line
         self._pending: list[_Outcome | frozenset[str]] = (
             [_from_entry(p, e) for p, e in journal.entries()] if journal else []
@@ -534,11 +543,25 @@ class Tracker:
         self.client.log_metric(self.parent, "hypervolume", hv, step=self.front.finished)
         m = record.metrics
         self.progress(
-            f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  "
-            f"{self.quality}={m.get(self.quality, float('nan')):.4f}  "
-            + (f"deploy={m['deploy_bytes'] / 1024:.1f} KiB  " if "deploy_bytes" in m else "")
-            + f"size={m.get('size_bytes', 0) / 1024:.1f} KiB  "
-            f"ratio={m.get('compression_ratio', 0):.1f}x  front={len(self.front.members)}  HV={hv:.4f}"
+            self._line(
+                record,
+                f"{self.quality} {m.get(self.quality, float('nan')):.4f}"
+                + (f", deploy {m['deploy_bytes'] / 1024:.1f} KiB" if "deploy_bytes" in m else "")
+                + f", packed {m.get('size_bytes', 0) / 1024:.1f} KiB, {m.get('compression_ratio', 0):.1f}x",
+            )
+        )
+
+    def _line(self, record: TrialRecord, what: str) -> str:
+        """``[done/total] trial-NNNN what | failed, elapsed, ETA, front size, HV``: one trial and where the search stands."""
+        done = len(self._records)
+        failed = sum(r.status == "FAILED" for r in self._records.values())
+        elapsed = time.perf_counter() - self._clock
+        pace = elapsed / max(done - self._done_before, 1)
+        eta = _clock_text(pace * max(self.config.trials - done, 0))
+        width = len(str(self.config.trials))
+        return (
+            f"[{done:>{width}}/{self.config.trials}] {trial_label(record.number)} {what} | {failed} failed, "
+            f"{_clock_text(elapsed)} elapsed, ETA {eta}, front {len(self.front.members)}, HV {self.front.hypervolume:.4f}"
         )
 
     def _stopped(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
@@ -555,8 +578,10 @@ class Tracker:
         self.client.set_terminated(run_id, "KILLED")
         self._keep(record)
         self.progress(
-            f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  stopped early at epoch "
-            f"{epoch}  {self.quality}={record.metrics.get(self.quality, float('nan')):.4f}"
+            self._line(
+                record,
+                f"stopped early at epoch {epoch}, {self.quality} {record.metrics.get(self.quality, float('nan')):.4f}",
+            )
         )
 
     def _fail(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
@@ -571,4 +596,4 @@ class Tracker:
         self.client.set_tag(run_id, TAG_ERROR, record.error)
         self.client.set_terminated(run_id, "FAILED")
         self._keep(record)
-        self.progress(f"[{len(self._records)}/{self.config.trials}] trial {record.number:04d}  FAILED: {record.error}")
+        self.progress(self._line(record, f"FAILED: {record.error}"))

@@ -77,8 +77,11 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[Any, str, str]:
+def connect(uri: str | None, experiment: str | None, *, create: bool = True) -> tuple[Any, str, str]:
     """Check the tracking store and return ``(client, tracking_uri, experiment_id)``.
+
+    ``experiment=None`` opens the store alone (experiment id ``""``): run ids
+    are global, a run is fetched without its experiment.
 
     Called in the driver before Ray starts: an unreachable store fails fast,
     and a fresh sqlite store is migrated here once, under a file lock,
@@ -100,6 +103,8 @@ def connect(uri: str | None, experiment: str, *, create: bool = True) -> tuple[A
     try:
         with _store_lock(uri):  # schema creation and the experiment's, once, whoever comes first
             client = MlflowClient(tracking_uri=uri)
+            if experiment is None:
+                return client, uri, ""
             found = client.get_experiment_by_name(experiment)
             if found is None and create:
                 found = client.get_experiment(client.create_experiment(experiment))

@@ -1,11 +1,18 @@
-"""The ``rayzor`` command line: search, pareto, export, and submit/status/stop on a cluster."""
+"""The ``rayzor`` command line: search, pareto, export, and submit/status/stop on a cluster.
+
+Only typer, rich and ``rayzor.errors`` load at start-up: torch, Ray and MLflow
+are imported inside the commands that use them, so ``rayzor --help`` answers
+at once (``benchmarks/cli_startup.py``).
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,42 +20,99 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from rayzor.cluster import job_status, stop_job, submit_search
-from rayzor.compression import FinetuneConfig, list_methods
 from rayzor.errors import ConfigError, RayzorError
-from rayzor.search._config import load_config, quality_metric
-from rayzor.search._export import (
-    EXPORT_FORMATS,
-    check_registry,
-    export_model,
-    load_search,
-    pick_run,
-    register_model,
-)
-from rayzor.search._runner import SearchInterrupted, run_search, sync_search
-from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
-from rayzor.search._tracking import connect
-from rayzor.spaces import introspect, uncovered_params
-from rayzor.tasks import create_task
+
+try:  # typer >= 0.26 parses with its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+
+class _OneLineErrors(TyperGroup):
+    """Click's usage errors (``--trials abc``, ``--trails``) as rayzor's one line, not a usage box."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError:  # `rayzor` alone: the help, as typer shows it
+            return super().main(argv, prog_name, complete_var, standalone_mode=standalone_mode, **extra)
+        except click_errors.UsageError as exc:
+            if not standalone_mode:
+                raise
+            print(f"error: {usage_error(exc, argv)}", file=sys.stderr)
+            sys.exit(2)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(result if isinstance(result, int) else 0)
+        return result
+
+
+def _given(argv: list[str], names: Sequence[str]) -> str | None:
+    """The value given to an option on the command line (``--x V`` or ``--x=V``)."""
+    for i, token in enumerate(argv):
+        for name in names:
+            if token == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if token.startswith(name + "="):
+                return token[len(name) + 1 :]
+    return None
+
+
+def usage_error(exc: click_errors.UsageError, argv: list[str]) -> ConfigError:
+    """A usage error of the parser as a :class:`ConfigError`: the flag, what was given, what is valid."""
+    ctx = exc.ctx
+    command = ctx.command_path if ctx is not None else "rayzor"
+    if isinstance(exc, click_errors.NoSuchOption):
+        guess = f"did you mean {' or '.join(exc.possibilities)}? " if exc.possibilities else ""
+        return ConfigError("option", exc.option_name, f"{guess}`{command} -h` lists every option")
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click_errors.BadParameter) and param is not None:
+        option = bool(param.opts) and param.opts[0].startswith("-")
+        flag = param.opts[0] if option else (param.name or "argument").upper()
+        if isinstance(exc, click_errors.MissingParameter):
+            return ConfigError(flag, None, f"a value is required: {param.help or param.name}")
+        given = _given(argv, param.opts) if option else None
+        valid = exc.message.removeprefix("Input should be ").split(",")[0]
+        return ConfigError(flag, given if given is not None else exc.message, valid)
+    message = exc.format_message()
+    if message.startswith("No such command") and ctx is not None and "'" in message:
+        name = message.split("'")[1]
+        return ConfigError("command", name, ", ".join(ctx.command.list_commands(ctx)))  # type: ignore[attr-defined]
+    return ConfigError(command, " ".join(argv), message)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rayzor import __version__
+
+        print(f"rayzor {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     pretty_exceptions_show_locals=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Search per-layer compression plans with Ray Tune + Optuna, browse them in MLflow, export a Pareto point.",
 )
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-_TABLE_METRICS = ("deploy_bytes", "size_bytes", "compression_ratio", "latency_ms", "weight_sparsity")
-_HEADERS = {
-    "deploy_bytes": "deploy",
-    "size_bytes": "packed",
-    "compression_ratio": "ratio",
-    "latency_ms": "latency",
-    "weight_sparsity": "zeros",
-}
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,64 +129,59 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _fmt(metric: str, value: float) -> str:
-    if metric.endswith("_bytes"):
-        return f"{value / 1024:.2f} KiB"
-    if metric == "compression_ratio":
-        return f"{value:.1f}x"
-    if metric == "latency_ms":
-        return f"{value:.3f} ms"
-    return f"{value:.4f}"
+def _say(line: str) -> None:
+    console.print(line, markup=False, soft_wrap=True)
 
 
-def _pareto_table(records: list[Any], title: str, objectives: tuple[str, ...]) -> Table:
-    shown = [m for m in _TABLE_METRICS if m != "deploy_bytes" or any(m in r.metrics for r in records)]
-    metrics = (quality_metric(objectives), *shown)
-    table = Table(title=title, title_justify="left")
-    table.add_column("trial", justify="right")
-    table.add_column("run id", no_wrap=True, min_width=32)
-    for metric in metrics:
-        table.add_column(_HEADERS.get(metric, metric), justify="right")
-    table.add_column("plan (layer sparsity/bits)")
-    for r in records:
-        table.add_row(
-            str(r.number),
-            r.run_id,
-            *(_fmt(m, r.metrics[m]) if m in r.metrics else "-" for m in metrics),
-            r.plan_summary,
-        )
-    return table
+class _SetupLines(logging.Handler):
+    """rayzor's own INFO log lines (a baseline being trained) printed as set-up phases."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _say(record.getMessage())
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d} min" if minutes else f"{secs} s"
 
 
 @app.command()
 @_friendly
 def search(
     config: Path | None = typer.Argument(
-        None, help="YAML config (same fields as the flags); default: the embedded digits task."
+        None, help="YAML config (same fields as the flags).", show_default="the embedded digits task"
     ),
-    trials: int | None = typer.Option(None, help="Number of trials [default: 64]."),
-    concurrency: int | None = typer.Option(None, help="Trials run at once [default: 2]."),
-    sampler: str | None = typer.Option(None, help="tpe | nsga2 | random | gp [default: tpe]."),
-    seed: int | None = typer.Option(None, help="Seed of the sampler and fine-tuning [default: 0]."),
-    experiment: str | None = typer.Option(None, help="MLflow experiment [default: rayzor]."),
+    trials: int | None = typer.Option(None, help="Number of trials.", show_default="64"),
+    concurrency: int | None = typer.Option(
+        None, help="Trials run at once.", show_default="what the machine or cluster holds"
+    ),
+    sampler: str | None = typer.Option(None, help="tpe | nsga2 | random | gp.", show_default="tpe"),
+    seed: int | None = typer.Option(None, help="Seed of the sampler and fine-tuning.", show_default="0"),
+    experiment: str | None = typer.Option(None, help="MLflow experiment.", show_default="rayzor"),
     tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."
+        None, help="MLflow tracking URI.", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     ),
     address: str | None = typer.Option(
-        None, help="Ray cluster to run on, HOST:PORT or ray://HOST:10001 [default: RAY_ADDRESS, else a local Ray]."
+        None, help="Ray cluster to run on, HOST:PORT or ray://HOST:10001.", show_default="RAY_ADDRESS, else a local Ray"
     ),
-    gpus_per_trial: float | None = typer.Option(None, help="GPUs per trial, fractions allowed (0.25) [default: 0]."),
+    gpus_per_trial: float | None = typer.Option(
+        None, help="GPUs per trial, fractions allowed (0.25).", show_default="0"
+    ),
     storage_path: str | None = typer.Option(
-        None, help="Ray Tune experiment storage (folder or s3://...) [default: ./rayzor-results]."
+        None, help="Ray Tune experiment storage (folder or s3://...).", show_default="./rayzor-results"
     ),
     name: str | None = typer.Option(
-        None, help="Search name, the experiment folder under the storage path [default: search-<timestamp>]."
+        None, help="Search name, the experiment folder under the storage path.", show_default="search-<timestamp>"
     ),
     resume: str | None = typer.Option(
-        None, help="Resume a search: its folder (STORAGE/NAME) or NAME; finishes its budget."
+        None, help="Resume a search: its folder (STORAGE/NAME) or NAME; finishes its budget.", show_default="none"
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Ray's own notices and logs."),
 ) -> None:
     """Run a compression search and print its Pareto front."""
+    started = time.perf_counter()
+    from rayzor.search._config import load_config, quality_metric
+
     cfg = load_config(
         config,
         trials=trials,
@@ -136,24 +195,39 @@ def search(
         storage_path=storage_path,
         name=name,
     )
+    from rayzor.search._runner import SearchInterrupted, run_search
+
+    if not verbose:
+        import ray  # noqa: F401  # importing Ray sets its loggers to INFO: quiet them after
+
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    setup = logging.getLogger("rayzor")
+    handler = _SetupLines(logging.INFO)
+    setup.addHandler(handler)
+    setup.setLevel(logging.INFO)
     try:
-        result = run_search(cfg, progress=lambda line: console.print(line, markup=False, soft_wrap=True), resume=resume)
+        result = run_search(cfg, progress=_say, resume=resume)
     except SearchInterrupted as exc:  # Ctrl-C: a clean pause, 128 + SIGINT as shells report it
         err_console.print(f"interrupted: resume with rayzor search --resume {exc.name}", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    finally:
+        setup.removeHandler(handler)
+    from rayzor.search._console import print_front
+
     failed = sum(r.status == "FAILED" for r in result.trials)
-    console.print()
-    console.print(
-        _pareto_table(
-            result.pareto,
-            f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
-            f"({failed} failed), hypervolume {result.hypervolume:.4f}, {result.wall_seconds:.0f} s",
-            result.objectives,
-        )
-    )
     quality = quality_metric(result.objectives)
+    console.print()
+    print_front(
+        console,
+        result.pareto,
+        result.objectives,
+        quality,
+        f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials ({failed} failed), "
+        f"hypervolume {result.hypervolume:.4f}, {_clock(time.perf_counter() - started)} in all "
+        f"({_clock(result.fit_seconds)} of trials)",
+    )
     size_key = next((o for o in result.objectives if o.endswith("_bytes")), "size_bytes")
-    console.print(
+    _say(
         f"fp32 baseline: {quality} {result.baseline[quality]:.4f}, "
         f"{result.baseline.get(size_key, result.baseline['size_bytes']) / 1024:.1f} KiB ({size_key})"
     )
@@ -162,12 +236,10 @@ def search(
     else:
         where = f"mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})"
     console.print(f"browse:  {where}", markup=False, soft_wrap=True)
-    console.print(
+    _say(
         f"export:  rayzor export --experiment {cfg.experiment} "
         f"--pick '{quality}>={result.baseline[quality] - 0.01:.3f},min:{size_key}' "
-        f"--format onnx --out model.onnx",
-        markup=False,
-        soft_wrap=True,
+        f"--format onnx --out model.onnx"
     )
 
 
@@ -175,22 +247,28 @@ def search(
 @_friendly
 def pareto(
     experiment: str = typer.Option("rayzor", help="MLflow experiment."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI.", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: run_id, trial, every metric, plan."),
 ) -> None:
     """The Pareto-optimal trials of the latest search in an experiment."""
+    from rayzor.search._config import quality_metric
+    from rayzor.search._console import print_front
+    from rayzor.search._export import load_search
+
     view = load_search(tracking_uri, experiment)
     if as_json:
         rows = [{"run_id": r.run_id, "trial": r.number, **r.metrics, "plan": r.plan_summary} for r in view.pareto]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    console.print(
-        _pareto_table(
-            view.pareto,
-            f"search {view.parent.info.run_name} ({view.parent.info.run_id}): "
-            f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}",
-            view.objectives,
-        )
+    print_front(
+        console,
+        view.pareto,
+        view.objectives,
+        quality_metric(view.objectives),
+        f"search {view.parent.info.run_name} ({view.parent.info.run_id}): "
+        f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}",
     )
 
 
@@ -204,42 +282,63 @@ def export(
         help="onnx (the deploy artifact the trial measured) | onnx-fp32 (plain fp32 ops) | "
         "onnx-int8 (int8 kernels for the weights left fp32) | packed.",
     ),
-    run: str | None = typer.Option(None, "--run", help="Run id of a trial."),
+    run: str | None = typer.Option(None, "--run", help="Run id of a trial (any experiment).", show_default="none"),
     pick: str | None = typer.Option(
         None,
         "--pick",
         help="Constraints and one objective over the Pareto front, e.g. 'accuracy>=0.95,min:size_bytes'.",
+        show_default="none",
     ),
     experiment: str = typer.Option("rayzor", help="MLflow experiment (for --pick)."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: MLflow's own rules]."),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI.", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    ),
     register: str | None = typer.Option(
-        None, "--register", help="Also log the ONNX file as an MLflow model and register it under this name."
+        None,
+        "--register",
+        help="Also log the ONNX file as an MLflow model and register it under this name.",
+        show_default="none",
     ),
 ) -> None:
-    """Export one trial's compressed model (ONNX or packed) and check it."""
+    """Export one trial's compressed model (ONNX or packed) and check it.
+
+    The JSON report alone goes to stdout (`> report.json` is JSON); what was picked goes to stderr.
+    """
+    from rayzor.search._export import (
+        EXPORT_FORMATS,
+        check_out,
+        check_registry,
+        export_model,
+        load_search,
+        pick_run,
+        register_model,
+    )
+    from rayzor.search._records import trial_label
+    from rayzor.search._tracking import connect
+
     if fmt not in EXPORT_FORMATS:
         raise ConfigError("--format", fmt, EXPORT_FORMATS)
     if register is not None and not fmt.startswith("onnx"):
         raise ConfigError("--register", register, "an export in an ONNX format (--format onnx, onnx-fp32, onnx-int8)")
-    if not out.parent.is_dir():
-        raise ConfigError("--out", str(out), "a path in an existing folder")
     if (run is None) == (pick is None):
         raise ConfigError("--run/--pick", {"run": run, "pick": pick}, "exactly one of --run RUN_ID or --pick SPEC")
+    check_out(out)
     if pick is not None:
         view = load_search(tracking_uri, experiment)
         chosen = pick_run(view, pick)
         client = view.client
         run = chosen.run_id
-        console.print(f"picked trial {chosen.number} ({run}): {chosen.plan_summary}", markup=False, soft_wrap=True)
+        err_console.print(
+            f"picked {trial_label(chosen.number)} ({run}): {chosen.plan_summary}", markup=False, soft_wrap=True
+        )
     else:
-        assert run is not None  # exactly one of --run / --pick, checked above
-        client, _, _ = connect(tracking_uri, experiment, create=False)
+        client, _, _ = connect(tracking_uri, None, create=False)  # run ids are global: no experiment to look up
     if register is not None:
         check_registry(client, register)
-    report = export_model(client, run, fmt, out)
+    report = export_model(client, str(run), fmt, out)
     if register is not None:
         report.registered = register_model(client, report, register)
-    console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 @app.command()
@@ -250,6 +349,8 @@ def sync(
     wait: float = typer.Option(60.0, help="Seconds to retry a tracking server that does not answer."),
 ) -> None:
     """Write the trial results a tracking outage left in a search's journal to its MLflow store."""
+    from rayzor.search._runner import sync_search
+
     written, left = sync_search(search, storage_path, wait_seconds=wait)
     if left:
         err_console.print(
@@ -268,6 +369,11 @@ app.add_typer(space_app, name="space")
 def space_rows(config: Path | None) -> dict[str, Any]:
     """The resolved space of a config: every compressible layer, what applies to it, its group and searched dims."""
     import fnmatch
+
+    from rayzor.compression import FinetuneConfig, list_methods
+    from rayzor.search._config import load_config
+    from rayzor.spaces import introspect, uncovered_params
+    from rayzor.tasks import create_task
 
     cfg = load_config(config)
     task = create_task(cfg.task, **cfg.task_options)
@@ -347,7 +453,7 @@ def _refusal_lines(view: dict[str, Any]) -> list[str]:
 @space_app.command("show")
 @_friendly
 def space_show(
-    config: Path | None = typer.Argument(None, help="YAML config; default: the embedded digits task's space."),
+    config: Path | None = typer.Argument(None, help="YAML config.", show_default="the embedded digits task's space"),
     as_json: bool = typer.Option(
         False,
         "--json",
@@ -420,13 +526,13 @@ def space_show(
 @app.command("sensitivity")
 @_friendly
 def sensitivity_cmd(
-    config: Path | None = typer.Argument(None, help="YAML config; default: the embedded digits task."),
-    experiment: str | None = typer.Option(None, help="MLflow experiment [default: the config's, else rayzor]."),
+    config: Path | None = typer.Argument(None, help="YAML config.", show_default="the embedded digits task"),
+    experiment: str | None = typer.Option(None, help="MLflow experiment.", show_default="the config's, else rayzor"),
     tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."
+        None, help="MLflow tracking URI.", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     ),
     address: str | None = typer.Option(
-        None, help="Ray cluster to probe on, HOST:PORT [default: RAY_ADDRESS, else a local Ray]."
+        None, help="Ray cluster to probe on, HOST:PORT.", show_default="RAY_ADDRESS, else a local Ray"
     ),
     as_json: bool = typer.Option(
         False, "--json", help="Print JSON: the probes, the warm-start points and the MLflow run."
@@ -438,6 +544,9 @@ def sensitivity_cmd(
     (sensitivity.json, .csv) and heatmap.png. A search with `warm_start: sensitivity` enqueues those plans
     as its first trials.
     """
+    from rayzor.search._config import load_config
+    from rayzor.search._sensitivity import drop_matrix, level_label, run_sensitivity
+
     cfg = load_config(config, experiment=experiment, tracking_uri=tracking_uri, address=address)
     result = run_sensitivity(cfg, progress=lambda line: None if as_json else console.print(line, markup=False))
     if as_json:
@@ -475,7 +584,7 @@ def sensitivity_cmd(
     )
 
 
-_DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265 [default: RAY_ADDRESS]."
+_DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265."
 
 
 def _dashboard(address: str | None) -> str:
@@ -491,16 +600,17 @@ def _dashboard(address: str | None) -> str:
 @_friendly
 def submit(
     config: Path = typer.Argument(..., help="YAML config of the search, inside the working dir."),
-    address: str | None = typer.Option(None, help=_DASHBOARD_HELP),
+    address: str | None = typer.Option(None, help=_DASHBOARD_HELP, show_default="RAY_ADDRESS"),
     working_dir: Path | None = typer.Option(
-        None, help="Folder shipped with the job (config + task code) [default: the config's folder]."
+        None, help="Folder shipped with the job (config + task code).", show_default="the config's folder"
     ),
     tracking_uri: str | None = typer.Option(
-        None, help="MLflow server every node reaches, e.g. http://mlflow:5000 [default: the config's]."
+        None, help="MLflow server every node reaches, e.g. http://mlflow:5000.", show_default="the config's"
     ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's logs until it ends."),
 ) -> None:
     """Submit a search to a Ray cluster as a Ray Job, then stream its logs."""
+    from rayzor.cluster import submit_search
 
     args = ["--tracking-uri", tracking_uri] if tracking_uri else []
     job_id, status = submit_search(
@@ -520,9 +630,10 @@ def submit(
 @_friendly
 def status(
     job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
-    address: str | None = typer.Option(None, help=_DASHBOARD_HELP),
+    address: str | None = typer.Option(None, help=_DASHBOARD_HELP, show_default="RAY_ADDRESS"),
 ) -> None:
     """Status of a submitted search."""
+    from rayzor.cluster import job_status
 
     console.print(json.dumps(job_status(job, _dashboard(address)), indent=2), markup=False, soft_wrap=True)
 
@@ -531,15 +642,20 @@ def status(
 @_friendly
 def stop(
     job: str = typer.Argument(..., help="Job id printed by `rayzor submit`."),
-    address: str | None = typer.Option(None, help=_DASHBOARD_HELP),
+    address: str | None = typer.Option(None, help=_DASHBOARD_HELP, show_default="RAY_ADDRESS"),
 ) -> None:
     """Stop a submitted search (its finished trials stay in MLflow)."""
+    from rayzor.cluster import stop_job
 
     console.print(f"job {job}: {stop_job(job, _dashboard(address))}", markup=False, soft_wrap=True)
 
 
 @app.callback()
-def _setup() -> None:
+def _setup(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print rayzor's version and exit."
+    ),
+) -> None:
     import logging
     import os
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,10 @@ def digits_task(
         model.load_state_dict(load_file(weights))
         model.eval()
     else:
+        # The first run's silent minute otherwise: the CLI shows rayzor's INFO lines as set-up phases.
+        logging.getLogger(__name__).info(
+            "training the digits baseline (first run%s)", f", cached in {weights.parent}" if cache else ", not cached"
+        )
         _train(model, data["train"], epochs=epochs, lr=lr, seed=seed)
         if cache:
             weights.parent.mkdir(parents=True, exist_ok=True)

@@ -159,7 +159,7 @@ def test_submit_status_stop_as_a_ray_job(local_cluster, tmp_path):
     config = _config(job_dir, "job", 2, task="my_task:make_task", resources_per_trial={"head": 1})
     result = runner.invoke(app, ["submit", str(config), "--address", local_cluster.dashboard])
     assert result.exit_code == 0, result.output
-    assert "] trial " in result.output  # the job's logs were streamed
+    assert "] trial-" in result.output  # the job's logs were streamed
     job_id = result.output.split("submitted job ", 1)[1].split(":", 1)[0]
     assert f"job {job_id}: SUCCEEDED" in result.output
     children = _children(f"sqlite:///{job_dir / 'mlflow.db'}", "job")
@@ -186,7 +186,7 @@ def test_sigkilled_driver_resumes_and_keeps_every_trial_once(local_cluster, tmp_
     config = _config(tmp_path, "resume", trials)
     driver = rayzor("search", str(config), "--address", local_cluster.address)
     try:
-        _wait_for_lines(driver, "] trial ", 3)
+        _wait_for_lines(driver, "] trial-", 3)
     finally:
         driver.kill()  # SIGKILL: no cleanup runs in the driver
         driver.communicate()
@@ -214,7 +214,7 @@ def test_lost_worker_node_loses_only_its_running_trials(local_cluster, tmp_path)
     config = _config(tmp_path, "nodeloss", trials)
     driver = rayzor("search", str(config), "--address", local_cluster.address)
     try:
-        seen = _wait_for_lines(driver, "] trial ", 1)
+        seen = _wait_for_lines(driver, "] trial-", 1)
         local_cluster.kill("w2")  # SIGKILL the whole node: raylet, agents, its trial
         out = "".join(seen) + _finish(driver, timeout=400)
     finally:
@@ -225,4 +225,4 @@ def test_lost_worker_node_loses_only_its_running_trials(local_cluster, tmp_path)
             local_cluster.add_workers("w2")
     children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", "nodeloss")
     assert [c.info.status for c in children] == ["FINISHED"] * trials, out
-    assert out.count("] trial ") == trials
+    assert out.count("] trial-") == trials
