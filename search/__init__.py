@@ -53,6 +53,7 @@ __all__ = [
     "Constraint",
     "ExportReport",
     "Front",
+    "OrderedOptunaSearch",
     "PickSpec",
     "SearchConfig",
     "SearchResult",
@@ -95,4 +96,8 @@ def __getattr__(name: str) -> Any:
         from rayzor.search import _scheduler
 
         return getattr(_scheduler, name)
+    if name == "OrderedOptunaSearch":
+        from rayzor.search import _searcher
+
+        return _searcher.OrderedOptunaSearch
     raise AttributeError(f"module 'rayzor.search' has no attribute {name!r}")

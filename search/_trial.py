@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -50,6 +52,7 @@ __all__ = [
     "evaluate_plan",
     "planned_size",
     "run_trial",
+    "seed_everything",
     "trial_device",
 ]
 
@@ -340,6 +343,13 @@ def _epoch_reporter(
     return report
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (what student init or a sampler may draw from)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def run_trial(
     config: dict[str, Any],
     *,
@@ -375,6 +385,9 @@ def run_trial(
     device = trial_device()
     with tempfile.TemporaryDirectory(prefix="rayzor-trial-") as tmp:
         trial = decode_trial(space, config)
+        # A reused actor carries the last trial's RNG state: start each trial
+        # from the search seed, so its result depends only on its plan.
+        seed_everything(trial.plan.finetune.seed)
         on_epoch = _epoch_reporter(task, trial, Path(tmp), schedule, entropy) if schedule else None
         metrics: dict[str, Any] = evaluate(
             task,
