@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -85,7 +86,7 @@ def main() -> None:
     by = {(r["concurrency"], r["deterministic"]): r for r in rows}
     speedups = {d: by[(2, d)]["trials_per_minute"] / by[(1, d)]["trials_per_minute"] for d in (False, True)}
     report = {
-        "command": "python benchmarks/system.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "command": "python benchmarks/system.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
         **machine(),
         "trials": args.trials,
         "repeats": args.repeats,

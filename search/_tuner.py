@@ -138,6 +138,7 @@ def make_tuner(
     """A new ``tune.Tuner`` (:class:`OrderedOptunaSearch` over ``space.suggest``, the warm-start points first), or a restored one."""
     import optuna
     from ray import tune
+
     from rayzor.search._callback import (
         TrackingCallback,  # subclasses tune.Callback: loaded with Tune
     )

@@ -66,7 +66,10 @@ def test_suggestions_reproduce_at_other_concurrencies(concurrency):
 
 def test_a_trial_waits_for_the_result_it_depends_on():
     searcher = OrderedOptunaSearch(
-        _space, metric=["accuracy", "size_bytes"], mode=["max", "min"], concurrency=2,
+        _space,
+        metric=["accuracy", "size_bytes"],
+        mode=["max", "min"],
+        concurrency=2,
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
     first, second = searcher.suggest("a"), searcher.suggest("b")
@@ -78,7 +81,10 @@ def test_a_trial_waits_for_the_result_it_depends_on():
 
 def test_failed_and_stopped_trials_are_told_in_turn():
     searcher = OrderedOptunaSearch(
-        _space, metric=["accuracy", "size_bytes"], mode=["max", "min"], concurrency=1,
+        _space,
+        metric=["accuracy", "size_bytes"],
+        mode=["max", "min"],
+        concurrency=1,
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
     searcher.suggest("a")
