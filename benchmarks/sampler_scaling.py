@@ -59,7 +59,7 @@ def run_sampler(
     """One study: per-trial suggestion and tell times."""
     import optuna
 
-    from rayzor.search._runner import make_sampler
+    from rayzor.search._tuner import make_sampler
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)

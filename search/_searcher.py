@@ -28,6 +28,8 @@ class OrderedOptunaSearch(OptunaSearch):
     Args:
         *args: As for ``OptunaSearch`` (the space, metric, mode, sampler, points to evaluate).
         concurrency: Trials Tune runs at once (``c``).
+        budget: The search's trials: once all are suggested, results are
+            told as soon as they are next in order (so the study ends complete).
         deterministic: ``False`` gives ``OptunaSearch``'s own behaviour: each
             result is told when it arrives, nothing waits.
         **kwargs: As for ``OptunaSearch``.
@@ -38,8 +40,11 @@ class OrderedOptunaSearch(OptunaSearch):
     so a resumed search keeps them.
     """
 
-    def __init__(self, *args: Any, concurrency: int = 1, deterministic: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, concurrency: int = 1, budget: int | None = None, deterministic: bool = True, **kwargs: Any
+    ) -> None:
         self._concurrency = max(1, concurrency)
+        self._budget = budget
         self._deterministic = deterministic
         self._order: list[str] = []  # trial ids, in suggestion (= Tune trial number) order
         self._held: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # ended, not yet told
@@ -53,11 +58,15 @@ class OrderedOptunaSearch(OptunaSearch):
         needed = len(self._order) - self._concurrency + 1
         if any(tid not in self._held for tid in self._order[self._told : max(needed, 0)]):
             return None
-        while self._told < needed:
+        self._tell_held(needed)
+        return self._suggest(trial_id)
+
+    def _tell_held(self, upto: int) -> None:
+        """Tell held results in trial order, up to trial ``upto`` (exclusive) or the first still running."""
+        while self._told < min(upto, len(self._order)) and self._order[self._told] in self._held:
             tid = self._order[self._told]
             self._tell(tid, *self._held.pop(tid))
             self._told += 1
-        return self._suggest(trial_id)
 
     def _suggest(self, trial_id: str) -> dict[str, Any] | None:
         params = super().suggest(trial_id)
@@ -72,6 +81,8 @@ class OrderedOptunaSearch(OptunaSearch):
             # only what the tell reads: the objectives and whether the trial ran to its end
             kept = {k: result[k] for k in (*self.metric, "final") if k in result} if result else None
             self._held[trial_id] = (kept, error)
+            if self._budget is not None and len(self._order) >= self._budget:
+                self._tell_held(self._budget)  # no suggestion is left to depend on them
 
     def _tell(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         if result is not None and not result.get("final", 1.0):

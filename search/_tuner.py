@@ -152,6 +152,7 @@ def make_tuner(
     searcher = OrderedOptunaSearch(
         space.suggest,
         concurrency=concurrency,
+        budget=config.trials,
         deterministic=config.deterministic,
         metric=list(objectives),
         mode=["max" if objective_direction(o) == "maximize" else "min" for o in objectives],

@@ -94,3 +94,21 @@ def test_failed_and_stopped_trials_are_told_in_turn():
     searcher.suggest("c")
     states = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING]
+
+
+def test_the_study_ends_complete_once_every_trial_is_suggested():
+    searcher = OrderedOptunaSearch(
+        _space,
+        metric=["accuracy", "size_bytes"],
+        mode=["max", "min"],
+        concurrency=2,
+        budget=3,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    params = {t: searcher.suggest(t) for t in ("a", "b")}
+    searcher.on_trial_complete("a", _result(params["a"]))
+    params["c"] = searcher.suggest("c")
+    for t in ("c", "b"):  # out of order: told in order, and all of them, as no suggestion is left
+        searcher.on_trial_complete(t, _result(params[t]))
+    states = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 3
