@@ -5,7 +5,7 @@ A synthetic 300-dimension space, the one rayzor searches for a 150-layer model
 and a cheap synthetic 2-objective function (an error proxy that grows with
 sparsity and shrinks with bits, and the packed size), so only the sampler's
 own cost is measured. Each sampler is built exactly as a search builds it
-(``rayzor.search._runner.make_sampler``) and runs ask -> suggest -> tell for up to
+(``rayzor.search._tuner.make_sampler``) and runs ask -> suggest -> tell for up to
 ``--trials`` trials or ``--max-seconds``, whichever comes first.
 
 Suggestion time = ``study.ask()`` + ``space.suggest(trial)`` (relative and
@@ -15,11 +15,17 @@ Writes benchmarks/results/sampler_scaling.json and the "sampler_scaling"
 section of BENCHMARKS.md.
 
     python benchmarks/sampler_scaling.py [--trials 1000] [--layers 150] [--gp-trials 14] [--max-seconds 240]
+
+With ``--at-history N`` it times suggestions once a study holds N trials
+(the "sampler_scaling_1000" section; ``--layers 500`` = 1,000 dimensions):
+
+    python benchmarks/sampler_scaling.py --layers 500 --at-history 1000 --probes 10 --samplers tpe,nsga2,random
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -53,7 +59,7 @@ def run_sampler(
     """One study: per-trial suggestion and tell times."""
     import optuna
 
-    from rayzor.search._runner import make_sampler
+    from rayzor.search._tuner import make_sampler
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)
@@ -90,6 +96,93 @@ def run_sampler(
     }
 
 
+def probe_at_history(
+    name: str, history: int, probes: int, layers: list[str], sizes: np.ndarray, seed: int = 0
+) -> dict[str, Any]:
+    """Suggestion times of ``name`` once the study already holds ``history`` finished trials.
+
+    The history is random trials (added with ``study.add_trials``, so filling
+    it costs no sampler time); one untimed suggestion first fills Optuna's
+    search-space cache, which a real search builds a trial at a time; then
+    ``probes`` suggestions (each told, so the history grows by one) are timed.
+    """
+    import optuna
+
+    from rayzor.search._tuner import make_sampler
+    from rayzor.spaces import CompressionSpace
+
+    space = CompressionSpace(layers)
+    filler = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(history):
+        trial = filler.ask()
+        space.suggest(trial)
+        filler.tell(trial, synthetic_objectives(trial.params, layers, sizes))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(name, seed, history + probes))
+    study.add_trials(filler.get_trials(deepcopy=False))
+    suggest_s: list[float] = []
+    for i in range(probes + 1):
+        t0 = time.perf_counter()
+        trial = study.ask()
+        space.suggest(trial)
+        if i:  # the first one fills the search-space cache
+            suggest_s.append(time.perf_counter() - t0)
+        else:
+            warmup_s = time.perf_counter() - t0
+        study.tell(trial, synthetic_objectives(trial.params, layers, sizes))
+    return {
+        "sampler": name,
+        "history": history,
+        "probes": probes,
+        "dimensions": space.dimensions,
+        "first_suggest_s": warmup_s,
+        "median_suggest_s": statistics.median(suggest_s),
+        "p95_suggest_s": float(np.percentile(suggest_s, 95)),
+        "max_suggest_s": max(suggest_s),
+    }
+
+
+def main_at_history(args: argparse.Namespace) -> None:
+    """``--at-history``: suggestion time at a given history and dimension count, one row per sampler."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    rng = np.random.default_rng(0)
+    layers = [f"layer{i}" for i in range(args.layers)]
+    sizes = rng.integers(1_000, 500_000, size=args.layers).astype(float)
+    rows = []
+    for name in args.samplers.split(","):
+        row = probe_at_history(name, args.at_history, args.probes, layers, sizes)
+        rows.append(row)
+        print(row, flush=True)
+    report = {
+        **machine(),
+        "command": "python benchmarks/sampler_scaling.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
+        "note": args.note,
+        "rows": rows,
+    }
+    write_result(f"sampler_scaling_{report['rows'][0]['dimensions']}d", report)
+    lines = [
+        f"## Sampler scaling at {rows[0]['dimensions']} dimensions and {args.at_history} trials",
+        "",
+        f"`{report['command']}` ({describe_machine(report)}). {args.note}",
+        f"Optuna only, no Ray: {args.layers} layers x (sparsity, bits) = {rows[0]['dimensions']} dimensions, the "
+        f"synthetic 2-objective function above. The study first holds {args.at_history} finished random trials "
+        "(added, not sampled); one untimed suggestion fills Optuna's search-space cache (a search builds it a trial "
+        f"at a time), then {args.probes} suggestions are timed (`ask()` + `suggest()`). Goal: the default sampler's "
+        "95th percentile under 0.5 s.",
+        "",
+        "| sampler | history | dimensions | first (cache fill) | median | p95 | max |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sampler']} | {r['history']} | {r['dimensions']} | {r['first_suggest_s']:.1f} s | "
+            f"{r['median_suggest_s']:.2f} s | {r['p95_suggest_s']:.2f} s | {r['max_suggest_s']:.2f} s |"
+        )
+    replace_section("sampler_scaling_1000", "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
@@ -100,7 +193,14 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=240.0, help="per sampler; the run stops there")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--note", default="", help="appended to the section, e.g. what else loaded the machine")
+    parser.add_argument(
+        "--at-history", type=int, default=0, help="time suggestions once the study holds this many trials"
+    )
+    parser.add_argument("--probes", type=int, default=10, help="timed suggestions with --at-history")
     args = parser.parse_args()
+    if args.at_history:
+        main_at_history(args)
+        return
 
     import optuna
 

@@ -1,22 +1,31 @@
-"""Benchmark: what Ray Tune, Optuna and MLflow cost around the trials.
+"""Benchmark: what Ray Tune, Optuna and MLflow cost around the trials, with and without reproducible mode.
 
-Runs the digits search with 32 trials at concurrency 1 and at concurrency 2,
-in one process, one Ray instance, and reports for each:
+Runs the digits search with 32 trials at concurrency 1 and 2, each with
+``deterministic: false`` (results told as they arrive, as before issue 16)
+and ``deterministic: true`` (the default: results told in trial order, a trial
+may wait for an older one), interleaved, in one process and one Ray instance,
+and reports for each:
 
 * the overhead ratio = Tune fit wall time / (sum of trial compute / concurrency),
   where 1.0 would mean the machinery costs nothing;
+* the overhead per trial, (fit wall - sum of compute / concurrency) / trials;
 * throughput in trials per minute, and the speed-up of concurrency 2 over 1.
+
+Every configuration runs ``--repeats`` times (interleaved) and the median is
+reported: on a shared machine one run is noise.
 
 Writes benchmarks/results/system.json and the "system" section of BENCHMARKS.md.
 
-    python benchmarks/system.py [--trials 32]
+    python benchmarks/system.py [--trials 32] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +37,8 @@ from _report import describe_machine, machine, replace_section, write_result  # 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--note", default="", help="a sentence on the machine's load, for the report")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -38,9 +49,10 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-system-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    rows = []
-    # A warm-up search first, so both measured runs find imports and caches warm.
-    for concurrency in (2, 1, 2):
+    runs: dict[tuple[int, bool], list[dict]] = {}
+    # A warm-up search first, so the measured runs find imports and caches warm.
+    plan = [(2, True)] + [(c, d) for _ in range(args.repeats) for c in (1, 2) for d in (False, True)]
+    for i, (concurrency, deterministic) in enumerate(plan):
         config = load_config(
             None,
             trials=args.trials,
@@ -48,27 +60,39 @@ def main() -> None:
             experiment="system",
             tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
             storage_path=str(scratch / "ray"),
-        )
+        ).model_copy(update={"deterministic": deterministic})
         result = run_search(config, progress=lambda line: None)
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
-        rows.append(
-            {
-                "concurrency": concurrency,
-                "fit_s": result.fit_seconds,
-                "sum_trial_compute_s": compute,
-                "overhead_ratio": result.fit_seconds / (compute / concurrency),
-                "trials_per_minute": 60 * args.trials / result.fit_seconds,
-            }
-        )
-        print(rows[-1], flush=True)
+        row = {
+            "fit_s": result.fit_seconds,
+            "sum_trial_compute_s": compute,
+            "overhead_ratio": result.fit_seconds / (compute / concurrency),
+            "overhead_per_trial_s": (result.fit_seconds - compute / concurrency) / args.trials,
+            "trials_per_minute": 60 * args.trials / result.fit_seconds,
+        }
+        print(concurrency, deterministic, row, flush=True)
+        if i:
+            runs.setdefault((concurrency, deterministic), []).append(row)
     ray.shutdown()
-    rows = rows[1:]
+    rows = [
+        {
+            "concurrency": c,
+            "deterministic": d,
+            "runs": rs,
+            **{k: statistics.median(r[k] for r in rs) for k in rs[0]},
+        }
+        for (c, d), rs in sorted(runs.items())
+    ]
+    by = {(r["concurrency"], r["deterministic"]): r for r in rows}
+    speedups = {d: by[(2, d)]["trials_per_minute"] / by[(1, d)]["trials_per_minute"] for d in (False, True)}
     report = {
-        "command": "python benchmarks/system.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "command": "python benchmarks/system.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
         **machine(),
         "trials": args.trials,
-        "runs": rows,
-        "speedup_2_over_1": rows[1]["trials_per_minute"] / rows[0]["trials_per_minute"],
+        "repeats": args.repeats,
+        "note": args.note,
+        "rows": rows,
+        "speedup_2_over_1": {str(d).lower(): s for d, s in speedups.items()},
     }
     write_result("system", report)
     lines = [
@@ -76,17 +100,26 @@ def main() -> None:
         "",
         f"Command: `{report['command']}` ({describe_machine(report)}).",
         f"Digits task, default space, {args.trials} trials per search, one Ray instance (num_cpus=2), "
-        "actors reused between trials, MLflow sqlite store; a warm-up search ran first and is not counted.",
+        "actors reused between trials, MLflow sqlite store; a warm-up search ran first and is not counted. "
+        f"Each row is the median of {args.repeats} searches, the configurations interleaved. "
+        "`deterministic: false` tells Optuna each result as it arrives (the behaviour before reproducible mode); "
+        "`true` (the default) tells them in trial order. " + args.note,
         "",
-        "| concurrency | Tune fit wall (s) | sum of trial compute (s) | overhead ratio | trials / min |",
-        "|---:|---:|---:|---:|---:|",
+        "| concurrency | deterministic | Tune fit wall (s) | sum of trial compute (s) | overhead ratio "
+        "| overhead per trial (s) | trials / min |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['concurrency']} | {r['fit_s']:.1f} | {r['sum_trial_compute_s']:.1f} | "
-            f"{r['overhead_ratio']:.2f} | {r['trials_per_minute']:.0f} |"
+            f"| {r['concurrency']} | {str(r['deterministic']).lower()} | {r['fit_s']:.1f} | "
+            f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
+            f"{r['trials_per_minute']:.0f} |"
         )
-    lines += ["", f"Throughput speed-up of concurrency 2 over 1: **{report['speedup_2_over_1']:.2f}x** on 2 cores."]
+    lines += [
+        "",
+        f"Throughput speed-up of concurrency 2 over 1 on 2 cores: **{speedups[True]:.2f}x** deterministic, "
+        f"{speedups[False]:.2f}x not.",
+    ]
     replace_section("system", "\n".join(lines))
     shutil.rmtree(scratch, ignore_errors=True)
 

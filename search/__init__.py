@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
     from rayzor.search._resume import RESUME_FILE, load_resume_state
     from rayzor.search._runner import SearchInterrupted, SearchResult, run_search
+    from rayzor.search._searcher import OrderedOptunaSearch
     from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
     from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
     from rayzor.search._trial import evaluate_plan
@@ -57,6 +58,7 @@ __all__ = [
     "Constraint",
     "ExportReport",
     "Front",
+    "OrderedOptunaSearch",
     "PickSpec",
     "SearchConfig",
     "SearchInterrupted",
@@ -132,6 +134,7 @@ _LAZY = {
     "evaluate_plan": "rayzor.search._trial",
     "warm_start_points": "rayzor.search._tuner",
     "SizeBucketASHA": "rayzor.search._scheduler",
+    "OrderedOptunaSearch": "rayzor.search._searcher",
     "size_bucket": "rayzor.search._scheduler",
 }
 

@@ -122,6 +122,12 @@ class SearchConfig(_Strict):
     concurrency: int = Field(2, ge=1, description="trials run at once; default: derived from the cluster's resources")
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     seed: int = Field(0, ge=0)
+    deterministic: bool = Field(
+        True,
+        description="same seed, same trials at any concurrency: trial k's params depend only on the results of "
+        "trials 1..k-concurrency, told to the sampler in trial order (a trial may wait for an older one to end); "
+        "false: results are told as they arrive, nothing waits",
+    )
     experiment: str = Field("rayzor", min_length=1, description="MLflow experiment name")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: MLflow's own rules")
     objectives: tuple[str, ...] | None = Field(

@@ -479,7 +479,7 @@ class Tracker:
         if outcome.status == FINISHED and not outcome.result.get("final", 1.0):
             self._stopped(run_id, record, outcome)
         elif outcome.status == FINISHED:
-            self._complete(run_id, record, outcome)
+            self._complete(run_id, record, outcome, reused=logged is not None)
         else:
             self._fail(run_id, record, outcome)
 
@@ -526,7 +526,7 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
 
-    def _complete(self, run_id: str, record: TrialRecord, outcome: _Outcome) -> None:
+    def _complete(self, run_id: str, record: TrialRecord, outcome: _Outcome, reused: bool = False) -> None:
         names = (*self.baseline_metrics, *ENGINE_METRICS)
         record.metrics = {k: float(outcome.result[k]) for k in names if k in outcome.result}
         self._log_metrics(run_id, record.metrics)
@@ -535,7 +535,8 @@ class Tracker:
         elif outcome.checkpoint is not None:
             with outcome.checkpoint.as_directory() as folder:
                 self.client.log_artifact(run_id, os.path.join(folder, PACKED_NAME), PACKED_ARTIFACT_DIR)
-        if TAG_ERROR in self.client.get_run(run_id).data.tags:
+        # only a reused run (an earlier failure of this trial) can carry an error tag: no read per new run
+        if reused and TAG_ERROR in self.client.get_run(run_id).data.tags:
             self.client.delete_tag(run_id, TAG_ERROR)
         self.client.set_terminated(run_id, FINISHED)
         self._keep(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 import traceback
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -54,6 +56,7 @@ __all__ = [
     "failure_result",
     "planned_size",
     "run_trial",
+    "seed_everything",
     "trial_device",
 ]
 
@@ -360,6 +363,13 @@ def failure_result(task_metric: str, text: str) -> dict[str, Any]:
     return {TRIAL_ERROR: text, "final": 1.0, **{k: nan for k in (task_metric, *_SIZE_OBJECTIVES)}}
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (what student init or a sampler may draw from)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def run_trial(
     config: dict[str, Any],
     *,
@@ -440,6 +450,9 @@ def _run_plan(
     import ray
 
     trial = decode_trial(space, config)
+    # A reused actor carries the last trial's RNG state: start each trial
+    # from the search seed, so its result depends only on its plan.
+    seed_everything(trial.plan.finetune.seed)
     on_epoch = _epoch_reporter(task, trial, tmp_path, schedule, entropy) if schedule else None
     metrics: dict[str, Any] = evaluate(
         task,

@@ -138,22 +138,25 @@ def make_tuner(
     parent_id: str,
     restore_path: str | None,
 ) -> Any:
-    """A new ``tune.Tuner`` (OptunaSearch over ``space.suggest``, the warm-start points first), or a restored one."""
+    """A new ``tune.Tuner`` (:class:`OrderedOptunaSearch` over ``space.suggest``, the warm-start points first), or a restored one."""
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from rayzor.search._callback import (
         TrackingCallback,  # subclasses tune.Callback: loaded with Tune
     )
+    from rayzor.search._searcher import OrderedOptunaSearch  # subclasses OptunaSearch: loaded with Tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if restore_path is not None:
         # The Optuna study and the callbacks come back from the experiment state.
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_errored=True)
     objectives = config.resolved_objectives
-    searcher = OptunaSearch(
+    searcher = OrderedOptunaSearch(
         space.suggest,
+        concurrency=concurrency,
+        budget=config.trials,
+        deterministic=config.deterministic,
         metric=list(objectives),
         mode=["max" if objective_direction(o) == "maximize" else "min" for o in objectives],
         sampler=make_sampler(config.sampler, config.seed, config.trials),

@@ -1,0 +1,90 @@
+"""A reproducible Optuna searcher for Tune: suggestions that never depend on completion timing.
+
+With ``c`` trials at a time, Tune hands results to a searcher in the order
+trials finish, which depends on timing; Optuna's next suggestion depends on
+what it was told. So two runs of the same seeded search drift apart after a
+few trials. :class:`OrderedOptunaSearch` tells Optuna the results in trial
+order and fixes what each suggestion sees: trial ``k`` (1-based, in the order
+suggestions are made, which is Tune's trial numbering) is asked for only once
+trials ``1..k-c`` are all told, and the results of trials ``k-c+1..k-1`` are
+held back even when they are in, so trial ``k``'s params depend only on the
+seed and the results of trials ``1..k-c``. When trial ``k-c`` is still running
+Tune gets ``None`` and asks again later; in steady state (the oldest running
+trial finishes first) nothing waits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+__all__ = ["OrderedOptunaSearch"]
+
+
+class OrderedOptunaSearch(OptunaSearch):
+    """:class:`~ray.tune.search.optuna.OptunaSearch` that tells Optuna results in trial order.
+
+    Args:
+        *args: As for ``OptunaSearch`` (the space, metric, mode, sampler, points to evaluate).
+        concurrency: Trials Tune runs at once (``c``).
+        budget: The search's trials: once all are suggested, results are
+            told as soon as they are next in order (so the study ends complete).
+        deterministic: ``False`` gives ``OptunaSearch``'s own behaviour: each
+            result is told when it arrives, nothing waits.
+        **kwargs: As for ``OptunaSearch``.
+
+    Failed trials are told as ``FAIL``; a trial a scheduler stopped early
+    (its last result has ``final: 0``) as ``PRUNED``, in its turn. The buffer
+    and the order are pickled with the study by Tune's searcher checkpoints,
+    so a resumed search keeps them.
+    """
+
+    def __init__(
+        self, *args: Any, concurrency: int = 1, budget: int | None = None, deterministic: bool = True, **kwargs: Any
+    ) -> None:
+        self._concurrency = max(1, concurrency)
+        self._budget = budget
+        self._deterministic = deterministic
+        self._order: list[str] = []  # trial ids, in suggestion (= Tune trial number) order
+        self._held: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # ended, not yet told
+        self._told = 0  # trials _order[:_told] are told
+        super().__init__(*args, **kwargs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if not self._deterministic or trial_id in self._ot_trials:
+            return self._suggest(trial_id)
+        # 0-based trial j may see trials 0..j-c: tell those, in order, or wait for them.
+        needed = len(self._order) - self._concurrency + 1
+        if any(tid not in self._held for tid in self._order[self._told : max(needed, 0)]):
+            return None
+        self._tell_held(needed)
+        return self._suggest(trial_id)
+
+    def _tell_held(self, upto: int) -> None:
+        """Tell held results in trial order, up to trial ``upto`` (exclusive) or the first still running."""
+        while self._told < min(upto, len(self._order)) and self._order[self._told] in self._held:
+            tid = self._order[self._told]
+            self._tell(tid, *self._held.pop(tid))
+            self._told += 1
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
+        params = super().suggest(trial_id)
+        if trial_id not in self._order:
+            self._order.append(trial_id)
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if not self._deterministic:
+            self._tell(trial_id, result, error)
+        elif trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # only what the tell reads: the objectives and whether the trial ran to its end
+            kept = {k: result[k] for k in (*self.metric, "final") if k in result} if result else None
+            self._held[trial_id] = (kept, error)
+            if self._budget is not None and len(self._order) >= self._budget:
+                self._tell_held(self._budget)  # no suggestion is left to depend on them
+
+    def _tell(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        if result is not None and not result.get("final", 1.0):
+            result = None  # stopped early: PRUNED (its partial metrics are not the objectives)
+        super().on_trial_complete(trial_id, result, error)
