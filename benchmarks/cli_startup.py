@@ -85,14 +85,21 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     floor = rows[0]["median_s"]
-    report = {**machine(), "command": "python benchmarks/cli_startup.py", "repeats": args.repeats, "rows": rows}
+    load = os.getloadavg()[0]  # other processes on the machine slow every row alike; the ratios hold better
+    report = {
+        **machine(),
+        "command": "python benchmarks/cli_startup.py",
+        "repeats": args.repeats,
+        "load_average_1min": load,
+        "rows": rows,
+    }
     write_result("cli_startup", report)
     lines = [
         "## cli_startup: help and refusals, in fresh processes",
         "",
         f"Command: `{report['command']}` ({describe_machine(report)}).",
         f"Median of {args.repeats} fresh processes each, after one warm-up; every refusal is one `error:` line, "
-        "exit 2, and leaves no tracking store.",
+        f"exit 2, and leaves no tracking store. Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores.",
         "",
         "| what | median (s) | x interpreter alone |",
         "|---|---:|---:|",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from rayzor.cluster import (
@@ -12,7 +13,10 @@ from rayzor.cluster import (
 )
 from rayzor.search._config import SearchConfig
 
-__all__ = ["check_ray_address", "ray_address", "start_ray", "trial_request", "tune_resources"]
+__all__ = ["QUIET_RAY_ENV", "check_ray_address", "ray_address", "start_ray", "trial_request", "tune_resources"]
+
+#: Set to 1 (the CLI does, unless --verbose), Ray's own notices (token auth, ...) stay off the console.
+QUIET_RAY_ENV = "RAYZOR_QUIET_RAY"
 
 
 def ray_address(config: SearchConfig) -> tuple[str | None, str]:
@@ -37,6 +41,8 @@ def start_ray(config: SearchConfig) -> bool:
     """Join ``config.address`` / ``RAY_ADDRESS``, else start a local Ray; True if we started it."""
     import ray
 
+    if os.environ.get(QUIET_RAY_ENV) == "1":  # importing Ray set its loggers to INFO
+        logging.getLogger("ray").setLevel(logging.ERROR)
     # Tune's new console output engine ignores verbose=0; the legacy one obeys.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():

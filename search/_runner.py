@@ -335,7 +335,7 @@ def run_search(
 
     Args:
         config: The search.
-        progress: Receives one line per finished trial.
+        progress: Receives a line as each set-up phase starts, then one per finished trial.
         resume: A search folder or name (see :func:`load_resume_state`):
             restore its Tune experiment and Optuna study, reuse its MLflow
             parent run and finish its budget; trials it logged are not run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -195,12 +196,11 @@ def search(
         storage_path=storage_path,
         name=name,
     )
+    from rayzor.search._ray import QUIET_RAY_ENV
     from rayzor.search._runner import SearchInterrupted, run_search
 
     if not verbose:
-        import ray  # noqa: F401  # importing Ray sets its loggers to INFO: quiet them after
-
-        logging.getLogger("ray").setLevel(logging.ERROR)
+        os.environ[QUIET_RAY_ENV] = "1"
     setup = logging.getLogger("rayzor")
     handler = _SetupLines(logging.INFO)
     setup.addHandler(handler)
@@ -588,8 +588,6 @@ _DASHBOARD_HELP = "Ray dashboard of the cluster, http://HEAD:8265."
 
 
 def _dashboard(address: str | None) -> str:
-    import os
-
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise ConfigError("--address", address, "http://HEAD:8265, the Ray dashboard (or set RAY_ADDRESS)")
@@ -656,9 +654,6 @@ def _setup(
         False, "--version", "-V", callback=_version, is_eager=True, help="Print rayzor's version and exit."
     ),
 ) -> None:
-    import logging
-    import os
-
     # MLflow's INFO lines (schema migration, download bars) drown rayzor's own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
