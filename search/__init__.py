@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rayzor.search._browse import EXPERIMENT_NOTE, browse_hint, pareto_run_name, search_filter
 from rayzor.search._config import (
     OBJECTIVES,
     SAMPLERS,
@@ -36,6 +37,7 @@ from rayzor.search._pareto import (
     pick,
     to_minimization,
 )
+from rayzor.search._plot import PlotLayout, pareto_figure, pareto_html, plot_layout
 from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
 from rayzor.search._resume import RESUME_FILE, load_resume_state
 from rayzor.search._runner import SearchResult, run_search
@@ -45,6 +47,7 @@ from rayzor.search._trial import evaluate_plan
 from rayzor.search._tuner import warm_start_points
 
 __all__ = [
+    "EXPERIMENT_NOTE",
     "EXPORT_FORMATS",
     "OBJECTIVES",
     "RESUME_FILE",
@@ -54,6 +57,7 @@ __all__ = [
     "ExportReport",
     "Front",
     "PickSpec",
+    "PlotLayout",
     "SearchConfig",
     "SearchResult",
     "SearchView",
@@ -61,6 +65,7 @@ __all__ = [
     "SizeBucketASHA",
     "SpaceConfig",
     "TrialRecord",
+    "browse_hint",
     "connect",
     "export_model",
     "hypervolume",
@@ -68,9 +73,13 @@ __all__ = [
     "load_resume_state",
     "load_search",
     "parse_pick",
+    "pareto_figure",
+    "pareto_html",
     "pareto_mask",
+    "pareto_run_name",
     "pick",
     "pick_run",
+    "plot_layout",
     "resolve_objectives",
     "resolve_tracking_uri",
     "run_search",
@@ -78,6 +87,7 @@ __all__ = [
     "drop_matrix",
     "level_label",
     "evaluate_plan",
+    "search_filter",
     "search_hypervolume",
     "size_bucket",
     "to_minimization",
