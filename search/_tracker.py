@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from rayzor.errors import TrackingError
+from rayzor.search._browse import trial_name
 from rayzor.search._config import SearchConfig, quality_metric
 from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, record_of
 from rayzor.search._tags import (
@@ -84,6 +85,20 @@ def _trial_number(trial: Any, fallback: int) -> int:
         return int(str(trial.experiment_tag).split("_", 1)[0])
     except (AttributeError, ValueError):
         return fallback
+
+
+def _trial_times(result: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The trial's own start and end (epoch ms) from its result, or None (MLflow then uses the logging time).
+
+    The child run is written after the trial ended: without these its
+    duration in the UI would be the time logging took.
+    """
+    started = result.get("trial_started")
+    if not isinstance(started, (int, float)):
+        return None, None
+    seconds = result.get("trial_seconds")
+    end = int((started + seconds) * 1000) if isinstance(seconds, (int, float)) else None
+    return int(started * 1000), end
 
 
 class Tracker:
@@ -271,7 +286,7 @@ class Tracker:
                 self.client.set_tag(run_id, key, value)
         else:
             run_id = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{outcome.number:04d}", tags=tags
+                self.experiment_id, run_name=trial_name(outcome.number), tags=tags, start_time=_trial_times(result)[0]
             ).info.run_id
         log_params(self.client, run_id, outcome.params)
         if "plan_json" in result:
@@ -296,7 +311,7 @@ class Tracker:
                 self.client.log_artifact(run_id, os.path.join(folder, PACKED_NAME), PACKED_ARTIFACT_DIR)
         if TAG_ERROR in self.client.get_run(run_id).data.tags:
             self.client.delete_tag(run_id, TAG_ERROR)
-        self.client.set_terminated(run_id, FINISHED)
+        self.client.set_terminated(run_id, FINISHED, end_time=_trial_times(outcome.result)[1])
         self._keep(record)
         hv = self.front.hypervolume
         self.client.log_metric(self.parent, "hypervolume", hv, step=self.front.finished)
