@@ -26,6 +26,8 @@ __all__ = [
 _LOCAL_UI = "http://127.0.0.1:5000"
 #: MLflow caps a run tag's value (the parent's description) at 8000 characters.
 _NOTE_CHARS = 7800
+#: The MLflow UI's model-training view (MLflow 3 opens a fresh browser in its GenAI view).
+_ML_VIEW = "workflowType=machine_learning"
 #: Short names of quality metrics in a Pareto run's name.
 _SHORT = {"accuracy": "acc"}
 
@@ -106,7 +108,7 @@ def runs_url(tracking_uri: str, experiment_id: str, parent_run_id: str | None = 
     (MLflow 3 starts a fresh browser in its GenAI view).
     """
     return (
-        f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{_ML_VIEW}"
         f"&searchFilter={quote(search_filter(parent_run_id), safe='')}"
     )
 
@@ -124,7 +126,7 @@ def browse_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> li
         lines.append(f"then open {runs_url(tracking_uri, experiment_id, parent_run_id)}")
     else:
         lines.append(f"open {runs_url(tracking_uri, experiment_id, parent_run_id)}")
-    lines.append(f"search run {_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{parent_run_id}")
+    lines.append(f"search run {_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{parent_run_id}?{_ML_VIEW}")
     lines.append(f"filter: {PARETO_FILTER}")
     return lines
 

@@ -248,7 +248,7 @@ def _hover(p: PlotPoint, quality: str, on_front: bool) -> str:
         if key in m:
             lines.append(f"{label} {format_bytes(m[key])} ({m[key]:.0f} bytes)")
     if "compression_ratio" in m:
-        lines.append(f"ratio {m['compression_ratio']:.2f}x")
+        lines.append(f"compression ratio {m['compression_ratio']:.2f}x (packed vs fp32)")
     if "latency_ms" in m:
         lines.append(f"latency {m['latency_ms']:.4g} ms")
     if p.record.plan_summary:
