@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayzor.search._browse import EXPERIMENT_NOTE, browse_hint, pareto_run_name, search_filter
+from rayzor.search._browse import EXPERIMENT_NOTE, browse_hint, pareto_run_name, search_filter, search_note
 from rayzor.search._config import (
     OBJECTIVES,
     SAMPLERS,
@@ -89,6 +89,7 @@ __all__ = [
     "evaluate_plan",
     "search_filter",
     "search_hypervolume",
+    "search_note",
     "size_bucket",
     "to_minimization",
     "trial_runs",

@@ -131,7 +131,9 @@ def browse_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> li
     return lines
 
 
-def _cell(text: str) -> str:
+def _cell(text: str, chars: int = 80) -> str:
+    # A large model's plan summary runs to thousands of characters: the table keeps its start.
+    text = text if len(text) <= chars else text[: chars - 1] + "…"
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -197,22 +199,16 @@ def search_note(
         for r in rows
     ]
     budget = _NOTE_CHARS - sum(len(line) + 1 for line in head + filters) - 120
-    # Table rows first, then export commands; what does not fit is counted, not cut mid-line.
-    kept_rows, kept_exports = [], []
-    for line in table:
-        if budget - len(line) - 1 < 0:
+    # A point's row and its export command go together; the points that do not fit are counted.
+    kept = 0
+    for row, command in zip(table, exports):
+        cost = len(row) + len(command) + 2
+        if cost > budget:
             break
-        kept_rows.append(line)
-        budget -= len(line) + 1
-    for line in exports:
-        if budget - len(line) - 1 < 0:
-            break
-        kept_exports.append(line)
-        budget -= len(line) + 1
-    lines = head + kept_rows
-    if len(kept_rows) < len(table):
-        lines.append(f"\n{len(table) - len(kept_rows)} more rows in `pareto.csv`.")
-    lines += [*filters, *kept_exports, "```"]
-    if len(kept_exports) < len(exports):
-        lines.append(f"\n{len(exports) - len(kept_exports)} more: their run ids are in `pareto.csv`.")
+        budget -= cost
+        kept += 1
+    lines = head + table[:kept]
+    if kept < len(table):
+        lines.append(f"\n{len(table) - kept} more points, with their run ids, in `pareto.csv`.")
+    lines += [*filters, *exports[:kept], "```"]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from rayzor.search import (
     pareto_html,
     pareto_run_name,
     plot_layout,
+    search_note,
 )
 
 OBJECTIVES = ("accuracy", "deploy_bytes")
@@ -94,3 +95,24 @@ def test_browse_hint_gives_the_url_and_the_filter():
     remote = browse_hint("http://mlflow.example:5000/", "7", "abc")
     assert remote[0].startswith("open http://mlflow.example:5000/#/experiments/7/runs?")
     assert not any("mlflow ui" in line for line in remote)
+
+
+def test_search_note_fits_mlflow_tag_limit_with_a_large_front():
+    plan = "  ".join(f"layer{i} 10%/8b" for i in range(400))  # a big model's summary
+    front = [_record(i, 0.9 + i / 1000, 10.0 + i, plan) for i in range(1, 81)]
+    note = search_note(
+        name="big",
+        parent_run_id="p" * 32,
+        experiment_id="3",
+        tracking_uri="sqlite:////a/long/path/to/mlflow.db",
+        records=front,
+        front=front,
+        objectives=OBJECTIVES,
+        baseline=BASELINE,
+        hypervolume=0.5,
+    )
+    assert len(note) <= 8000  # MLflow's cap on a tag value
+    rows, commands = note.count("| [trial-"), note.count("rayzor export --run ")
+    assert 0 < rows == commands < 80
+    assert f"{80 - rows} more points, with their run ids, in `pareto.csv`." in note
+    assert note.count("```") % 2 == 0  # every code block is closed
