@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 # Every public name loads its module on first use (PEP 562): `import rayzor.search`,
 # and so `rayzor --help`, stays free of torch, Ray and MLflow until a name is used.
 if TYPE_CHECKING:
+    from rayzor.search._browse import EXPERIMENT_NOTE, browse_hint, pareto_run_name, search_filter, search_note
     from rayzor.search._config import (
         OBJECTIVES,
         SAMPLERS,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         pick,
         to_minimization,
     )
+    from rayzor.search._plot import PlotLayout, pareto_figure, pareto_html, plot_layout
     from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
     from rayzor.search._resume import RESUME_FILE, load_resume_state
     from rayzor.search._runner import SearchInterrupted, SearchResult, run_search
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from rayzor.search._tuner import warm_start_points
 
 __all__ = [
+    "EXPERIMENT_NOTE",
     "EXPORT_FORMATS",
     "OBJECTIVES",
     "RESUME_FILE",
@@ -60,6 +63,7 @@ __all__ = [
     "Front",
     "OrderedOptunaSearch",
     "PickSpec",
+    "PlotLayout",
     "SearchConfig",
     "SearchInterrupted",
     "SearchResult",
@@ -68,6 +72,7 @@ __all__ = [
     "SizeBucketASHA",
     "SpaceConfig",
     "TrialRecord",
+    "browse_hint",
     "connect",
     "export_model",
     "hypervolume",
@@ -75,9 +80,13 @@ __all__ = [
     "load_resume_state",
     "load_search",
     "parse_pick",
+    "pareto_figure",
+    "pareto_html",
     "pareto_mask",
+    "pareto_run_name",
     "pick",
     "pick_run",
+    "plot_layout",
     "resolve_objectives",
     "resolve_tracking_uri",
     "run_search",
@@ -85,7 +94,9 @@ __all__ = [
     "drop_matrix",
     "level_label",
     "evaluate_plan",
+    "search_filter",
     "search_hypervolume",
+    "search_note",
     "size_bucket",
     "to_minimization",
     "trial_runs",
@@ -135,6 +146,15 @@ _LAZY = {
     "warm_start_points": "rayzor.search._tuner",
     "SizeBucketASHA": "rayzor.search._scheduler",
     "OrderedOptunaSearch": "rayzor.search._searcher",
+    "EXPERIMENT_NOTE": "rayzor.search._browse",
+    "browse_hint": "rayzor.search._browse",
+    "pareto_run_name": "rayzor.search._browse",
+    "search_filter": "rayzor.search._browse",
+    "search_note": "rayzor.search._browse",
+    "PlotLayout": "rayzor.search._plot",
+    "pareto_figure": "rayzor.search._plot",
+    "pareto_html": "rayzor.search._plot",
+    "plot_layout": "rayzor.search._plot",
     "size_bucket": "rayzor.search._scheduler",
 }
 

@@ -1,4 +1,5 @@
-"""What a finished search writes on its parent run: Pareto tags, pareto.json/csv/png, the final metrics."""
+"""What a finished search writes: Pareto tags and run names, the parent's description,
+pareto.json/csv/png/html, the final metrics."""
 
 from __future__ import annotations
 
@@ -10,58 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from rayzor.search._config import quality_metric
-from rayzor.search._records import FINISHED, STOPPED, TrialRecord, has_objectives
-from rayzor.search._tags import TAG_PARETO
+from rayzor.search._browse import pareto_run_name, search_note
+from rayzor.search._plot import pareto_html, pareto_png
+from rayzor.search._records import FINISHED, STOPPED, TrialRecord, search_hypervolume, trial_label
+from rayzor.search._tags import PARETO_HTML, PARETO_PNG, TAG_NOTE, TAG_PARETO, TAG_RUN_NAME
 
-__all__ = ["front_rows", "log_report", "pareto_plot"]
+__all__ = ["front_rows", "log_report"]
 
 
 def front_rows(front: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     """One row per front trial, smallest first: run id, trial number, every metric, the plan summary."""
     rows = [{"run_id": r.run_id, "trial": r.number, **r.metrics, "plan": r.plan_summary} for r in front]
     return sorted(rows, key=lambda row: row.get("size_bytes", 0.0))
-
-
-def pareto_plot(
-    records: Sequence[TrialRecord],
-    front: Sequence[TrialRecord],
-    objectives: Sequence[str],
-    baseline: Mapping[str, float],
-) -> bytes:
-    """PNG of quality against packed size: every finished trial, the front as a staircase, the fp32 line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in records if r.status == FINISHED and has_objectives(r, objectives)]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    quality = quality_metric(tuple(objectives))
-    # the size the front is on: the deploy artifact's under a runtime target, else the packed file's
-    size = next((o for o in objectives if o.endswith("_bytes")), "size_bytes")
-    ax.scatter(
-        [r.metrics[size] / 1024 for r in done],
-        [r.metrics[quality] for r in done],
-        s=18,
-        c="#9aa5b1",
-        label="trials",
-    )
-    pts = sorted((r.metrics[size] / 1024, r.metrics[quality]) for r in front)
-    ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="#d9480f", lw=1.5)
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=36, c="#d9480f", label="Pareto front", zorder=3)
-    ax.axhline(baseline[quality], color="#2b8a3e", ls="--", lw=1, label=f"fp32 {quality}")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{'deploy artifact' if size == 'deploy_bytes' else 'packed'} size (KiB, log)")
-    ax.set_ylabel(f"validation {quality}")
-    ax.set_title(f"rayzor search: {' vs '.join(objectives)}")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _png_array(png: bytes) -> np.ndarray:
@@ -78,15 +39,24 @@ def log_report(
     objectives: Sequence[str],
     baseline: Mapping[str, float],
 ) -> None:
-    """Tag every trial ``rayzor.pareto`` true/false and log the front and the counts on the parent run.
+    """Mark the front in MLflow and log the report on the parent run.
 
-    Artifacts: ``pareto.json``, ``pareto.csv`` (rows of :func:`front_rows`)
-    and ``pareto.png``; metrics ``pareto_size``, ``trials_finished``,
-    ``trials_failed``, ``trials_stopped_early``.
+    Every trial is tagged ``rayzor.pareto`` true/false and named: a front
+    member ``trial-0018 ★ acc 0.972 · 12.8 KiB``, any other ``trial-0018``
+    (a trial that left the front on a resume gets its plain name back). The
+    parent's description (``mlflow.note.content``) lists the front, the
+    runs-table filter and an export command per point. Artifacts:
+    ``pareto.json``, ``pareto.csv`` (rows of :func:`front_rows`),
+    ``pareto.png`` and ``pareto.html``; metrics ``pareto_size``,
+    ``trials_finished``, ``trials_failed``, ``trials_stopped_early``.
     """
+    from mlflow.entities import RunTag
+
     on_front = {r.run_id for r in front}
     for r in records:
-        client.set_tag(r.run_id, TAG_PARETO, "true" if r.run_id in on_front else "false")
+        name = pareto_run_name(r, objectives) if r.run_id in on_front else trial_label(r.number)
+        pareto = "true" if r.run_id in on_front else "false"
+        client.log_batch(r.run_id, tags=[RunTag(TAG_PARETO, pareto), RunTag(TAG_RUN_NAME, name)])
     rows = front_rows(front)
     client.log_text(parent, json.dumps(rows, indent=2), "pareto.json")
     out = io.StringIO()
@@ -95,8 +65,23 @@ def log_report(
         writer.writeheader()
         writer.writerows(rows)
     client.log_text(parent, out.getvalue(), "pareto.csv")
+    info = client.get_run(parent).info
     if front:
-        client.log_image(parent, _png_array(pareto_plot(records, front, objectives, baseline)), "pareto.png")
+        client.log_image(parent, _png_array(pareto_png(records, front, objectives, baseline)), PARETO_PNG)
+        title = f"rayzor search {info.run_name}"
+        client.log_text(parent, pareto_html(records, front, objectives, baseline, title=title), PARETO_HTML)
+    note = search_note(
+        name=info.run_name,
+        parent_run_id=parent,
+        experiment_id=info.experiment_id,
+        tracking_uri=client.tracking_uri,
+        records=records,
+        front=front,
+        objectives=objectives,
+        baseline=baseline,
+        hypervolume=search_hypervolume([r.metrics for r in front], objectives, baseline),
+    )
+    client.set_tag(parent, TAG_NOTE, note)
     client.log_metric(parent, "pareto_size", len(front))
     client.log_metric(parent, "trials_finished", sum(r.status == FINISHED for r in records))
     client.log_metric(parent, "trials_failed", sum(r.status == "FAILED" for r in records))

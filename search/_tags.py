@@ -8,10 +8,15 @@ from __future__ import annotations
 
 __all__ = [
     "PACKED_ARTIFACT_DIR",
+    "PARETO_FILTER",
+    "PARETO_HTML",
+    "PARETO_PNG",
     "PACKED_NAME",
     "DEPLOY_NAME",
     "TAG_MODEL_RUN",
     "TAG_MODEL_SEARCH",
+    "TAG_NOTE",
+    "TAG_RUN_NAME",
     "TAG_MODEL_METRIC_PREFIX",
     "PLAN_ARTIFACT",
     "ROLE_SEARCH",
@@ -37,6 +42,10 @@ __all__ = [
 
 #: MLflow's own tag nesting a child run under its parent.
 TAG_PARENT = "mlflow.parentRunId"
+#: MLflow's own description of a run or an experiment (markdown, shown in the UI).
+TAG_NOTE = "mlflow.note.content"
+#: MLflow's own run name tag (the name the runs table shows).
+TAG_RUN_NAME = "mlflow.runName"
 #: What a run is: :data:`ROLE_SEARCH`, :data:`ROLE_TRIAL` or :data:`ROLE_SENSITIVITY`.
 TAG_ROLE = "rayzor.role"
 #: Tags of a registered model version (``rayzor export --register``): the trial's run, its search, its metrics.
@@ -58,6 +67,8 @@ TAG_RESUMABLE = "rayzor.resumable"
 # Child (trial) runs
 #: ``true``/``false``: whether the trial is on the search's final Pareto front.
 TAG_PARETO = "rayzor.pareto"
+#: The MLflow search filter (runs table, ``search_runs``) that shows only Pareto-optimal trials.
+PARETO_FILTER = f"tags.\"{TAG_PARETO}\" = 'true'"
 #: The compact plan summary (one cell per layer).
 TAG_PLAN = "rayzor.plan"
 #: The trial's 1-based number in the search.
@@ -82,6 +93,12 @@ TAG_DEVICE = "rayzor.device"
 # Sensitivity runs
 #: The probed task's name.
 TAG_TASK = "rayzor.task"
+
+# Artifacts of a search (parent) run
+#: The Pareto plot: quality against size, every finished trial, the front labelled.
+PARETO_PNG = "pareto.png"
+#: The same plot, interactive: hover a point for its trial, metrics and plan.
+PARETO_HTML = "pareto.html"
 
 # Artifacts of a trial run
 #: The plan's JSON (:meth:`compression.CompressionPlan.to_json`).

@@ -172,6 +172,20 @@ def _trial_number(trial: Any, fallback: int) -> int:
         return fallback
 
 
+def _trial_times(result: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The trial's own start and end (epoch ms) from its result, or None (MLflow then uses the logging time).
+
+    The child run is written after the trial ended: without these its
+    duration in the UI would be the time logging took.
+    """
+    started = result.get("trial_started")
+    if not isinstance(started, (int, float)):
+        return None, None
+    seconds = result.get("trial_seconds")
+    end = int((started + seconds) * 1000) if isinstance(seconds, (int, float)) else None
+    return int(started * 1000), end
+
+
 class Tracker:
     """Driver-side MLflow logging of trials: one writer thread, off Tune's event loop.
 
@@ -507,7 +521,7 @@ class Tracker:
                 self.client.set_tag(run_id, key, value)
         else:
             run_id = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{outcome.number:04d}", tags=tags
+                self.experiment_id, run_name=trial_label(outcome.number), tags=tags, start_time=_trial_times(result)[0]
             ).info.run_id
             outcome.run_id = run_id
             if outcome.entry is not None and self.journal is not None:
@@ -538,7 +552,7 @@ class Tracker:
         # only a reused run (an earlier failure of this trial) can carry an error tag: no read per new run
         if reused and TAG_ERROR in self.client.get_run(run_id).data.tags:
             self.client.delete_tag(run_id, TAG_ERROR)
-        self.client.set_terminated(run_id, FINISHED)
+        self.client.set_terminated(run_id, FINISHED, end_time=_trial_times(outcome.result)[1])
         self._keep(record)
         hv = self.front.hypervolume
         self.client.log_metric(self.parent, "hypervolume", hv, step=self.front.finished)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import urllib.error
 import urllib.request
@@ -14,9 +15,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rayzor.errors import ConfigError, RayzorError
-from rayzor.search._tags import ROLE_SEARCH, ROLE_TRIAL, TAG_PARENT, TAG_ROLE
+from rayzor.search._browse import EXPERIMENT_NOTE
+from rayzor.search._tags import ROLE_SEARCH, ROLE_TRIAL, TAG_NOTE, TAG_PARENT, TAG_ROLE
 
-__all__ = ["connect", "latest_search_run", "log_params", "resolve_tracking_uri", "trial_runs"]
+__all__ = ["connect", "latest_search_run", "log_params", "param_text", "resolve_tracking_uri", "trial_runs"]
 _VALID_URIS = "http(s)://HOST:PORT of a running MLflow server, sqlite:///PATH, or another MLflow store URI"
 
 
@@ -107,7 +109,8 @@ def connect(uri: str | None, experiment: str | None, *, create: bool = True) -> 
                 return client, uri, ""
             found = client.get_experiment_by_name(experiment)
             if found is None and create:
-                found = client.get_experiment(client.create_experiment(experiment))
+                created = client.create_experiment(experiment, tags={TAG_NOTE: EXPERIMENT_NOTE})
+                found = client.get_experiment(created)
         if found is None:
             names = [e.name for e in client.search_experiments(max_results=50)]
             raise ConfigError(
@@ -116,6 +119,8 @@ def connect(uri: str | None, experiment: str | None, *, create: bool = True) -> 
                 ", ".join(repr(n) for n in names) or "none yet: run `rayzor search` first",
             )
         experiment_id = found.experiment_id
+        if create and not found.tags.get(TAG_NOTE):  # an experiment made elsewhere: describe it, once
+            client.set_experiment_tag(experiment_id, TAG_NOTE, EXPERIMENT_NOTE)
     except MlflowException as exc:
         raise ConfigError("tracking_uri", uri, f"{_VALID_URIS} ({str(exc).splitlines()[0]})") from None
     return client, uri, experiment_id
@@ -152,10 +157,25 @@ def trial_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]
             return runs
 
 
+def param_text(value: Any) -> str:
+    """A param as logged: lists and dicts as JSON, a fractional float to 4 significant digits
+    (``0.4383``, not ``0.43829103948``; its integer digits are kept), anything else as ``str``.
+
+    Params are for reading and filtering; the exact values a trial ran with
+    are in its ``plan.json`` and its Tune config.
+    """
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value)
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        digits = max(4, len(str(int(abs(value)))))
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
 def log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log many params in batches (MLflow caps a batch at 100)."""
+    """Log many params in batches (MLflow caps a batch at 100), as :func:`param_text` writes them."""
     from mlflow.entities import Param
 
-    items = [Param(str(k), json.dumps(v) if isinstance(v, (list, dict, tuple)) else str(v)) for k, v in params.items()]
+    items = [Param(str(k), param_text(v)) for k, v in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start : start + 100])

@@ -184,6 +184,7 @@ def evaluate(
     relative to the teacher.
     """
     started = time.perf_counter()
+    started_at = time.time()  # wall clock: the trial's MLflow run starts here
     model, arch = _candidate(task, trial, device, distillation)
     plan = trial.plan
     loader = None
@@ -240,6 +241,7 @@ def evaluate(
     # params, nonzero_params, flops, macs, bitops of one forward of the example input
     metrics.update(model_stats(compressed.model, task.example_input, compressed.weights))
     metrics["trial_seconds"] = time.perf_counter() - started
+    metrics["trial_started"] = started_at
     metrics["final"] = 1.0
     return metrics
 

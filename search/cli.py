@@ -231,11 +231,10 @@ def search(
         f"fp32 baseline: {quality} {result.baseline[quality]:.4f}, "
         f"{result.baseline.get(size_key, result.baseline['size_bytes']) / 1024:.1f} KiB ({size_key})"
     )
-    if result.tracking_uri.startswith(("http://", "https://")):
-        where = f"{result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
-    else:
-        where = f"mlflow ui --backend-store-uri {result.tracking_uri}   (search run {result.parent_run_id})"
-    console.print(f"browse:  {where}", markup=False, soft_wrap=True)
+    from rayzor.search._browse import browse_hint
+
+    for i, line in enumerate(browse_hint(result.tracking_uri, result.experiment_id, result.parent_run_id)):
+        console.print(f"{'browse:' if i == 0 else '':9}{line}", markup=False, soft_wrap=True)
     _say(
         f"export:  rayzor export --experiment {cfg.experiment} "
         f"--pick '{quality}>={result.baseline[quality] - 0.01:.3f},min:{size_key}' "

@@ -109,6 +109,60 @@ def test_hypervolume_is_logged_per_completed_trial(finished):
     assert 0.0 < result.hypervolume < 1.0
 
 
+def test_pareto_runs_are_named_and_the_search_run_describes_the_front(finished):
+    result, client, _, _ = finished
+    children = trial_runs(client, result.experiment_id, result.parent_run_id)
+    on_front = {r.run_id for r in result.pareto}
+    for child in children:
+        number = int(child.data.tags["rayzor.trial"])
+        if child.info.run_id in on_front:
+            m = child.data.metrics
+            kib = m["size_bytes"] / 1024  # a packed-target search: its front is on size_bytes
+            assert child.info.run_name == f"trial-{number:04d} ★ acc {m['accuracy']:.3f} · {kib:.1f} KiB"
+        else:
+            assert child.info.run_name == f"trial-{number:04d}"
+    note = client.get_run(result.parent_run_id).data.tags["mlflow.note.content"]
+    assert "tags.\"rayzor.pareto\" = 'true'" in note
+    assert f"tags.\"mlflow.parentRunId\" = '{result.parent_run_id}'" in note
+    for r in result.pareto:
+        assert f"| [trial-{r.number:04d}](#/experiments/{result.experiment_id}/runs/{r.run_id}) |" in note
+        assert f"rayzor export --run {r.run_id} --tracking-uri {result.tracking_uri} --format onnx" in note
+    # the filter the note gives selects exactly the front
+    pareto_filter = note.split("```\n", 2)[1].splitlines()[0]
+    found = client.search_runs([result.experiment_id], filter_string=pareto_filter)
+    assert sorted(r.info.run_id for r in found) == sorted(on_front)
+    experiment_note = client.get_experiment(result.experiment_id).tags["mlflow.note.content"]
+    assert "rayzor" in experiment_note and "tags.\"rayzor.pareto\" = 'true'" in experiment_note
+
+
+def test_child_runs_last_as_long_as_their_trial(finished):
+    result, client, _, _ = finished
+    done = [c for c in trial_runs(client, result.experiment_id, result.parent_run_id) if c.info.status == "FINISHED"]
+    assert done
+    for child in done:
+        seconds = (child.info.end_time - child.info.start_time) / 1000
+        assert seconds == pytest.approx(child.data.metrics["trial_seconds"], rel=0.1)
+
+
+def test_float_params_are_rounded_and_metrics_are_not(finished):
+    result, client, _, _ = finished
+    child = trial_runs(client, result.experiment_id, result.parent_run_id)[0]
+    sparsity = child.data.params["conv1.sparsity"]
+    assert sparsity == f"{float(sparsity):.4g}"  # 4 significant digits at most, not 16
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.params["baseline.accuracy"] == f"{result.baseline['accuracy']:.4g}"
+    assert parent.data.metrics["hypervolume"] == result.hypervolume  # metrics keep full precision
+
+
+def test_interactive_plot_is_logged_beside_the_png(finished, tmp_path):
+    result, client, _, _ = finished
+    with open(client.download_artifacts(result.parent_run_id, "pareto.html", str(tmp_path))) as f:
+        page = f.read()
+    for r in result.pareto:
+        assert f"trial-{r.number:04d}  ★ Pareto-optimal" in page  # its hover text
+        assert f"run {r.run_id}" in page
+
+
 def test_uniform_warm_start_points(digits):
     from rayzor.compression import FinetuneConfig
     from rayzor.search import load_config
