@@ -63,7 +63,9 @@ def run_sampler(
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(name, seed, trials))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_sampler(name, seed, trials, space.dimensions)
+    )
     suggest_s: list[float] = []
     tell_s: list[float] = []
     started = time.perf_counter()
@@ -117,7 +119,9 @@ def probe_at_history(
         trial = filler.ask()
         space.suggest(trial)
         filler.tell(trial, synthetic_objectives(trial.params, layers, sizes))
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(name, seed, history + probes))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_sampler(name, seed, history + probes, space.dimensions)
+    )
     study.add_trials(filler.get_trials(deepcopy=False))
     suggest_s: list[float] = []
     for i in range(probes + 1):
