@@ -38,7 +38,7 @@ from rayzor.search._pareto import (
 )
 from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
 from rayzor.search._resume import RESUME_FILE, load_resume_state
-from rayzor.search._runner import SearchInterrupted, SearchResult, run_search
+from rayzor.search._runner import SearchInterrupted, SearchResult, run_search, sync_search
 from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
 from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
 from rayzor.search._trial import evaluate_plan
@@ -75,6 +75,7 @@ __all__ = [
     "resolve_objectives",
     "resolve_tracking_uri",
     "run_search",
+    "sync_search",
     "run_sensitivity",
     "drop_matrix",
     "level_label",
