@@ -215,6 +215,9 @@ def export(
     register: str | None = typer.Option(
         None, "--register", help="Also log the ONNX file as an MLflow model and register it under this name."
     ),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Read a packed file that has no checksum (format version 1)."
+    ),
 ) -> None:
     """Export one trial's compressed model (ONNX or packed) and check it."""
     if fmt not in EXPORT_FORMATS:
@@ -236,7 +239,7 @@ def export(
         client, _, _ = connect(tracking_uri, experiment, create=False)
     if register is not None:
         check_registry(client, register)
-    report = export_model(client, run, fmt, out)
+    report = export_model(client, run, fmt, out, allow_unverified=allow_unverified)
     if register is not None:
         report.registered = register_model(client, report, register)
     console.print(json.dumps(report.to_dict(), indent=2), markup=False, soft_wrap=True)
