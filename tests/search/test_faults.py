@@ -361,3 +361,23 @@ def test_tracking_outage_then_resume_logs_everything(tmp_path):
     assert len(trials) == OUTAGE_TRIALS
     assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in trials)
     assert not list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
+
+
+def test_a_corrupt_artifact_is_named_by_its_run_id(interrupted, tmp_path):
+    root, _, _ = interrupted
+    run = next(iter(_finished_with_metrics(root).values()))
+    packed = Path(run.info.artifact_uri.removeprefix("file://")) / "packed" / "packed.safetensors"
+    data = bytearray(packed.read_bytes())
+    data[-1] ^= 0xFF  # one flipped weight byte
+    packed.write_bytes(bytes(data))
+    done = subprocess.run(
+        [*RAYZOR, "export", "--run", run.info.run_id, "--format", "packed", "--out", str(tmp_path / "m.safetensors")]
+        + ["--tracking-uri", _uri(root)],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: packed artifact of run {run.info.run_id}: corrupt rayzor packed file")
+    assert str(root) not in done.stderr and "/tmp" not in done.stderr
