@@ -321,8 +321,8 @@ def main() -> None:
     lines += [
         "",
         f"Saving Tune's experiment state every second instead of adaptively (>= 10 s): {cost:.2f}x the wall time "
-        "of the clean search (one search each, in this run, on a machine shared with other jobs, so a difference "
-        "of a few percent either way is within run-to-run variation there). The last line printed is in *notes*.",
+        "of the clean search (one search each, in this run, not repeated, on a machine shared with other jobs). "
+        "*notes*: the last line a failing command printed.",
     ]
     replace_section("faults", "\n".join(lines))
     print("\n".join(lines))
