@@ -23,11 +23,13 @@ raising trials. Writes benchmarks/results/faults.json and the "faults"
 section of BENCHMARKS.md.
 
     python benchmarks/faults.py [--trials 8]
+    python benchmarks/faults.py --render    # the section again, from benchmarks/results/faults.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import ROOT, describe_machine, machine, replace_section, write_result  # noqa: E402
+from _report import RESULTS, ROOT, describe_machine, machine, replace_section, write_result  # noqa: E402
 
 RAYZOR = [sys.executable, "-c", "from rayzor.search.cli import main; main()"]
 YAML = """trials: {trials}
@@ -277,26 +279,13 @@ def clean(trials: int, period: str | None) -> dict[str, Any]:
     return {**s.counts(), "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
-    args = parser.parse_args()
-    n = args.trials
-    rows = {
-        "sigint, then --resume": sigint(n),
-        "sigkill x2, then --resume": sigkill_twice(n),
-        "raising trial (max_failures 2)": raising(max(2, n // 2)),
-        "two searches at once, fresh sqlite": together(max(1, n // 4)),
-        "duplicate --name": duplicate(n),
-        "tracking outage, then --resume": outage(max(2, n // 2)),
-        "clean, 1 s experiment saves": clean(n, None),
-        "clean, Tune's adaptive saves": clean(n, "auto"),
-    }
-    report = {**machine(), "trials": n, "scenarios": rows}
-    write_result("faults", report)
+def render(report: dict[str, Any]) -> str:
+    """The "faults" section of BENCHMARKS.md, from a report of :func:`main`."""
+    rows = report["scenarios"]
+    n = report["trials"]
     cost = rows["clean, 1 s experiment saves"]["wall_s"] / rows["clean, Tune's adaptive saves"]["wall_s"]
     lines = [
-        "## faults: Ctrl-C, kills, a raising trial, concurrent starts",
+        "## faults: Ctrl-C, kills, a raising trial, concurrent starts, a tracking outage",
         "",
         f"`python benchmarks/faults.py --trials {n}` ({describe_machine(report)}). Each search is a "
         "`rayzor search` subprocess on digits (concurrency 2, 1 fine-tune epoch), signalled as from a terminal; "
@@ -311,7 +300,7 @@ def main() -> None:
         if "attempts" in r:
             notes.append(f"{r['attempts']} code attempts for {r['requested']} trials")
         if "last_line" in r:
-            notes.append(f"`{r['refusal']}`")
+            notes.append(f"`{r['last_line']}`")
         if "wall_s" in r:
             notes.append(f"{r['wall_s']} s")
         lines.append(
@@ -324,8 +313,35 @@ def main() -> None:
         "of the clean search (one search each, in this run, not repeated, on a machine shared with other jobs). "
         "*notes*: the last line a failing command printed.",
     ]
-    replace_section("faults", "\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the section from benchmarks/results/faults.json"
+    )
+    args = parser.parse_args()
+    if args.render:
+        report = json.loads((RESULTS / "faults.json").read_text())
+    else:
+        n = args.trials
+        rows = {
+            "sigint, then --resume": sigint(n),
+            "sigkill x2, then --resume": sigkill_twice(n),
+            "raising trial (max_failures 2)": raising(max(2, n // 2)),
+            "two searches at once, fresh sqlite": together(max(1, n // 4)),
+            "duplicate --name": duplicate(n),
+            "tracking outage, then --resume": outage(max(2, n // 2)),
+            "clean, 1 s experiment saves": clean(n, None),
+            "clean, Tune's adaptive saves": clean(n, "auto"),
+        }
+        report = {**machine(), "trials": n, "scenarios": rows}
+        write_result("faults", report)
+    section = render(report)
+    replace_section("faults", section)
+    print(section)
 
 
 if __name__ == "__main__":
