@@ -9,6 +9,8 @@ digits task, signalled as a terminal would. Scenarios:
 * ``raising trial``: a task whose evaluation always raises (``max_failures: 2``);
 * ``two at once``: two searches started together on a fresh sqlite store;
 * ``duplicate --name``: a new search given a name already used;
+* ``tracking outage``: a real ``mlflow server`` (HTTP, one worker) stopped after
+  1 logged trial and kept down past the end of the search, restarted, then ``--resume``;
 * ``clean``: an uninterrupted search, with rayzor's 1 s experiment saves and
   with Tune's adaptive ones (``TUNE_GLOBAL_CHECKPOINT_S=auto``): the cost of the
   frequent saves, as the ratio of the two wall times.
@@ -21,23 +23,27 @@ raising trials. Writes benchmarks/results/faults.json and the "faults"
 section of BENCHMARKS.md.
 
     python benchmarks/faults.py [--trials 8]
+    python benchmarks/faults.py --render    # the section again, from benchmarks/results/faults.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import ROOT, describe_machine, machine, replace_section, write_result  # noqa: E402
+from _report import RESULTS, ROOT, describe_machine, machine, replace_section, write_result  # noqa: E402
 
 RAYZOR = [sys.executable, "-c", "from rayzor.search.cli import main; main()"]
 YAML = """trials: {trials}
@@ -68,12 +74,14 @@ def _env(**extra: str) -> dict[str, str]:
 class Scenario:
     """One scratch folder, its sqlite store and the searches run in it."""
 
-    def __init__(self, trials: int, epochs: int = 1, extra: str = "", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, trials: int, epochs: int = 1, extra: str = "", env: dict[str, str] | None = None, uri: str | None = None
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="rayzor-faults-"))
         self.trials = trials
         self.config = self.root / "search.yaml"
         self.config.write_text(YAML.format(trials=trials, epochs=epochs, root=self.root) + extra)
-        self.uri = f"sqlite:///{self.root / 'mlflow.db'}"
+        self.uri = uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.env = _env(**(env or {}))
         self.codes: list[int] = []
         self.finished_before: dict[str, int] = {}
@@ -215,7 +223,53 @@ def duplicate(trials: int) -> dict[str, Any]:
     s = Scenario(1, epochs=0)
     s.finish(s.new("taken"))
     out = s.finish(s.new("taken"))
-    return {**s.counts(), "refusal": out.strip().splitlines()[-1]}
+    return {**s.counts(), "last_line": out.strip().splitlines()[-1]}
+
+
+def _server(root: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--default-artifact-root", str(root / "art")]
+        + ["-w", "1"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("mlflow server did not start") from None
+            time.sleep(0.5)
+
+
+def outage(trials: int) -> dict[str, Any]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    s = Scenario(trials, extra="tracking_wait: 3\n", uri=f"http://127.0.0.1:{port}")
+    server = _server(s.root, port)
+    proc = s.new("outage")
+    seen = 0
+    assert proc.stdout is not None
+    while seen < 1:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line.startswith("[")
+    Scenario._end_group(server)
+    server.wait()
+    last = s.finish(proc).strip().splitlines()[-1]
+    server = _server(s.root, port)
+    try:
+        s.finish(s.resume("outage"))
+        return {**s.counts(), "last_line": last}
+    finally:
+        Scenario._end_group(server)
+        server.wait()
 
 
 def clean(trials: int, period: str | None) -> dict[str, Any]:
@@ -225,25 +279,13 @@ def clean(trials: int, period: str | None) -> dict[str, Any]:
     return {**s.counts(), "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
-    args = parser.parse_args()
-    n = args.trials
-    rows = {
-        "sigint, then --resume": sigint(n),
-        "sigkill x2, then --resume": sigkill_twice(n),
-        "raising trial (max_failures 2)": raising(max(2, n // 2)),
-        "two searches at once, fresh sqlite": together(max(1, n // 4)),
-        "duplicate --name": duplicate(n),
-        "clean, 1 s experiment saves": clean(n, None),
-        "clean, Tune's adaptive saves": clean(n, "auto"),
-    }
-    report = {**machine(), "trials": n, "scenarios": rows}
-    write_result("faults", report)
+def render(report: dict[str, Any]) -> str:
+    """The "faults" section of BENCHMARKS.md, from a report of :func:`main`."""
+    rows = report["scenarios"]
+    n = report["trials"]
     cost = rows["clean, 1 s experiment saves"]["wall_s"] / rows["clean, Tune's adaptive saves"]["wall_s"]
     lines = [
-        "## faults: Ctrl-C, kills, a raising trial, concurrent starts",
+        "## faults: Ctrl-C, kills, a raising trial, concurrent starts, a tracking outage",
         "",
         f"`python benchmarks/faults.py --trials {n}` ({describe_machine(report)}). Each search is a "
         "`rayzor search` subprocess on digits (concurrency 2, 1 fine-tune epoch), signalled as from a terminal; "
@@ -257,8 +299,8 @@ def main() -> None:
         notes = []
         if "attempts" in r:
             notes.append(f"{r['attempts']} code attempts for {r['requested']} trials")
-        if "refusal" in r:
-            notes.append(f"`{r['refusal']}`")
+        if "last_line" in r:
+            notes.append(f"`{r['last_line']}`")
         if "wall_s" in r:
             notes.append(f"{r['wall_s']} s")
         lines.append(
@@ -267,11 +309,39 @@ def main() -> None:
         )
     lines += [
         "",
-        f"Saving Tune's experiment state every second instead of adaptively (>= 10 s) cost {cost:.2f}x the wall "
-        "time of the clean search here (both in this run, on a shared machine).",
+        f"Saving Tune's experiment state every second instead of adaptively (>= 10 s): {cost:.2f}x the wall time "
+        "of the clean search (one search each, in this run, not repeated, on a machine shared with other jobs). "
+        "*notes*: the last line a failing command printed.",
     ]
-    replace_section("faults", "\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the section from benchmarks/results/faults.json"
+    )
+    args = parser.parse_args()
+    if args.render:
+        report = json.loads((RESULTS / "faults.json").read_text())
+    else:
+        n = args.trials
+        rows = {
+            "sigint, then --resume": sigint(n),
+            "sigkill x2, then --resume": sigkill_twice(n),
+            "raising trial (max_failures 2)": raising(max(2, n // 2)),
+            "two searches at once, fresh sqlite": together(max(1, n // 4)),
+            "duplicate --name": duplicate(n),
+            "tracking outage, then --resume": outage(max(2, n // 2)),
+            "clean, 1 s experiment saves": clean(n, None),
+            "clean, Tune's adaptive saves": clean(n, "auto"),
+        }
+        report = {**machine(), "trials": n, "scenarios": rows}
+        write_result("faults", report)
+    section = render(report)
+    replace_section("faults", section)
+    print(section)
 
 
 if __name__ == "__main__":

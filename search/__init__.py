@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from rayzor.search._plot import PlotLayout, pareto_figure, pareto_html, plot_layout
     from rayzor.search._records import STOPPED, Front, TrialRecord, search_hypervolume
     from rayzor.search._resume import RESUME_FILE, load_resume_state
-    from rayzor.search._runner import SearchInterrupted, SearchResult, run_search
+    from rayzor.search._runner import SearchInterrupted, SearchResult, run_search, sync_search
     from rayzor.search._searcher import OrderedOptunaSearch
     from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
     from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
@@ -90,6 +90,7 @@ __all__ = [
     "resolve_objectives",
     "resolve_tracking_uri",
     "run_search",
+    "sync_search",
     "run_sensitivity",
     "drop_matrix",
     "level_label",
@@ -135,6 +136,7 @@ _LAZY = {
     "SearchInterrupted": "rayzor.search._runner",
     "SearchResult": "rayzor.search._runner",
     "run_search": "rayzor.search._runner",
+    "sync_search": "rayzor.search._runner",
     "SensitivityResult": "rayzor.search._sensitivity",
     "drop_matrix": "rayzor.search._sensitivity",
     "level_label": "rayzor.search._sensitivity",

@@ -374,6 +374,8 @@ class Tracker:
 
     def close_quietly(self, wait_seconds: float = 60.0) -> None:
         """:meth:`close`, logging a :class:`TrackingError` as a warning (the search failed anyway)."""
+        if not self._thread.is_alive():
+            return  # closed already: what it hit was raised then
         try:
             self.close(wait_seconds)
         except TrackingError as exc:

@@ -298,6 +298,9 @@ def export(
         help="Also log the ONNX file as an MLflow model and register it under this name.",
         show_default="none",
     ),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Read a packed file that has no checksum (format version 1)."
+    ),
 ) -> None:
     """Export one trial's compressed model (ONNX or packed) and check it.
 
@@ -334,7 +337,7 @@ def export(
         client, _, _ = connect(tracking_uri, None, create=False)  # run ids are global: no experiment to look up
     if register is not None:
         check_registry(client, register)
-    report = export_model(client, str(run), fmt, out)
+    report = export_model(client, str(run), fmt, out, allow_unverified=allow_unverified)
     if register is not None:
         report.registered = register_model(client, report, register)
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")

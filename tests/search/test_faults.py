@@ -29,6 +29,7 @@ RAYZOR = [sys.executable, "-c", "from rayzor.search.cli import main; main()"]
 TRIALS = 6
 #: Two kills, each after a logged trial, must leave trials to run.
 KILL_TRIALS = 8
+OUTAGE_TRIALS = 4
 #: One fine-tune epoch: each trial lasts a few seconds, long enough to be caught mid-way.
 YAML = """trials: {trials}
 concurrency: 2
@@ -313,10 +314,10 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
 
 
 def test_tracking_outage_then_resume_logs_everything(tmp_path):
-    """The server stops after 2 logged trials and stays down past the end of the search."""
+    """The server stops after 1 logged trial and stays down past the end of the search."""
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
-    config = _config(tmp_path, extra="tracking_wait: 3\n")
+    config = _config(tmp_path, trials=OUTAGE_TRIALS, extra="tracking_wait: 3\n")
     server = _mlflow_server(tmp_path, port)
     search = subprocess.Popen(
         [*RAYZOR, "search", str(config), "--name", "outage", "--tracking-uri", uri],
@@ -328,7 +329,7 @@ def test_tracking_outage_then_resume_logs_everything(tmp_path):
         start_new_session=True,
     )
     try:
-        _after_progress(search, 2)
+        _after_progress(search, 1)
         _end_group(server)  # down until the search has ended
         _, err = search.communicate(timeout=600)
     finally:
@@ -357,6 +358,26 @@ def test_tracking_outage_then_resume_logs_everything(tmp_path):
     finally:
         _end_group(server)
     assert parent.info.status == "FINISHED"
-    assert len(trials) == TRIALS
+    assert len(trials) == OUTAGE_TRIALS
     assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in trials)
     assert not list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
+
+
+def test_a_corrupt_artifact_is_named_by_its_run_id(interrupted, tmp_path):
+    root, _, _ = interrupted
+    run = next(iter(_finished_with_metrics(root).values()))
+    packed = Path(run.info.artifact_uri.removeprefix("file://")) / "packed" / "packed.safetensors"
+    data = bytearray(packed.read_bytes())
+    data[-1] ^= 0xFF  # one flipped weight byte
+    packed.write_bytes(bytes(data))
+    done = subprocess.run(
+        [*RAYZOR, "export", "--run", run.info.run_id, "--format", "packed", "--out", str(tmp_path / "m.safetensors")]
+        + ["--tracking-uri", _uri(root)],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: packed artifact of run {run.info.run_id}: corrupt rayzor packed file")
+    assert str(root) not in done.stderr and "/tmp" not in done.stderr

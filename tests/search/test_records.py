@@ -103,3 +103,24 @@ def test_load_search_reads_the_front_the_search_tagged(store):
     assert [r.run_id for r in view.pareto] == [runs[2], runs[0]]
     assert view.pareto[0].metrics == {"accuracy": 0.7, "size_bytes": 300.0}
     assert [r.number for r in view.trials] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("tagged", [False, True])
+def test_readers_skip_a_finished_run_without_its_objectives(store, tagged):
+    """A FINISHED run with no metrics (an interrupted trial an older rayzor logged) is never on a front."""
+    uri, client, runs = store
+    parent = client.get_run(runs[0]).data.tags["mlflow.parentRunId"]
+    empty = client.create_run(
+        client.get_experiment_by_name("front").experiment_id,
+        tags={"rayzor.role": "trial", "rayzor.trial": "4", "mlflow.parentRunId": parent},
+    )
+    client.set_terminated(empty.info.run_id, "FINISHED")
+    if tagged:
+        for run_id, on_front in zip(runs, ("true", "true", "false")):
+            client.set_tag(run_id, "rayzor.pareto", on_front)
+    view = load_search(uri, "front")
+    assert view.recomputed is not tagged
+    assert [r.run_id for r in view.pareto] == [runs[1], runs[0]]
+    front = Front(("accuracy", "size_bytes"), {"size_bytes": 1000.0})
+    assert not front.add(TrialRecord(1, "x", "FINISHED", {}, {}))
+    assert front.finished == 0
