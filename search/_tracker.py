@@ -164,6 +164,16 @@ def _clock_text(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _reason(exc: BaseException | None) -> str:
+    """Why a server did not answer, in a few words: MLflow's messages run to a nested urllib3 repr."""
+    text = str(exc) if exc is not None else ""
+    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Name or service not known"):
+        if marker in text:
+            return marker.lower()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= 120 else first[:117] + "..."
+
+
 def _trial_number(trial: Any, fallback: int) -> int:
     # Tune's experiment_tag starts with the trial's 1-based creation index.
     try:
@@ -364,7 +374,7 @@ class Tracker:
         if self.unwritten:
             kept = f"kept in {self.journal.folder}" if self.journal else "lost (no journal)"
             raise TrackingOutage(
-                f"tracking server {self.tracking_uri} unreachable ({str(self.unreachable).splitlines()[0][:200]}): "
+                f"tracking server {self.tracking_uri} unreachable ({_reason(self.unreachable)}): "
                 f"{self.unwritten} trial results {kept}; once it answers: rayzor sync {self.name} "
                 f"(or rayzor search --resume {self.name})"
             )
