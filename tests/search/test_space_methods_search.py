@@ -42,13 +42,16 @@ def test_every_trial_finishes_with_the_sampled_structure(searched, digits, tmp_p
         for layer in ("conv2", "fc1"):
             methods = {m["method"]: m for m in layers[layer]}
             assert 0.25 <= float(params[f"{layer}.channels"]) <= 0.5
-            assert methods["channel_pruning"]["ratio"] == pytest.approx(float(params[f"{layer}.channels"]))
+            # float params are logged to 4 significant digits; plan.json keeps the exact value
+            assert methods["channel_pruning"]["ratio"] == pytest.approx(float(params[f"{layer}.channels"]), rel=1e-3)
             assert params[f"{layer}.factorize"] in ("none", "low_rank")
             # the rank is a parameter of a trial only where that trial factorizes the layer
             assert (f"{layer}.rank_ratio" in params) == (params[f"{layer}.factorize"] == "low_rank")
             if "low_rank" in methods:
                 factorized += 1
-                assert methods["low_rank"]["rank_ratio"] == pytest.approx(float(params[f"{layer}.rank_ratio"]))
+                assert methods["low_rank"]["rank_ratio"] == pytest.approx(
+                    float(params[f"{layer}.rank_ratio"]), rel=1e-3
+                )
         # the packed file rebuilds the pruned, factorized model with the logged accuracy
         packed = client.download_artifacts(child.info.run_id, "packed/packed.safetensors", str(tmp_path))
         model, _ = load_packed(packed)
