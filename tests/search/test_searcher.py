@@ -72,11 +72,17 @@ def test_a_trial_waits_for_the_result_it_depends_on():
         concurrency=2,
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
-    first, second = searcher.suggest("a"), searcher.suggest("b")
-    searcher.on_trial_complete("b", _result(second))
-    assert searcher.suggest("c") is None  # trial 3 sees trial 1's result, which is not in
-    searcher.on_trial_complete("a", _result(first))
-    assert searcher.suggest("c") is not None
+    params = {t: searcher.suggest(t) for t in ("a", "b")}
+    searcher.on_trial_complete("b", _result(params["b"]))
+    params["c"] = searcher.suggest("c")  # lag 3 at concurrency 2: trial 3 sees no result, so it does not wait
+    assert params["c"] is not None
+    searcher.on_trial_complete("c", _result(params["c"]))
+    assert searcher.suggest("d") is None  # trial 4 sees trial 1's result, which is not in (overtaken twice)
+    searcher.on_trial_complete("a", _result(params["a"]))
+    assert searcher.suggest("d") is not None
+    told = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)]
+    assert told[:1] == [optuna.trial.TrialState.COMPLETE]  # trial 1 told; trials 2-3 held back from trial 4
+    assert told[1:3] == [optuna.trial.TrialState.RUNNING] * 2
 
 
 def test_failed_and_stopped_trials_are_told_in_turn():
