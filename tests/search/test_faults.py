@@ -202,24 +202,7 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
         for trial_id, run in _finished_with_metrics(tmp_path).items():
             before.setdefault(trial_id, run.info.end_time)
         if attempt == 0:
-            proc = subprocess.Popen(
-                [
-                    *RAYZOR,
-                    "search",
-                    "--resume",
-                    "killed",
-                    "--storage-path",
-                    str(tmp_path / "ray"),
-                    "--tracking-uri",
-                    _uri(tmp_path),
-                ],
-                cwd=tmp_path,
-                env=_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
+            proc = _start(tmp_path, "--resume", "killed", "--storage-path", str(tmp_path / "ray"))
     assert len(before) >= 2
     resumed = _resume(tmp_path, "killed")
     assert resumed.returncode == 0, resumed.stderr
