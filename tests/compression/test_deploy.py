@@ -230,3 +230,37 @@ def test_per_channel_int8_linear_runs_on_integer_kernels_at_accuracy_level_4(tmp
         return float(torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref))
 
     assert error(got) <= 1.25 * error(theirs) and error(got) < 0.15, (error(got), error(theirs))
+
+
+class _Wide(nn.Module):
+    """An embedding and a Linear with enough blocks that their scales are stored at fp16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(300, 64)
+        self.fc = nn.Linear(64, 96)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(x).mean(dim=1))
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_block_scales_are_stored_at_fp16_and_decode_exactly(accuracy_level, tmp_path):
+    cfg = UniformQuantization(4, symmetric=False, group_size=16)
+    compressed = compress(_Wide().eval(), CompressionPlan({"emb": (cfg,), "fc": (cfg,)}))
+    x = torch.randint(0, 300, (4, 6))
+    path = export_deploy(compressed, x, tmp_path / "m.onnx", accuracy_level=accuracy_level)
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    for op, layer in (("GatherBlockQuantized", "emb"), ("MatMulNBits", "fc")):
+        node = next(n for n in graph.node if n.op_type == op)
+        cast = producer[node.input[2]]  # the scales input: a Cast of an fp16 initializer
+        assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == onnx.TensorProto.FLOAT16
+        stored = onnx.numpy_helper.to_array(inits[cast.input[0]]).copy()
+        torch.testing.assert_close(torch.from_numpy(stored).flatten(), compressed.weights[layer].scale.flatten())
+    with torch.inference_mode():
+        ref, got = compressed.model(x), OrtModule(path)(x)
+    # fp32 compute is exact up to summation order; int8 activations (level 4) quantize the inputs per block
+    torch.testing.assert_close(got, ref, atol=1e-5 if accuracy_level == 0 else 0.05, rtol=0)
