@@ -30,6 +30,7 @@ __all__ = [
     "GroupSpec",
     "SpaceSettings",
     "max_bits",
+    "method_options",
     "takes_bits",
     "takes_group_size",
     "validated",
@@ -191,6 +192,11 @@ class _Fields(BaseModel):
             raise ValueError(f"a non-empty list of {', '.join(QUANT_METHODS)}")
         return None if v is None else tuple(dict.fromkeys(v))
 
+    @field_validator("method_options", check_fields=False)
+    @classmethod
+    def _method_options(cls, v: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        return None if v is None else method_options(v)
+
     @field_validator("group_size", check_fields=False)
     @classmethod
     def _group_sizes(cls, v: tuple[int, ...] | int | None) -> tuple[int, ...] | None:
@@ -267,6 +273,8 @@ class GroupSpec(_Fields):
             fp32 inputs) or a fixed one; ``[]`` = none in this group.
         group_size: Candidate block sizes of block-wise quantization or a
             fixed one; ``[]`` = one scale per output channel.
+        method_options: Fixed fields of the quantization methods in this
+            group, e.g. ``{uniform_quantization: {symmetric: false}}``.
     """
 
     name: str = Field(min_length=1, pattern=r"^\S+$", description="group name; tied parameters are <name>.<dim>")
@@ -286,6 +294,9 @@ class GroupSpec(_Fields):
     )
     act_bits: tuple[int, ...] | int | None = Field(None, description="candidate activation bit-widths or a fixed one")
     group_size: tuple[int, ...] | int | None = Field(None, description="candidate block sizes or a fixed one")
+    method_options: dict[str, dict[str, Any]] | None = Field(
+        None, description="fixed fields of the quantization methods in this group"
+    )
 
     _one: ClassVar[str] = "or one of them"
 
@@ -350,6 +361,11 @@ class SpaceSettings(_Fields):
         description="candidate block sizes of block-wise weight quantization (<layer>.group_size, with uniform, "
         "gptq and awq: one fp16 scale per block of inputs); 0 = one scale per output channel, as a choice; "
         "[] = per channel only",
+    )
+    method_options: dict[str, dict[str, Any]] = Field(
+        {},
+        description="fixed (not searched) fields of the quantization methods, per method, e.g. "
+        "{uniform_quantization: {symmetric: false, clipping: mse}}; the searched ones (bits, group_size) are refused",
     )
 
     @model_validator(mode="after")
@@ -420,6 +436,41 @@ class SpaceSettings(_Fields):
             if f in type(self).model_fields and (v := getattr(group, f)) is not None
         }
         return self.model_copy(update=own)
+
+
+#: Method fields a space searches itself, so ``method_options`` cannot fix them.
+_SEARCHED_FIELDS: frozenset[str] = frozenset({"bits", "group_size"})
+
+
+def method_options(options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``space.method_options`` checked: quantization methods, each with fields its config has and accepts.
+
+    Each method's options are tried on its config (at 8 bits, the widest
+    block-wise width), so a bad value is refused with the config's own rule
+    before any trial runs.
+
+    Raises:
+        ValueError: The first unknown method, unknown or searched field, or bad value.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for method, fields in options.items():
+        if method not in QUANT_METHODS:
+            raise ValueError(f"keys from {', '.join(QUANT_METHODS)}; got {method!r}")
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"{method}: a mapping of its config fields to values; got {fields!r}")
+        config = get_method(method)
+        names = {f.name for f in dataclasses.fields(config)} - _SEARCHED_FIELDS
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise ValueError(
+                f"{method}: fields from {', '.join(sorted(names))} (bits and group_size are searched); got {unknown}"
+            )
+        try:
+            config(**({"bits": 8} if "bits" in {f.name for f in dataclasses.fields(config)} else {}), **fields)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None  # names the method's field, the value and what is valid
+        out[method] = dict(fields)
+    return out
 
 
 def _error(loc: tuple[Any, ...], value: Any, valid: str) -> InitErrorDetails:

@@ -81,7 +81,8 @@ class CompressionSpace:
         **options: The fields of :class:`SpaceSettings` (``sparsity``,
             ``bits``, ``methods``, ``groups``, ``exclude``, ``include``,
             ``channels``, ``channel_importance``, ``factorize``,
-            ``rank_ratio``, ``pruning``, ``heads``, ``act_bits``, ``group_size``).
+            ``rank_ratio``, ``pruning``, ``heads``, ``act_bits``, ``group_size``,
+            ``method_options``).
 
     Attributes:
         units: The sampled units in model order: one per layer, one per tied group.
@@ -220,6 +221,8 @@ class CompressionSpace:
                 flat.pop("group_size", None)  # a layer left fp32 has no blocks
             else:  # 0: one scale per output channel
                 flat["group_size"] = int(values["group_size"]) or None
+            if values.get("bits") != 32:  # a layer left fp32 has no method to configure
+                flat.update(u.method_fields(values["quant"]))
             settings.update({layer: dict(flat) for layer in u.layers})
             act = values.get("act_bits", 32)
             if act != 32:  # 32: the inputs stay fp32, no method
@@ -299,6 +302,8 @@ class CompressionSpace:
         }
         if self.methods != DEFAULT_METHODS:
             out["methods"] = list(self.methods)
+        if self.settings.method_options or any(g.method_options for g in self.groups):
+            out["method_options"] = {u.prefix: {m: dict(f) for m, f in u.options} for u in self.units if u.options}
         if self.pruning != DEFAULT_PRUNING:
             out["pruning"] = list(self.pruning)
         if any(u.channels is not None for u in self.units):

@@ -55,6 +55,8 @@ class Unit:
             (Linear / Conv: not an Embedding, whose inputs are token ids).
         group_sizes: Candidate block sizes of the block-wise methods; empty =
             one scale per output channel, one = fixed.
+        options: Fixed config fields per quantization method of the unit
+            (``space.method_options``), as ``(method, ((field, value), ...))``.
     """
 
     prefix: str
@@ -70,6 +72,11 @@ class Unit:
     act_bits: tuple[int, ...] = ()
     act_layers: tuple[str, ...] = ()
     group_sizes: tuple[int, ...] = ()
+    options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def method_fields(self, method: str) -> dict[str, Any]:
+        """The fixed config fields of ``method`` in this unit."""
+        return dict(dict(self.options).get(method, ()))
 
     @property
     def dims(self) -> tuple[Dimension, ...]:
@@ -311,6 +318,11 @@ def layer_units(
                 act_bits=r.act_bits if act_layers else (),
                 act_layers=act_layers,
                 group_sizes=group_sizes,
+                options=tuple(
+                    (m, tuple(sorted(fields.items())))
+                    for m, fields in sorted(r.method_options.items())
+                    if m in methods and fields
+                ),
             )
         )
     return tuple(units)

@@ -111,3 +111,49 @@ def test_group_size_zero_is_the_per_channel_choice(digits):
         for methods in plan.layers.values():
             seen |= {m.group_size for m in methods if hasattr(m, "group_size")}
     assert seen == {None, 32}  # 0 decodes to one scale per output channel
+
+
+def test_method_options_fix_fields_of_the_chosen_method():
+    options = {"uniform_quantization": {"symmetric": False, "clipping": "mse"}, "kmeans_quantization": {}}
+    space = CompressionSpace(
+        LAYERS,
+        bits=[4, 32],
+        methods=["uniform_quantization", "kmeans_quantization"],
+        method_options=options,
+        groups=[
+            {"name": "fcs", "match": ["fc*"], "method_options": {"uniform_quantization": {"clipping": "percentile"}}}
+        ],
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        space.suggest(trial)
+        plan = space.decode(trial.params)
+        assert space.decode(space.encode(plan)) == plan
+        for layer, methods in plan.layers.items():
+            for m in methods:
+                if isinstance(m, UniformQuantization):
+                    # the group's options replace the space's (symmetric is then the config's default again)
+                    expected = ("percentile", True) if layer.startswith("fc") else ("mse", False)
+                    assert (m.clipping, m.symmetric) == expected
+                    seen.add(layer)
+    assert seen == set(LAYERS)
+    assert space.describe()["method_options"]["conv1"] == {
+        "uniform_quantization": {"clipping": "mse", "symmetric": False}
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"nope": {}}, "keys from"),
+        ({"gptq": {"bits": 3}}, "bits and group_size are searched"),
+        ({"uniform_quantization": {"clipping": "x"}}, "uniform_quantization.clipping"),
+        ({"uniform_quantization": 1}, "dictionary"),
+    ],
+)
+def test_bad_method_options_are_refused_in_one_line(options, message):
+    with pytest.raises(ConfigError, match="space.method_options") as info:
+        validate_config({"space": {"method_options": options}})
+    assert message in str(info.value) and "\n" not in str(info.value)
