@@ -459,14 +459,15 @@ def method_options(options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
         if not isinstance(fields, Mapping):
             raise ValueError(f"{method}: a mapping of its config fields to values; got {fields!r}")
         config = get_method(method)
-        names = {f.name for f in dataclasses.fields(config)} - _SEARCHED_FIELDS
+        every = {f.name for f in dataclasses.fields(cast(Any, config))}  # method configs are frozen dataclasses
+        names = every - _SEARCHED_FIELDS
         unknown = sorted(set(fields) - names)
         if unknown:
             raise ValueError(
                 f"{method}: fields from {', '.join(sorted(names))} (bits and group_size are searched); got {unknown}"
             )
         try:
-            config(**({"bits": 8} if "bits" in {f.name for f in dataclasses.fields(config)} else {}), **fields)
+            config(**({"bits": 8} if "bits" in every else {}), **fields)
         except ConfigError as e:
             raise ValueError(str(e)) from None  # names the method's field, the value and what is valid
         out[method] = dict(fields)
