@@ -139,7 +139,8 @@ class SearchConfig(_Strict):
     finetune_epochs: int = Field(1, ge=0, description="recovery fine-tune epochs after pruning (masks kept)")
     warm_start: Literal["uniform", "sensitivity", "none"] = Field(
         "uniform",
-        description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines); "
+        description="uniform: the first trials are one bit-width for every layer (the hand-tried baselines; below 8 bits "
+        "with GPTQ, else AWQ, where the space offers it); "
         "sensitivity: per-layer probes (Ray tasks; table and heatmap under sensitivity/ in the search's MLflow run) pick "
         "each layer's most aggressive level within 0.5/1/2 points of drop; used only as warm start: those plans are the "
         "first trials (tag rayzor.warm_start), the search ranges are not narrowed",

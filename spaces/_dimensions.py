@@ -85,7 +85,8 @@ class Dimension:
         when: ``(name, values)``: sampled only while that earlier dimension of
             the unit takes one of ``values``; None = always.
         prefer: The value a uniform plan takes when it is a choice (else the
-            first value); :data:`NEAREST_BITS` = the choice nearest its bits.
+            first value); :data:`NEAREST_BITS` = the choice nearest its bits;
+            a callable of the bits = values in order of preference.
         note: Appended to the valid range in errors (e.g. ``" for low_rank"``).
         setting: The key of a layer's flat plan settings that holds the value
             (see :meth:`~rayzor.compression.CompressionPlan.from_settings`);
@@ -142,6 +143,8 @@ class Dimension:
             # NEAREST_BITS is the preference of a bits dimension only, whose choices are bit-widths
             choices = cast("Sequence[int]", d.choices)
             return min(choices, key=lambda b: (abs(b - bits), b))
+        if callable(self.prefer):
+            return next((v for v in self.prefer(bits) if self.contains(v)), self.first)
         if self.prefer is not None and self.contains(self.prefer):
             return self.prefer
         return self.first

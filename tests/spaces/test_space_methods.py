@@ -157,3 +157,11 @@ def test_bad_method_options_are_refused_in_one_line(options, message):
     with pytest.raises(ConfigError, match="space.method_options") as info:
         validate_config({"space": {"method_options": options}})
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_uniform_baselines_use_gptq_below_8_bits_where_offered():
+    space = CompressionSpace(LAYERS, bits=[4, 8, 32], methods=["uniform_quantization", "awq", "gptq"])
+    assert {space.uniform_params(4)[f"{n}.quant"] for n in LAYERS} == {"gptq"}
+    assert {space.uniform_params(8)[f"{n}.quant"] for n in LAYERS} == {"uniform_quantization"}
+    awq_only = CompressionSpace(LAYERS, bits=[4, 32], methods=["uniform_quantization", "awq"])
+    assert awq_only.decode(awq_only.uniform_params(4)).layers["fc1"][0].method == "awq"
