@@ -9,12 +9,16 @@ time, so the artifact computes with exactly the weights the torch model uses):
 
 * ``"matmul_nbits"``: a Linear with block-wise 2/4/8-bit codes becomes
   ``com.microsoft.MatMulNBits`` (AWQ's per-input scales as a ``Div`` of its
-  input);
+  input); so does one with per-channel or per-tensor codes of up to 8 bits,
+  its scale repeated over blocks (onnxruntime would otherwise fuse
+  ``DequantizeLinear`` + ``MatMul`` into a MatMulNBits of its own at
+  ``accuracy_level`` 4, quantizing the activations of a file meant to compute
+  in fp32);
 * ``"gather_block_quantized"``: an Embedding with block-wise 2/4/8-bit codes
   becomes ``com.microsoft.GatherBlockQuantized``;
-* ``"int8_dequantize"``: a Conv or Linear with per-channel or per-tensor
-  codes of at most 8 bits (symmetric, or affine with integer zero points)
-  becomes an int8 / uint8 initializer behind ``DequantizeLinear``;
+* ``"int8_dequantize"``: a Conv with per-channel or per-tensor codes of at
+  most 8 bits (symmetric, or affine with integer zero points) becomes an
+  int8 / uint8 initializer behind ``DequantizeLinear``;
 * ``"half"``: fp16 / bf16 values stay 16-bit behind a ``Cast`` to fp32;
 * ``"dense"``: anything else (k-means codebooks, fractional zero points,
   3/5/6/7-bit block codes, ...) stays an fp32 initializer.
@@ -68,6 +72,8 @@ __all__ = ["DEPLOY_KINDS", "deploy_kind", "runtime_refusal", "export_deploy", "m
 DEPLOY_KINDS: tuple[str, ...] = ("matmul_nbits", "gather_block_quantized", "int8_dequantize", "half", "dense")
 #: Code widths MatMulNBits and GatherBlockQuantized (uint8 storage) unpack.
 _NBITS: tuple[int, ...] = (2, 4, 8)
+#: Block sizes MatMulNBits' CPU kernels take.
+_NBITS_BLOCKS: tuple[int, ...] = (16, 32, 64, 128, 256)
 _MS_DOMAIN = "com.microsoft"
 #: Fewest block scales stored at fp16 behind a Cast: below it the node costs more bytes than it saves.
 _HALF_SCALES_MIN = 64
@@ -111,8 +117,8 @@ def deploy_kind(cw: CompressedWeight, module: nn.Module | None) -> str:
             return "gather_block_quantized"
         return "dense"
     if cw.input_scale is None and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-        if cw.groups in (1, cw.shape[0]):  # DequantizeLinear scales are per tensor or per axis
-            return "int8_dequantize"
+        if cw.groups in (1, cw.shape[0]):  # one scale per tensor or per output channel
+            return "matmul_nbits" if isinstance(module, nn.Linear) else "int8_dequantize"
     return "dense"
 
 
@@ -178,6 +184,37 @@ def _pad_last(a: np.ndarray, multiple: int, fill: np.ndarray | int) -> np.ndarra
         return a
     filler = np.broadcast_to(np.asarray(fill)[..., None] if np.ndim(fill) else fill, (*a.shape[:-1], pad))
     return np.concatenate([a, filler.astype(a.dtype)], axis=-1)
+
+
+def _nbits_block(k: int, bits: int) -> int:
+    """MatMulNBits block size for codes with one scale per row: the one with the fewest bytes of codes and scales."""
+    return min(_NBITS_BLOCKS, key=lambda b: (-(-k // b) * (b * bits // 8 + 2), -b))
+
+
+def _nbits_tensors(cw: CompressedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int, int]:
+    """MatMulNBits' view of a Linear's codes: unsigned codes ``(rows, K)``, fp32 scales ``(rows, blocks)``, integer
+    zero points (None if symmetric), bits and block size.
+
+    Block-wise codes are taken as they are. Per-channel and per-tensor codes
+    keep their values, widened to the next width the kernel unpacks, and
+    their scale (and zero point) is repeated over every block of the row.
+    """
+    if cw.group_size is not None:
+        codes, scales, zero_points = _block_tensors(cw)
+        return codes, scales, zero_points, cw.bits, cw.group_size
+    bits = next(b for b in _NBITS if b >= cw.bits)
+    rows, k = cw.shape[0], cw.row_size
+    block = _nbits_block(k, bits)
+    blocks = -(-k // block)
+    per_row = cw.groups == rows
+    scale = cw.scale.to(torch.float32).numpy()  # fp16 -> fp32 is exact
+    scales = np.broadcast_to(scale.reshape(rows, 1) if per_row else scale.reshape(1, 1), (rows, blocks)).copy()
+    codes = _full_codes(cw).reshape(rows, k)
+    if cw.scheme == "symmetric":
+        return codes + 2 ** (bits - 1), scales, None, bits, block
+    zp = cw.zero_point.to(torch.float32).round().to(torch.int64).numpy()
+    zero_points = np.broadcast_to(zp.reshape(rows, 1) if per_row else zp.reshape(1, 1), (rows, blocks)).copy()
+    return codes, scales, zero_points, bits, block
 
 
 def _block_tensors(cw: CompressedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -268,22 +305,22 @@ class _Rewriter:
         n, k = cw.shape[0], cw.row_size
         key = ("nbits", layer)
         if key not in self._cache:
-            codes, scales, zero_points = _block_tensors(cw)
-            per = 8 // cw.bits
+            codes, scales, zero_points, bits, block = _nbits_tensors(cw)
+            per = 8 // bits
             blocks = scales.shape[1]
             # The short last block is padded with its zero point: those elements decode to 0 (K bounds them anyway).
-            pad_fill = zero_points[:, -1] if zero_points is not None else 2 ** (cw.bits - 1)
-            codes = _pad_last(codes, cw.group_size, pad_fill).reshape(n, blocks, cw.group_size)
-            b = self.init(_pack(codes, cw.bits), f"{layer}.qweight")
+            pad_fill = zero_points[:, -1] if zero_points is not None else 2 ** (bits - 1)
+            codes = _pad_last(codes, block, pad_fill).reshape(n, blocks, block)
+            b = self.init(_pack(codes, bits), f"{layer}.qweight")
             s = self.scales(scales.reshape(-1), f"{layer}.scales")
             zp = ""
             if zero_points is not None:
-                zp = self.init(_pack(_pad_last(zero_points, per, 0), cw.bits).reshape(-1), f"{layer}.zero_points")
+                zp = self.init(_pack(_pad_last(zero_points, per, 0), bits).reshape(-1), f"{layer}.zero_points")
             divisor = None
             if cw.input_scale is not None:
                 divisor = self.init(cw.input_scale.to(torch.float32).numpy(), f"{layer}.input_scale")
-            self._cache[key] = (b, s, zp, divisor)
-        b, s, zp, divisor = self._cache[key]
+            self._cache[key] = (b, s, zp, divisor, bits, block)
+        b, s, zp, divisor, bits, block = self._cache[key]
         nodes = self.take_pending()
         x = node.input[0]
         if divisor is not None:
@@ -300,7 +337,7 @@ class _Rewriter:
                 add = c
         out = node.output[0]
         mm_out = self.name(f"{layer}.matmul") if add else out
-        attrs = {"K": k, "N": n, "bits": cw.bits, "block_size": cw.group_size}
+        attrs = {"K": k, "N": n, "bits": bits, "block_size": block}
         if self.accuracy_level:  # 0 is the default; left out as onnxruntime's own quantizer does
             attrs["accuracy_level"] = self.accuracy_level
         inputs = [x, b, s, zp, "", bias]
@@ -467,7 +504,7 @@ def _dynamic_int8(node: Any, cw: CompressedWeight) -> bool:
 _ALLOWED_OPS = {
     "matmul_nbits": ("MatMul", "Gemm"),
     "gather_block_quantized": ("Gather",),
-    "int8_dequantize": ("MatMul", "Gemm", "Conv"),
+    "int8_dequantize": ("Conv",),
     "half": ("MatMul", "Gemm", "Conv", "Gather"),
 }
 
@@ -553,12 +590,12 @@ def export_deploy(
             continue
         layer, cw, kind, _ = match
         found.add(layer)
-        if kind == "matmul_nbits":
+        if kind == "matmul_nbits" and accuracy_level >= 4 and _dynamic_int8(node, cw):
+            nodes.extend(rw.int8_dynamic(node, layer, cw))
+        elif kind == "matmul_nbits":
             nodes.extend(rw.matmul_nbits(node, layer, cw))
         elif kind == "gather_block_quantized":
             nodes.extend(rw.gather_block_quantized(node, layer, cw))
-        elif kind == "int8_dequantize" and accuracy_level >= 4 and _dynamic_int8(node, cw):
-            nodes.extend(rw.int8_dynamic(node, layer, cw))
         elif kind == "int8_dequantize":
             nodes.extend(rw.int8_dequantize(node, layer, cw, index_, transposed))
         else:

@@ -80,15 +80,32 @@ def test_calibrated_methods_run_as_matmul_nbits(cfg, tmp_path):
         assert ops.count("Div") == 3
 
 
-def test_per_channel_gptq_runs_as_uint8_dequantize(tmp_path):
-    # Whole-row blocks with integer zero points: a per-axis uint8 DequantizeLinear decodes them exactly.
+def test_per_channel_gptq_runs_as_matmul_nbits(tmp_path):
+    # Whole-row scales with integer zero points, repeated over MatMulNBits blocks: decoded exactly.
     cfg = GPTQ(4, group_size=None, symmetric=False)
     compressed = compress(_mlp(), CompressionPlan({"2": (cfg,), "4": (cfg,)}), calibration_data=_calibration())
     assert runtime_refusal(cfg, nn.Linear(40, 8)) is None
+    assert {deploy_kind(compressed.weights[n], compressed.model.get_submodule(n)) for n in ("2", "4")} == {
+        "matmul_nbits"
+    }
     ops = _check_parity(compressed, torch.randn(7, 40), tmp_path / "m.onnx")
-    assert ops.count("DequantizeLinear") == 2
-    dtypes = {t.data_type for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
-    assert onnx.TensorProto.UINT8 in dtypes
+    assert ops.count("MatMulNBits") == 2 and "DequantizeLinear" not in ops
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+@pytest.mark.parametrize("bits", [8, 6])
+def test_whole_row_linear_codes_compute_in_fp32_at_accuracy_level_0(granularity, bits, tmp_path):
+    # onnxruntime fuses DequantizeLinear + MatMul into its own MatMulNBits at accuracy_level 4 (int8 activations);
+    # the artifact states its own, so a level-0 file computes with exactly the torch model's weights.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(384, 96), nn.ReLU(), nn.Linear(96, 16)).eval()
+    cfg = UniformQuantization(bits, granularity=granularity)  # symmetric: asymmetric RTN zero points are fractional
+    compressed = compress(model, CompressionPlan({"0": (cfg,), "2": (cfg,)}))
+    x = torch.randn(2, 5, 384)  # 3-D: exported as MatMul, the pattern onnxruntime fuses
+    path = export_deploy(compressed, x, tmp_path / "m.onnx")
+    assert _ops(path).count("MatMulNBits") == 2
+    with torch.inference_mode():
+        torch.testing.assert_close(OrtModule(path)(x), compressed.model(x), atol=2e-5, rtol=0)
 
 
 def test_pruned_and_activation_quantized_layers_deploy(tmp_path):
