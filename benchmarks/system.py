@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -73,7 +74,9 @@ def main() -> None:
             storage_path=str(scratch / "ray"),
             finetune_epochs=args.finetune_epochs,
         ).model_copy(update={"deterministic": deterministic})
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         result = run_search(config, progress=lambda line: None)
+        used = resource.getrusage(resource.RUSAGE_SELF)
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
         row = {
             "fit_s": result.fit_seconds,
@@ -82,6 +85,8 @@ def main() -> None:
             "overhead_ratio": result.fit_seconds / (compute / concurrency),
             "overhead_per_trial_s": (result.fit_seconds - compute / concurrency) / args.trials,
             "trials_per_minute": 60 * args.trials / result.fit_seconds,
+            # CPU of this process (Tune's loop, the MLflow writer, set-up): robust where walls are noise
+            "driver_cpu_s": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
         }
         print(concurrency, deterministic, row, flush=True)
         if i:
@@ -116,7 +121,9 @@ def main() -> None:
         "first and is not counted. Each row is the median of the searches of its configuration, the "
         "configurations interleaved. `deterministic: false` tells Optuna each result as it arrives (the "
         "behaviour before reproducible mode); `true` (the default) tells them in trial order. "
-        "Overhead ratio = Tune fit wall / (sum of trial compute / concurrency); search wall = all of `run_search`.",
+        "Overhead ratio = Tune fit wall / (sum of trial compute / concurrency); search wall = all of `run_search`; "
+        "driver CPU = user + system CPU of the driver process over `run_search` (Tune's loop, the MLflow writer, "
+        "set-up; not the trial workers), which other jobs on the machine barely move.",
         "",
     ]
     if before is not None:
@@ -139,15 +146,16 @@ def _table(report: dict) -> list[str]:
         f"Command: `{report['command']}` ({describe_machine(report)}; {report['repeats']} repeats). {report['note']}",
         "",
         "| concurrency | deterministic | Tune fit wall (s) | search wall (s) | sum of trial compute (s) "
-        "| overhead ratio | overhead per trial (s) | trials / min |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| overhead ratio | overhead per trial (s) | trials / min | driver CPU (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         wall = f"{r['search_wall_s']:.1f}" if "search_wall_s" in r else "-"
+        cpu = f"{r['driver_cpu_s']:.1f}" if "driver_cpu_s" in r else "-"
         lines.append(
             f"| {r['concurrency']} | {str(r['deterministic']).lower()} | {r['fit_s']:.1f} | {wall} | "
             f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
-            f"{r['trials_per_minute']:.0f} |"
+            f"{r['trials_per_minute']:.0f} | {cpu} |"
         )
     lines += [
         "",
