@@ -9,20 +9,27 @@ and reports for each:
 * the overhead ratio = Tune fit wall time / (sum of trial compute / concurrency),
   where 1.0 would mean the machinery costs nothing;
 * the overhead per trial, (fit wall - sum of compute / concurrency) / trials;
-* throughput in trials per minute, and the speed-up of concurrency 2 over 1.
+* throughput in trials per minute, and the speed-up of concurrency 2 over 1;
+* the whole ``run_search`` wall beside the fit wall, so work moved out of
+  ``fit()`` would show.
 
 Every configuration runs ``--repeats`` times (interleaved) and the median is
-reported: on a shared machine one run is noise.
+reported: on a shared machine one run is noise. ``--finetune-epochs`` makes
+the trials longer (the default digits trial is about 0.3 s). ``--before``
+names a ``results/*.json`` this script wrote at an earlier commit: its table
+is shown above the new one. ``--name`` picks the results file and section.
 
-Writes benchmarks/results/system.json and the "system" section of BENCHMARKS.md.
+Writes benchmarks/results/NAME.json and the "NAME" section of BENCHMARKS.md (NAME: system).
 
-    python benchmarks/system.py [--trials 32] [--repeats 2]
+    python benchmarks/system.py [--trials 32] [--repeats 2] [--finetune-epochs N] [--before JSON] [--name NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -39,7 +46,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--note", default="", help="a sentence on the machine's load, for the report")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the search default")
+    parser.add_argument("--before", default=None, help="a results JSON of this script at an earlier commit")
+    parser.add_argument("--before-label", default="an earlier commit", help="what --before measured")
+    parser.add_argument("--name", default="system", help="results file and BENCHMARKS.md section")
     args = parser.parse_args()
+    before = json.loads(Path(args.before).read_text()) if args.before else None
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -60,15 +72,21 @@ def main() -> None:
             experiment="system",
             tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
             storage_path=str(scratch / "ray"),
+            finetune_epochs=args.finetune_epochs,
         ).model_copy(update={"deterministic": deterministic})
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         result = run_search(config, progress=lambda line: None)
+        used = resource.getrusage(resource.RUSAGE_SELF)
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
         row = {
             "fit_s": result.fit_seconds,
+            "search_wall_s": result.wall_seconds,
             "sum_trial_compute_s": compute,
             "overhead_ratio": result.fit_seconds / (compute / concurrency),
             "overhead_per_trial_s": (result.fit_seconds - compute / concurrency) / args.trials,
             "trials_per_minute": 60 * args.trials / result.fit_seconds,
+            # CPU of this process (Tune's loop, the MLflow writer, set-up): robust where walls are noise
+            "driver_cpu_s": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
         }
         print(concurrency, deterministic, row, flush=True)
         if i:
@@ -83,45 +101,68 @@ def main() -> None:
         }
         for (c, d), rs in sorted(runs.items())
     ]
-    by = {(r["concurrency"], r["deterministic"]): r for r in rows}
-    speedups = {d: by[(2, d)]["trials_per_minute"] / by[(1, d)]["trials_per_minute"] for d in (False, True)}
+    speedups = _speedups(rows)
     report = {
         "command": "python benchmarks/system.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
         **machine(),
         "trials": args.trials,
+        "finetune_epochs": config.finetune_epochs,
         "repeats": args.repeats,
         "note": args.note,
         "rows": rows,
         "speedup_2_over_1": {str(d).lower(): s for d, s in speedups.items()},
     }
-    write_result("system", report)
+    write_result(args.name, report)
     lines = [
-        "## system: overhead and throughput",
+        f"## {args.name}: overhead and throughput",
         "",
-        f"Command: `{report['command']}` ({describe_machine(report)}).",
-        f"Digits task, default space, {args.trials} trials per search, one Ray instance (num_cpus=2), "
-        "actors reused between trials, MLflow sqlite store; a warm-up search ran first and is not counted. "
-        f"Each row is the median of {args.repeats} searches, the configurations interleaved. "
-        "`deterministic: false` tells Optuna each result as it arrives (the behaviour before reproducible mode); "
-        "`true` (the default) tells them in trial order. " + args.note,
+        f"Digits task, default space, {args.trials} trials per search, fine-tune epochs {config.finetune_epochs}, "
+        "one Ray instance (num_cpus=2), actors reused between trials, MLflow sqlite store; a warm-up search ran "
+        "first and is not counted. Each row is the median of the searches of its configuration, the "
+        "configurations interleaved. `deterministic: false` tells Optuna each result as it arrives (the "
+        "behaviour before reproducible mode); `true` (the default) tells them in trial order. "
+        "Overhead ratio = Tune fit wall / (sum of trial compute / concurrency); search wall = all of `run_search`; "
+        "driver CPU = user + system CPU of the driver process over `run_search` (Tune's loop, the MLflow writer, "
+        "set-up; not the trial workers), which other jobs on the machine barely move.",
         "",
-        "| concurrency | deterministic | Tune fit wall (s) | sum of trial compute (s) | overhead ratio "
-        "| overhead per trial (s) | trials / min |",
-        "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    if before is not None:
+        lines += [f"Before ({args.before_label}):", "", *_table(before), "", "After (this commit):", ""]
+    lines += _table(report)
+    replace_section(args.name, "\n".join(lines))
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _speedups(rows: list[dict]) -> dict[bool, float]:
+    """Trials per minute at concurrency 2 over concurrency 1, per ``deterministic``."""
+    by = {(r["concurrency"], r["deterministic"]): r for r in rows}
+    return {d: by[(2, d)]["trials_per_minute"] / by[(1, d)]["trials_per_minute"] for d in (False, True)}
+
+
+def _table(report: dict) -> list[str]:
+    """A report's command, machine, rows and speed-up, as Markdown lines (older reports lack the search wall)."""
+    speedups = _speedups(report["rows"])
+    lines = [
+        f"Command: `{report['command']}` ({describe_machine(report)}; {report['repeats']} repeats). {report['note']}",
+        "",
+        "| concurrency | deterministic | Tune fit wall (s) | search wall (s) | sum of trial compute (s) "
+        "| overhead ratio | overhead per trial (s) | trials / min | driver CPU (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        wall = f"{r['search_wall_s']:.1f}" if "search_wall_s" in r else "-"
+        cpu = f"{r['driver_cpu_s']:.1f}" if "driver_cpu_s" in r else "-"
         lines.append(
-            f"| {r['concurrency']} | {str(r['deterministic']).lower()} | {r['fit_s']:.1f} | "
+            f"| {r['concurrency']} | {str(r['deterministic']).lower()} | {r['fit_s']:.1f} | {wall} | "
             f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
-            f"{r['trials_per_minute']:.0f} |"
+            f"{r['trials_per_minute']:.0f} | {cpu} |"
         )
     lines += [
         "",
         f"Throughput speed-up of concurrency 2 over 1 on 2 cores: **{speedups[True]:.2f}x** deterministic, "
         f"{speedups[False]:.2f}x not.",
     ]
-    replace_section("system", "\n".join(lines))
-    shutil.rmtree(scratch, ignore_errors=True)
+    return lines
 
 
 if __name__ == "__main__":

@@ -538,7 +538,6 @@ class Tracker:
             outcome.run_id = run_id
             if outcome.entry is not None and self.journal is not None:
                 self.journal.update(outcome.entry, run_id=run_id)
-        log_params(self.client, run_id, outcome.params)
         if "plan_json" in result:
             self.client.log_text(run_id, str(result["plan_json"]), PLAN_ARTIFACT)
         record = TrialRecord(
@@ -546,16 +545,10 @@ class Tracker:
         )
         return run_id, record
 
-    def _log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-
     def _complete(self, run_id: str, record: TrialRecord, outcome: _Outcome, reused: bool = False) -> None:
         names = (*self.baseline_metrics, *ENGINE_METRICS)
         record.metrics = {k: float(outcome.result[k]) for k in names if k in outcome.result}
-        self._log_metrics(run_id, record.metrics)
+        log_params(self.client, run_id, outcome.params, record.metrics)
         if outcome.packed is not None:
             self.client.log_artifact(run_id, outcome.packed, PACKED_ARTIFACT_DIR)
         elif outcome.checkpoint is not None:
@@ -599,7 +592,7 @@ class Tracker:
             for k, v in outcome.result.items()
             if k in (*self.baseline_metrics, "size_bytes", "epoch") and isinstance(v, (int, float))
         }
-        self._log_metrics(run_id, record.metrics)
+        log_params(self.client, run_id, outcome.params, record.metrics)
         epoch = int(record.metrics.get("epoch", 0))
         self.client.set_tag(run_id, TAG_EARLY_STOPPED, f"after epoch {epoch}")
         self.client.set_terminated(run_id, "KILLED")
@@ -618,6 +611,7 @@ class Tracker:
                 text = f.read()
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]
         record.error = lines[-1].strip()[:500] if lines else "unknown error"
+        log_params(self.client, run_id, outcome.params)
         if text:
             self.client.log_text(run_id, text, "error.txt")
         self.client.set_tag(run_id, TAG_ERROR, record.error)

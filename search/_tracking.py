@@ -172,10 +172,18 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
-def log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log many params in batches (MLflow caps a batch at 100), as :func:`param_text` writes them."""
-    from mlflow.entities import Param
+def log_params(client: Any, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
+    """Log many params in batches (MLflow caps a batch at 100), as :func:`param_text` writes them.
+
+    ``metrics`` (step 0, timestamped now) go in the first batch: one store
+    transaction for a trial's params and results instead of two.
+    """
+    import time
+
+    from mlflow.entities import Metric, Param
 
     items = [Param(str(k), param_text(v)) for k, v in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start : start + 100])
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+    for start in range(0, max(len(items), 1 if values else 0), 100):
+        client.log_batch(run_id, params=items[start : start + 100], metrics=values if start == 0 else [])

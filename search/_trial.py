@@ -402,12 +402,17 @@ def run_trial(
     trial id; such a trial reports its result again instead of running.
     An exception of the trial's own code is reported as
     :func:`failure_result` (attempted once); Ray's own errors propagate.
+
+    The trial's last report says ``done``: Tune ends the trial on it, instead
+    of asking the worker once more only to learn that the function returned
+    (one actor round trip and one pass of Tune's loop per trial).
     """
     from ray import tune
+    from ray.tune.result import DONE
 
     logged = (replay or {}).get(tune.get_context().get_trial_id())
     if logged is not None:  # finished before a driver crash: Tune and Optuna get its result back, nothing reruns
-        tune.report({**logged, REPLAYED: 1.0})
+        tune.report({**logged, REPLAYED: 1.0, DONE: True})
         return
     # Two trials share two cores here: more threads per trial only thrash.
     torch.set_num_threads(1)
@@ -430,9 +435,9 @@ def run_trial(
         except Exception as exc:
             if type(exc).__module__.split(".")[0] == "ray":
                 raise  # Ray's own (a stopped trial, a lost object): Tune decides
-            tune.report(failure_result(task.metric, traceback.format_exc()))
+            tune.report({**failure_result(task.metric, traceback.format_exc()), DONE: True})
             return
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report({**metrics, DONE: True}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def _run_plan(
