@@ -40,6 +40,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import describe_machine, machine, replace_section, write_result  # noqa: E402
 
 SAMPLERS = ("random", "nsga2", "tpe", "gp")
+#: Not a ``sampler`` name: Optuna's own univariate TPE, the default above 16 dimensions before ``UnivariateTPESampler``.
+OPTUNA_TPE = "optuna-tpe"
+
+
+def build_sampler(name: str, seed: int, trials: int, dimensions: int) -> Any:
+    """A sampler as a search builds it (``make_sampler``), or ``optuna-tpe`` with the same startup trials."""
+    import optuna
+
+    from rayzor.search._tuner import make_sampler
+
+    if name == OPTUNA_TPE:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=False, n_startup_trials=min(10, max(4, trials // 4)))
+    return make_sampler(name, seed, trials, dimensions)
 
 
 def synthetic_objectives(params: dict[str, Any], layers: list[str], sizes: np.ndarray) -> tuple[float, float]:
@@ -59,12 +72,11 @@ def run_sampler(
     """One study: per-trial suggestion and tell times."""
     import optuna
 
-    from rayzor.search._tuner import make_sampler
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)
     study = optuna.create_study(
-        directions=["maximize", "minimize"], sampler=make_sampler(name, seed, trials, space.dimensions)
+        directions=["maximize", "minimize"], sampler=build_sampler(name, seed, trials, space.dimensions)
     )
     suggest_s: list[float] = []
     tell_s: list[float] = []
@@ -110,7 +122,6 @@ def probe_at_history(
     """
     import optuna
 
-    from rayzor.search._tuner import make_sampler
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)
@@ -120,7 +131,7 @@ def probe_at_history(
         space.suggest(trial)
         filler.tell(trial, synthetic_objectives(trial.params, layers, sizes))
     study = optuna.create_study(
-        directions=["maximize", "minimize"], sampler=make_sampler(name, seed, history + probes, space.dimensions)
+        directions=["maximize", "minimize"], sampler=build_sampler(name, seed, history + probes, space.dimensions)
     )
     study.add_trials(filler.get_trials(deepcopy=False))
     suggest_s: list[float] = []
