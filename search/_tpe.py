@@ -73,6 +73,7 @@ References:
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -134,18 +135,20 @@ class UnivariateTPESampler(BaseSampler):
         self._rng = np.random.default_rng(seed)
         self._random_sampler = RandomSampler(seed=seed)
         self._history = _History()
+        self._lock = threading.Lock()  # study.optimize(n_jobs > 1) asks from several threads
 
     # The history is a cache of the study: not pickled (the sampler travels with
     # the searcher's checkpoints), rebuilt on the next suggestion. The random
     # states are pickled, so a resumed search continues the same stream.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_history"]
+        del state["_history"], state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._history = _History()
+        self._lock = threading.Lock()
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -159,30 +162,35 @@ class UnivariateTPESampler(BaseSampler):
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         """Every parameter a finished trial has sampled, with the distribution of its newest such trial (sorted by name)."""
-        history = self._history.updated(study)
-        if history.rows < self._n_startup_trials:
-            return {}
-        return {name: dist for name, (_, dist) in sorted(history.latest.items()) if not dist.single()}
+        with self._lock:
+            history = self._history.updated(study)
+            if history.rows < self._n_startup_trials:
+                return {}
+            return {name: dist for name, (_, dist) in sorted(history.latest.items()) if not dist.single()}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        history = self._history.updated(study)
-        if history.rows < self._n_startup_trials:
-            return {}
-        return self._sample(study, trial, history, search_space)
+        with self._lock:
+            history = self._history.updated(study)
+            if history.rows < self._n_startup_trials:
+                return {}
+            return self._sample(study, trial, history, search_space)
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         # Reached for a parameter no finished trial has (with this distribution) and during startup;
         # a parameter with history takes its model (one dimension of the same pass).
-        history = self._history.updated(study)
-        if history.rows >= self._n_startup_trials and history.column(param_name, param_distribution) is not None:
-            return self._sample(study, trial, history, {param_name: param_distribution})[param_name]
-        return self._random_sampler.sample_independent(study, trial, param_name, param_distribution)
+        with self._lock:
+            history = self._history.updated(study)
+            if history.rows >= self._n_startup_trials and history.column(param_name, param_distribution) is not None:
+                chosen = self._sample(study, trial, history, {param_name: param_distribution})
+                if param_name in chosen:
+                    return chosen[param_name]
+            return self._random_sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def _sample(
         self, study: Study, trial: FrozenTrial, history: _History, search_space: dict[str, BaseDistribution]

@@ -58,7 +58,7 @@ def test_pickle_round_trip_continues_the_same_stream():
     sampler = UnivariateTPESampler(seed=1, n_startup_trials=5)
     study = _study(sampler, 15)
     copy = pickle.loads(pickle.dumps(sampler))
-    assert "_history" not in sampler.__getstate__()
+    assert "_history" not in sampler.__getstate__()  # a cache of the study, rebuilt
     twin = optuna.create_study(directions=["maximize", "minimize"], sampler=copy)
     twin.add_trials(study.trials)
     study.optimize(_mixed, n_trials=10)
@@ -205,3 +205,43 @@ def test_concentrates_on_the_front_better_than_random():
 def test_bad_settings_are_named(field, kwargs):
     with pytest.raises(ConfigError, match=field):
         UnivariateTPESampler(**kwargs)
+
+
+#: A digits space of 20 dimensions: 4 layers x sparsity, pruning, quant, bits, act_bits.
+LARGE_SPACE = {
+    "default_exclusions": False,
+    "pruning": ["magnitude", "random"],
+    "act_bits": [8, 32],
+    "methods": ["uniform_quantization", "kmeans_quantization"],
+    "bits": [2, 4, 8, 32],
+}
+
+
+@pytest.mark.slow
+def test_a_ray_search_over_a_large_space_reproduces(ray_session, digits, tmp_path):
+    """``sampler: tpe`` on a 20-dimension digits space (so UnivariateTPESampler) through Ray at concurrency 2,
+    trials ending in a random order: the same seed gives the same trials, and the sampler does model them."""
+    from rayzor.search import SearchConfig, run_search
+
+    runs = []
+    for i in range(2):
+        config = SearchConfig(
+            task="tests.search.jittery_task:make_task",
+            trials=10,  # 4 random startup trials, then 6 modelled
+            warm_start="none",
+            concurrency=2,
+            seed=11,
+            experiment="test-tpe",
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            storage_path=str(tmp_path / "ray"),
+            name=f"tpe-{i}",
+            finetune_epochs=0,
+            target="packed",
+            space=LARGE_SPACE,
+        )
+        result = run_search(config, progress=lambda line: None)
+        runs.append([(r.number, r.status, r.params) for r in result.trials])
+    assert len(runs[0]) == 10
+    assert runs[0] == runs[1]
+    built = config.space.build(digits.model, config.finetune(), example_input=digits.example_input, target="packed")
+    assert built.dimensions > 16  # the space this test means to search: UnivariateTPESampler's
