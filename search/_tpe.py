@@ -11,9 +11,9 @@ of it the split, 2.4 s the scans, about 2 s the estimators), and 11 to 46 s
 with 1,000 trials of history (BENCHMARKS.md, sampler_scaling_1000). Optuna has
 no option to share that work. This sampler takes 0.27 s there (0.31 s at the
 95th percentile, Optuna's own ask/suggest overhead included), and matches
-Optuna's univariate TPE in quality (sample_efficiency: hypervolume at 64
-trials 0.8845 against 0.8804 with the warm start; without it, over nine seeds,
-even).
+Optuna's univariate TPE in quality within seed noise (sample_efficiency,
+hypervolume at 64 trials: 0.8845 against 0.8804 with the warm start, median
+of 3 seeds; without it 0.8496 against 0.8513, median of 9 seeds).
 
 :class:`UnivariateTPESampler` is the same algorithm with the shared work done
 once per suggestion and the per-dimension work done as array operations over
