@@ -307,6 +307,8 @@ def main() -> None:
         f"stops at {args.max_seconds:.0f} s. A Ray search pays the suggestion time once per trial on the "
         "driver, next to trials that take seconds.",
     ]
+    if any(r["sampler"] in WHAT for r in rows):
+        lines += ["", "; ".join(f"{r['sampler']}: {WHAT[r['sampler']]}" for r in rows if r["sampler"] in WHAT) + "."]
     if args.note:
         lines += ["", args.note]
     replace_section("sampler_scaling", "\n".join(lines))
