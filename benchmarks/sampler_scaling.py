@@ -19,7 +19,11 @@ section of BENCHMARKS.md.
 With ``--at-history N`` it times suggestions once a study holds N trials
 (the "sampler_scaling_1000" section; ``--layers 500`` = 1,000 dimensions):
 
-    python benchmarks/sampler_scaling.py --layers 500 --at-history 1000 --probes 10 --samplers tpe,nsga2,random
+    python benchmarks/sampler_scaling.py --layers 500 --at-history 1000 --probes 20 --samplers tpe,optuna-tpe,random
+
+``optuna-tpe`` (not a ``sampler`` name) is Optuna's own univariate TPE, the
+default above 16 dimensions before rayzor's ``UnivariateTPESampler``; it is
+probed ``--optuna-tpe-probes`` times (3), each taking 10-50 s at 1,000 dimensions.
 """
 
 from __future__ import annotations
@@ -40,6 +44,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import describe_machine, machine, replace_section, write_result  # noqa: E402
 
 SAMPLERS = ("random", "nsga2", "tpe", "gp")
+#: Not a ``sampler`` name: Optuna's own univariate TPE, the default above 16 dimensions before ``UnivariateTPESampler``.
+OPTUNA_TPE = "optuna-tpe"
+
+
+def build_sampler(name: str, seed: int, trials: int, dimensions: int) -> Any:
+    """A sampler as a search builds it (``make_sampler``), or ``optuna-tpe`` with the same startup trials."""
+    import optuna
+
+    from rayzor.search._tuner import make_sampler
+
+    if name == OPTUNA_TPE:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=False, n_startup_trials=min(10, max(4, trials // 4)))
+    return make_sampler(name, seed, trials, dimensions)
 
 
 def synthetic_objectives(params: dict[str, Any], layers: list[str], sizes: np.ndarray) -> tuple[float, float]:
@@ -59,12 +76,11 @@ def run_sampler(
     """One study: per-trial suggestion and tell times."""
     import optuna
 
-    from rayzor.search._tuner import make_sampler
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)
     study = optuna.create_study(
-        directions=["maximize", "minimize"], sampler=make_sampler(name, seed, trials, space.dimensions)
+        directions=["maximize", "minimize"], sampler=build_sampler(name, seed, trials, space.dimensions)
     )
     suggest_s: list[float] = []
     tell_s: list[float] = []
@@ -98,19 +114,10 @@ def run_sampler(
     }
 
 
-def probe_at_history(
-    name: str, history: int, probes: int, layers: list[str], sizes: np.ndarray, seed: int = 0
-) -> dict[str, Any]:
-    """Suggestion times of ``name`` once the study already holds ``history`` finished trials.
-
-    The history is random trials (added with ``study.add_trials``, so filling
-    it costs no sampler time); one untimed suggestion first fills Optuna's
-    search-space cache, which a real search builds a trial at a time; then
-    ``probes`` suggestions (each told, so the history grows by one) are timed.
-    """
+def random_history(history: int, layers: list[str], sizes: np.ndarray, seed: int = 0) -> list[Any]:
+    """``history`` finished random trials of the space (one set, shared by every sampler probed)."""
     import optuna
 
-    from rayzor.search._tuner import make_sampler
     from rayzor.spaces import CompressionSpace
 
     space = CompressionSpace(layers)
@@ -119,16 +126,36 @@ def probe_at_history(
         trial = filler.ask()
         space.suggest(trial)
         filler.tell(trial, synthetic_objectives(trial.params, layers, sizes))
+    return filler.get_trials(deepcopy=False)
+
+
+def probe_at_history(
+    name: str, trials: list[Any], probes: int, layers: list[str], sizes: np.ndarray, seed: int = 0
+) -> dict[str, Any]:
+    """Suggestion times of ``name`` once the study already holds the finished ``trials``.
+
+    The history is added with ``study.add_trials``, so filling it costs no
+    sampler time; one untimed suggestion first fills the caches a real search
+    builds a trial at a time (Optuna's search space; the history matrix of
+    ``UnivariateTPESampler``); then ``probes`` suggestions (each told, so the
+    history grows by one) are timed.
+    """
+    import optuna
+
+    from rayzor.spaces import CompressionSpace
+
+    space = CompressionSpace(layers)
+    history = len(trials)
     study = optuna.create_study(
-        directions=["maximize", "minimize"], sampler=make_sampler(name, seed, history + probes, space.dimensions)
+        directions=["maximize", "minimize"], sampler=build_sampler(name, seed, history + probes, space.dimensions)
     )
-    study.add_trials(filler.get_trials(deepcopy=False))
+    study.add_trials(trials)
     suggest_s: list[float] = []
     for i in range(probes + 1):
         t0 = time.perf_counter()
         trial = study.ask()
         space.suggest(trial)
-        if i:  # the first one fills the search-space cache
+        if i:  # the first one fills the caches
             suggest_s.append(time.perf_counter() - t0)
         else:
             warmup_s = time.perf_counter() - t0
@@ -145,6 +172,16 @@ def probe_at_history(
     }
 
 
+#: What each row of the at-history table is.
+WHAT = {
+    "tpe": "`sampler: tpe`, the default: rayzor's `UnivariateTPESampler` above 16 dimensions",
+    OPTUNA_TPE: "Optuna's `TPESampler(multivariate=False)`, the default before",
+    "random": "`sampler: random`",
+    "nsga2": "`sampler: nsga2`",
+    "gp": "`sampler: gp`",
+}
+
+
 def main_at_history(args: argparse.Namespace) -> None:
     """``--at-history``: suggestion time at a given history and dimension count, one row per sampler."""
     import optuna
@@ -154,9 +191,11 @@ def main_at_history(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     layers = [f"layer{i}" for i in range(args.layers)]
     sizes = rng.integers(1_000, 500_000, size=args.layers).astype(float)
+    trials = random_history(args.at_history, layers, sizes)
     rows = []
     for name in args.samplers.split(","):
-        row = probe_at_history(name, args.at_history, args.probes, layers, sizes)
+        probes = args.optuna_tpe_probes if name == OPTUNA_TPE else args.probes
+        row = probe_at_history(name, trials, probes, layers, sizes)
         rows.append(row)
         print(row, flush=True)
     report = {
@@ -172,17 +211,18 @@ def main_at_history(args: argparse.Namespace) -> None:
         f"`{report['command']}` ({describe_machine(report)}). {args.note}",
         f"Optuna only, no Ray: {args.layers} layers x (sparsity, bits) = {rows[0]['dimensions']} dimensions, the "
         f"synthetic 2-objective function above. The study first holds {args.at_history} finished random trials "
-        "(added, not sampled); one untimed suggestion fills Optuna's search-space cache (a search builds it a trial "
-        f"at a time), then {args.probes} suggestions are timed (`ask()` + `suggest()`). Goal: the default sampler's "
-        "95th percentile under 0.5 s.",
+        "(added, not sampled, the same for every sampler); one untimed suggestion fills the caches a search builds "
+        "a trial at a time (Optuna's search space, `UnivariateTPESampler`'s history matrix), then the probes are "
+        "timed (`ask()` + `suggest()`, each told). Goal: the default sampler's 95th percentile under 0.5 s.",
         "",
-        "| sampler | history | dimensions | first (cache fill) | median | p95 | max |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| sampler | what | history | dimensions | probes | first (cache fill) | median | p95 | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['sampler']} | {r['history']} | {r['dimensions']} | {r['first_suggest_s']:.1f} s | "
-            f"{r['median_suggest_s']:.2f} s | {r['p95_suggest_s']:.2f} s | {r['max_suggest_s']:.2f} s |"
+            f"| {r['sampler']} | {WHAT.get(r['sampler'], '')} | {r['history']} | {r['dimensions']} | {r['probes']} | "
+            f"{r['first_suggest_s']:.1f} s | {r['median_suggest_s']:.2f} s | {r['p95_suggest_s']:.2f} s | "
+            f"{r['max_suggest_s']:.2f} s |"
         )
     replace_section("sampler_scaling_1000", "\n".join(lines))
 
@@ -195,12 +235,17 @@ def main() -> None:
         "--gp-trials", type=int, default=14, help="GP refits per suggestion (10 random startup trials): capped"
     )
     parser.add_argument("--max-seconds", type=float, default=240.0, help="per sampler; the run stops there")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument(
+        "--samplers", default=",".join(SAMPLERS), help=f"comma-separated: {', '.join(SAMPLERS)}, {OPTUNA_TPE}"
+    )
     parser.add_argument("--note", default="", help="appended to the section, e.g. what else loaded the machine")
     parser.add_argument(
         "--at-history", type=int, default=0, help="time suggestions once the study holds this many trials"
     )
     parser.add_argument("--probes", type=int, default=10, help="timed suggestions with --at-history")
+    parser.add_argument(
+        "--optuna-tpe-probes", type=int, default=3, help="timed suggestions of optuna-tpe (10-50 s each at 1,000 dims)"
+    )
     args = parser.parse_args()
     if args.at_history:
         main_at_history(args)
@@ -262,6 +307,8 @@ def main() -> None:
         f"stops at {args.max_seconds:.0f} s. A Ray search pays the suggestion time once per trial on the "
         "driver, next to trials that take seconds.",
     ]
+    if any(r["sampler"] in WHAT for r in rows):
+        lines += ["", "; ".join(f"{r['sampler']}: {WHAT[r['sampler']]}" for r in rows if r["sampler"] in WHAT) + "."]
     if args.note:
         lines += ["", args.note]
     replace_section("sampler_scaling", "\n".join(lines))

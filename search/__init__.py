@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from rayzor.search._runner import SearchInterrupted, SearchResult, run_search, sync_search
     from rayzor.search._searcher import OrderedOptunaSearch
     from rayzor.search._sensitivity import SensitivityResult, drop_matrix, level_label, run_sensitivity
+    from rayzor.search._tpe import UnivariateTPESampler
     from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
     from rayzor.search._trial import evaluate_plan
     from rayzor.search._tuner import warm_start_points
@@ -72,6 +73,7 @@ __all__ = [
     "SizeBucketASHA",
     "SpaceConfig",
     "TrialRecord",
+    "UnivariateTPESampler",
     "browse_hint",
     "connect",
     "export_model",
@@ -148,6 +150,7 @@ _LAZY = {
     "warm_start_points": "rayzor.search._tuner",
     "SizeBucketASHA": "rayzor.search._scheduler",
     "OrderedOptunaSearch": "rayzor.search._searcher",
+    "UnivariateTPESampler": "rayzor.search._tpe",
     "EXPERIMENT_NOTE": "rayzor.search._browse",
     "browse_hint": "rayzor.search._browse",
     "pareto_run_name": "rayzor.search._browse",
