@@ -206,14 +206,15 @@ def _nbits_tensors(cw: CompressedWeight) -> tuple[np.ndarray, np.ndarray, np.nda
     rows, k = cw.shape[0], cw.row_size
     block = _nbits_block(k, bits)
     blocks = -(-k // block)
-    per_row = cw.groups == rows
-    scale = cw.scale.to(torch.float32).numpy()  # fp16 -> fp32 is exact
-    scales = np.broadcast_to(scale.reshape(rows, 1) if per_row else scale.reshape(1, 1), (rows, blocks)).copy()
+
+    def over_blocks(a: np.ndarray) -> np.ndarray:  # one value per row (or per tensor) -> (rows, blocks)
+        return np.broadcast_to(a.reshape(-1, 1), (rows, blocks)).copy()
+
+    scales = over_blocks(cw.scale.to(torch.float32).numpy())  # fp16 -> fp32 is exact
     codes = _full_codes(cw).reshape(rows, k)
     if cw.scheme == "symmetric":
         return codes + 2 ** (bits - 1), scales, None, bits, block
-    zp = cw.zero_point.to(torch.float32).round().to(torch.int64).numpy()
-    zero_points = np.broadcast_to(zp.reshape(rows, 1) if per_row else zp.reshape(1, 1), (rows, blocks)).copy()
+    zero_points = over_blocks(cw.zero_point.to(torch.float32).round().to(torch.int64).numpy())
     return codes, scales, zero_points, bits, block
 
 
