@@ -49,12 +49,15 @@ OBJECTIVES = ["cosine", "deploy_bytes", "latency_ms"]
 _BLOCK = "encoder.encoder.layer.?"
 # Mixed precision only (sparsity fixed at 0): without recovery fine-tuning,
 # any pruning of this encoder costs more cosine than it saves bytes. 2-bit
-# layers are not offered: without fine-tuning every 2-bit point collapsed
-# (cosine < 0.4). Embeddings: GatherBlockQuantized runs 4/8-bit blocks
-# (the space drops the per-channel choice there), GPTQ/AWQ apply to Linear only.
+# Linear layers are not offered: without fine-tuning every 2-bit point
+# collapsed (cosine < 0.4). The vocabulary table (11.7M of the 22.7M weights)
+# may go to 2 bits (GatherBlockQuantized unpacks 2/4/8-bit blocks): the space
+# offers 2 bits, so the uniform warm starts are 8, 4 and 2 bits, the last
+# with int4 Linear layers (their nearest candidate). GPTQ/AWQ apply to Linear only.
+_LINEAR_BITS = [4, 8, 32]
 SPACE = {
     "sparsity": [0.0, 0.0],
-    "bits": [4, 8, 32],
+    "bits": [2, 4, 8, 32],
     # 0: one scale per output channel, which int8 Linear layers run on dynamic int8 kernels at accuracy_level 4.
     # No 256: the deploy artifact stores block scales at fp16, so it would save only 2 B per 128 inputs, and
     # MatMulNBits pads K = 384 to 512 at block 256, which costs more than that.
@@ -65,16 +68,19 @@ SPACE = {
             "name": "embeddings",
             "match": ["encoder.embeddings.*"],
             "tie": True,
-            "bits": [4, 8, 32],
+            "bits": [2, 4, 8, 32],
+            # 32: four levels need small blocks (2-bit g32 table: cosine 0.962 with GPTQ int4 Linear layers,
+            # 0.953 at g128); the 2-bit warm start takes it, the 4-bit one 128.
+            "group_size": [32, 128],
             "methods": ["uniform_quantization"],
             # Zero points and the MSE clip: int4 g128 embeddings alone go from cosine 0.991 (symmetric min-max)
             # to 0.995, for 46 KB of zero points on the 30,522-row vocabulary table.
             "method_options": {"uniform_quantization": {"symmetric": False, "clipping": "mse"}},
         },
-        {"name": "qkv", "match": [f"{_BLOCK}.attention.self.*"], "tie": True},
-        {"name": "attention_out", "match": [f"{_BLOCK}.attention.output.dense"], "tie": True},
-        {"name": "ffn_in", "match": [f"{_BLOCK}.intermediate.dense"], "tie": True},
-        {"name": "ffn_out", "match": [f"{_BLOCK}.output.dense"], "tie": True},
+        {"name": "qkv", "match": [f"{_BLOCK}.attention.self.*"], "tie": True, "bits": _LINEAR_BITS},
+        {"name": "attention_out", "match": [f"{_BLOCK}.attention.output.dense"], "tie": True, "bits": _LINEAR_BITS},
+        {"name": "ffn_in", "match": [f"{_BLOCK}.intermediate.dense"], "tie": True, "bits": _LINEAR_BITS},
+        {"name": "ffn_out", "match": [f"{_BLOCK}.output.dense"], "tie": True, "bits": _LINEAR_BITS},
     ],
 }
 GROUPS = [g["name"] for g in SPACE["groups"]]
@@ -381,8 +387,9 @@ def _write_section(r: dict) -> None:
         f"{r['objectives']}: every trial builds its deploy artifact (MatMulNBits Linear, GatherBlockQuantized "
         "embeddings) and logs its exact bytes and its latency (onnxruntime, 1 thread, batch 1). Space: 39 layers "
         "(36 Linear + 3 Embedding) in 5 tied groups (embeddings, q/k/v, attention output, FFN in, FFN out), per "
-        f"group bits {SPACE['bits']} (embeddings [4, 8, 32]), block size {SPACE['group_size']}, method uniform / GPTQ / "
-        "AWQ (embeddings uniform), sparsity 0, no fine-tuning; 2 CPUs, 2 trials at a time. "
+        f"group bits {_LINEAR_BITS} (embeddings {SPACE['bits']}), block size {SPACE['group_size']} (embeddings "
+        "[32, 128]), method uniform / GPTQ / AWQ (embeddings uniform, asymmetric, MSE clip), sparsity 0, no "
+        "fine-tuning; uniform warm starts at 8, 4 and 2 bits; 2 CPUs, 2 trials at a time. "
         f"Search with `accuracy_level: 0`: {r['trials_per_search']} trials, {s0['search_seconds']:.0f} s "
         f"(median trial {s0['trial_seconds_median']:.0f} s), hypervolume {s0['hypervolume']:.4g}; with "
         f"`accuracy_level: 4` (int8 activations, quality scored on the artifact in onnxruntime): "

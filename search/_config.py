@@ -106,7 +106,7 @@ class SearchConfig(_Strict):
     target: Literal["onnxruntime", "packed"] = Field(
         "onnxruntime",
         description="where the models will run. onnxruntime: the space offers only what onnxruntime executes "
-        "natively (block-wise 2/4/8-bit MatMul weights, 4/8-bit embeddings, int8 convolutions, fp16, structured "
+        "natively (block-wise 2/4/8-bit MatMul weights, 2/4/8-bit embeddings, int8 convolutions, fp16, structured "
         "methods); each trial builds its ONNX deploy artifact and logs deploy_bytes and latency_ms measured on it. "
         "packed: every method and bit-width, in rayzor's packed format (archival, research)",
     )

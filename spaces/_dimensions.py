@@ -86,7 +86,8 @@ class Dimension:
             the unit takes one of ``values``; None = always.
         prefer: The value a uniform plan takes when it is a choice (else the
             first value); :data:`NEAREST_BITS` = the choice nearest its bits;
-            a callable of the bits = values in order of preference.
+            a callable of the bits = values in order of preference (the
+            bits the unit took, once its ``bits`` dimension has a value).
         note: Appended to the valid range in errors (e.g. ``" for low_rank"``).
         setting: The key of a layer's flat plan settings that holds the value
             (see :meth:`~rayzor.compression.CompressionPlan.from_settings`);
@@ -189,11 +190,15 @@ def emit(prefix: str, dims: Sequence[Dimension], values: Mapping[str, Any]) -> d
 
 
 def uniform(prefix: str, dims: Sequence[Dimension], bits: int) -> dict[str, Any]:
-    """The parameters of the uniform plan at ``bits``: each dimension at its preferred value."""
+    """The parameters of the uniform plan at ``bits``: each dimension at its preferred value.
+
+    Dimensions after the unit's own ``bits`` prefer by the bit-width it took
+    (its candidate nearest ``bits``), e.g. the block size of those codes.
+    """
     values: dict[str, Any] = {}
     for d in dims:
         if d.active(values):
-            values[d.name] = d.uniform_value(bits)
+            values[d.name] = d.uniform_value(values.get("bits", bits))
     return emit(prefix, dims, values)
 
 

@@ -393,7 +393,7 @@ def _unit_values(u: Unit, settings: Mapping[str, Mapping[str, Any]]) -> tuple[di
     sizes = next((d for d in u.dims if d.name == "group_size"), None)
     if sizes is not None:  # a layer left fp32 has no blocks: any choice decodes to it, the preferred one is kept
         if s.get("bits") == 32:
-            values["group_size"] = sizes.prefer
+            values["group_size"] = sizes.uniform_value(32)
         else:  # None (stated, or uniform's default left out) is the per-channel choice
             values["group_size"] = s.get("group_size") or (PER_CHANNEL if sizes.contains(PER_CHANNEL) else None)
     field = {name: f"plan.layers[{first!r}].{name}" for name in values}

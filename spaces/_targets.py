@@ -3,7 +3,7 @@
 ``packed`` is rayzor's own file (every method, any bit-width; for archival and
 research). ``onnxruntime`` offers only what onnxruntime's CPU kernels execute
 natively, so the deploy artifact a trial measures is as small and as fast as
-its numbers say: block-wise 2/4/8-bit Linear weights (``MatMulNBits``), 4/8-bit
+its numbers say: block-wise 2/4/8-bit Linear weights (``MatMulNBits``), 2/4/8-bit
 embeddings (``GatherBlockQuantized``), per-channel int8 convolutions
 (``DequantizeLinear`` weights), fp16 weights, and the structural methods
 (pruned channels and heads, low-rank and Tucker factors), which give real
@@ -26,9 +26,9 @@ TARGETS: tuple[str, ...] = ("onnxruntime", "packed")
 DEFAULT_TARGET = "onnxruntime"
 #: Quantization methods whose codes onnxruntime runs as they are stored.
 RUNTIME_METHODS: tuple[str, ...] = ("awq", "gptq", "half_precision", "uniform_quantization")
-#: Weight bit-widths per layer kind under onnxruntime; 32 = fp32. MatMulNBits packs 2, 4 and 8 bits,
-#: GatherBlockQuantized 4 and 8, and integer convolutions take int8.
-_KIND_BITS: dict[str, tuple[int, ...]] = {"linear": (2, 4, 8, 32), "embedding": (4, 8, 32), "conv": (8, 32)}
+#: Weight bit-widths per layer kind under onnxruntime; 32 = fp32. MatMulNBits and GatherBlockQuantized (uint8
+#: data) unpack 2, 4 and 8 bits; integer convolutions take int8.
+_KIND_BITS: dict[str, tuple[int, ...]] = {"linear": (2, 4, 8, 32), "embedding": (2, 4, 8, 32), "conv": (8, 32)}
 #: Space settings a search under onnxruntime starts from where the config leaves them out.
 RUNTIME_DEFAULTS: dict[str, Any] = {"bits": (2, 4, 8, 32), "group_size": (32, 128)}
 

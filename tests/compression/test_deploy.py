@@ -133,7 +133,7 @@ class _Embed(nn.Module):
         return self.fc(self.emb(x).mean(dim=1))
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_block_wise_embedding_runs_as_gather_block_quantized(bits, symmetric, tmp_path):
     compressed = compress(

@@ -165,3 +165,19 @@ def test_uniform_baselines_use_gptq_below_8_bits_where_offered():
     assert {space.uniform_params(8)[f"{n}.quant"] for n in LAYERS} == {"uniform_quantization"}
     awq_only = CompressionSpace(LAYERS, bits=[4, 32], methods=["uniform_quantization", "awq"])
     assert awq_only.decode(awq_only.uniform_params(4)).layers["fc1"][0].method == "awq"
+
+
+def test_uniform_baselines_take_the_largest_block_from_4_bits_and_the_smallest_at_2():
+    space = CompressionSpace(
+        LAYERS,
+        bits=[2, 4, 8, 32],
+        group_size=[0, 32, 128],
+        groups=[{"name": "first", "match": ["fc1"], "bits": [4, 8, 32]}],  # nearest to 2 bits is 4 here
+    )
+    block = {
+        b: {name: m.group_size for name, (m,) in space.decode(space.uniform_params(b)).layers.items()}
+        for b in (2, 4, 8)
+    }
+    assert block[8] == block[4] == {n: 128 for n in LAYERS}
+    # The block follows the bits each layer took, not the bits asked for.
+    assert block[2] == {n: 128 if n == "fc1" else 32 for n in LAYERS}
