@@ -11,7 +11,12 @@ and reports for each:
 * the overhead per trial, (fit wall - sum of compute / concurrency) / trials;
 * throughput in trials per minute, and the speed-up of concurrency 2 over 1;
 * the whole ``run_search`` wall beside the fit wall, so work moved out of
-  ``fit()`` would show.
+  ``fit()`` would show;
+* where the fit wall goes, from the trials' MLflow start and end times: the
+  time from ``fit()`` to the first trial's start (Tune's start and the trial
+  workers' start: a new process per worker, ``import torch``), the overhead per
+  trial after that, and the floor: the overhead ratio that start alone
+  leaves, were every later per-trial cost zero.
 
 Every configuration runs ``--repeats`` times (interleaved) and the median is
 reported: on a shared machine one run is noise. ``--finetune-epochs`` makes
@@ -36,6 +41,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import describe_machine, machine, replace_section, write_result  # noqa: E402
@@ -78,6 +84,8 @@ def main() -> None:
         result = run_search(config, progress=lambda line: None)
         used = resource.getrusage(resource.RUSAGE_SELF)
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
+        starts, ends = _trial_times(result)
+        to_first = min(starts) - result.fit_started
         row = {
             "fit_s": result.fit_seconds,
             "search_wall_s": result.wall_seconds,
@@ -85,6 +93,11 @@ def main() -> None:
             "overhead_ratio": result.fit_seconds / (compute / concurrency),
             "overhead_per_trial_s": (result.fit_seconds - compute / concurrency) / args.trials,
             "trials_per_minute": 60 * args.trials / result.fit_seconds,
+            "to_first_trial_s": to_first,
+            # after the first trial started: the per-trial machinery (Tune's loop, the result, the next plan)
+            "overhead_after_start_per_trial_s": (max(ends) - min(starts) - compute / concurrency) / args.trials,
+            "after_last_trial_s": result.fit_started + result.fit_seconds - max(ends),
+            "ratio_floor": (to_first + compute / concurrency) / (compute / concurrency),
             # CPU of this process (Tune's loop, the MLflow writer, set-up): robust where walls are noise
             "driver_cpu_s": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
         }
@@ -123,7 +136,11 @@ def main() -> None:
         "behaviour before reproducible mode); `true` (the default) tells them in trial order. "
         "Overhead ratio = Tune fit wall / (sum of trial compute / concurrency); search wall = all of `run_search`; "
         "driver CPU = user + system CPU of the driver process over `run_search` (Tune's loop, the MLflow writer, "
-        "set-up; not the trial workers), which other jobs on the machine barely move.",
+        "set-up; not the trial workers), which other jobs on the machine barely move. "
+        "To first trial = from `fit()` to the first trial's start (Tune's start, then each trial worker is a new "
+        "process that imports Ray Tune, torch and rayzor before its first trial); after it, overhead per trial = "
+        "(last trial's end - first trial's start - compute / concurrency) / trials; floor = the overhead ratio "
+        "that the time to the first trial alone leaves (every later per-trial cost zero).",
         "",
     ]
     if before is not None:
@@ -131,6 +148,15 @@ def main() -> None:
     lines += _table(report)
     replace_section(args.name, "\n".join(lines))
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _trial_times(result: Any) -> tuple[list[float], list[float]]:
+    """The finished trials' start and end (epoch seconds), as their MLflow runs record them."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(result.tracking_uri)
+    infos = [client.get_run(r.run_id).info for r in result.trials if r.status == "FINISHED"]
+    return [i.start_time / 1000 for i in infos], [i.end_time / 1000 for i in infos]
 
 
 def _speedups(rows: list[dict]) -> dict[bool, float]:
@@ -146,16 +172,20 @@ def _table(report: dict) -> list[str]:
         f"Command: `{report['command']}` ({describe_machine(report)}; {report['repeats']} repeats). {report['note']}",
         "",
         "| concurrency | deterministic | Tune fit wall (s) | search wall (s) | sum of trial compute (s) "
-        "| overhead ratio | overhead per trial (s) | trials / min | driver CPU (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| overhead ratio | overhead per trial (s) | trials / min | driver CPU (s) "
+        "| to first trial (s) | after it, overhead per trial (s) | floor |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         wall = f"{r['search_wall_s']:.1f}" if "search_wall_s" in r else "-"
         cpu = f"{r['driver_cpu_s']:.1f}" if "driver_cpu_s" in r else "-"
+        first = f"{r['to_first_trial_s']:.1f}" if "to_first_trial_s" in r else "-"
+        after = f"{r['overhead_after_start_per_trial_s']:.3f}" if "overhead_after_start_per_trial_s" in r else "-"
+        floor = f"{r['ratio_floor']:.2f}" if "ratio_floor" in r else "-"
         lines.append(
             f"| {r['concurrency']} | {str(r['deterministic']).lower()} | {r['fit_s']:.1f} | {wall} | "
             f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
-            f"{r['trials_per_minute']:.0f} | {cpu} |"
+            f"{r['trials_per_minute']:.0f} | {cpu} | {first} | {after} | {floor} |"
         )
     lines += [
         "",

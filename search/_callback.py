@@ -26,6 +26,9 @@ class TrackingCallback(tune.Callback):
         # The first step of a restored experiment sees exactly the trials it restored.
         TRACKERS[self.key].known(trials)
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        TRACKERS[self.key].started()
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         TRACKERS[self.key].submit(trial, "FINISHED")
 

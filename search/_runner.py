@@ -75,6 +75,8 @@ class SearchResult:
     name: str = ""
     concurrency: int = 0
     logging_seconds: dict[str, float] = field(default_factory=dict)
+    #: When ``fit()`` started (epoch seconds): trial runs' start times are on the same clock.
+    fit_started: float = 0.0
 
 
 @dataclass
@@ -424,7 +426,7 @@ def run_search(
         # A failed trial is reported as one line and logged (with its traceback)
         # in its MLflow run; Tune's own logger would print every traceback too.
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-        fit_started = time.perf_counter()
+        fit_started, fit_started_at = time.perf_counter(), time.time()
         with _fit_guard() as interrupted:
             tuner.fit()
             if interrupted():
@@ -462,6 +464,7 @@ def run_search(
         baseline=baseline,
         wall_seconds=time.perf_counter() - started,
         fit_seconds=fit_seconds,
+        fit_started=fit_started_at,
         storage_path=storage,
         name=name,
         concurrency=concurrency,
