@@ -446,8 +446,9 @@ class Tracker:
             if isinstance(item, _Close):
                 deadline = time.monotonic() + item.wait
             elif isinstance(item, _Outcome):
+                journaled = self._journaled(item)  # on disk first: the wait below must not risk a finished trial
                 self._after_dispatch(item)
-                self._pending.append(self._journaled(item))
+                self._pending.append(journaled)
             elif isinstance(item, frozenset):
                 self._pending.append(item)
             if self._pending and time.monotonic() >= retry_at:
