@@ -123,7 +123,11 @@ def prepare(config: SearchConfig, progress: Callable[[str], None] = lambda line:
     task = create_task(config.task, **config.task_options)
     config = resolve_objectives(config, task)
     teacher_space = config.space.build(
-        task.model, config.finetune(), example_input=task.example_input, target=config.target
+        task.model,
+        config.finetune(),
+        example_input=task.example_input,
+        target=config.target,
+        accuracy_level=config.accuracy_level,
     )
     space: CompressionSpace | StudentSpace = teacher_space
     if config.students.families:

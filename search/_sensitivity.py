@@ -201,6 +201,7 @@ def run_sensitivity(config: SearchConfig, *, progress: Callable[[str], None] = p
         FinetuneConfig(epochs=config.finetune_epochs, seed=config.seed),
         example_input=task.example_input,
         target=config.target,
+        accuracy_level=config.accuracy_level,
     )
     started_ray = start_ray(config)
     run_id, status = None, "FAILED"

@@ -384,6 +384,7 @@ def space_rows(config: Path | None) -> dict[str, Any]:
         FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed),
         example_input=task.example_input,
         target=cfg.target,
+        accuracy_level=cfg.accuracy_level,
     )
     dims = space.layer_dimensions()
     tied = {g.name for g in space.groups if g.tie}

@@ -22,6 +22,7 @@ class SpaceConfig(SpaceSettings):
         finetune: FinetuneConfig = FinetuneConfig(),
         example_input: Any = None,
         target: str = "packed",
+        accuracy_level: int = 0,
     ) -> CompressionSpace:
         """The :class:`CompressionSpace` this config describes for ``model``.
 
@@ -30,7 +31,8 @@ class SpaceConfig(SpaceSettings):
         ``include`` names them; ``exclude`` always wins. ``example_input`` (one
         batch, e.g. the task's) is needed with ``channels`` or ``heads``: it is
         traced to find the layers whose channels or heads can go. ``target``
-        narrows each layer's bit-widths and methods to what that runtime runs.
+        narrows each layer's bit-widths and methods to what that runtime runs,
+        and ``accuracy_level`` tells which of its kernels the warm start prefers.
 
         Raises:
             ConfigError: a glob that matches no layer, a layer in two groups,
@@ -43,4 +45,5 @@ class SpaceConfig(SpaceSettings):
             default_exclusions=self.default_exclusions,
             example_input=example_input,
             target=target,
+            accuracy_level=accuracy_level,
         )

@@ -78,6 +78,9 @@ class CompressionSpace:
         target: Deployment target (``"packed"`` or ``"onnxruntime"``): with the
             model, each layer is offered only the bit-widths and methods the
             target executes natively (:mod:`rayzor.spaces._targets`).
+        accuracy_level: onnxruntime's ``accuracy_level`` under ``target``
+            onnxruntime: at 4 the 8-bit warm start of Linear layers takes one
+            scale per channel, the layout onnxruntime runs on integer GEMMs.
         **options: The fields of :class:`SpaceSettings` (``sparsity``,
             ``bits``, ``methods``, ``groups``, ``exclude``, ``include``,
             ``channels``, ``channel_importance``, ``factorize``,
@@ -110,10 +113,13 @@ class CompressionSpace:
         model: nn.Module | None = None,
         example_input: Any = None,
         target: str = "packed",
+        accuracy_level: int = 0,
         **options: Any,
     ) -> None:
         if not layers:
             raise ConfigError("layers", list(layers), "at least one Conv/Linear layer")
+        if isinstance(accuracy_level, bool) or accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError("accuracy_level", accuracy_level, "one of 0, 1, 2, 3, 4")
         if settings is None:
             settings = validated(options)
         elif options:
@@ -149,7 +155,8 @@ class CompressionSpace:
         self.finetune = finetune
         self.group_of = {name: g.name for name, g in owner.items()}
         self.target = target
-        self.units: tuple[Unit, ...] = layer_units(settings, kept, owner, model, target)
+        self.accuracy_level = accuracy_level
+        self.units: tuple[Unit, ...] = layer_units(settings, kept, owner, model, target, accuracy_level)
         self.channel_units: tuple[ChannelUnit, ...]
         self.head_units: tuple[HeadUnit, ...]
         self.channel_units, self.channels_refused = channel_units(self.units, kept, model, example_input)

@@ -202,6 +202,7 @@ class StudentSpace:
                 group_size=base.settings.group_size,
                 finetune=base.finetune,
                 target=base.target,
+                accuracy_level=base.accuracy_level,
             )
         return self._spaces[key]
 

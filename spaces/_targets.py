@@ -20,7 +20,15 @@ from torch import nn
 from rayzor.errors import ConfigError
 from rayzor.spaces._settings import takes_group_size
 
-__all__ = ["DEFAULT_TARGET", "RUNTIME_DEFAULTS", "RUNTIME_METHODS", "TARGETS", "check_target", "runtime_bits"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "RUNTIME_DEFAULTS",
+    "RUNTIME_METHODS",
+    "TARGETS",
+    "check_target",
+    "int8_kernels",
+    "runtime_bits",
+]
 
 TARGETS: tuple[str, ...] = ("onnxruntime", "packed")
 DEFAULT_TARGET = "onnxruntime"
@@ -44,6 +52,15 @@ def runtime_bits(target: str, module: nn.Module, bits: tuple[int, ...]) -> tuple
     if target == "packed":
         return bits
     return tuple(b for b in bits if b in _KIND_BITS[_kind(module)]) or (32,)
+
+
+def int8_kernels(target: str, accuracy_level: int, module: nn.Module) -> bool:
+    """Whether ``target`` runs ``module``'s symmetric per-channel int8 codes on integer GEMMs.
+
+    onnxruntime does for MatMul / Gemm layers at ``accuracy_level`` 4
+    (``DynamicQuantizeLinear`` + ``MatMulInteger``; see ``export_deploy``).
+    """
+    return target == "onnxruntime" and accuracy_level == 4 and _kind(module) == "linear"
 
 
 def runtime_methods(target: str, module: nn.Module, methods: tuple[str, ...]) -> tuple[str, ...]:

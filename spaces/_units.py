@@ -25,6 +25,7 @@ from rayzor.spaces._settings import (
     takes_bits,
     takes_group_size,
 )
+from rayzor.spaces._targets import int8_kernels as int8_kernels_of
 from rayzor.spaces._targets import runtime_bits, runtime_methods
 
 __all__ = ["ChannelUnit", "HeadUnit", "Unit", "channel_units", "head_units", "layer_units", "match_layers", "no_match"]
@@ -41,7 +42,7 @@ def baseline_methods(bits: int) -> tuple[str, ...]:
     return ("gptq", "awq", "uniform_quantization") if bits < 8 else ("uniform_quantization",)
 
 
-def baseline_group_sizes(bits: int) -> tuple[int, ...]:
+def baseline_group_sizes(bits: int, int8_kernels: bool = False) -> tuple[int, ...]:
     """Block sizes of the hand-tried "``bits`` everywhere" plan, preferred first (0 = one scale per channel).
 
     From 3 bits up the largest block keeps the scales cheapest at little
@@ -49,9 +50,21 @@ def baseline_group_sizes(bits: int) -> tuple[int, ...]:
     block of 128 weights: 2-bit codes take the smallest block (MiniLM's
     2-bit g32 vocabulary table: cosine 0.962 with GPTQ int4 g128 Linear
     layers, 0.953 at g128), as published 2-bit results do (HQQ: g16-g64).
+
+    With ``int8_kernels`` (a Linear layer under onnxruntime's ``accuracy_level``
+    4) 8-bit codes take one scale per channel first: that is the layout
+    onnxruntime runs on its integer GEMMs, its fastest CPU path (MiniLM,
+    batch 1: 1.8x the fp32 file, where MatMulNBits int8 g128 runs at 0.8x).
     """
     blocks = sorted(GROUP_SIZES)
+    if int8_kernels and bits == 8:
+        return (0, *reversed(blocks))
     return (*blocks, 0) if bits <= 2 else (*reversed(blocks), 0)
+
+
+def int8_kernel_group_sizes(bits: int) -> tuple[int, ...]:
+    """:func:`baseline_group_sizes` of a unit whose per-channel int8 codes run on integer kernels."""
+    return baseline_group_sizes(bits, int8_kernels=True)
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,9 @@ class Unit:
             one scale per output channel, one = fixed.
         options: Fixed config fields per quantization method of the unit
             (``space.method_options``), as ``(method, ((field, value), ...))``.
+        int8_kernels: The runtime runs the unit's symmetric per-channel int8
+            codes on integer GEMMs (Linear layers under onnxruntime at
+            ``accuracy_level`` 4): its 8-bit warm start takes that layout.
     """
 
     prefix: str
@@ -97,6 +113,7 @@ class Unit:
     act_layers: tuple[str, ...] = ()
     group_sizes: tuple[int, ...] = ()
     options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    int8_kernels: bool = False
 
     def method_fields(self, method: str) -> dict[str, Any]:
         """The fixed config fields of ``method`` in this unit."""
@@ -156,7 +173,8 @@ class Unit:
                     "group_size",
                     CategoricalDistribution(self.group_sizes),
                     when=("quant", blockwise),
-                    prefer=baseline_group_sizes,
+                    # a module-level function, not a partial: dimensions compare equal across rebuilt spaces
+                    prefer=int8_kernel_group_sizes if self.int8_kernels else baseline_group_sizes,
                 )
             )
         if self.act_bits:  # on act_layers only, as ActivationQuantization (see CompressionSpace.decode)
@@ -254,12 +272,14 @@ def layer_units(
     owner: Mapping[str, GroupSpec],
     model: nn.Module | None,
     target: str = "packed",
+    accuracy_level: int = 0,
 ) -> tuple[Unit, ...]:
     """One unit per layer, one per tied group (where its first layer is), in model order.
 
     With the model, each unit offers only the quantization methods every one of its layers accepts (AWQ takes
     Linear layers only), and under a runtime ``target`` only the bit-widths and methods that runtime executes
-    natively on them (see :mod:`rayzor.spaces._targets`).
+    natively on them (see :mod:`rayzor.spaces._targets`). Under onnxruntime at ``accuracy_level`` 4 a unit of
+    Linear layers marks itself :attr:`Unit.int8_kernels`, so its 8-bit warm start takes the integer-GEMM layout.
     """
     resolved: dict[str | None, SpaceSettings] = {
         None: settings,
@@ -308,8 +328,10 @@ def layer_units(
                 factorize.append((method, (min(rank_ratio[0], cap), min(rank_ratio[1], cap))))
         act_layers = tuple(layer for layer in names if layer in act_ok)
         bits, methods, group_sizes = r.bits, r.methods, r.group_size
+        int8_kernels = False
         if model is not None:
             modules = [layer_of(model, layer) for layer in names]
+            int8_kernels = all(int8_kernels_of(target, accuracy_level, m) for m, _ in modules)
             for module, _parent in modules:
                 bits = runtime_bits(target, module, bits)
                 methods = runtime_methods(target, module, methods)
@@ -347,6 +369,7 @@ def layer_units(
                     for m, fields in sorted(r.method_options.items())
                     if m in methods and fields
                 ),
+                int8_kernels=int8_kernels,
             )
         )
     return tuple(units)

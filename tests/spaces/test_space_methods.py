@@ -181,3 +181,30 @@ def test_uniform_baselines_take_the_largest_block_from_4_bits_and_the_smallest_a
     assert block[8] == block[4] == {n: 128 for n in LAYERS}
     # The block follows the bits each layer took, not the bits asked for.
     assert block[2] == {n: 128 if n == "fc1" else 32 for n in LAYERS}
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_int8_warm_start_takes_the_integer_gemm_layout_at_accuracy_level_4(digits, accuracy_level, tmp_path):
+    import onnx
+
+    from rayzor.compression import compress, export_deploy
+
+    config = validate_config(
+        {"accuracy_level": accuracy_level, "space": {"bits": [4, 8, 32], "group_size": [0, 32, 128]}}
+    )
+    space = config.space.build(digits.model, target="onnxruntime", accuracy_level=accuracy_level)
+    plan = space.decode(space.uniform_params(8))
+    linear = [n for n in plan.layers if n.startswith("fc")]
+    assert linear  # the digits CNN's searched Linear layers
+    blocks = {n: plan.layers[n][0].group_size for n in linear}
+    # accuracy_level 4: one scale per channel, which onnxruntime runs on MatMulInteger; else int8 g128
+    assert blocks == {n: None if accuracy_level == 4 else 128 for n in linear}
+    assert space.decode(space.uniform_params(4)).layers[linear[0]][0].group_size == 128  # int4 keeps its block
+    path = export_deploy(compress(digits.model, plan), digits.example_input, tmp_path / "m.onnx", accuracy_level=4)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulInteger") == (len(linear) if accuracy_level == 4 else 0)
+
+
+def test_accuracy_level_outside_onnxruntime_levels_is_refused():
+    with pytest.raises(ConfigError, match=r"accuracy_level.*7.*one of 0, 1, 2, 3, 4"):
+        CompressionSpace(LAYERS, accuracy_level=7)
