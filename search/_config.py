@@ -113,8 +113,9 @@ class SearchConfig(_Strict):
     accuracy_level: Literal[0, 4] = Field(
         0,
         description="MatMulNBits compute under target onnxruntime: 0 = fp32 activations (the artifact computes what "
-        "the torch model does); 4 = activations quantized to int8 on the fly (faster kernels; the trial's quality is "
-        "then scored on the deploy artifact itself)",
+        "the torch model does); 4 = activations quantized to int8 on the fly (faster kernels: per-channel int8 Linear "
+        "weights run on integer GEMMs, the layout the 8-bit warm start takes; the trial's quality is then scored on "
+        "the deploy artifact itself)",
     )
     trials: int = Field(64, ge=1, description="number of trials")
     # Left unset, the runner derives it from what the cluster has (see
