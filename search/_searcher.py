@@ -19,6 +19,7 @@ the lag is 1 and the search is the sequential one.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
@@ -42,6 +43,12 @@ class OrderedOptunaSearch(OptunaSearch):
     (its last result has ``final: 0``) as ``PRUNED``, in its turn. The buffer
     and the order are pickled with the study by Tune's searcher checkpoints,
     so a resumed search keeps them.
+
+    Tune saves the experiment on a clock (every ``EXPERIMENT_SAVE_SECONDS``,
+    0.1 s), and the study's pickle grows with trials and dimensions: 13 ms at
+    64 trials of 40 dimensions, 220 ms at 1,000. So the searcher's file is
+    rewritten only when its state changed since the last save there; while
+    trials run and nothing arrives, the file on disk already holds the state.
     """
 
     def __init__(
@@ -53,9 +60,35 @@ class OrderedOptunaSearch(OptunaSearch):
         self._order: list[str] = []  # trial ids, in suggestion (= Tune trial number) order
         self._held: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # ended, not yet told
         self._told = 0  # trials _order[:_told] are told
+        self._version = 0  # bumped by every call that can change the state
+        self._saved: tuple[str, int] | None = None  # (file, version) of the last save
         super().__init__(*args, **kwargs)
 
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        path = os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format(session_str))
+        if self._saved == (path, self._version) and os.path.exists(path):
+            return
+        super().save_to_dir(checkpoint_dir, session_str)
+        self._saved = (path, self._version)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._version, self._saved = getattr(self, "_version", 0) + 1, None
+
+    def set_search_properties(self, *args: Any, **kwargs: Any) -> bool:
+        self._version += 1
+        return super().set_search_properties(*args, **kwargs)
+
+    def add_evaluated_point(self, *args: Any, **kwargs: Any) -> None:
+        self._version += 1
+        super().add_evaluated_point(*args, **kwargs)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self._version += 1
+        super().on_trial_result(trial_id, result)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        self._version += 1
         if not self._deterministic or trial_id in self._ot_trials:
             return self._suggest(trial_id)
         # 0-based trial j may see trials 0..j-lag: tell those, in order, or wait for them.
@@ -79,6 +112,7 @@ class OrderedOptunaSearch(OptunaSearch):
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self._version += 1
         if not self._deterministic:
             self._tell(trial_id, result, error)
         elif trial_id in self._ot_trials and trial_id not in self._completed_trials:

@@ -118,3 +118,30 @@ def test_the_study_ends_complete_once_every_trial_is_suggested():
         searcher.on_trial_complete(t, _result(params[t]))
     states = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)]
     assert states == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+def test_the_study_is_rewritten_only_when_the_searcher_changed(tmp_path):
+    # Tune saves the experiment every 0.1 s; an unchanged searcher keeps its file (same inode: no os.replace).
+    searcher = OrderedOptunaSearch(
+        _space, metric=["accuracy", "size_bytes"], mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    path = tmp_path / OrderedOptunaSearch.CKPT_FILE_TMPL.format("s")
+    searcher.save_to_dir(str(tmp_path), "s")
+    first = path.stat().st_ino
+    searcher.save_to_dir(str(tmp_path), "s")
+    assert path.stat().st_ino == first
+    params = searcher.suggest("t0")
+    searcher.save_to_dir(str(tmp_path), "s")
+    assert path.stat().st_ino != first
+    searcher.on_trial_complete("t0", _result(params))
+    searcher.save_to_dir(str(tmp_path), "s")
+    restored = OrderedOptunaSearch(
+        _space, metric=["accuracy", "size_bytes"], mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    restored.restore_from_dir(str(tmp_path))
+    # the saved state is the live one: held result, order and sampler state give the same next trial
+    assert restored.suggest("t1") == searcher.suggest("t1")
+    # A deleted file is written again even when nothing changed.
+    path.unlink()
+    restored.save_to_dir(str(tmp_path), "s")
+    assert path.exists()
