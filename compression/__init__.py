@@ -16,7 +16,15 @@ with :func:`register_method`; the handler takes its stage's arguments
 
 from rayzor.compression._actquant import ActivationQuantization, QuantizedInput
 from rayzor.compression._calibration import LayerStats, collect_layer_stats
-from rayzor.compression._deploy import DEPLOY_KINDS, deploy_kind, export_deploy, measure_deploy_latency, runtime_refusal
+from rayzor.compression._deploy import (
+    ACCURACY_LEVELS,
+    DEPLOY_KINDS,
+    check_accuracy_level,
+    deploy_kind,
+    export_deploy,
+    measure_deploy_latency,
+    runtime_refusal,
+)
 from rayzor.compression._distill import DistillConfig, distill, kd_loss, teacher_outputs
 from rayzor.compression._engine import CompressedModel, apply_structure, compress
 from rayzor.compression._gptq import AWQ, GPTQ, SmoothQuant
@@ -137,6 +145,8 @@ __all__ = [
     "deploy_kind",
     "runtime_refusal",
     "export_deploy",
+    "check_accuracy_level",
+    "ACCURACY_LEVELS",
     "measure_deploy_latency",
     # packed artifacts
     "save_packed",

@@ -510,6 +510,20 @@ _ALLOWED_OPS = {
 }
 
 
+#: onnxruntime's MatMulNBits ``accuracy_level`` values (0: fp32 compute, 4: int8 activations).
+ACCURACY_LEVELS: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+
+def check_accuracy_level(accuracy_level: object) -> None:
+    """Refuse an ``accuracy_level`` onnxruntime does not define, in one line.
+
+    Raises:
+        ConfigError: not one of :data:`ACCURACY_LEVELS`.
+    """
+    if isinstance(accuracy_level, bool) or accuracy_level not in ACCURACY_LEVELS:
+        raise ConfigError("accuracy_level", accuracy_level, f"one of {', '.join(map(str, ACCURACY_LEVELS))}")
+
+
 def export_deploy(
     compressed: CompressedModel, example_input: torch.Tensor, path: str | Path, *, accuracy_level: int = 0
 ) -> Path:
@@ -545,8 +559,7 @@ def export_deploy(
 
     if not isinstance(compressed, CompressedModel):
         raise ConfigError("compressed", type(compressed).__name__, "a CompressedModel returned by compress()")
-    if isinstance(accuracy_level, bool) or accuracy_level not in (0, 1, 2, 3, 4):
-        raise ConfigError("accuracy_level", accuracy_level, "one of 0, 1, 2, 3, 4")
+    check_accuracy_level(accuracy_level)
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(compressed.model, example_input, Path(tmp) / "fp32.onnx")

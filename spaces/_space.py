@@ -9,7 +9,14 @@ from typing import Any
 
 from torch import nn
 
-from rayzor.compression import ActivationQuantization, ChannelPruning, CompressionPlan, FinetuneConfig, HeadPruning
+from rayzor.compression import (
+    ActivationQuantization,
+    ChannelPruning,
+    CompressionPlan,
+    FinetuneConfig,
+    HeadPruning,
+    check_accuracy_level,
+)
 from rayzor.errors import ConfigError
 from rayzor.spaces import _dimensions as dims
 from rayzor.spaces._introspect import default_exclusions as _default_exclusions
@@ -118,8 +125,7 @@ class CompressionSpace:
     ) -> None:
         if not layers:
             raise ConfigError("layers", list(layers), "at least one Conv/Linear layer")
-        if isinstance(accuracy_level, bool) or accuracy_level not in (0, 1, 2, 3, 4):
-            raise ConfigError("accuracy_level", accuracy_level, "one of 0, 1, 2, 3, 4")
+        check_accuracy_level(accuracy_level)
         if settings is None:
             settings = validated(options)
         elif options:
