@@ -25,7 +25,8 @@ from rayzor.tasks._base import Task, register_task
 __all__ = ["DigitsCNN", "accuracy", "digits_task", "cache_dir"]
 
 # Bump when the training recipe changes in a way the settings do not show.
-_RECIPE_VERSION = 1
+# 2: the initial weights are drawn from the seed too (1 drew them from whatever the global RNG held).
+_RECIPE_VERSION = 2
 
 
 class DigitsCNN(nn.Module):
@@ -76,7 +77,6 @@ def _load_split(seed: int) -> dict[str, TensorDataset]:
 
 
 def _train(model: nn.Module, train: TensorDataset, *, epochs: int, lr: float, seed: int) -> None:
-    torch.manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
@@ -120,22 +120,27 @@ def digits_task(
     settings = {"seed": seed, "epochs": epochs, "lr": lr, **kwargs, "recipe": _RECIPE_VERSION}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     data = _load_split(seed)
-    model = DigitsCNN(channels=channels, hidden=hidden)
     weights = cache_dir() / f"digits-{key}.safetensors"
-    if cache and weights.exists():
-        model.load_state_dict(load_file(weights))
-        model.eval()
-    else:
-        # The first run's silent minute otherwise: the CLI shows rayzor's INFO lines as set-up phases.
-        logging.getLogger(__name__).info(
-            "training the digits baseline (first run%s)", f", cached in {weights.parent}" if cache else ", not cached"
-        )
-        _train(model, data["train"], epochs=epochs, lr=lr, seed=seed)
-        if cache:
-            weights.parent.mkdir(parents=True, exist_ok=True)
-            tmp = weights.with_suffix(f".tmp{os.getpid()}")
-            save_file(model.state_dict(), tmp, metadata={"settings": json.dumps(settings)})
-            os.replace(tmp, weights)  # atomic: concurrent processes never read half a file
+    # The seed fixes the initial weights as well as the batches, so every process trains the same baseline;
+    # a forked RNG leaves the caller's global stream as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DigitsCNN(channels=channels, hidden=hidden)
+        if cache and weights.exists():
+            model.load_state_dict(load_file(weights))
+            model.eval()
+        else:
+            # The first run's silent minute otherwise: the CLI shows rayzor's INFO lines as set-up phases.
+            logging.getLogger(__name__).info(
+                "training the digits baseline (first run%s)",
+                f", cached in {weights.parent}" if cache else ", not cached",
+            )
+            _train(model, data["train"], epochs=epochs, lr=lr, seed=seed)
+            if cache:
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                tmp = weights.with_suffix(f".tmp{os.getpid()}")
+                save_file(model.state_dict(), tmp, metadata={"settings": json.dumps(settings)})
+                os.replace(tmp, weights)  # atomic: concurrent processes never read half a file
     task = Task(
         name="digits",
         model=model,
