@@ -23,10 +23,13 @@ reported: on a shared machine one run is noise. ``--finetune-epochs`` makes
 the trials longer (the default digits trial is about 0.3 s). ``--before``
 names a ``results/*.json`` this script wrote at an earlier commit: its table
 is shown above the new one. ``--name`` picks the results file and section.
+``--start-up-ab`` adds concurrency 2, reproducible, with the sampler's start-up
+trials waiting for older ones as they did before ``blind_trials``, interleaved
+with the rest; each row counts the trial worker processes each search started.
 
 Writes benchmarks/results/NAME.json and the "NAME" section of BENCHMARKS.md (NAME: system).
 
-    python benchmarks/system.py [--trials 32] [--repeats 2] [--finetune-epochs N] [--before JSON] [--name NAME]
+    python benchmarks/system.py [--trials 32] [--repeats 2] [--finetune-epochs N] [--before JSON] [--name NAME] [--start-up-ab]
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ def main() -> None:
     parser.add_argument("--before", default=None, help="a results JSON of this script at an earlier commit")
     parser.add_argument("--before-label", default="an earlier commit", help="what --before measured")
     parser.add_argument("--name", default="system", help="results file and BENCHMARKS.md section")
+    parser.add_argument(
+        "--start-up-ab",
+        action="store_true",
+        help="also run concurrency 2, deterministic, with the sampler's start-up waiting as before blind_trials",
+    )
     args = parser.parse_args()
     before = json.loads(Path(args.before).read_text()) if args.before else None
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -63,14 +71,20 @@ def main() -> None:
 
     import ray
 
-    from rayzor.search import load_config, run_search
+    from rayzor.search import _tuner, load_config, run_search
+    from rayzor.search._tuner import blind_trials
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-system-"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     runs: dict[tuple[int, bool], list[dict]] = {}
     # A warm-up search first, so the measured runs find imports and caches warm.
-    plan = [(2, True)] + [(c, d) for _ in range(args.repeats) for c in (1, 2) for d in (False, True)]
-    for i, (concurrency, deterministic) in enumerate(plan):
+    # (concurrency, deterministic, the start-up waits): the last is the reproducible mode before the
+    # start-up stopped waiting (blind_trials), side by side with it, at concurrency 2 where it waited.
+    modes = [(c, d, False) for c in (1, 2) for d in (False, True)] + ([(2, True, True)] if args.start_up_ab else [])
+    plan = [(2, True, False)] + [mode for _ in range(args.repeats) for mode in modes]
+    for i, (concurrency, deterministic, start_up_waits) in enumerate(plan):
+        # The searcher runs in this process: what make_tuner passes it is what it does.
+        _tuner.blind_trials = (lambda name, trials: 0) if start_up_waits else blind_trials
         config = load_config(
             None,
             trials=args.trials,
@@ -80,9 +94,11 @@ def main() -> None:
             storage_path=str(scratch / "ray"),
             finetune_epochs=args.finetune_epochs,
         ).model_copy(update={"deterministic": deterministic})
+        actors = set(_actors())
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         result = run_search(config, progress=lambda line: None)
         used = resource.getrusage(resource.RUSAGE_SELF)
+        started = {k: v for k, v in _actors().items() if k not in actors}
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
         starts, ends = _trial_times(result)
         to_first = min(starts) - result.fit_started
@@ -100,19 +116,23 @@ def main() -> None:
             "ratio_floor": (to_first + compute / concurrency) / (compute / concurrency),
             # CPU of this process (Tune's loop, the MLflow writer, set-up): robust where walls are noise
             "driver_cpu_s": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
+            # each is a new worker process (a few seconds of start and imports); `concurrency` when every
+            # trial reuses a live actor
+            "trial_workers": sum(name == TRIAL_ACTOR for name in started.values()),
         }
-        print(concurrency, deterministic, row, flush=True)
+        print(concurrency, deterministic, start_up_waits, row, flush=True)
         if i:
-            runs.setdefault((concurrency, deterministic), []).append(row)
+            runs.setdefault((concurrency, deterministic, start_up_waits), []).append(row)
     ray.shutdown()
     rows = [
         {
             "concurrency": c,
             "deterministic": d,
+            **({"start_up_waits": True} if w else {}),
             "runs": rs,
             **{k: statistics.median(r[k] for r in rs) for k in rs[0]},
         }
-        for (c, d), rs in sorted(runs.items())
+        for (c, d, w), rs in sorted(runs.items())
     ]
     speedups = _speedups(rows)
     report = {
@@ -140,7 +160,11 @@ def main() -> None:
         "To first trial = from `fit()` to the first trial's start (Tune's start, then each trial worker is a new "
         "process that imports Ray Tune, torch and rayzor before its first trial); after it, overhead per trial = "
         "(last trial's end - first trial's start - compute / concurrency) / trials; floor = the overhead ratio "
-        "that the time to the first trial alone leaves (every later per-trial cost zero).",
+        "that the time to the first trial alone leaves (every later per-trial cost zero); trial workers started = "
+        "the Tune trial actors each search created (a new process each; `concurrency` when every trial after the "
+        "first ones reuses a live actor). `true, start-up waits`: the reproducible mode as it was before the "
+        "sampler's start-up trials stopped waiting for older trials (`blind_trials` forced to 0 in this process, "
+        "where the searcher runs).",
         "",
     ]
     if before is not None:
@@ -148,6 +172,21 @@ def main() -> None:
     lines += _table(report)
     replace_section(args.name, "\n".join(lines))
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+#: The Ray actor class of a Tune trial running a function trainable.
+TRIAL_ACTOR = "ImplicitFunc"
+
+
+def _actors() -> dict[str, str]:
+    """Actor id -> class name of every actor this Ray instance has had, dead ones included.
+
+    Ray's public state API (``ray.util.state``) needs the dashboard, which the
+    benchmark does not start; the GCS's actor table is what it reads.
+    """
+    from ray._private import state
+
+    return {actor_id: info["ActorClassName"] for actor_id, info in state.actors().items()}
 
 
 def _trial_times(result: Any) -> tuple[list[float], list[float]]:
@@ -161,7 +200,7 @@ def _trial_times(result: Any) -> tuple[list[float], list[float]]:
 
 def _speedups(rows: list[dict]) -> dict[bool, float]:
     """Trials per minute at concurrency 2 over concurrency 1, per ``deterministic``."""
-    by = {(r["concurrency"], r["deterministic"]): r for r in rows}
+    by = {(r["concurrency"], r["deterministic"]): r for r in rows if not r.get("start_up_waits")}
     return {d: by[(2, d)]["trials_per_minute"] / by[(1, d)]["trials_per_minute"] for d in (False, True)}
 
 
@@ -173,8 +212,8 @@ def _table(report: dict) -> list[str]:
         "",
         "| concurrency | deterministic | Tune fit wall (s) | search wall (s) | sum of trial compute (s) "
         "| overhead ratio | overhead per trial (s) | trials / min | driver CPU (s) "
-        "| to first trial (s) | after it, overhead per trial (s) | floor |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| to first trial (s) | after it, overhead per trial (s) | floor | trial workers started, each search |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         wall = f"{r['search_wall_s']:.1f}" if "search_wall_s" in r else "-"
@@ -182,10 +221,12 @@ def _table(report: dict) -> list[str]:
         first = f"{r['to_first_trial_s']:.1f}" if "to_first_trial_s" in r else "-"
         after = f"{r['overhead_after_start_per_trial_s']:.3f}" if "overhead_after_start_per_trial_s" in r else "-"
         floor = f"{r['ratio_floor']:.2f}" if "ratio_floor" in r else "-"
+        waits = ", start-up waits" if r.get("start_up_waits") else ""
+        workers = ", ".join(str(run["trial_workers"]) for run in r["runs"]) if "trial_workers" in r else "-"
         lines.append(
-            f"| {r['concurrency']} | {str(r['deterministic']).lower()} | {r['fit_s']:.1f} | {wall} | "
+            f"| {r['concurrency']} | {str(r['deterministic']).lower()}{waits} | {r['fit_s']:.1f} | {wall} | "
             f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
-            f"{r['trials_per_minute']:.0f} | {cpu} | {first} | {after} | {floor} |"
+            f"{r['trials_per_minute']:.0f} | {cpu} | {first} | {after} | {floor} | {workers} |"
         )
     lines += [
         "",

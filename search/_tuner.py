@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -12,9 +13,11 @@ from rayzor.search._trial import run_trial
 from rayzor.spaces import CompressionSpace, StudentSpace
 from rayzor.tasks import Task
 
-__all__ = ["make_sampler", "make_trainable", "make_tuner", "warm_start_points"]
+__all__ = ["blind_trials", "make_sampler", "make_trainable", "make_tuner", "warm_start_points"]
 
 
+#: Optuna's GPSampler default, kept: the GP needs about this many points before it models anything.
+GP_STARTUP_TRIALS = 10
 #: Spaces up to this many dimensions get multivariate TPE; larger ones univariate (see :func:`make_sampler`).
 MULTIVARIATE_MAX_DIMENSIONS = 16
 
@@ -34,8 +37,9 @@ def make_sampler(name: str, seed: int, trials: int, dimensions: int = 0) -> Any:
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # Few startup trials: searches here are short, and TPE learns from them.
-    startup = min(10, max(4, trials // 4))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = int(blind_trials(name, trials))
     if name == "tpe" and dimensions > MULTIVARIATE_MAX_DIMENSIONS:
         from rayzor.search._tpe import UnivariateTPESampler
 
@@ -43,12 +47,26 @@ def make_sampler(name: str, seed: int, trials: int, dimensions: int = 0) -> Any:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 4)))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=startup)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     raise ValueError(name)  # unreachable: SearchConfig validated the name
+
+
+def blind_trials(name: str, trials: int) -> float:
+    """How many first trials the named sampler draws at random, blind to every result.
+
+    TPE's and GP's start-up trials, NSGA-II's first generation (its
+    population), every trial of ``random``. A suggestion among these cannot
+    depend on what was told before it, so the reproducible searcher need not
+    wait for older trials to end (:class:`~rayzor.search._searcher.OrderedOptunaSearch`).
+    """
+    if name == "random":
+        return math.inf
+    if name == "gp":
+        return GP_STARTUP_TRIALS
+    # Few start-up trials: searches here are short, and TPE learns from them.
+    return min(50 if name == "nsga2" else 10, max(4, trials // 4))
 
 
 def warm_start_points(space: CompressionSpace | StudentSpace, config: SearchConfig) -> list[dict[str, Any]]:
@@ -175,6 +193,7 @@ def make_tuner(
         space.suggest,
         concurrency=concurrency,
         budget=config.trials,
+        blind=blind_trials(config.sampler, config.trials),
         deterministic=config.deterministic,
         metric=list(objectives),
         mode=["max" if objective_direction(o) == "maximize" else "min" for o in objectives],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
 import pytest
 
 from rayzor.search import OrderedOptunaSearch
+from rayzor.search._tuner import blind_trials, make_sampler
 
 
 def _space(trial: Any) -> None:
@@ -23,7 +25,9 @@ def _result(params: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": 1.0 - 0.1 * sparsity - 0.5 / bits, "size_bytes": bits * (1.0 - sparsity / 3), "final": 1.0}
 
 
-def _search(deterministic: bool, newest_first: bool, concurrency: int = 2, trials: int = 16) -> list[dict]:
+def _search(
+    deterministic: bool, newest_first: bool, concurrency: int = 2, trials: int = 16, blind: float = 0
+) -> list[dict]:
     """Drive the searcher as Tune's loop does (at most ``concurrency`` live trials); end the newest or oldest first."""
     searcher = OrderedOptunaSearch(
         _space,
@@ -32,6 +36,7 @@ def _search(deterministic: bool, newest_first: bool, concurrency: int = 2, trial
         sampler=optuna.samplers.TPESampler(seed=3, multivariate=True, n_startup_trials=4),
         points_to_evaluate=[{f"layer{i}.{k}": v for i in range(3) for k, v in (("sparsity", 0.0), ("bits", 8))}],
         concurrency=concurrency,
+        blind=blind,
         deterministic=deterministic,
     )
     suggested: list[dict] = []
@@ -62,6 +67,52 @@ def test_without_deterministic_the_order_changes_the_suggestions():
 def test_suggestions_reproduce_at_other_concurrencies(concurrency):
     runs = [_search(True, newest_first=n, concurrency=concurrency) for n in (True, False)]
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("concurrency", [2, 3])
+def test_start_up_trials_do_not_wait_and_suggest_the_same(concurrency):
+    # TPE's 4 start-up trials read no result: suggesting them without waiting changes nothing that follows.
+    waiting = _search(True, newest_first=True, concurrency=concurrency)
+    assert _search(True, newest_first=True, concurrency=concurrency, blind=4) == waiting
+    assert _search(True, newest_first=False, concurrency=concurrency, blind=4) == waiting
+
+
+def test_a_start_up_trial_is_suggested_while_older_ones_run():
+    searcher = OrderedOptunaSearch(
+        _space,
+        metric=["accuracy", "size_bytes"],
+        mode=["max", "min"],
+        concurrency=2,
+        blind=5,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    # Trial 4 would wait for trial 1 (see the next test); within the start-up nothing waits.
+    assert all(searcher.suggest(t) is not None for t in "abcde")
+    assert searcher.suggest("f") is None  # trial 6 sees trials 1-3, none of which has ended
+
+
+@pytest.mark.parametrize(("name", "dimensions"), [("tpe", 4), ("tpe", 40), ("nsga2", 4), ("gp", 4), ("random", 4)])
+def test_blind_trials_are_the_samplers_result_blind_start_up(name, dimensions):
+    # Ask the first ``blind`` trials telling each result at once, and again telling none: the same params,
+    # for every sampler a search can build. ``random`` is blind throughout (checked over 12 trials).
+    def ask(tell: bool) -> list[dict[str, Any]]:
+        study = optuna.create_study(
+            directions=["maximize", "minimize"], sampler=make_sampler(name, seed=1, trials=16, dimensions=dimensions)
+        )
+        params = []
+        for _ in range(min(blind, 12)):
+            trial = study.ask()
+            for i in range(dimensions // 2):
+                trial.suggest_float(f"layer{i}.sparsity", 0.0, 0.9)
+                trial.suggest_categorical(f"layer{i}.bits", [2, 4, 8])
+            params.append(trial.params)
+            if tell:
+                study.tell(trial, list(_result(trial.params).values())[:2])
+        return params
+
+    blind = blind_trials(name, 16)
+    assert blind >= 4 and (blind == math.inf) == (name == "random")
+    assert ask(tell=True) == ask(tell=False)
 
 
 def test_a_trial_waits_for_the_result_it_depends_on():
