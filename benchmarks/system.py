@@ -25,7 +25,7 @@ names a ``results/*.json`` this script wrote at an earlier commit: its table
 is shown above the new one. ``--name`` picks the results file and section.
 ``--start-up-ab`` adds concurrency 2, reproducible, with the sampler's start-up
 trials waiting for older ones as they did before ``blind_trials``, interleaved
-with the rest; each row counts the trial worker processes each search started.
+with the rest.
 
 Writes benchmarks/results/NAME.json and the "NAME" section of BENCHMARKS.md (NAME: system).
 
@@ -94,11 +94,9 @@ def main() -> None:
             storage_path=str(scratch / "ray"),
             finetune_epochs=args.finetune_epochs,
         ).model_copy(update={"deterministic": deterministic})
-        actors = set(_actors())
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         result = run_search(config, progress=lambda line: None)
         used = resource.getrusage(resource.RUSAGE_SELF)
-        started = {k: v for k, v in _actors().items() if k not in actors}
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
         starts, ends = _trial_times(result)
         to_first = min(starts) - result.fit_started
@@ -116,9 +114,6 @@ def main() -> None:
             "ratio_floor": (to_first + compute / concurrency) / (compute / concurrency),
             # CPU of this process (Tune's loop, the MLflow writer, set-up): robust where walls are noise
             "driver_cpu_s": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
-            # each is a new worker process (a few seconds of start and imports); `concurrency` when every
-            # trial reuses a live actor
-            "trial_workers": sum(name == TRIAL_ACTOR for name in started.values()),
         }
         print(concurrency, deterministic, start_up_waits, row, flush=True)
         if i:
@@ -146,10 +141,16 @@ def main() -> None:
         "speedup_2_over_1": {str(d).lower(): s for d, s in speedups.items()},
     }
     write_result(args.name, report)
+    replace_section(args.name, _section(args.name, report, before, args.before_label))
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _section(name: str, report: dict, before: dict | None, before_label: str) -> str:
+    """The BENCHMARKS.md section of a report (and of the ``--before`` one above it)."""
     lines = [
-        f"## {args.name}: overhead and throughput",
+        f"## {name}: overhead and throughput",
         "",
-        f"Digits task, default space, {args.trials} trials per search, fine-tune epochs {config.finetune_epochs}, "
+        f"Digits task, default space, {report['trials']} trials per search, fine-tune epochs {report['finetune_epochs']}, "
         "one Ray instance (num_cpus=2), actors reused between trials, MLflow sqlite store; a warm-up search ran "
         "first and is not counted. Each row is the median of the searches of its configuration, the "
         "configurations interleaved. `deterministic: false` tells Optuna each result as it arrives (the "
@@ -160,33 +161,16 @@ def main() -> None:
         "To first trial = from `fit()` to the first trial's start (Tune's start, then each trial worker is a new "
         "process that imports Ray Tune, torch and rayzor before its first trial); after it, overhead per trial = "
         "(last trial's end - first trial's start - compute / concurrency) / trials; floor = the overhead ratio "
-        "that the time to the first trial alone leaves (every later per-trial cost zero); trial workers started = "
-        "the Tune trial actors each search created (a new process each; `concurrency` when every trial after the "
-        "first ones reuses a live actor). `true, start-up waits`: the reproducible mode as it was before the "
+        "that the time to the first trial alone leaves (every later per-trial cost zero); each search's overhead "
+        "ratio shows a stalled search, which a median hides. `true, start-up waits`: the reproducible mode as it was before the "
         "sampler's start-up trials stopped waiting for older trials (`blind_trials` forced to 0 in this process, "
         "where the searcher runs).",
         "",
     ]
     if before is not None:
-        lines += [f"Before ({args.before_label}):", "", *_table(before), "", "After (this commit):", ""]
+        lines += [f"Before ({before_label}):", "", *_table(before), "", "After (this commit):", ""]
     lines += _table(report)
-    replace_section(args.name, "\n".join(lines))
-    shutil.rmtree(scratch, ignore_errors=True)
-
-
-#: The Ray actor class of a Tune trial running a function trainable.
-TRIAL_ACTOR = "ImplicitFunc"
-
-
-def _actors() -> dict[str, str]:
-    """Actor id -> class name of every actor this Ray instance has had, dead ones included.
-
-    Ray's public state API (``ray.util.state``) needs the dashboard, which the
-    benchmark does not start; the GCS's actor table is what it reads.
-    """
-    from ray._private import state
-
-    return {actor_id: info["ActorClassName"] for actor_id, info in state.actors().items()}
+    return "\n".join(lines)
 
 
 def _trial_times(result: Any) -> tuple[list[float], list[float]]:
@@ -212,7 +196,7 @@ def _table(report: dict) -> list[str]:
         "",
         "| concurrency | deterministic | Tune fit wall (s) | search wall (s) | sum of trial compute (s) "
         "| overhead ratio | overhead per trial (s) | trials / min | driver CPU (s) "
-        "| to first trial (s) | after it, overhead per trial (s) | floor | trial workers started, each search |",
+        "| to first trial (s) | after it, overhead per trial (s) | floor | overhead ratio, each search |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
@@ -222,11 +206,11 @@ def _table(report: dict) -> list[str]:
         after = f"{r['overhead_after_start_per_trial_s']:.3f}" if "overhead_after_start_per_trial_s" in r else "-"
         floor = f"{r['ratio_floor']:.2f}" if "ratio_floor" in r else "-"
         waits = ", start-up waits" if r.get("start_up_waits") else ""
-        workers = ", ".join(str(run["trial_workers"]) for run in r["runs"]) if "trial_workers" in r else "-"
+        each = ", ".join(f"{run['overhead_ratio']:.2f}" for run in r["runs"]) if "runs" in r else "-"
         lines.append(
             f"| {r['concurrency']} | {str(r['deterministic']).lower()}{waits} | {r['fit_s']:.1f} | {wall} | "
             f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
-            f"{r['trials_per_minute']:.0f} | {cpu} | {first} | {after} | {floor} | {workers} |"
+            f"{r['trials_per_minute']:.0f} | {cpu} | {first} | {after} | {floor} | {each} |"
         )
     lines += [
         "",
