@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from rayzor.search._tpe import UnivariateTPESampler
     from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
     from rayzor.search._trial import evaluate_plan
-    from rayzor.search._tuner import warm_start_points
+    from rayzor.search._tuner import blind_trials, make_sampler, warm_start_points
 
 __all__ = [
     "EXPERIMENT_NOTE",
@@ -74,6 +74,7 @@ __all__ = [
     "SpaceConfig",
     "TrialRecord",
     "UnivariateTPESampler",
+    "blind_trials",
     "browse_hint",
     "connect",
     "export_model",
@@ -81,6 +82,7 @@ __all__ = [
     "load_config",
     "load_resume_state",
     "load_search",
+    "make_sampler",
     "parse_pick",
     "pareto_figure",
     "pareto_html",
@@ -148,6 +150,8 @@ _LAZY = {
     "trial_runs": "rayzor.search._tracking",
     "evaluate_plan": "rayzor.search._trial",
     "warm_start_points": "rayzor.search._tuner",
+    "blind_trials": "rayzor.search._tuner",
+    "make_sampler": "rayzor.search._tuner",
     "SizeBucketASHA": "rayzor.search._scheduler",
     "OrderedOptunaSearch": "rayzor.search._searcher",
     "UnivariateTPESampler": "rayzor.search._tpe",

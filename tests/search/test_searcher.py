@@ -8,8 +8,7 @@ from typing import Any
 import optuna
 import pytest
 
-from rayzor.search import OrderedOptunaSearch
-from rayzor.search._tuner import blind_trials, make_sampler
+from rayzor.search import OrderedOptunaSearch, blind_trials, make_sampler
 
 
 def _space(trial: Any) -> None:
