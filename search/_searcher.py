@@ -22,9 +22,9 @@ wait. Why it matters: a worker's first trial is slow (a new process imports
 its libraries), so the first trials end far apart, and a suggestion that
 waits leaves a worker idle. Tune keeps one idle actor for reuse; when the
 other trial ends too, its actor is stopped and the next trial starts a new
-process (5 to 6 s here), whose first trial is slow again. The default c = 2
-digits search fell into that loop in 5 of 10 runs (2.8 to 4.4 times its
-compute instead of 1.7 to 1.8).
+process (5 to 6 s here), whose first trial is slow again: a loop that took
+some default c = 2 digits searches to 2.8 to 4.4 times their compute
+instead of 1.7 to 1.8.
 """
 
 from __future__ import annotations
