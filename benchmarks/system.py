@@ -25,11 +25,14 @@ names a ``results/*.json`` this script wrote at an earlier commit: its table
 is shown above the new one. ``--name`` picks the results file and section.
 ``--start-up-ab`` adds concurrency 2, reproducible, with the sampler's start-up
 trials waiting for older ones as they did before ``blind_trials``, interleaved
-with the rest.
+with the rest. ``--task`` runs a task spec instead of digits (its module may
+live in benchmarks/, e.g. ``slow_tail_task:make_task``, trial times with a
+heavy tail); every search's row entry counts the worker processes that
+hosted its trials.
 
 Writes benchmarks/results/NAME.json and the "NAME" section of BENCHMARKS.md (NAME: system).
 
-    python benchmarks/system.py [--trials 32] [--repeats 2] [--finetune-epochs N] [--before JSON] [--name NAME] [--start-up-ab]
+    python benchmarks/system.py [--trials 32] [--repeats 2] [--finetune-epochs N] [--before JSON] [--name NAME] [--start-up-ab] [--task SPEC]
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 from _report import describe_machine, machine, replace_section, write_result  # noqa: E402
 
 
@@ -59,6 +64,11 @@ def main() -> None:
     parser.add_argument("--before", default=None, help="a results JSON of this script at an earlier commit")
     parser.add_argument("--before-label", default="an earlier commit", help="what --before measured")
     parser.add_argument("--name", default="system", help="results file and BENCHMARKS.md section")
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="a task spec instead of the embedded digits (e.g. slow_tail_task:make_task, from benchmarks/)",
+    )
     parser.add_argument(
         "--start-up-ab",
         action="store_true",
@@ -75,7 +85,10 @@ def main() -> None:
     from rayzor.search._tuner import blind_trials
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-system-"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # The trial workers import a --task module from benchmarks/, as this process does.
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path[1:]])}} if args.task else None
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=env)
+    workers = _WorkerCount()
     runs: dict[tuple[int, bool], list[dict]] = {}
     # A warm-up search first, so the measured runs find imports and caches warm.
     # (concurrency, deterministic, the start-up waits): the last is the reproducible mode before the
@@ -90,12 +103,14 @@ def main() -> None:
             trials=args.trials,
             concurrency=concurrency,
             experiment="system",
+            task=args.task,
             tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
             storage_path=str(scratch / "ray"),
             finetune_epochs=args.finetune_epochs,
         ).model_copy(update={"deterministic": deterministic})
         cpu = resource.getrusage(resource.RUSAGE_SELF)
-        result = run_search(config, progress=lambda line: None)
+        with workers:
+            result = run_search(config, progress=lambda line: None)
         used = resource.getrusage(resource.RUSAGE_SELF)
         compute = sum(r.metrics["trial_seconds"] for r in result.trials if r.status == "FINISHED")
         starts, ends = _trial_times(result)
@@ -114,6 +129,9 @@ def main() -> None:
             "ratio_floor": (to_first + compute / concurrency) / (compute / concurrency),
             # CPU of this process (Tune's loop, the MLflow writer, set-up): robust where walls are noise
             "driver_cpu_s": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
+            # a new process each (5-6 s of start and imports before its first trial); `concurrency` when
+            # Tune kept every trial actor for the next trial
+            "worker_processes": workers.started,
         }
         print(concurrency, deterministic, start_up_waits, row, flush=True)
         if i:
@@ -134,6 +152,7 @@ def main() -> None:
         "command": "python benchmarks/system.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
         **machine(),
         "trials": args.trials,
+        "task": args.task or "digits",
         "finetune_epochs": config.finetune_epochs,
         "repeats": args.repeats,
         "note": args.note,
@@ -145,12 +164,78 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+#: What Ray titles a worker process that hosts a Tune trial of a function trainable.
+TRIAL_ACTOR = "ImplicitFunc"
+
+
+class _WorkerCount:
+    """Counts the trial worker processes Ray's raylet starts while a search runs (Linux ``/proc``).
+
+    Polls the raylet's children every 0.2 s from a thread and counts those Ray
+    titles as a Tune trial actor; a worker hosts one for at least a trial, so
+    none is missed. Idle workers Ray starts for its pool are not counted. Ray's
+    state API would need the dashboard, which this benchmark does not start.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0
+        self._raylet = next(
+            p for p in os.listdir("/proc") if p.isdigit() and Path(f"/proc/{p}/comm").read_text().strip() == "raylet"
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _children(self) -> set[str]:
+        kids: set[str] = set()
+        for task in Path(f"/proc/{self._raylet}/task").iterdir():
+            try:
+                kids.update((task / "children").read_text().split())
+            except OSError:
+                pass  # a raylet thread that just ended
+        return kids
+
+    def _poll(self, before: set[str]) -> None:
+        trials: set[str] = set()
+        while not self._stop.wait(0.2):
+            for pid in self._children() - before - trials:
+                try:  # Ray titles a worker by the actor it hosts: ray::ImplicitFunc... for a Tune trial
+                    if TRIAL_ACTOR in Path(f"/proc/{pid}/cmdline").read_text():
+                        trials.add(pid)
+                except OSError:
+                    pass  # ended between the listing and the read
+        self.started = len(trials)
+
+    def __enter__(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, args=(self._children(),), daemon=True)
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+
+def _each(run: dict) -> str:
+    """One search's overhead ratio, with its trial worker processes where the run counted them."""
+    workers = f" ({run['worker_processes']})" if "worker_processes" in run else ""
+    return f"{run['overhead_ratio']:.2f}{workers}"
+
+
+def _task_text(report: dict) -> str:
+    """The task a report ran: digits, or a --task spec with what it is."""
+    task = report.get("task", "digits")
+    if task == "digits":
+        return "digits"
+    return f"`{task}` (from benchmarks/, see its docstring)"
+
+
 def _section(name: str, report: dict, before: dict | None, before_label: str) -> str:
     """The BENCHMARKS.md section of a report (and of the ``--before`` one above it)."""
     lines = [
         f"## {name}: overhead and throughput",
         "",
-        f"Digits task, default space, {report['trials']} trials per search, fine-tune epochs {report['finetune_epochs']}, "
+        f"Task {_task_text(report)}, default space, {report['trials']} trials per search, fine-tune epochs {report['finetune_epochs']}, "
         "one Ray instance (num_cpus=2), actors reused between trials, MLflow sqlite store; a warm-up search ran "
         "first and is not counted. Each row is the median of the searches of its configuration, the "
         "configurations interleaved. `deterministic: false` tells Optuna each result as it arrives (the "
@@ -162,7 +247,9 @@ def _section(name: str, report: dict, before: dict | None, before_label: str) ->
         "process that imports Ray Tune, torch and rayzor before its first trial); after it, overhead per trial = "
         "(last trial's end - first trial's start - compute / concurrency) / trials; floor = the overhead ratio "
         "that the time to the first trial alone leaves (every later per-trial cost zero); each search's overhead "
-        "ratio shows a stalled search, which a median hides. `true, start-up waits`: the reproducible mode as it was before the "
+        "ratio shows a stalled search, which a median hides, and beside it the worker processes that hosted its "
+        "trials (`concurrency` when Tune kept each trial actor for the next trial; each extra one is a new "
+        "process that spends 5-6 s on its start and imports). `true, start-up waits`: the reproducible mode as it was before the "
         "sampler's start-up trials stopped waiting for older trials (`blind_trials` forced to 0 in this process, "
         "where the searcher runs).",
         "",
@@ -196,7 +283,8 @@ def _table(report: dict) -> list[str]:
         "",
         "| concurrency | deterministic | Tune fit wall (s) | search wall (s) | sum of trial compute (s) "
         "| overhead ratio | overhead per trial (s) | trials / min | driver CPU (s) "
-        "| to first trial (s) | after it, overhead per trial (s) | floor | overhead ratio, each search |",
+        "| to first trial (s) | after it, overhead per trial (s) | floor | overhead ratio (trial worker processes), "
+        "each search |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
@@ -206,7 +294,7 @@ def _table(report: dict) -> list[str]:
         after = f"{r['overhead_after_start_per_trial_s']:.3f}" if "overhead_after_start_per_trial_s" in r else "-"
         floor = f"{r['ratio_floor']:.2f}" if "ratio_floor" in r else "-"
         waits = ", start-up waits" if r.get("start_up_waits") else ""
-        each = ", ".join(f"{run['overhead_ratio']:.2f}" for run in r["runs"]) if "runs" in r else "-"
+        each = ", ".join(_each(run) for run in r["runs"]) if "runs" in r else "-"
         lines.append(
             f"| {r['concurrency']} | {str(r['deterministic']).lower()}{waits} | {r['fit_s']:.1f} | {wall} | "
             f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
