@@ -81,15 +81,14 @@ def main() -> None:
 
     import ray
 
-    from rayzor.search import _tuner, load_config, run_search
-    from rayzor.search._tuner import blind_trials
+    from rayzor.search import _tuner, blind_trials, load_config, run_search
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-system-"))
     # The trial workers import a --task module from benchmarks/, as this process does.
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path[1:]])}} if args.task else None
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=env)
     workers = _WorkerCount()
-    runs: dict[tuple[int, bool], list[dict]] = {}
+    runs: dict[tuple[int, bool, bool], list[dict]] = {}
     # A warm-up search first, so the measured runs find imports and caches warm.
     # (concurrency, deterministic, the start-up waits): the last is the reproducible mode before the
     # start-up stopped waiting (blind_trials), side by side with it, at concurrency 2 where it waited.
