@@ -25,14 +25,15 @@ names a ``results/*.json`` this script wrote at an earlier commit: its table
 is shown above the new one. ``--name`` picks the results file and section.
 ``--start-up-ab`` adds concurrency 2, reproducible, with the sampler's start-up
 trials waiting for older ones as they did before ``blind_trials``, interleaved
-with the rest. ``--task`` runs a task spec instead of digits (its module may
+with the rest; ``--defer-ab`` adds it with the searcher answering "not yet"
+(the trial waits unstarted) as before deferred params. ``--task`` runs a task spec instead of digits (its module may
 live in benchmarks/, e.g. ``slow_tail_task:make_task``, trial times with a
 heavy tail); every search's row entry counts the worker processes that
 hosted its trials.
 
 Writes benchmarks/results/NAME.json and the "NAME" section of BENCHMARKS.md (NAME: system).
 
-    python benchmarks/system.py [--trials 32] [--repeats 2] [--finetune-epochs N] [--before JSON] [--name NAME] [--start-up-ab] [--task SPEC]
+    python benchmarks/system.py [--trials 32] [--repeats 2] [--finetune-epochs N] [--before JSON] [--name NAME] [--start-up-ab] [--defer-ab] [--task SPEC]
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _report import describe_machine, machine, replace_section, write_result  # noqa: E402
 
+#: Variants of the reproducible mode, as it was before a change (``--start-up-ab``, ``--defer-ab``).
+START_UP_WAITS = "start-up waits"
+UNDEFERRED = "undeferred"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,6 +79,11 @@ def main() -> None:
         action="store_true",
         help="also run concurrency 2, deterministic, with the sampler's start-up waiting as before blind_trials",
     )
+    parser.add_argument(
+        "--defer-ab",
+        action="store_true",
+        help="also run concurrency 2, deterministic, with a waiting trial unstarted as before deferred params",
+    )
     args = parser.parse_args()
     before = json.loads(Path(args.before).read_text()) if args.before else None
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -81,22 +91,30 @@ def main() -> None:
 
     import ray
 
-    from rayzor.search import _tuner, blind_trials, load_config, run_search
+    from rayzor.search import OrderedOptunaSearch, _searcher, _tuner, blind_trials, load_config, run_search
+
+    class Undeferred(OrderedOptunaSearch):
+        """The searcher as before deferred params: a trial that must wait is not started (``suggest`` is None)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "defer": None})
 
     scratch = Path(tempfile.mkdtemp(prefix="rayzor-system-"))
     # The trial workers import a --task module from benchmarks/, as this process does.
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path[1:]])}} if args.task else None
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=env)
     workers = _WorkerCount()
-    runs: dict[tuple[int, bool, bool], list[dict]] = {}
+    runs: dict[tuple[int, bool, str], list[dict]] = {}
     # A warm-up search first, so the measured runs find imports and caches warm.
-    # (concurrency, deterministic, the start-up waits): the last is the reproducible mode before the
-    # start-up stopped waiting (blind_trials), side by side with it, at concurrency 2 where it waited.
-    modes = [(c, d, False) for c in (1, 2) for d in (False, True)] + ([(2, True, True)] if args.start_up_ab else [])
-    plan = [(2, True, False)] + [mode for _ in range(args.repeats) for mode in modes]
-    for i, (concurrency, deterministic, start_up_waits) in enumerate(plan):
-        # The searcher runs in this process: what make_tuner passes it is what it does.
-        _tuner.blind_trials = (lambda name, trials: 0) if start_up_waits else blind_trials
+    # (concurrency, deterministic, variant): a variant is the reproducible mode as it was before one
+    # change, side by side with it, at concurrency 2 where it waits.
+    variants = [v for v, on in ((START_UP_WAITS, args.start_up_ab), (UNDEFERRED, args.defer_ab)) if on]
+    modes = [(c, d, "") for c in (1, 2) for d in (False, True)] + [(2, True, v) for v in variants]
+    plan = [(2, True, "")] + [mode for _ in range(args.repeats) for mode in modes]
+    for i, (concurrency, deterministic, variant) in enumerate(plan):
+        # The searcher runs in this process, and make_tuner looks both names up when it builds it.
+        _tuner.blind_trials = (lambda name, trials: 0) if variant == START_UP_WAITS else blind_trials
+        _searcher.OrderedOptunaSearch = Undeferred if variant == UNDEFERRED else OrderedOptunaSearch
         config = load_config(
             None,
             trials=args.trials,
@@ -132,19 +150,19 @@ def main() -> None:
             # Tune kept every trial actor for the next trial
             "worker_processes": workers.started,
         }
-        print(concurrency, deterministic, start_up_waits, row, flush=True)
+        print(concurrency, deterministic, variant, row, flush=True)
         if i:
-            runs.setdefault((concurrency, deterministic, start_up_waits), []).append(row)
+            runs.setdefault((concurrency, deterministic, variant), []).append(row)
     ray.shutdown()
     rows = [
         {
             "concurrency": c,
             "deterministic": d,
-            **({"start_up_waits": True} if w else {}),
+            **({"variant": v} if v else {}),
             "runs": rs,
             **{k: statistics.median(r[k] for r in rs) for k in rs[0]},
         }
-        for (c, d, w), rs in sorted(runs.items())
+        for (c, d, v), rs in sorted(runs.items())
     ]
     speedups = _speedups(rows)
     report = {
@@ -250,7 +268,8 @@ def _section(name: str, report: dict, before: dict | None, before_label: str) ->
         "trials (`concurrency` when Tune kept each trial actor for the next trial; each extra one is a new "
         "process that spends 5-6 s on its start and imports). `true, start-up waits`: the reproducible mode as it was before the "
         "sampler's start-up trials stopped waiting for older trials (`blind_trials` forced to 0 in this process, "
-        "where the searcher runs).",
+        "where the searcher runs). `true, undeferred`: the reproducible mode as it was before deferred params "
+        '(a trial that must wait for older ones is not started: the searcher answers Tune "not yet").',
         "",
     ]
     if before is not None:
@@ -270,8 +289,13 @@ def _trial_times(result: Any) -> tuple[list[float], list[float]]:
 
 def _speedups(rows: list[dict]) -> dict[bool, float]:
     """Trials per minute at concurrency 2 over concurrency 1, per ``deterministic``."""
-    by = {(r["concurrency"], r["deterministic"]): r for r in rows if not r.get("start_up_waits")}
+    by = {(r["concurrency"], r["deterministic"]): r for r in rows if not _variant(r)}
     return {d: by[(2, d)]["trials_per_minute"] / by[(1, d)]["trials_per_minute"] for d in (False, True)}
+
+
+def _variant(row: dict) -> str:
+    """A row's variant (older reports flag the one they had)."""
+    return str(row.get("variant") or (START_UP_WAITS if row.get("start_up_waits") else ""))
 
 
 def _table(report: dict) -> list[str]:
@@ -292,19 +316,28 @@ def _table(report: dict) -> list[str]:
         first = f"{r['to_first_trial_s']:.1f}" if "to_first_trial_s" in r else "-"
         after = f"{r['overhead_after_start_per_trial_s']:.3f}" if "overhead_after_start_per_trial_s" in r else "-"
         floor = f"{r['ratio_floor']:.2f}" if "ratio_floor" in r else "-"
-        waits = ", start-up waits" if r.get("start_up_waits") else ""
+        waits = f", {_variant(r)}" if _variant(r) else ""
         each = ", ".join(_each(run) for run in r["runs"]) if "runs" in r else "-"
         lines.append(
             f"| {r['concurrency']} | {str(r['deterministic']).lower()}{waits} | {r['fit_s']:.1f} | {wall} | "
             f"{r['sum_trial_compute_s']:.1f} | {r['overhead_ratio']:.2f} | {r['overhead_per_trial_s']:.2f} | "
             f"{r['trials_per_minute']:.0f} | {cpu} | {first} | {after} | {floor} | {each} |"
         )
+    work = _work_speedups(report["rows"])
     lines += [
         "",
         f"Throughput speed-up of concurrency 2 over 1 on 2 cores: **{speedups[True]:.2f}x** deterministic, "
-        f"{speedups[False]:.2f}x not.",
+        f"{speedups[False]:.2f}x not. In trial compute done per second of wall (2 x the concurrency-1 overhead "
+        f"ratio / the concurrency-2 one; the fairer figure where the searches' plans, and so their compute, "
+        f"differ): {work[True]:.2f}x deterministic, {work[False]:.2f}x not.",
     ]
     return lines
+
+
+def _work_speedups(rows: list[dict]) -> dict[bool, float]:
+    """Trial compute per wall second at concurrency 2 over concurrency 1, per ``deterministic``."""
+    by = {(r["concurrency"], r["deterministic"]): r for r in rows if not _variant(r)}
+    return {d: 2 * by[(1, d)]["overhead_ratio"] / by[(2, d)]["overhead_ratio"] for d in (False, True)}
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         resolve_objectives,
         validate_config,
     )
+    from rayzor.search._deferred import DEFERRED_KEY, await_params, published_params
     from rayzor.search._export import (
         EXPORT_FORMATS,
         ExportReport,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from rayzor.search._tuner import blind_trials, make_sampler, warm_start_points
 
 __all__ = [
+    "DEFERRED_KEY",
     "EXPERIMENT_NOTE",
     "EXPORT_FORMATS",
     "OBJECTIVES",
@@ -74,6 +76,7 @@ __all__ = [
     "SpaceConfig",
     "TrialRecord",
     "UnivariateTPESampler",
+    "await_params",
     "blind_trials",
     "browse_hint",
     "connect",
@@ -91,6 +94,7 @@ __all__ = [
     "pick",
     "pick_run",
     "plot_layout",
+    "published_params",
     "resolve_objectives",
     "resolve_tracking_uri",
     "run_search",
@@ -154,6 +158,9 @@ _LAZY = {
     "make_sampler": "rayzor.search._tuner",
     "SizeBucketASHA": "rayzor.search._scheduler",
     "OrderedOptunaSearch": "rayzor.search._searcher",
+    "DEFERRED_KEY": "rayzor.search._deferred",
+    "await_params": "rayzor.search._deferred",
+    "published_params": "rayzor.search._deferred",
     "UnivariateTPESampler": "rayzor.search._tpe",
     "EXPERIMENT_NOTE": "rayzor.search._browse",
     "browse_hint": "rayzor.search._browse",

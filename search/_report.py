@@ -61,7 +61,9 @@ def log_report(
     client.log_text(parent, json.dumps(rows, indent=2), "pareto.json")
     out = io.StringIO()
     if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        # Trials need not share every metric (a deferred trial's params_wait_seconds, GPTQ's calibration count).
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(out, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     client.log_text(parent, out.getvalue(), "pareto.csv")

@@ -17,6 +17,7 @@ import numpy as np
 
 from rayzor.errors import TrackingError
 from rayzor.search._config import SearchConfig, quality_metric
+from rayzor.search._deferred import PARAMS_WAIT, trial_params
 from rayzor.search._journal import Journal
 from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, has_objectives, record_of, trial_label
 from rayzor.search._tags import (
@@ -58,6 +59,7 @@ ENGINE_METRICS = (
     "macs",
     "bitops",
     "trial_seconds",
+    PARAMS_WAIT,
 )
 #: Trial result keys logged as tags of the child run (where the trial ran).
 _RESULT_TAGS = {"node_id": TAG_NODE_ID, "device": TAG_DEVICE}
@@ -311,7 +313,7 @@ class Tracker:
                 trial_id=trial.trial_id,
                 number=_trial_number(trial, len(self._queued)),
                 status=status,
-                params={k: v for k, v in trial.config.items() if "." in k},
+                params=trial_params(trial.config, trial.last_result or {}),
                 result=dict(trial.last_result or {}),
                 checkpoint=trial.checkpoint,
                 error_file=trial.error_file,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 import time
@@ -36,6 +37,7 @@ from rayzor.compression import (
     state_dict_bytes,
 )
 from rayzor.errors import ConfigError
+from rayzor.search._deferred import DEFERRED_KEY, PARAMS_JSON, PARAMS_WAIT, await_params
 from rayzor.search._tags import DEPLOY_NAME, PACKED_NAME
 from rayzor.spaces import TEACHER, CompressionSpace, StudentSpace
 from rayzor.tasks import Task
@@ -325,7 +327,12 @@ def planned_size(task: Task, trial: TrialPlan, out_dir: Path, entropy: str | Non
 
 
 def _epoch_reporter(
-    task: Task, trial: TrialPlan, out_dir: Path, schedule: dict[str, Any], entropy: str | None
+    task: Task,
+    trial: TrialPlan,
+    out_dir: Path,
+    schedule: dict[str, Any],
+    entropy: str | None,
+    described: dict[str, Any],
 ) -> Callable[[int, nn.Module], None]:
     """``on_epoch`` that reports each fine-tune epoch but the last to Tune, for early stopping."""
     from ray import tune
@@ -338,7 +345,7 @@ def _epoch_reporter(
     size = planned_size(task, trial, out_dir, entropy)
     bucket = size_bucket(size, schedule["baseline_bytes"], schedule["bucket_width"])
     epochs = trial.plan.finetune.epochs
-    described = trial.report()
+    described = {**trial.report(), **described}
 
     def report(epoch: int, model: nn.Module) -> None:
         if epoch + 1 >= epochs:
@@ -414,6 +421,7 @@ def run_trial(
     if logged is not None:  # finished before a driver crash: Tune and Optuna get its result back, nothing reruns
         tune.report({**logged, REPLAYED: 1.0, DONE: True})
         return
+    config, described = _params(config)
     # Two trials share two cores here: more threads per trial only thrash.
     torch.set_num_threads(1)
     device = trial_device()
@@ -431,13 +439,25 @@ def run_trial(
                 target,
                 calibration_stats,
                 accuracy_level,
+                described,
             )
         except Exception as exc:
             if type(exc).__module__.split(".")[0] == "ray":
                 raise  # Ray's own (a stopped trial, a lost object): Tune decides
-            tune.report({**failure_result(task.metric, traceback.format_exc()), DONE: True})
+            tune.report({**failure_result(task.metric, traceback.format_exc()), **described, DONE: True})
             return
         tune.report({**metrics, DONE: True}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _params(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trial's params, and what every report adds: the seconds it waited for
+    them (0 but for a deferred trial, :mod:`~rayzor.search._deferred`, whose
+    params are waited for here and reported too)."""
+    if DEFERRED_KEY not in config:
+        return config, {PARAMS_WAIT: 0.0}
+    started = time.perf_counter()
+    params = await_params(config[DEFERRED_KEY])
+    return params, {PARAMS_JSON: json.dumps(params), PARAMS_WAIT: time.perf_counter() - started}
 
 
 def _run_plan(
@@ -452,15 +472,19 @@ def _run_plan(
     target: str,
     calibration_stats: dict[str, LayerStats] | None,
     accuracy_level: int,
+    described: dict[str, Any],
 ) -> dict[str, Any]:
-    """The body of :func:`run_trial`: decode, compress, fine-tune, measure; the files land in ``tmp_path``."""
+    """The body of :func:`run_trial`: decode, compress, fine-tune, measure; the files land in ``tmp_path``.
+
+    ``described``: what :func:`_params` adds to every report.
+    """
     import ray
 
     trial = decode_trial(space, config)
     # A reused actor carries the last trial's RNG state: start each trial
     # from the search seed, so its result depends only on its plan.
     seed_everything(trial.plan.finetune.seed)
-    on_epoch = _epoch_reporter(task, trial, tmp_path, schedule, entropy) if schedule else None
+    on_epoch = _epoch_reporter(task, trial, tmp_path, schedule, entropy, described) if schedule else None
     metrics: dict[str, Any] = evaluate(
         task,
         trial,
@@ -476,5 +500,5 @@ def _run_plan(
     (tmp_path / DEPLOY_NAME).unlink(missing_ok=True)  # rebuilt byte for byte from the packed file on export
     (tmp_path / "planned.safetensors").unlink(missing_ok=True)  # only the trial's own artifact travels
     # Where it ran: logged as tags of the trial's MLflow run.
-    metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device, **trial.report())
+    metrics.update(node_id=ray.get_runtime_context().get_node_id(), device=device, **trial.report(), **described)
     return metrics

@@ -195,6 +195,7 @@ def make_tuner(
         budget=config.trials,
         blind=blind_trials(config.sampler, config.trials),
         deterministic=config.deterministic,
+        defer=name,
         metric=list(objectives),
         mode=["max" if objective_direction(o) == "maximize" else "min" for o in objectives],
         sampler=make_sampler(config.sampler, config.seed, config.trials, space.dimensions),

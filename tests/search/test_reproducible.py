@@ -7,7 +7,7 @@ import pytest
 from rayzor.search import SearchConfig, run_search
 
 #: Measured on the machine, not computed from the plan: never reproducible.
-TIMING = ("latency_ms", "trial_seconds")
+TIMING = ("latency_ms", "trial_seconds", "params_wait_seconds")
 
 
 @pytest.mark.slow
@@ -15,8 +15,9 @@ def test_same_seed_same_trials_at_concurrency_2(ray_session, tmp_path):
     runs = []
     for i in range(2):
         config = SearchConfig(
-            # trials end in a random order (the evaluation sleeps a random time), as on a busy machine
-            task="tests.search.jittery_task:make_task",
+            # trials end in a random order (the evaluation sleeps a random time), as on a busy machine,
+            # and the first trial to score in a worker takes 3 s more: newer ones overtake it
+            task="tests.search.jittery_task:make_slow_once_task",
             trials=10,
             warm_start="none",  # more trials the sampler picks
             concurrency=2,
@@ -29,6 +30,9 @@ def test_same_seed_same_trials_at_concurrency_2(ray_session, tmp_path):
             target="packed",
         )
         result = run_search(config, progress=lambda line: None)
+        # A newer trial's params waited for the slow first one: the trial started, then waited on its worker.
+        assert any(r.metrics.get("params_wait_seconds", 0) > 0 for r in result.trials)
+        assert all(r.params for r in result.trials)  # a deferred trial's params are logged as it ran them
         runs.append(
             [
                 (r.number, r.status, r.params, {k: v for k, v in r.metrics.items() if k not in TIMING})

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 import pytest
 
-from rayzor.search import OrderedOptunaSearch, blind_trials, make_sampler
+from rayzor.search import DEFERRED_KEY, OrderedOptunaSearch, blind_trials, make_sampler, published_params
 
 
 def _space(trial: Any) -> None:
@@ -25,9 +25,24 @@ def _result(params: dict[str, Any]) -> dict[str, float]:
 
 
 def _search(
-    deterministic: bool, newest_first: bool, concurrency: int = 2, trials: int = 16, blind: float = 0
-) -> list[dict]:
-    """Drive the searcher as Tune's loop does (at most ``concurrency`` live trials); end the newest or oldest first."""
+    deterministic: bool,
+    newest_first: bool,
+    concurrency: int = 2,
+    trials: int = 16,
+    blind: float = 0,
+    defer: str | None = None,
+    fail: frozenset[int] = frozenset(),
+    deferred: list[int] | None = None,
+) -> list[dict | None]:
+    """Drive the searcher as Tune's loop does (at most ``concurrency`` live trials); end the newest or oldest first.
+
+    With ``defer`` (needs Ray), a trial the searcher defers starts at once and
+    reads its params from where the searcher publishes them (its number is
+    added to ``deferred``); it can end only once it has them. A trial in
+    ``fail`` (0-based numbers) ends with an error; one that waits for its
+    params ends so before anything else, as a worker lost while it waited.
+    Returns each trial's params (``None`` for a trial lost before it had any).
+    """
     searcher = OrderedOptunaSearch(
         _space,
         metric=["accuracy", "size_bytes"],
@@ -37,19 +52,34 @@ def _search(
         concurrency=concurrency,
         blind=blind,
         deterministic=deterministic,
+        defer=defer,
     )
-    suggested: list[dict] = []
-    live: list[str] = []
+    suggested: list[dict | None] = []
+    keys: dict[int, str] = {}  # deferred trials: where their params appear
+    live: list[int] = []
     while len(suggested) < trials or live:
         if len(live) < concurrency and len(suggested) < trials:
-            trial_id = f"t{len(suggested)}"
-            params = searcher.suggest(trial_id)
+            params = searcher.suggest(f"t{len(suggested)}")
             if params is not None:
-                suggested.append(params)
-                live.append(trial_id)
+                if DEFERRED_KEY in params:
+                    keys[len(suggested)] = params[DEFERRED_KEY]
+                    (deferred if deferred is not None else []).append(len(suggested))
+                live.append(len(suggested))
+                suggested.append(None if DEFERRED_KEY in params else params)
                 continue
-        ended = live.pop(-1 if newest_first else 0)
-        searcher.on_trial_complete(ended, _result(suggested[int(ended[1:])]))
+        for k in live:
+            if suggested[k] is None and k not in fail:
+                suggested[k] = published_params(keys[k])
+        lost = [k for k in live if suggested[k] is None and k in fail]
+        can_end = [k for k in live if suggested[k] is not None]
+        assert lost or can_end, "every live trial waits for params the searcher does not give"
+        ended = lost[0] if lost else can_end[-1 if newest_first else 0]
+        live.remove(ended)
+        if ended in fail:
+            searcher.on_trial_complete(f"t{ended}", None, error=True)
+        else:
+            searcher.on_trial_complete(f"t{ended}", _result(suggested[ended]))
+    assert all(published_params(key) is None for key in keys.values())  # withdrawn once the trial ended
     return suggested
 
 
@@ -74,6 +104,71 @@ def test_start_up_trials_do_not_wait_and_suggest_the_same(concurrency):
     waiting = _search(True, newest_first=True, concurrency=concurrency)
     assert _search(True, newest_first=True, concurrency=concurrency, blind=4) == waiting
     assert _search(True, newest_first=False, concurrency=concurrency, blind=4) == waiting
+
+
+@pytest.mark.parametrize("concurrency", [2, 3])
+def test_deferred_trials_run_the_params_waiting_would_give(ray_session, concurrency):
+    # A trial that must wait starts at once on a placeholder; its params, asked in trial order, are the same.
+    waiting = _search(True, newest_first=True, concurrency=concurrency)
+    for newest_first in (True, False):
+        deferred: list[int] = []
+        name = f"deferred-{concurrency}-{newest_first}"
+        assert _search(True, newest_first, concurrency, defer=name, deferred=deferred) == waiting
+        # Ending the newest first, the oldest is overtaken: where the searcher alone answered "not yet".
+        assert bool(deferred) == newest_first
+
+
+def test_a_trial_lost_while_it_waits_is_told_failed_in_its_turn(ray_session):
+    # Its params are asked in its turn all the same, so every later Optuna number and suggestion holds.
+    deferred: list[int] = []
+    _search(True, newest_first=True, defer="lost-probe", deferred=deferred)
+    k = deferred[0]
+    lost = _search(True, newest_first=True, defer="lost", fail=frozenset({k}))
+    failed = _search(True, newest_first=True, fail=frozenset({k}))  # waits instead, then fails after it started
+    assert lost[k] is None and failed[k] is not None
+    assert lost[:k] + lost[k + 1 :] == failed[:k] + failed[k + 1 :]
+
+
+def test_a_restored_searcher_keeps_its_deferred_trials(ray_session, tmp_path):
+    # Saved with trial 4 deferred, trial 5 waiting unasked: the restored searcher publishes trial 4's
+    # params again (a new Ray's store is empty) and asks trial 5 as the live one does.
+    def searcher() -> OrderedOptunaSearch:
+        return OrderedOptunaSearch(
+            _space,
+            metric=["accuracy", "size_bytes"],
+            mode=["max", "min"],
+            concurrency=2,
+            defer="restored",
+            sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+        )
+
+    live = searcher()
+    params = {t: live.suggest(t) for t in "abc"}  # lag 3: trial 3 sees no result yet
+    params["d"] = live.suggest("d")  # trial 4 needs trial 1: started on a placeholder
+    live.on_trial_complete("b", _result(params["b"]))
+    assert DEFERRED_KEY in params["d"] and published_params(params["d"][DEFERRED_KEY]) is None
+    live.on_trial_complete("a", _result(params["a"]))
+    deferred = published_params(params["d"][DEFERRED_KEY])
+    assert deferred is not None
+    params["e"] = live.suggest("e")  # trial 5 needs trial 2 (in) and the deferred trial 4 asked first
+    assert DEFERRED_KEY not in params["e"]
+    live.suggest("f")  # trial 6 needs trial 3, still running: deferred
+    live.save_to_dir(str(tmp_path), "s")
+    live.on_trial_complete("d", _result(deferred))  # withdraws trial 4's params, as a new Ray would lack them
+    assert published_params(params["d"][DEFERRED_KEY]) is None
+
+    restored = searcher()
+    restored.restore_from_dir(str(tmp_path))
+    assert published_params(params["d"][DEFERRED_KEY]) == deferred
+    live.on_trial_complete("c", _result(params["c"]))
+    asked = published_params("restored/f")
+    assert asked is not None
+    live.on_trial_complete("f", _result(asked))  # withdrawn: what appears next, the restored searcher asked
+    restored.on_trial_complete("d", _result(deferred))
+    restored.on_trial_complete("c", _result(params["c"]))
+    assert published_params("restored/f") == asked
+    params["g"] = live.suggest("g")
+    assert DEFERRED_KEY not in params["g"] and restored.suggest("g") == params["g"]
 
 
 def test_a_start_up_trial_is_suggested_while_older_ones_run():
