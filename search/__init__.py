@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from rayzor.search._tpe import UnivariateTPESampler
     from rayzor.search._tracking import connect, resolve_tracking_uri, trial_runs
     from rayzor.search._trial import evaluate_plan
-    from rayzor.search._tuner import blind_trials, make_sampler, warm_start_points
+    from rayzor.search._tuner import blind_trials, make_sampler, make_searcher, warm_start_points
 
 __all__ = [
     "DEFERRED_KEY",
@@ -86,6 +86,7 @@ __all__ = [
     "load_resume_state",
     "load_search",
     "make_sampler",
+    "make_searcher",
     "parse_pick",
     "pareto_figure",
     "pareto_html",
@@ -156,6 +157,7 @@ _LAZY = {
     "warm_start_points": "rayzor.search._tuner",
     "blind_trials": "rayzor.search._tuner",
     "make_sampler": "rayzor.search._tuner",
+    "make_searcher": "rayzor.search._tuner",
     "SizeBucketASHA": "rayzor.search._scheduler",
     "OrderedOptunaSearch": "rayzor.search._searcher",
     "DEFERRED_KEY": "rayzor.search._deferred",

@@ -13,7 +13,7 @@ from rayzor.search._trial import run_trial
 from rayzor.spaces import CompressionSpace, StudentSpace
 from rayzor.tasks import Task
 
-__all__ = ["blind_trials", "make_sampler", "make_trainable", "make_tuner", "warm_start_points"]
+__all__ = ["blind_trials", "make_sampler", "make_searcher", "make_trainable", "make_tuner", "warm_start_points"]
 
 
 #: Optuna's GPSampler default, kept: the GP needs about this many points before it models anything.
@@ -160,6 +160,36 @@ def make_trainable(
     )
 
 
+def make_searcher(
+    config: SearchConfig,
+    space: CompressionSpace | StudentSpace,
+    warm_points: list[dict[str, Any]],
+    name: str,
+    concurrency: int,
+) -> Any:
+    """The search's :class:`~rayzor.search.OrderedOptunaSearch` over ``space.suggest``, the warm-start points first.
+
+    Its sampler is :func:`make_sampler`'s, and its start-up (``blind``) that
+    sampler's :func:`blind_trials`; trials that must wait for older ones are
+    deferred under the search's ``name`` (Ray must be up to publish them).
+    """
+    from rayzor.search._searcher import OrderedOptunaSearch  # subclasses OptunaSearch: loaded with Tune
+
+    objectives = config.resolved_objectives
+    return OrderedOptunaSearch(
+        space.suggest,
+        concurrency=concurrency,
+        budget=config.trials,
+        blind=blind_trials(config.sampler, config.trials),
+        deterministic=config.deterministic,
+        defer=name,
+        metric=list(objectives),
+        mode=["max" if objective_direction(o) == "maximize" else "min" for o in objectives],
+        sampler=make_sampler(config.sampler, config.seed, config.trials, space.dimensions),
+        points_to_evaluate=warm_points or None,
+    )
+
+
 def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -175,32 +205,20 @@ def make_tuner(
     parent_id: str,
     restore_path: str | None,
 ) -> Any:
-    """A new ``tune.Tuner`` (:class:`OrderedOptunaSearch` over ``space.suggest``, the warm-start points first), or a restored one."""
+    """A new ``tune.Tuner`` (:func:`make_searcher`'s searcher), or a restored one."""
     import optuna
     from ray import tune
 
     from rayzor.search._callback import (
         TrackingCallback,  # subclasses tune.Callback: loaded with Tune
     )
-    from rayzor.search._searcher import OrderedOptunaSearch  # subclasses OptunaSearch: loaded with Tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if restore_path is not None:
         # The Optuna study and the callbacks come back from the experiment state.
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_errored=True)
     objectives = config.resolved_objectives
-    searcher = OrderedOptunaSearch(
-        space.suggest,
-        concurrency=concurrency,
-        budget=config.trials,
-        blind=blind_trials(config.sampler, config.trials),
-        deterministic=config.deterministic,
-        defer=name,
-        metric=list(objectives),
-        mode=["max" if objective_direction(o) == "maximize" else "min" for o in objectives],
-        sampler=make_sampler(config.sampler, config.seed, config.trials, space.dimensions),
-        points_to_evaluate=warm_points or None,
-    )
+    searcher = make_searcher(config, space, warm_points, name, concurrency)
     scheduler = None
     if config.scheduler == "asha":
         from rayzor.search._scheduler import (

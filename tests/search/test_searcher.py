@@ -7,8 +7,18 @@ from typing import Any
 
 import optuna
 import pytest
+from torch import nn
 
-from rayzor.search import DEFERRED_KEY, OrderedOptunaSearch, blind_trials, make_sampler, published_params
+from rayzor.search import (
+    DEFERRED_KEY,
+    OrderedOptunaSearch,
+    SearchConfig,
+    blind_trials,
+    make_sampler,
+    make_searcher,
+    published_params,
+)
+from rayzor.spaces import CompressionSpace
 
 
 def _space(trial: Any) -> None:
@@ -207,6 +217,18 @@ def test_blind_trials_are_the_samplers_result_blind_start_up(name, dimensions):
     blind = blind_trials(name, 16)
     assert blind >= 4 and (blind == math.inf) == (name == "random")
     assert ask(tell=True) == ask(tell=False)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp"])
+def test_a_searchs_searcher_defers_trials_only_after_its_samplers_start_up(sampler):
+    # What run_search builds: the sampler's start-up is suggested at once, and the first trial
+    # after it, with no trial ended yet, starts on a placeholder under the search's name.
+    space = CompressionSpace.from_model(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)))
+    config = SearchConfig(trials=16, sampler=sampler, concurrency=2, objectives=("accuracy", "size_bytes"))
+    searcher = make_searcher(config, space, [], "wiring", concurrency=2)
+    blind = int(blind_trials(sampler, 16))
+    assert all(DEFERRED_KEY not in searcher.suggest(f"t{i}") for i in range(blind))
+    assert searcher.suggest(f"t{blind}") == {DEFERRED_KEY: f"wiring/t{blind}"}
 
 
 def test_a_trial_waits_for_the_result_it_depends_on():
