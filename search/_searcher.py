@@ -33,8 +33,8 @@ does not answer "not yet": it hands Tune a placeholder
 (:mod:`~rayzor.search._deferred`), the trial starts on the reused worker and
 waits there for its params, which are asked and published in trial order as
 soon as their inputs are told. Suggestions are the same as waiting would
-give; what goes is the actor restart (a heavy-tailed c = 2 search used 3 to
-5 trial processes instead of 2, BENCHMARKS.md system_slowtail).
+give; what goes is the actor restart (heavy-tailed c = 2 searches used 3 to
+6 trial processes instead of 2, BENCHMARKS.md system_slowtail).
 """
 
 from __future__ import annotations

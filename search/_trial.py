@@ -407,6 +407,9 @@ def run_trial(
     statistics of the uncompressed model, computed once by the driver for
     GPTQ / AWQ. ``replay``: the logged results of a resumed search, by Tune
     trial id; such a trial reports its result again instead of running.
+    A deferred trial (``config`` is the reproducible searcher's placeholder,
+    :mod:`~rayzor.search._deferred`) first waits here for its params, and
+    reports them (``params_json``) with the seconds it waited.
     An exception of the trial's own code is reported as
     :func:`failure_result` (attempted once); Ray's own errors propagate.
 
