@@ -26,7 +26,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import os
 import random
 import re
 import sys
@@ -197,9 +196,9 @@ def make_task(
         raise ConfigError(
             "task_options.max_length/hidden", (max_length, hidden), "max_length >= 8 and an even hidden >= 2"
         )
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from rayzor.tasks._digits import cache_dir  # the folder (and env var) of the embedded tasks' cache
+    from rayzor.tasks import cache_dir, save_cached  # the folder (and env var) of the embedded tasks' cache
 
     items = docstring_sentences()
     random.Random(seed).shuffle(items)
@@ -232,10 +231,7 @@ def make_task(
     else:
         _train(model, data["train"], epochs=epochs, lr=lr, seed=seed)
         if cache:
-            weights.parent.mkdir(parents=True, exist_ok=True)
-            tmp = weights.with_suffix(f".tmp{os.getpid()}")
-            save_file(model.state_dict(), tmp, metadata={"settings": json.dumps(settings)})
-            os.replace(tmp, weights)  # atomic: concurrent processes never read half a file
+            save_cached(model.state_dict(), weights, settings)
 
     task = Task(
         name="hf_text",

@@ -16,6 +16,7 @@ from rayzor.tasks._base import (
     register_task,
     resolve_callable,
 )
+from rayzor.tasks._cache import cache_dir, save_cached
 from rayzor.tasks._digits import DigitsCNN, digits_task
 from rayzor.tasks._minilm import (
     MissingExtraError,
@@ -38,6 +39,7 @@ __all__ = [
     "TaskLoadError",
     "build_encoder",
     "build_resnet18",
+    "cache_dir",
     "create_task",
     "digits_task",
     "embedding_fidelity",
@@ -48,4 +50,5 @@ __all__ = [
     "register_task",
     "resnet18_task",
     "resolve_callable",
+    "save_cached",
 ]

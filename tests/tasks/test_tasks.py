@@ -97,6 +97,31 @@ def test_digits_baseline_depends_on_the_seed_only(digits):
         assert again.baseline[split]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1.5 / SPLIT_SIZES[split])
 
 
+def _all_rows(task: Task) -> set[tuple[bytes, int]]:
+    return {row for dataset in task.data.values() for row in _rows(dataset)}
+
+
+def test_digits_images_are_cached_as_scikit_learn_ships_them(digits, _cache_dir):
+    # Later processes read the cache instead of importing scikit-learn; a broken file is written again.
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    shipped = {
+        (img.numpy().tobytes(), int(t))
+        for img, t in zip(torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0, bunch.target)
+    }
+    assert _all_rows(digits) == shipped
+    cached = Path(_cache_dir) / "sklearn-digits.safetensors"
+    assert cached.exists()
+    cached.write_bytes(b"not a safetensors file")
+    again = create_task("digits")
+    assert _all_rows(again) == shipped
+    assert cached.stat().st_size > 1000
+    for split, dataset in again.data.items():
+        for got, expected in zip(dataset.tensors, digits.data[split].tensors):
+            assert torch.equal(got, expected)
+
+
 def test_rejected_options_write_nothing(digits, _cache_dir):
     before = sorted(Path(_cache_dir).glob("digits-*"))
     with pytest.raises(ConfigError):
