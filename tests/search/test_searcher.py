@@ -34,6 +34,11 @@ def _result(params: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": 1.0 - 0.1 * sparsity - 0.5 / bits, "size_bytes": bits * (1.0 - sparsity / 3), "final": 1.0}
 
 
+def _searcher(**kwargs: Any) -> OrderedOptunaSearch:
+    """The searcher over :func:`_space`, maximizing accuracy and minimizing size."""
+    return OrderedOptunaSearch(_space, metric=["accuracy", "size_bytes"], mode=["max", "min"], **kwargs)
+
+
 def _search(
     deterministic: bool,
     newest_first: bool,
@@ -53,10 +58,7 @@ def _search(
     params ends so before anything else, as a worker lost while it waited.
     Returns each trial's params (``None`` for a trial lost before it had any).
     """
-    searcher = OrderedOptunaSearch(
-        _space,
-        metric=["accuracy", "size_bytes"],
-        mode=["max", "min"],
+    searcher = _searcher(
         sampler=optuna.samplers.TPESampler(seed=3, multivariate=True, n_startup_trials=4),
         points_to_evaluate=[{f"layer{i}.{k}": v for i in range(3) for k, v in (("sparsity", 0.0), ("bits", 8))}],
         concurrency=concurrency,
@@ -143,10 +145,7 @@ def test_a_restored_searcher_keeps_its_deferred_trials(ray_session, tmp_path):
     # Saved with trial 4 deferred, trial 5 waiting unasked: the restored searcher publishes trial 4's
     # params again (a new Ray's store is empty) and asks trial 5 as the live one does.
     def searcher() -> OrderedOptunaSearch:
-        return OrderedOptunaSearch(
-            _space,
-            metric=["accuracy", "size_bytes"],
-            mode=["max", "min"],
+        return _searcher(
             concurrency=2,
             defer="restored",
             sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
@@ -182,10 +181,7 @@ def test_a_restored_searcher_keeps_its_deferred_trials(ray_session, tmp_path):
 
 
 def test_a_start_up_trial_is_suggested_while_older_ones_run():
-    searcher = OrderedOptunaSearch(
-        _space,
-        metric=["accuracy", "size_bytes"],
-        mode=["max", "min"],
+    searcher = _searcher(
         concurrency=2,
         blind=5,
         sampler=optuna.samplers.RandomSampler(seed=0),
@@ -232,10 +228,7 @@ def test_a_searchs_searcher_defers_trials_only_after_its_samplers_start_up(sampl
 
 
 def test_a_trial_waits_for_the_result_it_depends_on():
-    searcher = OrderedOptunaSearch(
-        _space,
-        metric=["accuracy", "size_bytes"],
-        mode=["max", "min"],
+    searcher = _searcher(
         concurrency=2,
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
@@ -253,10 +246,7 @@ def test_a_trial_waits_for_the_result_it_depends_on():
 
 
 def test_failed_and_stopped_trials_are_told_in_turn():
-    searcher = OrderedOptunaSearch(
-        _space,
-        metric=["accuracy", "size_bytes"],
-        mode=["max", "min"],
+    searcher = _searcher(
         concurrency=1,
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
@@ -270,10 +260,7 @@ def test_failed_and_stopped_trials_are_told_in_turn():
 
 
 def test_the_study_ends_complete_once_every_trial_is_suggested():
-    searcher = OrderedOptunaSearch(
-        _space,
-        metric=["accuracy", "size_bytes"],
-        mode=["max", "min"],
+    searcher = _searcher(
         concurrency=2,
         budget=3,
         sampler=optuna.samplers.RandomSampler(seed=0),
@@ -289,9 +276,7 @@ def test_the_study_ends_complete_once_every_trial_is_suggested():
 
 def test_the_study_is_rewritten_only_when_the_searcher_changed(tmp_path):
     # Tune saves the experiment every 0.1 s; an unchanged searcher keeps its file (same inode: no os.replace).
-    searcher = OrderedOptunaSearch(
-        _space, metric=["accuracy", "size_bytes"], mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0)
-    )
+    searcher = _searcher(sampler=optuna.samplers.RandomSampler(seed=0))
     path = tmp_path / OrderedOptunaSearch.CKPT_FILE_TMPL.format("s")
     searcher.save_to_dir(str(tmp_path), "s")
     first = path.stat().st_ino
@@ -302,9 +287,7 @@ def test_the_study_is_rewritten_only_when_the_searcher_changed(tmp_path):
     assert path.stat().st_ino != first
     searcher.on_trial_complete("t0", _result(params))
     searcher.save_to_dir(str(tmp_path), "s")
-    restored = OrderedOptunaSearch(
-        _space, metric=["accuracy", "size_bytes"], mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0)
-    )
+    restored = _searcher(sampler=optuna.samplers.RandomSampler(seed=0))
     restored.restore_from_dir(str(tmp_path))
     # the saved state is the live one: held result, order and sampler state give the same next trial
     assert restored.suggest("t1") == searcher.suggest("t1")
