@@ -158,6 +158,12 @@ def search(
     ),
     sampler: str | None = typer.Option(None, help="tpe | nsga2 | random | gp.", show_default="tpe"),
     seed: int | None = typer.Option(None, help="Seed of the sampler and fine-tuning.", show_default="0"),
+    deterministic: bool | None = typer.Option(
+        None,
+        "--deterministic/--no-deterministic",
+        help="Same seed, same trials at any concurrency; --no-deterministic: the most throughput.",
+        show_default="deterministic",
+    ),
     experiment: str | None = typer.Option(None, help="MLflow experiment.", show_default="rayzor"),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI.", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
@@ -189,6 +195,7 @@ def search(
         concurrency=concurrency,
         sampler=sampler,
         seed=seed,
+        deterministic=deterministic,
         experiment=experiment,
         tracking_uri=tracking_uri,
         address=address,

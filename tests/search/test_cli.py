@@ -34,7 +34,11 @@ def searched(ray_session, tmp_path_factory):
     )
     result = runner.invoke(
         app,
-        ["search", str(config), "--trials", "5", "--seed", "1", "--experiment", "cli", "--tracking-uri", uri],
+        [
+            "search",
+            str(config),
+            *("--trials", "5", "--seed", "1", "--no-deterministic", "--experiment", "cli", "--tracking-uri", uri),
+        ],
         env={"COLUMNS": "80"},  # a narrow terminal's setting, with stdout not a terminal: a pipe, a CI log
     )
     assert result.exit_code == 0, result.output
@@ -69,6 +73,7 @@ def test_search_prints_progress_front_and_where_to_browse(searched):
         [MlflowClient(uri).get_experiment_by_name("cli").experiment_id], "tags.`rayzor.role` = 'search'"
     )[0]
     assert parent.data.params["trials"] == "5"  # the flag beat the file's 3
+    assert parent.data.params["deterministic"] == "False"  # and --no-deterministic the default
     assert json.loads(parent.data.params["space.bits"]) == [4, 8, 32]
 
 
