@@ -1,7 +1,7 @@
 """A user task (loaded as ``tests.search.jittery_task:make_task``): digits whose evaluation takes a random
 extra 0-0.4 s, drawn from the OS (no seed reaches it), so concurrent trials end in a different order each run.
 
-``make_slow_once_task``: the same, and the search's first evaluation in a trial worker takes 3 s more, a
+``make_slow_once_task``: the same, and the search's first evaluation in a trial worker takes 5 s more, a
 heavy tail: newer trials overtake it, and a reproducible search must hold a later trial's params back until it ends.
 """
 
@@ -17,7 +17,7 @@ from rayzor.tasks import Task, create_task
 
 _CLOCK = random.SystemRandom()
 #: The extra time of the search's first evaluation in a trial worker (``make_slow_once_task``).
-SLOW_SECONDS = 3.0
+SLOW_SECONDS = 5.0
 
 
 def evaluate_late(model, dataset, marker: str | None = None, driver: int = 0) -> dict[str, float]:

@@ -16,7 +16,7 @@ def test_same_seed_same_trials_at_concurrency_2(ray_session, tmp_path):
     for i in range(2):
         config = SearchConfig(
             # trials end in a random order (the evaluation sleeps a random time), as on a busy machine,
-            # and the first trial to score in a worker takes 3 s more: newer ones overtake it
+            # and the first trial to score in a worker takes 5 s more: newer ones overtake it
             task="tests.search.jittery_task:make_slow_once_task",
             trials=10,
             warm_start="none",  # more trials the sampler picks
