@@ -1,5 +1,5 @@
-"""What a finished search writes: Pareto tags and run names, the parent's description,
-pareto.json/csv/png/html, the final metrics."""
+"""What a search writes beside its trials: Pareto tags and run names (kept current while it runs),
+and once it ends the parent's description, pareto.json/csv/png/html, the final metrics."""
 
 from __future__ import annotations
 
@@ -16,13 +16,55 @@ from rayzor.search._plot import pareto_html, pareto_png
 from rayzor.search._records import FINISHED, STOPPED, TrialRecord, search_hypervolume, trial_label
 from rayzor.search._tags import PARETO_HTML, PARETO_PNG, TAG_NOTE, TAG_PARETO, TAG_RUN_NAME
 
-__all__ = ["front_rows", "log_report"]
+__all__ = ["front_rows", "log_report", "tag_front"]
 
 
 def front_rows(front: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     """One row per front trial, smallest first: run id, trial number, every metric, the plan summary."""
     rows = [{"run_id": r.run_id, "trial": r.number, **r.metrics, "plan": r.plan_summary} for r in front]
     return sorted(rows, key=lambda row: row.get("size_bytes", 0.0))
+
+
+def tag_front(
+    client: Any,
+    records: Sequence[TrialRecord],
+    front: Sequence[TrialRecord],
+    objectives: Sequence[str],
+    written: dict[str, dict[str, str]],
+) -> int:
+    """Tag each record's run ``rayzor.pareto`` true/false and name it, writing only what changed.
+
+    A front member is named ``trial-0018 ★ acc 0.972 · 12.8 KiB``, any other
+    run ``trial-0018`` (a run that left the front gets its plain name back).
+    The tracker calls this after every logged trial, so the runs table's
+    Pareto filter shows the front so far while a search runs.
+
+    Args:
+        client: An ``MlflowClient``.
+        records: Every trial record of the search.
+        front: The Pareto-optimal records among them.
+        objectives: The search's objectives (the run names show them).
+        written: Run id -> the tags its run holds, as far as the caller knows;
+            updated with what this call writes. A run not in it is written.
+
+    Returns:
+        How many runs were written.
+    """
+    from mlflow.entities import RunTag
+
+    on_front = {r.run_id for r in front}
+    count = 0
+    for r in records:
+        member = r.run_id in on_front
+        tags = {
+            TAG_PARETO: "true" if member else "false",
+            TAG_RUN_NAME: pareto_run_name(r, objectives) if member else trial_label(r.number),
+        }
+        if written.get(r.run_id) != tags:
+            client.log_batch(r.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            written[r.run_id] = tags
+            count += 1
+    return count
 
 
 def _png_array(png: bytes) -> np.ndarray:
@@ -38,25 +80,19 @@ def log_report(
     front: Sequence[TrialRecord],
     objectives: Sequence[str],
     baseline: Mapping[str, float],
+    written: dict[str, dict[str, str]] | None = None,
 ) -> None:
     """Mark the front in MLflow and log the report on the parent run.
 
-    Every trial is tagged ``rayzor.pareto`` true/false and named: a front
-    member ``trial-0018 ★ acc 0.972 · 12.8 KiB``, any other ``trial-0018``
-    (a trial that left the front on a resume gets its plain name back). The
+    Every trial is tagged ``rayzor.pareto`` true/false and named (see
+    :func:`tag_front`; ``written``: the tags its runs already hold). The
     parent's description (``mlflow.note.content``) lists the front, the
     runs-table filter and an export command per point. Artifacts:
     ``pareto.json``, ``pareto.csv`` (rows of :func:`front_rows`),
     ``pareto.png`` and ``pareto.html``; metrics ``pareto_size``,
     ``trials_finished``, ``trials_failed``, ``trials_stopped_early``.
     """
-    from mlflow.entities import RunTag
-
-    on_front = {r.run_id for r in front}
-    for r in records:
-        name = pareto_run_name(r, objectives) if r.run_id in on_front else trial_label(r.number)
-        pareto = "true" if r.run_id in on_front else "false"
-        client.log_batch(r.run_id, tags=[RunTag(TAG_PARETO, pareto), RunTag(TAG_RUN_NAME, name)])
+    tag_front(client, records, front, objectives, {} if written is None else written)
     rows = front_rows(front)
     client.log_text(parent, json.dumps(rows, indent=2), "pareto.json")
     out = io.StringIO()

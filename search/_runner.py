@@ -439,7 +439,7 @@ def run_search(
         fit_seconds = time.perf_counter() - fit_started
         tracker.close(config.tracking_wait)  # every child run is written before the Pareto tags
         front = tracker.front.members
-        log_report(client, parent_id, tracker.records, front, config.resolved_objectives, baseline)
+        log_report(client, parent_id, tracker.records, front, config.resolved_objectives, baseline, tracker.tagged)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

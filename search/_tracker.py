@@ -20,6 +20,7 @@ from rayzor.search._config import SearchConfig, quality_metric
 from rayzor.search._deferred import PARAMS_WAIT, trial_params
 from rayzor.search._journal import Journal
 from rayzor.search._records import FINISHED, STOPPED, Front, TrialRecord, has_objectives, record_of, trial_label
+from rayzor.search._report import tag_front
 from rayzor.search._tags import (
     PACKED_ARTIFACT_DIR,
     PACKED_NAME,
@@ -32,8 +33,10 @@ from rayzor.search._tags import (
     TAG_NODE_ID,
     TAG_ORPHAN,
     TAG_PARENT,
+    TAG_PARETO,
     TAG_PLAN,
     TAG_ROLE,
+    TAG_RUN_NAME,
     TAG_TRIAL,
     TAG_TRIAL_ID,
     TAG_WARM_START,
@@ -270,10 +273,14 @@ class Tracker:
         self._starts = 0
         self._closing = False
         self._dispatch = threading.Condition()
+        #: Run id -> the Pareto tags its run holds (see :func:`tag_front`): only changes are written.
+        self.tagged: dict[str, dict[str, str]] = {}
         for run in trial_runs(self.client, experiment_id, parent_run_id):
             record = record_of(run)
             if record.trial_id:
-                self._keep(record)
+                self._records[record.trial_id] = record
+                self.front.add(record)
+                self.tagged[run.info.run_id] = {k: run.data.tags.get(k, "") for k in (TAG_PARETO, TAG_RUN_NAME)}
         # The ETA is the pace of this session's trials (a resumed search's earlier ones took their own time).
         self._clock, self._done_before = time.perf_counter(), len(self._records)
         # what a previous driver could not write: first in line
@@ -428,8 +435,13 @@ class Tracker:
             logging.getLogger(__name__).warning("%s", exc)
 
     def _keep(self, record: TrialRecord) -> None:
+        """Take a logged trial into the records and the front, and bring the runs' Pareto tags up to date."""
         self._records[record.trial_id] = record
-        self.front.add(record)
+        if self.front.add(record) or record.run_id not in self.tagged:
+            self._tag_front()
+
+    def _tag_front(self) -> None:
+        tag_front(self.client, self.records, self.front.members, self.config.resolved_objectives, self.tagged)
 
     def _drain(self) -> None:
         backoff, retry_at = 0.0, 0.0
@@ -518,13 +530,17 @@ class Tracker:
         Optuna study saved with it) never saw; that budget slot is sampled
         again, so the run would count twice.
         """
+        changed = False
         for trial_id in [t for t in self._records if t not in known]:
             record = self._records.pop(trial_id)
-            self.front.discard(record.run_id)
+            changed = self.front.discard(record.run_id) or changed
+            self.tagged.pop(record.run_id, None)
             self.client.set_tag(record.run_id, TAG_ORPHAN, "true")
             if record.status == "RUNNING":  # a kill during its write: never deleted while RUNNING
                 self.client.set_terminated(record.run_id, "KILLED")
             self.client.delete_run(record.run_id)
+        if changed:  # a deleted member: runs it dominated may be back on the front
+            self._tag_front()
 
     def _write(self, outcome: _Outcome) -> None:
         logged = self._records.get(outcome.trial_id)
@@ -570,9 +586,14 @@ class Tracker:
             for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)
         else:
+            name = trial_label(outcome.number)
             run_id = self.client.create_run(
-                self.experiment_id, run_name=trial_label(outcome.number), tags=tags, start_time=_trial_times(result)[0]
+                self.experiment_id,
+                run_name=name,
+                tags={**tags, TAG_PARETO: "false"},  # made true below if it joins the front
+                start_time=_trial_times(result)[0],
             ).info.run_id
+            self.tagged[run_id] = {TAG_PARETO: "false", TAG_RUN_NAME: name}
             outcome.run_id = run_id
             if outcome.entry is not None and self.journal is not None:
                 self.journal.update(outcome.entry, run_id=run_id)

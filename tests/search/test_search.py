@@ -35,8 +35,34 @@ def finished(ray_session, tmp_path_factory):
         space={"default_exclusions": False},  # the failing task trips on conv1, the first layer
     )
     lines: list[str] = []
-    result = run_search(config, progress=lines.append)
+    result = run_search(config, progress=lambda line: _snapshot(line, lines, MlflowClient(uri)))
     return result, MlflowClient(uri), lines, root
+
+
+#: After each trial's progress line: every child run's status, objectives, Pareto tag and name, as MLflow held them.
+SNAPSHOTS: list[list[tuple[str, float, float, str, str]]] = []
+
+
+def _snapshot(line: str, lines: list[str], client: MlflowClient) -> None:
+    lines.append(line)
+    if not line.startswith("["):  # a set-up line, not a trial's
+        return
+    experiment = client.get_experiment_by_name("test-search")
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`mlflow.parentRunId` != ''", order_by=["start_time ASC"]
+    )
+    SNAPSHOTS.append(
+        [
+            (
+                r.info.status,
+                r.data.metrics.get("accuracy", float("nan")),
+                r.data.metrics.get("size_bytes", float("nan")),
+                r.data.tags.get("rayzor.pareto", ""),
+                r.info.run_name,
+            )
+            for r in runs
+        ]
+    )
 
 
 def test_parent_run_has_config_and_finished(finished):
@@ -84,6 +110,19 @@ def test_size_bytes_is_the_logged_file_and_it_rebuilds_the_model(finished, tmp_p
         assert info.plan.settings()["conv1"]["bits"] == int(child.data.params["conv1.bits"])
         assert task.score(model, "val")["accuracy"] == pytest.approx(child.data.metrics["accuracy"], abs=1e-9)
     assert "lzma" in codecs  # the search's entropy stage reached the packed files
+
+
+def test_pareto_tags_follow_the_front_while_the_search_runs(finished):
+    # The runs table's Pareto filter works mid-search: after each logged trial, exactly the front so far is tagged.
+    assert len(SNAPSHOTS) == 6
+    for logged, snapshot in enumerate(SNAPSHOTS, start=1):
+        assert len(snapshot) == logged
+        done = [row for row in snapshot if row[0] == "FINISHED"]
+        mask = pareto_mask(np.array([row[1:3] for row in done]), ["maximize", "minimize"]) if done else []
+        assert [row[3] for row in done] == ["true" if m else "false" for m in mask]
+        assert all(row[3] == "false" for row in snapshot if row[0] != "FINISHED")
+        assert all(("★" in row[4]) == (row[3] == "true") for row in snapshot)
+    assert any(row[3] == "true" for row in SNAPSHOTS[-1])
 
 
 def test_pareto_tags_match_the_front(finished):
