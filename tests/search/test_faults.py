@@ -16,11 +16,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from rayzor.search import trial_runs
+from rayzor.search import pareto_mask, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -217,6 +218,14 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
     assert parent.info.status == "FINISHED"
     history = MlflowClient(_uri(tmp_path)).get_metric_history(parent.info.run_id, "hypervolume")
     assert sorted(m.step for m in history) == list(range(1, KILL_TRIALS + 1))
+    # Three drivers tagged the front as it grew (the killed ones mid-way): the tags are the front of all of them.
+    assert parent.data.tags["rayzor.objectives"] == "accuracy,size_bytes"
+    runs = list(after.values())
+    mask = pareto_mask(
+        np.array([[r.data.metrics["accuracy"], r.data.metrics["size_bytes"]] for r in runs]), ["maximize", "minimize"]
+    )
+    assert [r.data.tags.get("rayzor.pareto") for r in runs] == ["true" if m else "false" for m in mask]
+    assert all(("★" in r.info.run_name) == bool(m) for r, m in zip(runs, mask))
     progress = [line for line in resumed.stdout.splitlines() if line.startswith("[")]
     assert all(int(line[1:].split("/")[0]) <= KILL_TRIALS for line in progress)
 
