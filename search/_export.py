@@ -86,10 +86,12 @@ def load_search(tracking_uri: str | None, experiment: str) -> SearchView:
     """The latest search of ``experiment``, read back from MLflow.
 
     The front is the one the search wrote: its trial runs tagged
-    ``rayzor.pareto=true``, with the metrics they logged. Only a search
-    whose finished trials lack those tags (still running, or crashed before
-    its end) has its front recomputed from the FINISHED trials' metrics
-    (``SearchView.recomputed``). Either way the front is sorted by size.
+    ``rayzor.pareto=true``, with the metrics they logged (a running search
+    keeps them current, so this is its front so far). Only a search whose
+    finished trials lack those tags (logged by a rayzor that tagged only at
+    the end, and not ended) has its front recomputed from the FINISHED
+    trials' metrics (``SearchView.recomputed``). Either way the front is
+    sorted by size.
 
     Raises:
         ConfigError: no such store or experiment.
@@ -103,7 +105,7 @@ def load_search(tracking_uri: str | None, experiment: str) -> SearchView:
         key=lambda pair: pair[0].number,
     )
     trials = [t for t, _ in pairs]
-    # Tags are the search's word once every finished trial carries one (the search reached its end).
+    # Tags are the search's word once every finished trial carries one (each is tagged as it is logged).
     # A FINISHED run without its objectives (an interrupted trial an older rayzor logged) is no result.
     tagged = bool(pairs) and all(
         TAG_PARETO in r.data.tags for t, r in pairs if t.status == FINISHED and has_objectives(t, objectives)

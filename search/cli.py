@@ -274,7 +274,8 @@ def pareto(
         view.objectives,
         quality_metric(view.objectives),
         f"search {view.parent.info.run_name} ({view.parent.info.run_id}): "
-        f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}",
+        f"{len(view.pareto)} Pareto-optimal of {len(view.trials)} trials, objectives {', '.join(view.objectives)}"
+        + ("" if view.parent.info.status == "FINISHED" else f" (so far: its search run is {view.parent.info.status})"),
     )
 
 

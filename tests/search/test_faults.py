@@ -159,6 +159,26 @@ def test_sigint_is_a_clean_pause(interrupted):
     assert len(_finished_with_metrics(root)) == sum(r.info.status == "FINISHED" for r in trials) >= 2
 
 
+def test_pareto_of_a_paused_search_is_its_front_so_far(interrupted):
+    root, _, _ = interrupted
+    runs = list(_finished_with_metrics(root).values())
+    values = np.array([[r.data.metrics["accuracy"], r.data.metrics["size_bytes"]] for r in runs])
+    front = {r.info.run_id for r, m in zip(runs, pareto_mask(values, ["maximize", "minimize"])) if m}
+    # the paused search's own tags, written as its trials were logged, are its front
+    assert {r.info.run_id for r in runs if r.data.tags["rayzor.pareto"] == "true"} == front
+    shown = subprocess.run(
+        [*RAYZOR, "pareto", "--tracking-uri", _uri(root)], env=_env(COLUMNS="200"), capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    header = shown.stdout.splitlines()[0]
+    assert f"Pareto-optimal of {len(runs)} trials" in header
+    assert header.endswith("(so far: its search run is KILLED)")
+    listed = subprocess.run(
+        [*RAYZOR, "pareto", "--json", "--tracking-uri", _uri(root)], env=_env(), capture_output=True, text=True
+    )
+    assert {row["run_id"] for row in json.loads(listed.stdout)} == front
+
+
 def test_sigint_then_resume_finishes_the_budget(interrupted):
     root, _, _ = interrupted
     resumed = _resume(root, "paused")
