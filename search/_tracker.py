@@ -278,9 +278,9 @@ class Tracker:
         for run in trial_runs(self.client, experiment_id, parent_run_id):
             record = record_of(run)
             if record.trial_id:
-                self._records[record.trial_id] = record
-                self.front.add(record)
                 self.tagged[run.info.run_id] = {k: run.data.tags.get(k, "") for k in (TAG_PARETO, TAG_RUN_NAME)}
+                self._keep(record, retag=False)
+        self._retagged = not self._records  # a resumed search's tags are checked with its first logged trial
         # The ETA is the pace of this session's trials (a resumed search's earlier ones took their own time).
         self._clock, self._done_before = time.perf_counter(), len(self._records)
         # what a previous driver could not write: first in line
@@ -434,11 +434,13 @@ class Tracker:
         except TrackingError as exc:
             logging.getLogger(__name__).warning("%s", exc)
 
-    def _keep(self, record: TrialRecord) -> None:
-        """Take a logged trial into the records and the front, and bring the runs' Pareto tags up to date."""
+    def _keep(self, record: TrialRecord, retag: bool = True) -> None:
+        """Take a logged trial into the records and the front; ``retag``: bring the runs' Pareto tags up to date."""
         self._records[record.trial_id] = record
-        if self.front.add(record) or record.run_id not in self.tagged:
+        changed = self.front.add(record)
+        if retag and (changed or record.run_id not in self.tagged or not self._retagged):
             self._tag_front()
+            self._retagged = True
 
     def _tag_front(self) -> None:
         tag_front(self.client, self.records, self.front.members, self.config.resolved_objectives, self.tagged)
