@@ -35,6 +35,7 @@ def finished(ray_session, tmp_path_factory):
         space={"default_exclusions": False},  # the failing task trips on conv1, the first layer
     )
     lines: list[str] = []
+    SNAPSHOTS.clear()
     result = run_search(config, progress=lambda line: _snapshot(line, lines, MlflowClient(uri)))
     return result, MlflowClient(uri), lines, root
 
