@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+import lzma
 import os
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from rayzor.compression import (
@@ -206,6 +209,31 @@ def test_entropy_stage_round_trip_and_shrinks(x, tmp_path, entropy, methods):
     assert info.entropy == entropy
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), out.model(x), rtol=0, atol=0)
+
+
+def test_lzma_streams_are_preset_9e_streams(tmp_path):
+    """The entropy stage sizes LZMA's dictionary to each tensor and writes the bytes preset 9e's 64 MiB one does.
+
+    So a plan's ``size_bytes`` is the one logged before the dictionary was sized (a resumed or
+    repeated search compares like with like), and every stream decodes with the reader's filters.
+    """
+    net = contract_net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
+    plan = (MagnitudePruning(0.5), UniformQuantization(4))
+    save_packed(
+        compress(net, CompressionPlan({"conv": plan, "fc": plan})), tmp_path / "m.rzp", arch=ARCH, entropy="lzma"
+    )
+    with safe_open(tmp_path / "m.rzp", "pt") as f:
+        coded = json.loads(f.metadata()["entropy"])["tensors"]
+        streams = {key: f.get_tensor(key).numpy().tobytes() for key in coded}
+    assert streams  # the 4-bit codes, at least, squeeze
+    reference = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+    for key, stream in streams.items():
+        raw = lzma.decompress(stream, format=lzma.FORMAT_RAW, filters=reference)
+        assert len(raw) == torch.Size(coded[key]["shape"]).numel() * getattr(torch, coded[key]["dtype"]).itemsize
+        assert lzma.compress(raw, format=lzma.FORMAT_RAW, filters=reference) == stream, key
 
 
 def test_entropy_stage_skipped_when_it_does_not_pay(net, tmp_path):
