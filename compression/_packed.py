@@ -436,7 +436,30 @@ def _serialise(compressed: CompressedModel, arch_json: str, metadata: Mapping[st
     if entropy is not None:
         header["entropy"] = _dumps(_entropy_code(entropy, tensors))
     header["checksum"] = _checksum(header, tensors)
-    return safetensors.torch.save(tensors, metadata=header)
+    return _sorted_metadata(safetensors.torch.save(tensors, metadata=header))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` with its header's ``__metadata__`` entries in sorted key order: equal inputs, equal bytes.
+
+    safetensors writes the metadata from a Rust ``HashMap``, in an order that
+    changes with every save (safetensors issue #584), so two saves of one model
+    differed byte for byte and no hash of a packed file could be compared.
+    Sorting permutes the same JSON members: the header keeps its length and
+    every tensor offset holds. The header is rewritten only where Python's
+    compact JSON reproduces safetensors' own bytes exactly.
+    """
+    n = int.from_bytes(data[:8], "little")
+    raw = data[8 : 8 + n].rstrip(b" ")  # safetensors pads the header with spaces to 8-byte alignment
+    header = json.loads(raw)
+    if "__metadata__" not in header or _compact_json(header) != raw:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    return data[:8] + _compact_json(header) + data[8 + len(raw) :]
+
+
+def _compact_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def save_packed(

@@ -151,6 +151,21 @@ def test_read_packed_info(model, tmp_path):
     assert info.plan == PLANS["sparse_3bit"] and info.metadata == {"trial": "7"} and set(info.weights) == set(LAYERS)
 
 
+@pytest.mark.parametrize("entropy", [None, "lzma"])
+def test_equal_models_pack_to_equal_bytes(model, tmp_path, entropy):
+    """Two saves of one compressed model are byte-identical, so a packed file's hash identifies it."""
+    out = compress(model, PLANS["sparse_3bit"])
+    metadata = {"trial": "7", "search": "s", "note": "entrée"}  # safetensors would write these in any order
+    sizes = [save_packed(out, tmp_path / f"{i}.rzp", arch=ARCH, metadata=metadata, entropy=entropy) for i in range(3)]
+    files = [(tmp_path / f"{i}.rzp").read_bytes() for i in range(3)]
+    assert files[0] == files[1] == files[2] and sizes[0] == len(files[0])
+    _, header = _layer_info(tmp_path / "0.rzp")
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    loaded, info = load_packed(tmp_path / "0.rzp")
+    assert info.metadata == metadata
+    torch.testing.assert_close(loaded.state_dict(), out.model.state_dict(), rtol=0, atol=0)
+
+
 def test_not_a_packed_file(tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"definitely not safetensors")

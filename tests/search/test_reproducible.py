@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
+from mlflow.tracking import MlflowClient
 
 from rayzor.search import SearchConfig, run_search
 
@@ -12,7 +16,8 @@ TIMING = ("latency_ms", "trial_seconds", "params_wait_seconds")
 
 @pytest.mark.slow
 def test_same_seed_same_trials_at_concurrency_2(ray_session, tmp_path):
-    runs = []
+    runs, packed = [], []
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for i in range(2):
         config = SearchConfig(
             # trials end in a random order (the evaluation sleeps a random time), as on a busy machine,
@@ -39,5 +44,10 @@ def test_same_seed_same_trials_at_concurrency_2(ray_session, tmp_path):
                 for r in result.trials
             ]
         )
+        artifacts = [Path(client.get_run(r.run_id).info.artifact_uri.removeprefix("file://")) for r in result.trials]
+        packed.append(
+            [hashlib.sha256((a / "packed" / "packed.safetensors").read_bytes()).hexdigest() for a in artifacts]
+        )
     assert len(runs[0]) == 10
     assert runs[0] == runs[1]
+    assert packed[0] == packed[1]  # the same packed files, byte for byte
