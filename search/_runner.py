@@ -291,12 +291,19 @@ def _end_parent(client: Any, parent_id: str, status: str, journal: Journal) -> N
         journal.set_parent(parent_id, status, tags)
 
 
-def _http_retries(uri: str) -> None:
-    """Short MLflow HTTP retries (unless set): the tracker retries an outage itself, off the event loop,
-    where MLflow's own default backoff would hold each write for minutes."""
+def _http_settings(uri: str) -> None:
+    """MLflow's HTTP client as a search needs it (each unless the user set it).
+
+    Short retries: the tracker retries an outage itself, off the event loop,
+    where MLflow's own default backoff would hold each write for minutes. No
+    "View run ... at" line per ended run: MLflow prints two lines for each of a
+    search's runs against a server, between the progress lines, and fetches
+    the run once more to print them; the search prints its own browse links.
+    """
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def sync_search(search: str, storage_path: str | None = None, *, wait_seconds: float = 60.0) -> tuple[int, int]:
@@ -315,7 +322,7 @@ def sync_search(search: str, storage_path: str | None = None, *, wait_seconds: f
     """
     _, state = load_resume_state(search, storage_path)
     config = validate_config(state["config"])
-    _http_retries(config.tracking_uri or "")
+    _http_settings(config.tracking_uri or "")
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     journal = Journal(journal_folder(state["storage_path"], state["name"]))
     parent = client.get_run(state["parent_run_id"])
@@ -378,7 +385,7 @@ def run_search(
     storage = state["storage_path"] if state else _storage(config)
     if state is None:
         _refuse_taken_name(storage, name)
-    _http_retries(config.tracking_uri or "")
+    _http_settings(config.tracking_uri or "")
     p = prepare(config, progress)
     config, client = p.config, p.client
     journal = Journal(journal_folder(storage, name))

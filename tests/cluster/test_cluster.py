@@ -116,6 +116,11 @@ def test_trials_spread_over_both_workers_and_log_over_http(local_cluster, mlflow
     out = _finish(rayzor("search", str(config), "--address", local_cluster.address))
     # Concurrency was not given: derived from the two `worker` resources.
     assert "2 at a time" in out
+    # one progress line per trial, not MLflow's two "View run/experiment at" lines as each run ends
+    assert "View run" not in out and "View experiment" not in out
+    assert [line.split("]")[0] for line in out.splitlines() if line.startswith("[") and "/4] " in line] == [
+        f"[{i}/4" for i in range(1, 5)
+    ]
     children = _children(uri, "spread")
     assert [c.info.status for c in children] == ["FINISHED"] * 4
     nodes = {c.data.tags["rayzor.node_id"] for c in children}
