@@ -291,8 +291,9 @@ def _end_parent(client: Any, parent_id: str, status: str, journal: Journal) -> N
         journal.set_parent(parent_id, status, tags)
 
 
-def _http_settings(uri: str) -> None:
-    """MLflow's HTTP client as a search needs it (each unless the user set it).
+def _http_settings(uri: str | None) -> None:
+    """MLflow's HTTP client as a search needs it, for a server given as ``uri`` or by
+    ``MLFLOW_TRACKING_URI`` (each setting unless the user set it).
 
     Short retries: the tracker retries an outage itself, off the event loop,
     where MLflow's own default backoff would hold each write for minutes. No
@@ -300,7 +301,7 @@ def _http_settings(uri: str) -> None:
     search's runs against a server, between the progress lines, and fetches
     the run once more to print them; the search prints its own browse links.
     """
-    if uri.startswith(("http://", "https://")):
+    if resolve_tracking_uri(uri).startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -322,7 +323,7 @@ def sync_search(search: str, storage_path: str | None = None, *, wait_seconds: f
     """
     _, state = load_resume_state(search, storage_path)
     config = validate_config(state["config"])
-    _http_settings(config.tracking_uri or "")
+    _http_settings(config.tracking_uri)
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     journal = Journal(journal_folder(state["storage_path"], state["name"]))
     parent = client.get_run(state["parent_run_id"])
@@ -385,7 +386,7 @@ def run_search(
     storage = state["storage_path"] if state else _storage(config)
     if state is None:
         _refuse_taken_name(storage, name)
-    _http_settings(config.tracking_uri or "")
+    _http_settings(config.tracking_uri)
     p = prepare(config, progress)
     config, client = p.config, p.client
     journal = Journal(journal_folder(storage, name))
