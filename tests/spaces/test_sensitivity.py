@@ -89,7 +89,7 @@ def test_parallel_without_ray_is_refused_not_run_in_process():
     # A fresh interpreter: this session's Ray may be running already.
     code = (
         "from rayzor.tasks import create_task\n"
-        "from spaces import CompressionSpace, sensitivity\n"
+        "from rayzor.spaces import CompressionSpace, sensitivity\n"
         "task = create_task('examples.wine_task:make_task', epochs=5)\n"
         "try:\n"
         "    sensitivity(task, CompressionSpace.from_model(task.model), parallel=True)\n"
