@@ -39,6 +39,7 @@ give; what goes is the actor restart (heavy-tailed c = 2 searches used 3 to
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -203,4 +204,12 @@ class OrderedOptunaSearch(OptunaSearch):
     def _tell(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         if result is not None and not result.get("final", 1.0):
             result = None  # stopped early: PRUNED (its partial metrics are not the objectives)
+        elif result is not None and any(_is_nan(result.get(m)) for m in self.metric):
+            # A trial whose code raised reports NaN objectives. Optuna records FAIL for them too, but
+            # warns "The value nan is not acceptable" once per objective: say FAIL outright.
+            result, error = None, True
         super().on_trial_complete(trial_id, result, error)
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -36,8 +37,24 @@ def finished(ray_session, tmp_path_factory):
     )
     lines: list[str] = []
     SNAPSHOTS.clear()
-    result = run_search(config, progress=lambda line: _snapshot(line, lines, MlflowClient(uri)))
+    TELL_ERRORS.clear()
+    tune_optuna = logging.getLogger("ray.tune.search.optuna.optuna_search")
+    handler = _Collect()
+    tune_optuna.addHandler(handler)
+    try:
+        result = run_search(config, progress=lambda line: _snapshot(line, lines, MlflowClient(uri)))
+    finally:
+        tune_optuna.removeHandler(handler)
     return result, MlflowClient(uri), lines, root
+
+
+#: What Tune's OptunaSearch logged while the fixture's search ran: it logs (and swallows) a failed ``study.tell``.
+TELL_ERRORS: list[str] = []
+
+
+class _Collect(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        TELL_ERRORS.append(record.getMessage())
 
 
 #: After each trial's progress line: every child run's status, objectives, Pareto tag and name, as MLflow held them.
@@ -95,6 +112,14 @@ def test_every_trial_is_a_nested_child_run(finished):
             assert float(params["conv1.sparsity"]) > 0.7
         else:
             assert {"accuracy", "size_bytes", "compression_ratio", "latency_ms"} <= set(child.data.metrics)
+
+
+def test_failed_trials_are_told_to_optuna_as_failed(finished):
+    """Told as COMPLETE with NaN objectives, ``study.tell`` raised "The value nan is not acceptable" and
+    Tune only logged it: the failed trial stayed RUNNING in the study, for the sampler and a resume."""
+    result, _, _, _ = finished
+    assert any(r.status == "FAILED" for r in result.trials)
+    assert TELL_ERRORS == []
 
 
 def test_size_bytes_is_the_logged_file_and_it_rebuilds_the_model(finished, tmp_path):
