@@ -205,8 +205,9 @@ class OrderedOptunaSearch(OptunaSearch):
         if result is not None and not result.get("final", 1.0):
             result = None  # stopped early: PRUNED (its partial metrics are not the objectives)
         elif result is not None and any(_is_nan(result.get(m)) for m in self.metric):
-            # A trial whose code raised reports NaN objectives. Optuna records FAIL for them too, but
-            # warns "The value nan is not acceptable" once per objective: say FAIL outright.
+            # A trial whose code raised reports NaN objectives. Told as COMPLETE, study.tell raises
+            # ("The value nan is not acceptable") before storing anything, which Tune only logs: the
+            # trial would stay RUNNING in the study, a permanent running point for the constant liar.
             result, error = None, True
         super().on_trial_complete(trial_id, result, error)
 
