@@ -65,7 +65,8 @@ _READABLE_VERSIONS = ("1", "2", "3")
 ENTROPY_CODECS: tuple[str, ...] = ("lzma", "zstd")
 # Raw LZMA2 stream: no .xz container, whose ~60 bytes matter for small tensors; integrity is the checksum's job.
 # Decoding with preset 9's 64 MiB dictionary reads any stream these filters (or _lzma_filters) wrote.
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": _LZMA_PRESET}]
 _LZMA_MAX_DICT = 64 << 20
 
 
@@ -79,7 +80,7 @@ def _lzma_filters(size: int) -> list[dict[str, int]]:
     tensors tried), in a fraction of the time.
     """
     dict_size = min(max(4096, 1 << max(size - 1, 1).bit_length()), _LZMA_MAX_DICT)
-    return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
+    return [{"id": lzma.FILTER_LZMA2, "preset": _LZMA_PRESET, "dict_size": dict_size}]
 
 
 _FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
