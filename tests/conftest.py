@@ -32,10 +32,15 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for every test that needs it."""
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """One local Ray instance for every test that needs it.
+
+    Its workers inherit the environment it starts with, not later changes: the test tasks'
+    attempt log (``tests/search/attempt_task.py``) is named here.
+    """
     import ray
 
+    os.environ["RAYZOR_TEST_ATTEMPTS"] = str(tmp_path_factory.mktemp("attempts") / "attempts.txt")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

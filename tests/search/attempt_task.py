@@ -8,9 +8,16 @@ import os
 from rayzor.tasks import Task, create_task
 
 
+def record_attempt() -> None:
+    """One line per raising call in ``$RAYZOR_TEST_ATTEMPTS`` (when set): Tune must not retry a raising trial."""
+    path = os.environ.get("RAYZOR_TEST_ATTEMPTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
 def evaluate_and_fail(model, dataset) -> dict[str, float]:
-    with open(os.environ["RAYZOR_TEST_ATTEMPTS"], "a") as f:
-        f.write(f"{os.getpid()}\n")
+    record_attempt()
     raise RuntimeError("this task always fails")
 
 

@@ -1,4 +1,4 @@
-"""Faults a user meets, with real processes and signals: Ctrl-C, kills, a raising trial, concurrent starts.
+"""Faults a user meets, with real processes and signals: Ctrl-C, kills, a tracking outage, concurrent starts.
 
 Every search here is a ``rayzor search`` subprocess (its own Ray), so a
 signal reaches it as it would from a terminal.
@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -247,26 +248,6 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
     assert all(int(line[1:].split("/")[0]) <= KILL_TRIALS for line in progress)
 
 
-def test_a_raising_trial_is_attempted_once(tmp_path):
-    attempts = tmp_path / "attempts.txt"
-    config = _config(tmp_path, trials=2, epochs=0, extra="task: tests.search.attempt_task:make_task\nmax_failures: 2\n")
-    done = subprocess.run(
-        [*RAYZOR, "search", str(config), "--name", "raising", "--tracking-uri", _uri(tmp_path)],
-        cwd=tmp_path,
-        env=_env(RAYZOR_TEST_ATTEMPTS=str(attempts)),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    assert len(attempts.read_text().splitlines()) == 2  # one attempt per trial, not 1 + max_failures
-    trials = [r for r in _runs(tmp_path) if r.data.tags.get("rayzor.role") == "trial"]
-    assert [r.info.status for r in trials] == ["FAILED", "FAILED"]
-    assert all(r.data.tags["rayzor.error"] == "RuntimeError: this task always fails" for r in trials)
-    client = MlflowClient(_uri(tmp_path))
-    text = Path(client.download_artifacts(trials[0].info.run_id, "error.txt", str(tmp_path))).read_text()
-    assert "Traceback" in text and "evaluate_and_fail" in text
-
-
 def test_two_searches_started_together_on_a_fresh_store(tmp_path):
     config = _config(tmp_path, trials=1, epochs=0)
     procs = [_start(tmp_path, str(config), "--name", f"together-{i}") for i in range(2)]
@@ -322,37 +303,100 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
     raise AssertionError("mlflow server did not answer /health in 300 s")
 
 
+class _Outage:
+    """A TCP relay on loopback in front of the tracking server: the address the search is given.
+
+    ``cut()`` closes its listening socket and every connection through it, so each request is refused
+    as a stopped server refuses it; ``restore()`` listens on the same port again. One ``mlflow server``
+    start (10-13 s) stands for the two a stop and a restart would take.
+    """
+
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self.port = _free_port()
+        self._live: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(64)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        try:  # close() alone leaves a socket blocked in accept() listening on Linux; shutdown() ends it
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            for conn in self._live:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            self._live.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self._target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._live += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
 def test_tracking_outage_then_resume_logs_everything(tmp_path):
-    """The server stops after 1 logged trial and stays down past the end of the search."""
+    """The server becomes unreachable after 1 logged trial and stays so past the end of the search."""
     port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    link = _Outage(port)
+    uri = f"http://127.0.0.1:{link.port}"
     config = _config(tmp_path, trials=OUTAGE_TRIALS, extra="tracking_wait: 3\n")
-    server = _mlflow_server(tmp_path, port)
-    search = subprocess.Popen(  # the server named as many users name it: by MLFLOW_TRACKING_URI
-        [*RAYZOR, "search", str(config), "--name", "outage"],
-        cwd=tmp_path,
-        env=_env(MLFLOW_TRACKING_URI=uri),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        out = _after_progress(search, 1)
-        _end_group(server)  # down until the search has ended
-        rest, err = search.communicate(timeout=600)
-    finally:
-        _end_group(search)
-        _end_group(server)
-    assert search.returncode != 0
-    # one line per trial: MLflow's own "View run ... at" lines are off for a server, however it is named
-    assert "View run" not in "".join(out) + rest
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"error: tracking server {uri} unreachable")
-    assert line.endswith("rayzor sync outage (or rayzor search --resume outage)")
-    assert list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
-    server = _mlflow_server(tmp_path, port)
-    try:
+        search = subprocess.Popen(  # the server named as many users name it: by MLFLOW_TRACKING_URI
+            [*RAYZOR, "search", str(config), "--name", "outage"],
+            cwd=tmp_path,
+            env=_env(MLFLOW_TRACKING_URI=uri),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out = _after_progress(search, 1)
+            link.cut()  # unreachable until the search has ended
+            rest, err = search.communicate(timeout=600)
+        finally:
+            _end_group(search)
+        assert search.returncode != 0, "".join(out) + rest + err
+        # one line per trial: MLflow's own "View run ... at" lines are off for a server, however it is named
+        assert "View run" not in "".join(out) + rest
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"error: tracking server {uri} unreachable")
+        assert line.endswith("rayzor sync outage (or rayzor search --resume outage)")
+        assert list((tmp_path / "ray" / "outage" / "tracking-journal").glob("*.json"))
+        link.restore()
         resumed = subprocess.run(
             [*RAYZOR, "search", "--resume", "outage", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri],
             cwd=tmp_path,
@@ -367,6 +411,7 @@ def test_tracking_outage_then_resume_logs_everything(tmp_path):
         parent = next(r for r in runs if r.data.tags.get("rayzor.role") == "search")
         trials = [r for r in runs if r.data.tags.get("rayzor.role") == "trial"]
     finally:
+        link.cut()
         _end_group(server)
     assert parent.info.status == "FINISHED"
     assert len(trials) == OUTAGE_TRIALS

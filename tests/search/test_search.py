@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,8 @@ def finished(ray_session, tmp_path_factory):
     lines: list[str] = []
     SNAPSHOTS.clear()
     TELL_ERRORS.clear()
+    attempts = Path(os.environ["RAYZOR_TEST_ATTEMPTS"])  # named by ray_session, for its workers
+    attempts.unlink(missing_ok=True)
     tune_optuna = logging.getLogger("ray.tune.search.optuna.optuna_search")
     handler = _Collect()
     tune_optuna.addHandler(handler)
@@ -45,8 +48,12 @@ def finished(ray_session, tmp_path_factory):
         result = run_search(config, progress=lambda line: _snapshot(line, lines, MlflowClient(uri)))
     finally:
         tune_optuna.removeHandler(handler)
+    ATTEMPTS[:] = attempts.read_text().splitlines() if attempts.exists() else []
     return result, MlflowClient(uri), lines, root
 
+
+#: One line per call of the task's evaluate that raised, across the fixture's trial workers.
+ATTEMPTS: list[str] = []
 
 #: What Tune's OptunaSearch logged while the fixture's search ran: it logs (and swallows) a failed ``study.tell``.
 TELL_ERRORS: list[str] = []
@@ -120,6 +127,16 @@ def test_failed_trials_are_told_to_optuna_as_failed(finished):
     result, _, _, _ = finished
     assert any(r.status == "FAILED" for r in result.trials)
     assert TELL_ERRORS == []
+
+
+def test_a_raising_trial_is_attempted_once(finished, tmp_path):
+    # max_failures (2, the default) retries a trial whose worker or node died, never one whose code raised
+    result, client, _, _ = finished
+    failed = [c for c in trial_runs(client, result.experiment_id, result.parent_run_id) if c.info.status == "FAILED"]
+    assert failed
+    assert len(ATTEMPTS) == len(failed)
+    text = Path(client.download_artifacts(failed[0].info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert "Traceback" in text and "evaluate_or_fail" in text
 
 
 def test_size_bytes_is_the_logged_file_and_it_rebuilds_the_model(finished, tmp_path):
