@@ -13,6 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def cpu() -> dict[str, Any]:
+    """The CPU model and its int8-related flags: onnxruntime's int8 kernels use VNNI or AMX when present,
+    so an int8 speed-up measured on one CPU is not another's."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or "unknown", "int8_flags": []}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"model": fields.get("model name", "unknown"), "int8_flags": [f for f in wanted if f in flags]}
+
+
 def machine() -> dict[str, Any]:
     """Where and with what a benchmark ran."""
     import mlflow
@@ -23,6 +37,7 @@ def machine() -> dict[str, Any]:
     return {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "cpu": cpu(),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -36,7 +51,11 @@ def machine() -> dict[str, Any]:
 def describe_machine(report: dict[str, Any]) -> str:
     """One line: date, machine and versions of a report made with :func:`machine`."""
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    return f"{report['date']}, {report['machine']}; {versions}"
+    where = report["machine"]
+    if "cpu" in report:  # reports written before the CPU was recorded have none
+        flags = report["cpu"]["int8_flags"]
+        where += f" ({report['cpu']['model']}; {', '.join(flags) if flags else 'no AVX2'})"
+    return f"{report['date']}, {where}; {versions}"
 
 
 def write_result(name: str, report: dict[str, Any]) -> Path:

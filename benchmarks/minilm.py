@@ -519,9 +519,9 @@ def _write_section(r: dict) -> None:
             + ", ".join(f"{a / b:.2f}x" for a, b in logged)
             + " their fresh-process ones"
             + (f" (the uniform int8 plans: {uniform8})" if uniform8 else "")
-            + ". On 2 cores the trial times its artifact while the other trial computes on the "
-            "second core, so on this model `latency_ms` runs high and noisy; the speed-ups above that decide the "
-            "target are the fresh-process ones.",
+            + f" ({sum(0.85 <= a / b <= 1.15 for a, b in logged)} of {len(logged)} within +-15%). On 2 cores the "
+            "trial times its artifact while the other trial computes on the second core, so `latency_ms` is noisy "
+            "on this model; the speed-ups above that decide the target are the fresh-process ones.",
         ]
     lines += ["", "![MiniLM front (accuracy_level 0)](benchmarks/results/minilm_pareto.png)"]
     replace_section("minilm", "\n".join(lines))

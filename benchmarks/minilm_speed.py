@@ -33,15 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import describe_machine, machine, replace_section, write_result  # noqa: E402
 
 
-def _cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted({f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="recovery fine-tune epochs per pruning ratio")
@@ -107,7 +98,6 @@ def main() -> None:
         **machine(),
         "command": "python benchmarks/minilm_speed.py " + shlex.join(sys.argv[1:]),
         "onnxruntime": onnxruntime.__version__,
-        "cpu_flags": _cpu_flags(),
         "task_options": options,
         "lr": args.lr,
         "rows": rows,
@@ -117,13 +107,19 @@ def main() -> None:
     _write_section(report)
 
 
+def _flags(r: dict) -> str:
+    flags = r["cpu"]["int8_flags"] if "cpu" in r else r.get("cpu_flags", [])  # older results: cpu_flags
+    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    how = "int8 GEMMs on its VNNI dot products" if vnni else "no VNNI: int8 GEMMs run on AVX2's 16-bit multiply-adds"
+    return f"{', '.join(flags) or 'none'} ({how})"
+
+
 def _write_section(r: dict) -> None:
     lines = [
         "## minilm_speed: int8 and fewer FLOPs against the >= 2.5x at cosine >= 0.99 target",
         "",
         f"Command: `{r['command'].strip()}` ({describe_machine(r)}; onnxruntime {r['onnxruntime']}); "
-        f"whole run {r['wall_seconds'] / 60:.1f} min. CPU int8-related flags: {', '.join(r['cpu_flags']) or 'none'} "
-        "(no VNNI: int8 GEMMs run on AVX2's 16-bit multiply-adds). Task `minilm` "
+        f"whole run {r['wall_seconds'] / 60:.1f} min. CPU int8-related flags: {_flags(r)}. Task `minilm` "
         f"({r['task_options']}: every shipped text not in validation or test trains the recovery). Latency: "
         "onnxruntime, 1 thread, batch 1 (`measure_onnx_latency`), median of alternating rounds in one process; "
         "speed-up against the fp32 ONNX file. Pruned rows: every FFN `intermediate.dense` loses that share of its "
