@@ -27,6 +27,55 @@ def cpu() -> dict[str, Any]:
     return {"model": fields.get("model name", "unknown"), "int8_flags": [f for f in wanted if f in flags]}
 
 
+def speed_phases(rounds: int = 60, gap_s: float = 0.05) -> dict[str, Any]:
+    """How steady this machine's speed is: a fixed 64x64 fp32 matmul (torch, 1 thread), timed as the
+    median of 200 runs per round, ``rounds`` rounds ``gap_s`` apart.
+
+    A shared VM can run at two speeds that alternate every fraction of a second (a host's other tenant
+    on the same physical core); a latency timed in one spell and re-timed in another differs by their
+    ratio, whatever the protocol. ``slow_share``: rounds over 1.25x the fast speed.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a = torch.randn(64, 64)
+    medians = []
+    try:
+        for _ in range(rounds):
+            times = []
+            for _ in range(200):
+                start = time.perf_counter()
+                a @ a
+                times.append(time.perf_counter() - start)
+            medians.append(statistics.median(times) * 1e6)
+            time.sleep(gap_s)
+    finally:
+        torch.set_num_threads(threads)
+    fast = sorted(medians)[len(medians) // 10]
+    slow = [m for m in medians if m > 1.25 * fast]
+    return {
+        "round_us": medians,
+        "fast_us": fast,
+        "slow_us": statistics.median(slow) if slow else None,
+        "slow_share": len(slow) / len(medians),
+    }
+
+
+def describe_phases(p: dict[str, Any]) -> str:
+    """One sentence on :func:`speed_phases`."""
+    n = len(p["round_us"])
+    if p["slow_us"] is None:
+        return f"a fixed 64x64 matmul (1 thread) ran at one speed, {p['fast_us']:.1f} us, in all {n} rounds"
+    return (
+        f"a fixed 64x64 matmul (1 thread) took {p['fast_us']:.1f} us in fast rounds and {p['slow_us']:.1f} us "
+        f"({p['slow_us'] / p['fast_us']:.2f}x) in {p['slow_share']:.0%} of {n} rounds 50 ms apart"
+    )
+
+
 def machine() -> dict[str, Any]:
     """Where and with what a benchmark ran."""
     import mlflow
