@@ -11,6 +11,7 @@ from rayzor.cluster import (
     derive_concurrency,
     trial_resources,
 )
+from rayzor.errors import ConfigError
 from rayzor.search._config import SearchConfig
 
 __all__ = ["QUIET_RAY_ENV", "check_ray_address", "ray_address", "start_ray", "trial_request", "tune_resources"]
@@ -26,15 +27,33 @@ def ray_address(config: SearchConfig) -> tuple[str | None, str]:
     return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
-def check_ray_address(config: SearchConfig) -> None:
+#: What a search can join instead of a Ray Client address. Under ``ray://`` Tune runs its whole loop
+#: (searcher, callbacks) in an actor on the cluster, a process where the search's MLflow writer, journal
+#: and progress lines do not exist: the search failed there after its set-up (KeyError in a callback).
+SEARCH_ADDRESS = (
+    "HOST:PORT of the head's GCS (default port 6379) from a machine of the cluster, or auto; from outside the "
+    "cluster, run the search on it with rayzor submit (a ray:// Ray Client address runs Tune's loop in the "
+    "cluster, away from the search's MLflow writer)"
+)
+
+
+def check_ray_address(config: SearchConfig, client: bool = True) -> None:
     """Refuse an unreachable cluster address before anything starts.
+
+    Args:
+        config: Its ``address``, else ``RAY_ADDRESS``.
+        client: Whether a ``ray://`` (Ray Client) address may be used: plain Ray tasks run over it,
+            a Tune search does not (:data:`SEARCH_ADDRESS`).
 
     Raises:
         ConfigError: naming ``--address`` or ``RAY_ADDRESS``.
     """
     address, flag = ray_address(config)
-    if address:
-        check_address(address, flag)
+    if not address:
+        return
+    if not client and address.strip().lower().startswith("ray://"):
+        raise ConfigError(flag, address, SEARCH_ADDRESS)
+    check_address(address, flag)
 
 
 def start_ray(config: SearchConfig) -> bool:

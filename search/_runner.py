@@ -117,7 +117,7 @@ def prepare(config: SearchConfig, progress: Callable[[str], None] = lambda line:
             that does not build, objectives that are not the task's, resources
             or paths this machine cannot provide.
     """
-    check_ray_address(config)
+    check_ray_address(config, client=False)
     check_local(config, local=ray_address(config)[0] is None and not _ray_running())
     progress(f"loading task {config.task!r}")
     task = create_task(config.task, **config.task_options)

@@ -169,7 +169,9 @@ def search(
         None, help="MLflow tracking URI.", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     ),
     address: str | None = typer.Option(
-        None, help="Ray cluster to run on, HOST:PORT or ray://HOST:10001.", show_default="RAY_ADDRESS, else a local Ray"
+        None,
+        help="Ray cluster to run on: HOST:PORT of its head (from a cluster machine; from outside, rayzor submit).",
+        show_default="RAY_ADDRESS, else a local Ray",
     ),
     gpus_per_trial: float | None = typer.Option(
         None, help="GPUs per trial, fractions allowed (0.25).", show_default="0"

@@ -395,6 +395,24 @@ def test_unreachable_address_names_its_source(tmp_path, monkeypatch, env):
     assert "connect to 127.0.0.1" in result.stderr
 
 
+@pytest.mark.parametrize("env", [False, True])
+def test_ray_client_address_is_refused_for_a_search(tmp_path, monkeypatch, env):
+    # Under ray:// Tune runs its loop in an actor on the cluster, where the search's MLflow writer is not:
+    # the search failed after its set-up (KeyError in rayzor's callback), so it is refused before any.
+    address = f"ray://127.0.0.1:{_closed_port()}"
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    args = ["search", "--tracking-uri", uri]
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        args += ["--address", address]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    flag = "RAY_ADDRESS" if env else "--address"
+    _refused_before_anything(result, uri, f"{flag}: got '{address}'", "HOST:PORT of the head's GCS", "rayzor submit")
+    assert "connect to" not in result.stderr  # refused for what it is, not probed
+
+
 # -- refused before anything: no tracking store, no experiment, no Ray ---------------------
 
 
