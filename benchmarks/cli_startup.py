@@ -9,7 +9,8 @@ in one run (median of ``--repeats`` runs each, after one untimed warm-up):
   is what ``--help`` cost when the CLI imported it at start-up;
 * refusals of bad input, each checked to leave no tracking store behind: a
   usage error (``--trials abc``), an unknown task, a space glob that matches
-  no layer (the digits task is built first), ``--gpus-per-trial 1`` with no GPU.
+  no layer (the digits task is built first), ``--gpus-per-trial 1`` with no GPU,
+  a Ray Client (``ray://``) address.
 
 Writes benchmarks/results/cli_startup.json and the "cli_startup" section of BENCHMARKS.md.
 
@@ -53,6 +54,11 @@ def _cases(scratch: Path) -> list[tuple[str, list[str], int]]:
         ("refuse an unknown task", [*search, str(scratch / "unknown_task.yaml")], 2),
         ("refuse a space glob matching no layer", [*search, str(scratch / "bad_glob.yaml")], 2),
         ("refuse `search --gpus-per-trial 1` (no GPU)", [*search, "--gpus-per-trial", "1"], 2),
+        (
+            "refuse `search --address ray://127.0.0.1:10001` (Ray Client)",
+            [*search, "--address", "ray://127.0.0.1:10001"],
+            2,
+        ),
     ]
 
 
