@@ -380,17 +380,21 @@ def test_resume_without_an_experiment_names_the_flag(tmp_path):
     assert result.stderr.startswith(f"error: --resume: got '{tmp_path / 'nothing-here'}'; valid: ")
 
 
-@pytest.mark.parametrize("env", [False, True])
-def test_unreachable_address_names_its_source(tmp_path, monkeypatch, env):
-    address = f"127.0.0.1:{_closed_port()}"
-    args = ["search", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+def _search_at(address: str, uri: str, monkeypatch, env: bool):
+    """``rayzor search`` given ``address`` by RAY_ADDRESS (``env``) or ``--address``; the result and that source."""
+    args = ["search", "--tracking-uri", uri]
     if env:
         monkeypatch.setenv("RAY_ADDRESS", address)
     else:
         args += ["--address", address]
-    result = runner.invoke(app, args)
+    return runner.invoke(app, args), "RAY_ADDRESS" if env else "--address"
+
+
+@pytest.mark.parametrize("env", [False, True])
+def test_unreachable_address_names_its_source(tmp_path, monkeypatch, env):
+    address = f"127.0.0.1:{_closed_port()}"
+    result, flag = _search_at(address, f"sqlite:///{tmp_path / 'm.db'}", monkeypatch, env)
     assert result.exit_code == 2
-    flag = "RAY_ADDRESS" if env else "--address"
     assert result.stderr.startswith(f"error: {flag}: got '{address}'; valid: HOST:PORT of a running Ray head")
     assert "connect to 127.0.0.1" in result.stderr
 
@@ -401,14 +405,8 @@ def test_ray_client_address_is_refused_for_a_search(tmp_path, monkeypatch, env):
     # the search failed after its set-up (KeyError in rayzor's callback), so it is refused before any.
     address = f"ray://127.0.0.1:{_closed_port()}"
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    args = ["search", "--tracking-uri", uri]
-    if env:
-        monkeypatch.setenv("RAY_ADDRESS", address)
-    else:
-        args += ["--address", address]
-    result = runner.invoke(app, args)
+    result, flag = _search_at(address, uri, monkeypatch, env)
     assert result.exit_code == 2
-    flag = "RAY_ADDRESS" if env else "--address"
     _refused_before_anything(result, uri, f"{flag}: got '{address}'", "HOST:PORT of the head's GCS", "rayzor submit")
     assert "connect to" not in result.stderr  # refused for what it is, not probed
 
