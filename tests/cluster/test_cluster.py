@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -51,8 +52,20 @@ def _children(uri: str, experiment: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     parents = client.search_runs([exp.experiment_id], "tags.`rayzor.role` = 'search'")
-    assert len(parents) == 1, [p.info.run_id for p in parents]
+    assert len(parents) == 1, _every_run(uri, experiment)
     return trial_runs(client, exp.experiment_id, parents[0].info.run_id)
+
+
+def _every_run(uri: str, experiment: str) -> str:
+    """Every run of the experiment, deleted ones too, a line each: what a failed count is read against."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, order_by=["attributes.start_time ASC"])
+    return "\n".join(
+        f"{r.info.run_id} {r.info.status} {r.info.lifecycle_stage} role={r.data.tags.get('rayzor.role')} "
+        f"parent={r.data.tags.get('mlflow.parentRunId')} trial={r.data.tags.get('rayzor.trial_id')} {r.info.run_name}"
+        for r in runs
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -199,8 +212,10 @@ def test_sigkilled_driver_resumes_and_keeps_every_trial_once(local_cluster, tmp_
     experiment = tmp_path / "ray" / "resume"
     out = _finish(rayzor("search", "--resume", str(experiment), "--address", local_cluster.address))
     assert "(resumed)" in out
-    children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
-    assert len(children) == trials
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    children = _children(uri, "resume")
+    # once in a full CI run (not in 11 runs alone or with its module), 1 child of 8: keep what it saw
+    assert len(children) == trials, f"{_every_run(uri, 'resume')}\n--- resumed search:\n{out}"
     assert [c.info.status for c in children] == ["FINISHED"] * trials
     assert len({c.data.tags["rayzor.trial_id"] for c in children}) == trials
     # Tune's experiment and the Optuna study hold exactly the budget, all complete.
