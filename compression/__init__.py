@@ -19,6 +19,7 @@ from rayzor.compression._calibration import LayerStats, collect_layer_stats
 from rayzor.compression._deploy import (
     ACCURACY_LEVELS,
     DEPLOY_KINDS,
+    LATENCY_SECONDS,
     check_accuracy_level,
     deploy_kind,
     export_deploy,
@@ -148,6 +149,7 @@ __all__ = [
     "check_accuracy_level",
     "ACCURACY_LEVELS",
     "measure_deploy_latency",
+    "LATENCY_SECONDS",
     # packed artifacts
     "save_packed",
     "load_packed",

@@ -9,7 +9,7 @@ from typing import Any
 from rayzor.compression import LayerStats, collect_layer_stats, get_method, teacher_outputs
 from rayzor.search._config import SearchConfig, objective_direction, quality_metric
 from rayzor.search._ray import tune_resources
-from rayzor.search._trial import run_trial
+from rayzor.search._trial import latency_seconds_for, run_trial
 from rayzor.spaces import CompressionSpace, StudentSpace
 from rayzor.tasks import Task
 
@@ -154,6 +154,7 @@ def make_trainable(
             target=config.target,
             calibration_stats=calibration_stats(task, space),
             accuracy_level=config.accuracy_level,
+            latency_seconds=latency_seconds_for(config.resolved_objectives),
             replay=replay or None,
         ),
         tune_resources(request),

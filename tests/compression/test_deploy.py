@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import onnx
 import pytest
 import torch
@@ -179,7 +181,19 @@ def test_digits_artifact_is_smaller_than_fp32(digits, tmp_path):
     assert deploy.stat().st_size < 0.3 * fp32.stat().st_size
     assert not list(tmp_path.glob("*.data"))  # one file, no external data
     assert abs(digits.score(OrtModule(deploy))["accuracy"] - digits.score(compressed.model)["accuracy"]) <= 0.02
-    assert measure_deploy_latency(deploy, digits.example_input, round_size=3, max_rounds=2) > 0
+    assert measure_deploy_latency(deploy, digits.example_input, round_size=3, min_seconds=0) > 0
+
+
+def test_deploy_latency_times_rounds_over_its_span_and_refuses_a_bad_span(digits, tmp_path):
+    path = export_onnx(digits.model, digits.example_input, tmp_path / "fp32.onnx")
+    started = time.perf_counter()
+    ms = measure_deploy_latency(path, digits.example_input, warmup=0, min_seconds=0.2)
+    # rounds run back to back until the span is reached, whatever the machine's speed
+    assert time.perf_counter() - started >= 0.2
+    assert 0 < ms < 200
+    for bad in (-0.1, "0.3", True, float("nan")):
+        with pytest.raises(ConfigError, match=r"^min_seconds: got .*; valid: seconds >= 0"):
+            measure_deploy_latency(path, digits.example_input, min_seconds=bad)
 
 
 def test_dense_kinds_keep_fp32(tmp_path):
