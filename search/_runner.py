@@ -28,7 +28,7 @@ from rayzor.search._sensitivity import search_phase
 from rayzor.search._tags import ROLE_SEARCH, TAG_OBJECTIVES, TAG_RESUMABLE, TAG_ROLE
 from rayzor.search._tracker import TRACKERS, Tracker, TrackingOutage, is_outage
 from rayzor.search._tracking import connect, log_params, resolve_tracking_uri
-from rayzor.search._trial import deploy_baseline
+from rayzor.search._trial import deploy_baseline, latency_seconds_for
 from rayzor.search._tuner import make_trainable, make_tuner, warm_start_points
 from rayzor.spaces import CompressionSpace, StudentSpace
 from rayzor.tasks import Task, create_task
@@ -140,7 +140,7 @@ def prepare(config: SearchConfig, progress: Callable[[str], None] = lambda line:
         "latency_ms": measure_latency(task.model, task.example_input, threads=1),
     }
     if config.target == "onnxruntime":
-        baseline.update(deploy_baseline(task))
+        baseline.update(deploy_baseline(task, latency_seconds_for(config.resolved_objectives)))
     progress(f"connecting to MLflow at {resolve_tracking_uri(config.tracking_uri)}")
     client, uri, experiment_id = connect(config.tracking_uri, config.experiment)
     return Prepared(config, client, uri, experiment_id, task, space, baseline)
