@@ -20,6 +20,7 @@ __all__ = [
     "NoMatchError",
     "PackedFormatError",
     "RayzorError",
+    "ResumeError",
     "TaskLoadError",
     "TrackingError",
     "format_valid",
@@ -77,6 +78,10 @@ class NoMatchError(RayzorError):
 
 class TrackingError(RayzorError):
     """The MLflow writer failed while the search ran."""
+
+
+class ResumeError(RayzorError):
+    """Ray Tune restored none of a resumed search's trials: the search stops before any trial runs."""
 
 
 class ClusterConfigError(RayzorError):

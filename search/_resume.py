@@ -9,7 +9,7 @@ from typing import Any
 from rayzor.errors import ConfigError
 from rayzor.search._config import SearchConfig, validate_config
 
-__all__ = ["RESUME_FILE", "load_resume_state", "resumed_config", "write_resume_state"]
+__all__ = ["RESUME_FILE", "check_tune_state", "load_resume_state", "resumed_config", "write_resume_state"]
 
 #: Written next to the Tune experiment: what ``--resume`` needs to continue.
 RESUME_FILE = "rayzor-search.json"
@@ -57,6 +57,76 @@ def load_resume_state(resume: str, storage_path: str | None) -> tuple[str, dict[
             with fs.open_input_stream(f"{path}/{RESUME_FILE}") as f:
                 return (candidate if "://" in candidate else path), json.loads(f.read())
     raise ConfigError("--resume", resume, f"{_VALID_RESUME}; nothing restorable at {', '.join(candidates)}")
+
+
+#: Tune's saved state that a restore reads, by the pattern of its files (the newest of each is read).
+_TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+def check_tune_state(resume: str, experiment_path: str) -> None:
+    """Refuse a Tune experiment whose saved state would not restore whole, before Ray starts.
+
+    Tune writes its state to a staging folder and copies it to the storage
+    path in a background thread, while the next save (0.1 s later) may
+    rewrite the staging copy: a driver killed during that copy leaves a file
+    cut short, or the trials of one save beside the searcher of another.
+    Tune's restore then fails, logs it and starts the experiment again from
+    nothing; the resumed search would run every trial again and drop the
+    runs of the finished ones. So the newest experiment state and searcher
+    files must load, and the trials Tune saved must be the ones its search
+    generator counted.
+
+    Raises:
+        ConfigError: naming ``--resume``, the file and what is wrong with it;
+            the trials logged so far are not touched.
+    """
+    import fnmatch
+
+    import ray.cloudpickle as cloudpickle
+
+    fs, path = _experiment_fs(experiment_path)
+    names = [info.base_name for info in fs.get_file_info(_selector(path))]
+    loaded: dict[str, Any] = {}
+    for pattern in _TUNE_STATE:
+        matching = sorted(fnmatch.filter(names, pattern))
+        if not matching:
+            continue  # Tune saved none yet (killed before its first save): it restores what it has
+        name = matching[-1]  # the one Tune reads
+        with fs.open_input_stream(f"{path}/{name}") as f:
+            data = f.read()
+        try:  # the experiment state is JSON; Tune pickles the other two (the generator's despite its name)
+            loaded[pattern] = json.loads(data) if pattern.startswith("experiment_state") else cloudpickle.loads(data)
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is not whole
+            raise ConfigError(
+                "--resume",
+                resume,
+                f"{_VALID_RESUME}, with Tune's saved state whole; {name} in {path} is cut short or unreadable "
+                f"({type(exc).__name__}: the driver was probably killed while Tune copied it to the storage path). "
+                f"{_KEPT}",
+            ) from None
+    trials = loaded.get("experiment_state-*.json", {}).get("trial_data")
+    counter = (loaded.get("search_gen_state-*.json") or {}).get("counter")
+    if isinstance(trials, list) and isinstance(counter, int) and counter != len(trials):
+        raise ConfigError(
+            "--resume",
+            resume,
+            f"{_VALID_RESUME}, with Tune's saved state whole; in {path} the experiment state holds {len(trials)} "
+            f"trials but the search generator counted {counter} (the two files come from different saves: the "
+            f"driver was probably killed while Tune copied them to the storage path). {_KEPT}",
+        )
+
+
+#: What a refused resume leaves, and what to do next.
+_KEPT = (
+    "Nothing was changed: the trials it logged stay in MLflow (rayzor pareto and export read them); "
+    "run the rest of the budget as a new search"
+)
+
+
+def _selector(path: str) -> Any:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSelector(path, allow_not_found=True)
 
 
 def resumed_config(state: dict[str, Any], given: SearchConfig) -> SearchConfig:

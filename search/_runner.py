@@ -23,7 +23,7 @@ from rayzor.search._journal import Journal, journal_folder
 from rayzor.search._ray import check_ray_address, ray_address, start_ray, trial_request
 from rayzor.search._records import TrialRecord
 from rayzor.search._report import log_report
-from rayzor.search._resume import load_resume_state, resumed_config, write_resume_state
+from rayzor.search._resume import check_tune_state, load_resume_state, resumed_config, write_resume_state
 from rayzor.search._sensitivity import search_phase
 from rayzor.search._tags import ROLE_SEARCH, TAG_OBJECTIVES, TAG_RESUMABLE, TAG_ROLE
 from rayzor.search._tracker import TRACKERS, Tracker, TrackingOutage, is_outage
@@ -381,6 +381,7 @@ def run_search(
     restore_path, state = None, None
     if resume is not None:
         restore_path, state = load_resume_state(resume, config.storage_path)
+        check_tune_state(resume, restore_path)
         config = resumed_config(state, config)
     name = state["name"] if state else (config.name or _default_name())
     storage = state["storage_path"] if state else _storage(config)

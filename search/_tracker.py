@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rayzor.errors import TrackingError
+from rayzor.errors import ResumeError, TrackingError
 from rayzor.search._config import SearchConfig, quality_metric
 from rayzor.search._deferred import PARAMS_WAIT, trial_params
 from rayzor.search._journal import Journal
@@ -268,6 +268,7 @@ class Tracker:
         self.write_seconds: list[float] = []
         self._error: BaseException | None = None
         self._pruned = False
+        self._restore_failed = False  # set by known(): nothing may be pruned then
         self.unreachable: BaseException | None = None
         # Trials Tune started so far, and whether close() was called: the writer waits on these.
         self._starts = 0
@@ -332,6 +333,8 @@ class Tracker:
     def reconcile(self, trials: Sequence[Any]) -> None:
         """Queue ended trials that were neither logged nor queued (restored ones),
         then drop runs of trials the experiment no longer has (see :meth:`_prune`)."""
+        if self._restore_failed:
+            return  # Tune's cleanup after the ResumeError of known(): its trials are not this search's
         for trial in trials:
             status = _status_of(trial)
             logged = self._records.get(trial.trial_id)
@@ -365,9 +368,23 @@ class Tracker:
 
         Called with the restored trials before any new one starts, so the
         progress count and the front never count such orphans.
+
+        Raises:
+            ResumeError: a resumed search's first step has no trial while
+                trials of it are logged: Tune's restore failed (nothing is pruned).
         """
         if not self._pruned:
             self._pruned = True
+            logged = len(self._records) + self.unwritten
+            if not trials and logged:
+                self._restore_failed = True
+                # Tune swallows a failed restore and starts the experiment again from nothing; pruning
+                # against that would drop every finished trial's run, and each would run again.
+                raise ResumeError(
+                    f"Ray Tune restored none of the {logged} trials search {self.name or self.parent} logged (its "
+                    "saved experiment state did not load; Tune's log says why): stopped before any trial ran, "
+                    "and the logged trials stay in MLflow; run the rest of the budget as a new search"
+                )
             self._queue.put(frozenset(t.trial_id for t in trials))
 
     def replay(self) -> dict[str, dict[str, Any]]:

@@ -210,11 +210,22 @@ def test_sigkilled_driver_resumes_and_keeps_every_trial_once(local_cluster, tmp_
         driver.communicate()
     assert driver.returncode == -signal.SIGKILL
     experiment = tmp_path / "ray" / "resume"
-    out = _finish(rayzor("search", "--resume", str(experiment), "--address", local_cluster.address))
-    assert "(resumed)" in out
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resumed = rayzor("search", "--resume", str(experiment), "--address", local_cluster.address)
+    out, _ = resumed.communicate(timeout=300)
+    if resumed.returncode == 2 and "with Tune's saved state whole" in out:
+        # The kill landed while Tune copied its state to the storage path (a file cut short): once in
+        # about 20 CI runs, Tune then restarted from nothing and the resume dropped the finished runs.
+        # It is refused in one line now, and what the killed driver logged is all kept.
+        assert out.strip().splitlines()[-1].startswith("error: --resume: got ") and "Nothing was changed" in out
+        runs = MlflowClient(uri).search_runs(
+            [MlflowClient(uri).get_experiment_by_name("resume").experiment_id], run_view_type=ViewType.ALL
+        )
+        assert [r.info.lifecycle_stage for r in runs] == ["active"] * len(runs), _every_run(uri, "resume")
+        return
+    assert resumed.returncode == 0, out
+    assert "(resumed)" in out
     children = _children(uri, "resume")
-    # once in a full CI run (not in 11 runs alone or with its module), 1 child of 8: keep what it saw
     assert len(children) == trials, f"{_every_run(uri, 'resume')}\n--- resumed search:\n{out}"
     assert [c.info.status for c in children] == ["FINISHED"] * trials
     assert len({c.data.tags["rayzor.trial_id"] for c in children}) == trials

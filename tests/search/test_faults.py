@@ -248,6 +248,57 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
     assert all(int(line[1:].split("/")[0]) <= KILL_TRIALS for line in progress)
 
 
+def test_a_torn_tune_state_is_refused_and_no_finished_trial_is_dropped(tmp_path):
+    """Tune copies its state to the storage path in a background thread: a driver killed during the
+    copy leaves a file cut short, or the trials of one save beside the generator of another. Tune's
+    own restore would fail, log it and start again from nothing, and the resume would drop every
+    finished run. The resume refuses instead, and a whole state still resumes."""
+    import ray.cloudpickle as cloudpickle
+
+    proc = _start(tmp_path, str(_config(tmp_path, trials=KILL_TRIALS)), "--name", "torn")
+    try:
+        _after_progress(proc, 2)
+        proc.kill()
+    finally:
+        _end_group(proc)
+    logged = {t: r.info.end_time for t, r in _finished_with_metrics(tmp_path).items()}
+    assert len(logged) >= 2
+    experiment = tmp_path / "ray" / "torn"
+    state, generator = max(experiment.glob("experiment_state-*.json")), max(experiment.glob("search_gen_state-*"))
+    whole = {path: path.read_bytes() for path in (state, generator)}
+    counted = cloudpickle.loads(whole[generator])
+    cases = {
+        f"{state.name} in {experiment} is cut short": (state, whole[state][: len(whole[state]) // 2]),
+        f"{generator.name} in {experiment} is cut short": (generator, whole[generator][:-7]),
+        "the search generator counted": (generator, cloudpickle.dumps({**counted, "counter": counted["counter"] + 1})),
+    }
+    for says, (path, data) in cases.items():
+        path.write_bytes(data)
+        refused = _resume(tmp_path, "torn")
+        path.write_bytes(whole[path])
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: --resume: got 'torn'; valid: ") and says in refused.stderr
+        assert refused.stderr.strip().count("\n") == 0 and "Nothing was changed" in refused.stderr
+    # A state that loads but that Tune cannot restore (its trials' records emptied): Tune logs the
+    # failure and starts again from nothing; the search stops at its first step instead.
+    unreadable = json.loads(whole[state])
+    unreadable["trial_data"] = [["{}", "{}"] for _ in unreadable["trial_data"]]
+    state.write_text(json.dumps(unreadable))
+    stopped = _resume(tmp_path, "torn")
+    state.write_bytes(whole[state])
+    assert stopped.returncode == 2, stopped.stderr
+    assert f"error: Ray Tune restored none of the {len(logged)} trials search torn logged" in stopped.stderr
+    every = _runs(tmp_path, deleted=True)
+    assert not [r.info.run_id for r in every if r.info.lifecycle_stage == "deleted" or r.data.tags.get("rayzor.orphan")]
+    assert {t: r.info.end_time for t, r in _finished_with_metrics(tmp_path).items()} == logged
+    # the whole state resumes: the budget is finished and no finished trial ran again
+    resumed = _resume(tmp_path, "torn")
+    assert resumed.returncode == 0, resumed.stderr
+    after = _finished_with_metrics(tmp_path)
+    assert len(after) == KILL_TRIALS
+    assert {t: after[t].info.end_time for t in logged} == logged
+
+
 def test_two_searches_started_together_on_a_fresh_store(tmp_path):
     config = _config(tmp_path, trials=1, epochs=0)
     procs = [_start(tmp_path, str(config), "--name", f"together-{i}") for i in range(2)]
