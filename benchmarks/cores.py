@@ -77,7 +77,7 @@ def _workload(kind: str):
         for i, plan in enumerate(plans * 3):
             out = scratch / str(i)
             out.mkdir(exist_ok=True)
-            # timed as the default search times its trials (latency_ms is not one of its objectives)
+            # timed as the default search times its trials (latency_ms is not one of its objectives: two rounds)
             evaluate(task, TrialPlan(plan), out, target="onnxruntime", latency_seconds=QUICK_LATENCY_SECONDS)
 
     return run

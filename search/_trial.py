@@ -65,8 +65,9 @@ __all__ = [
     "trial_device",
 ]
 
-#: Span of a trial's deploy latency timing when ``latency_ms`` is not an objective (see :func:`latency_seconds_for`).
-QUICK_LATENCY_SECONDS = 0.05
+#: Span of a trial's deploy latency timing when ``latency_ms`` is not an objective: two rounds only
+#: (see :func:`latency_seconds_for`).
+QUICK_LATENCY_SECONDS = 0.0
 
 #: Result keys of every report that describe the trial's plan (the driver logs them as they are).
 PLAN_KEYS = ("plan_json", "plan_summary", "model")
@@ -283,7 +284,9 @@ def latency_seconds_for(objectives: Sequence[str]) -> float:
     The search ranks trials by that figure then, and a short timing on a VM whose speed alternates
     can land in either speed (:func:`~rayzor.compression.measure_deploy_latency`). Otherwise the
     figure is only logged, and the full span would cost more than a small model's whole trial
-    (0.3 s against 0.2 s on digits): a shorter one, :data:`QUICK_LATENCY_SECONDS`.
+    (0.3 s against 0.2 s on digits): two rounds only, :data:`QUICK_LATENCY_SECONDS`. A middle
+    span buys little: the slow spells last up to a second, and 50 ms of rounds already cost the
+    default search at concurrency 1 a sixth of its trials per minute.
     """
     return LATENCY_SECONDS if "latency_ms" in objectives else QUICK_LATENCY_SECONDS
 
