@@ -104,8 +104,9 @@ def check_tune_state(resume: str, experiment_path: str) -> None:
                 f"({type(exc).__name__}: the driver was probably killed while Tune copied it to the storage path). "
                 f"{_KEPT}",
             ) from None
-    trials = loaded.get("experiment_state-*.json", {}).get("trial_data")
-    counter = (loaded.get("search_gen_state-*.json") or {}).get("counter")
+    state, generator = loaded.get("experiment_state-*.json"), loaded.get("search_gen_state-*.json")
+    trials = state.get("trial_data") if isinstance(state, dict) else None
+    counter = generator.get("counter") if isinstance(generator, dict) else None
     if isinstance(trials, list) and isinstance(counter, int) and counter != len(trials):
         raise ConfigError(
             "--resume",

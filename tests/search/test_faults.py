@@ -207,6 +207,13 @@ def test_duplicate_name_is_refused_in_one_line(interrupted):
     assert "--resume paused" in done.stderr
 
 
+def _keeps_every_run_if_torn(root: Path, output: str) -> None:
+    """A kill that landed while Tune copied its state to the storage path (see the torn-state test below):
+    the resume is refused in one line, and no run is deleted. Anything else fails the test."""
+    assert "with Tune's saved state whole" in output and "Nothing was changed" in output, output
+    assert [r.info.lifecycle_stage for r in _runs(root, deleted=True)] == ["active"] * len(_runs(root, deleted=True))
+
+
 def test_two_kills_then_resume_rerun_nothing(tmp_path):
     """SIGKILL the driver twice mid-search; the last resume runs only what no run holds."""
     config = _config(tmp_path, trials=KILL_TRIALS)
@@ -216,6 +223,9 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
         try:
             _after_progress(proc, 2 - attempt)  # the resumed driver dies at its first logged trial
             proc.kill()
+        except AssertionError as exc:  # the resume ended early: only a refused torn state may do that
+            _keeps_every_run_if_torn(tmp_path, str(exc))
+            return
         finally:
             _end_group(proc)
         for trial_id, run in _finished_with_metrics(tmp_path).items():
@@ -224,6 +234,9 @@ def test_two_kills_then_resume_rerun_nothing(tmp_path):
             proc = _start(tmp_path, "--resume", "killed", "--storage-path", str(tmp_path / "ray"))
     assert len(before) >= 2
     resumed = _resume(tmp_path, "killed")
+    if resumed.returncode == 2:
+        _keeps_every_run_if_torn(tmp_path, resumed.stderr)
+        return
     assert resumed.returncode == 0, resumed.stderr
     after = _finished_with_metrics(tmp_path)
     assert len(after) == KILL_TRIALS
