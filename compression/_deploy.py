@@ -674,9 +674,11 @@ def measure_deploy_latency(
     apart on the machine of BENCHMARKS.md "latency_agreement", slow 2-66% of
     the time from one minute to the next). A median of a few milliseconds of
     runs lands in either speed, so two timings of one file differed up to
-    1.7x; the lowest round median over 0.3 s is the core's uncontended speed,
-    what a dedicated core runs, and it repeated within 4% there. The same
-    rule (``timeit``'s "take the minimum") also discounts a neighbour's
+    1.75x there. The lowest round median over 0.3 s is the core's uncontended
+    speed, what a dedicated core runs: a trial's figure and its export's
+    re-time agreed within 15% for 8 of 9 and 11 of 13 points there, against
+    1 of 11 before. A slow spell longer than the span still moves it. The
+    same rule (``timeit``'s "take the minimum") also discounts a neighbour's
     bursts on the other core.
 
     Args:

@@ -211,7 +211,8 @@ def _keeps_every_run_if_torn(root: Path, output: str) -> None:
     """A kill that landed while Tune copied its state to the storage path (see the torn-state test below):
     the resume is refused in one line, and no run is deleted. Anything else fails the test."""
     assert "with Tune's saved state whole" in output and "Nothing was changed" in output, output
-    assert [r.info.lifecycle_stage for r in _runs(root, deleted=True)] == ["active"] * len(_runs(root, deleted=True))
+    stages = [r.info.lifecycle_stage for r in _runs(root, deleted=True)]
+    assert stages == ["active"] * len(stages)
 
 
 def test_two_kills_then_resume_rerun_nothing(tmp_path):
