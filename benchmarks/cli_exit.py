@@ -69,14 +69,22 @@ def _check_store(folder: Path) -> int:
     """The search run and every trial run FINISHED, each trial with its packed file; the trial count."""
     from mlflow.tracking import MlflowClient
 
+    from rayzor.search import trial_runs
+    from rayzor.search._tags import ROLE_SEARCH, TAG_ROLE
+
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=10_000)
-    parents = [r for r in runs if r.data.tags.get("rayzor.role") == "search"]
-    trials = [r for r in runs if r.data.tags.get("rayzor.role") == "trial"]
-    if len(parents) != 1 or any(r.info.status != "FINISHED" for r in parents + trials):
-        raise SystemExit(f"{folder}: a run did not finish: {[(r.info.run_name, r.info.status) for r in runs]}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiments, filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'")
+    if len(parents) != 1:
+        raise SystemExit(f"{folder}: {len(parents)} search runs, expected 1")
+    parent = parents[0]
+    trials = trial_runs(client, parent.info.experiment_id, parent.info.run_id)
+    if any(r.info.status != "FINISHED" for r in [parent, *trials]):
+        raise SystemExit(
+            f"{folder}: a run did not finish: {[(r.info.run_name, r.info.status) for r in [parent, *trials]]}"
+        )
     for run in trials:
-        if not [a for a in client.list_artifacts(run.info.run_id, "packed")]:
+        if not client.list_artifacts(run.info.run_id, "packed"):
             raise SystemExit(f"{folder}: {run.info.run_name} has no packed artifact")
     return len(trials)
 

@@ -58,6 +58,7 @@ def _digits_trial_seconds(samples: int) -> float:
     import torch
 
     from rayzor.search import evaluate_plan, load_config
+    from rayzor.search._trial import QUICK_LATENCY_SECONDS
     from rayzor.tasks import create_task
 
     torch.set_num_threads(1)  # as in a trial
@@ -73,7 +74,9 @@ def _digits_trial_seconds(samples: int) -> float:
             space.suggest(trial)
             out = Path(tmp) / str(i)
             out.mkdir()
-            metrics = evaluate_plan(task, space, trial.params, out, target=config.target, latency_seconds=0.0)
+            metrics = evaluate_plan(
+                task, space, trial.params, out, target=config.target, latency_seconds=QUICK_LATENCY_SECONDS
+            )
             if i:  # the first pays the process's first-use costs
                 seconds.append(metrics["trial_seconds"])
     return statistics.median(seconds)
